@@ -1,0 +1,11 @@
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto");
+    tonic_prost_build::configure().compile_protos(
+        &[
+            "proto/authsec/v1/authsec.proto",
+            "proto/authsec/internal/v1/peer.proto",
+        ],
+        &["proto"],
+    )?;
+    Ok(())
+}

@@ -1,0 +1,20 @@
+//! authsec's wire contracts: the `authsec.v1` admin API, the node-to-node peer protocol,
+//! conversions between wire and domain types, and the one mapping of errors to `tonic::Status`.
+#![forbid(unsafe_code)]
+
+#[allow(missing_debug_implementations, clippy::all)]
+pub mod v1 {
+    tonic::include_proto!("authsec.v1");
+}
+
+#[allow(missing_debug_implementations, clippy::all)]
+pub mod internal {
+    pub mod v1 {
+        tonic::include_proto!("authsec.internal.v1");
+    }
+}
+
+pub mod convert;
+pub mod error;
+
+pub use error::ApiError;

@@ -1,0 +1,135 @@
+//! The one codec for everything authsec persists or hashes.
+//!
+//! Envelope: `[version u8][tag u8][bincode 2 payload][crc32 LE of the preceding bytes]`.
+//! The payload is bincode 2.0.1's standard configuration (varint integers, little endian) over
+//! serde. A later codec swap is a new version byte here and nowhere else; golden files in
+//! `domain/tests/golden` pin every persisted shape.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::limits;
+
+/// The current envelope version.
+pub const VERSION: u8 = 1;
+
+/// What a stored value is: decoding with the wrong tag is an error, never a misread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tag(pub u8);
+
+impl Tag {
+    pub const AUDIT_RECORD: Tag = Tag(0x01);
+    pub const STATE_META: Tag = Tag(0x02);
+    pub const NODE_RECORD: Tag = Tag(0x03);
+    pub const CLIENT: Tag = Tag(0x04);
+    pub const ARCHIVE_HEAD: Tag = Tag(0x05);
+    pub const BATCH: Tag = Tag(0x06);
+    pub const BATCH_OUTCOME: Tag = Tag(0x07);
+    // 0x40.. are the storage crate's own (raft log entries, votes, membership, ...).
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    #[error("value too short ({len} bytes)")]
+    TooShort { len: usize },
+    #[error("value too large ({len} bytes, limit {limit})")]
+    TooLarge { len: usize, limit: usize },
+    #[error("unknown codec version {0}")]
+    UnknownVersion(u8),
+    #[error("wrong value tag {actual:#04x}, expected {expected:#04x}")]
+    WrongTag { expected: u8, actual: u8 },
+    #[error("checksum mismatch (stored {stored:#010x}, computed {computed:#010x})")]
+    Checksum { stored: u32, computed: u32 },
+    #[error("payload does not decode: {0}")]
+    Payload(String),
+    #[error("{0} trailing bytes after the payload")]
+    TrailingBytes(usize),
+}
+
+fn config() -> impl bincode::config::Config {
+    bincode::config::standard().with_limit::<{ limits::CODEC_BYTES_MAX }>()
+}
+
+/// Encode a value under `tag`. Encoding our own in-memory values cannot fail: a failure is a
+/// broken invariant (a type that serde cannot represent), so it panics.
+pub fn encode<T: Serialize + ?Sized>(tag: Tag, value: &T) -> Vec<u8> {
+    let mut out = vec![VERSION, tag.0];
+    let payload = bincode::serde::encode_to_vec(value, config()).unwrap_or_else(|e| {
+        panic!(
+            "codec: encoding a value with tag {:#04x} failed: {e}",
+            tag.0
+        )
+    });
+    out.extend_from_slice(&payload);
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// Decode a value stored under `tag`, checking version, tag, checksum and exact length.
+pub fn decode<T: DeserializeOwned>(tag: Tag, bytes: &[u8]) -> Result<T, CodecError> {
+    if bytes.len() < 6 {
+        return Err(CodecError::TooShort { len: bytes.len() });
+    }
+    if bytes.len() > limits::CODEC_BYTES_MAX {
+        return Err(CodecError::TooLarge {
+            len: bytes.len(),
+            limit: limits::CODEC_BYTES_MAX,
+        });
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    let stored = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
+    let computed = crc32fast::hash(body);
+    if body[0] != VERSION {
+        return Err(CodecError::UnknownVersion(body[0]));
+    }
+    if body[1] != tag.0 {
+        return Err(CodecError::WrongTag {
+            expected: tag.0,
+            actual: body[1],
+        });
+    }
+    if stored != computed {
+        return Err(CodecError::Checksum { stored, computed });
+    }
+    let (value, used) = bincode::serde::decode_from_slice::<T, _>(&body[2..], config())
+        .map_err(|e| CodecError::Payload(e.to_string()))?;
+    let rest = body.len() - 2 - used;
+    if rest != 0 {
+        return Err(CodecError::TrailingBytes(rest));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_damage() {
+        let v: (u64, String) = (42, "hello".into());
+        let bytes = encode(Tag(0x10), &v);
+        assert_eq!(decode::<(u64, String)>(Tag(0x10), &bytes), Ok(v));
+        assert!(matches!(
+            decode::<(u64, String)>(Tag(0x11), &bytes),
+            Err(CodecError::WrongTag { .. })
+        ));
+        let mut flipped = bytes.clone();
+        flipped[4] ^= 0x01;
+        assert!(matches!(
+            decode::<(u64, String)>(Tag(0x10), &flipped),
+            Err(CodecError::Checksum { .. })
+        ));
+        assert!(decode::<(u64, String)>(Tag(0x10), &bytes[..bytes.len() - 3]).is_err());
+        assert!(matches!(
+            decode::<(u64, String)>(Tag(0x10), &bytes[..3]),
+            Err(CodecError::TooShort { .. })
+        ));
+        let mut v2 = bytes.clone();
+        v2[0] = 9;
+        assert_eq!(
+            decode::<(u64, String)>(Tag(0x10), &v2),
+            Err(CodecError::UnknownVersion(9))
+        );
+    }
+}

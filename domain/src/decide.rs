@@ -1,0 +1,319 @@
+//! `decide`: the rules. Given the state at a log index and a stamped proposal, either the events
+//! it produces or a rejection. Rejections are committed outcomes too: every node reaches the same
+//! one, and the caller gets it with a reason.
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Command, Proposal, RegisterClient};
+use crate::event::Event;
+use crate::evolve::evolve;
+use crate::ids::{ClientId, Scope};
+use crate::limits;
+use crate::state::{Client, State};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Rejection {
+    #[error("the trust domain is already configured as {current}")]
+    TrustDomainAlreadyConfigured { current: String },
+    #[error("client {client_id} already exists")]
+    ClientAlreadyExists { client_id: String },
+    #[error("client {client_id} does not exist")]
+    ClientNotFound { client_id: String },
+    #[error("client {client_id} is at revision {actual}, not the expected {expected}")]
+    RevisionMismatch {
+        client_id: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("default scope {scope} is not in the client's allowed scopes")]
+    DefaultScopeNotAllowed { scope: String },
+    #[error("invalid {field}: {reason}")]
+    InvalidField { field: String, reason: String },
+    #[error("limit reached: at most {limit} {what}")]
+    LimitReached { what: String, limit: u64 },
+    #[error("node {node_id} is not a recorded member")]
+    NodeNotFound { node_id: u64 },
+}
+
+/// What an accepted proposal did, as its caller is told.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// Sequence of the first and last audit record it produced; `None` if it produced none.
+    pub sequences: Option<(u64, u64)>,
+    /// The client id the leader generated, for registrations that named none.
+    pub generated_client_id: Option<ClientId>,
+}
+
+pub type Outcome = Result<Applied, Rejection>;
+
+/// The application response of one log entry: one outcome per proposal, in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchOutcome {
+    pub log_index: u64,
+    pub outcomes: Vec<Outcome>,
+}
+
+fn text(field: &'static str, value: &str) -> Result<(), Rejection> {
+    if value.len() > limits::TEXT_BYTES_MAX {
+        return Err(Rejection::InvalidField {
+            field: field.into(),
+            reason: format!("longer than {} bytes", limits::TEXT_BYTES_MAX),
+        });
+    }
+    Ok(())
+}
+
+fn scopes(field: &'static str, set: &std::collections::BTreeSet<Scope>) -> Result<(), Rejection> {
+    if set.len() > limits::SCOPES_PER_CLIENT_MAX {
+        return Err(Rejection::InvalidField {
+            field: field.into(),
+            reason: format!("more than {} scopes", limits::SCOPES_PER_CLIENT_MAX),
+        });
+    }
+    Ok(())
+}
+
+/// Default scopes are concrete and each is covered by the allow-list.
+fn defaults_allowed(
+    allowed: &std::collections::BTreeSet<Scope>,
+    defaults: &std::collections::BTreeSet<Scope>,
+) -> Result<(), Rejection> {
+    for d in defaults {
+        if d.is_wildcard() {
+            return Err(Rejection::InvalidField {
+                field: "default_scopes".into(),
+                reason: format!("{d} has a '*' segment; default scopes must be concrete"),
+            });
+        }
+        if !allowed.iter().any(|a| scope_covers(a, d)) {
+            return Err(Rejection::DefaultScopeNotAllowed {
+                scope: d.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// True when `pattern` (which may hold `*` segments) covers the concrete scope `s`.
+pub fn scope_covers(pattern: &Scope, s: &Scope) -> bool {
+    let split = |x: &str| -> Option<(Vec<String>, Vec<String>)> {
+        let (r, a) = x.split_once(':')?;
+        Some((
+            r.split('.').map(str::to_owned).collect(),
+            a.split('.').map(str::to_owned).collect(),
+        ))
+    };
+    let (Some((pr, pa)), Some((sr, sa))) = (split(pattern.as_str()), split(s.as_str())) else {
+        return false;
+    };
+    let part = |p: &[String], s: &[String]| {
+        // A trailing `*` covers any remaining segments; elsewhere it covers exactly one.
+        let mut i = 0;
+        while i < p.len() {
+            if p[i] == "*" && i == p.len() - 1 {
+                return s.len() > i;
+            }
+            match s.get(i) {
+                Some(seg) if p[i] == "*" || p[i] == *seg => i += 1,
+                _ => return false,
+            }
+        }
+        s.len() == p.len()
+    };
+    part(&pr, &sr) && part(&pa, &sa)
+}
+
+fn register(
+    state: &State,
+    p: &Proposal,
+    r: &RegisterClient,
+    time_ms: u64,
+) -> Result<Vec<Event>, Rejection> {
+    let client_id = r
+        .client_id
+        .clone()
+        .unwrap_or_else(|| ClientId::generated(&p.stamp.seed));
+    if state.clients.contains_key(&client_id) {
+        return Err(Rejection::ClientAlreadyExists {
+            client_id: client_id.to_string(),
+        });
+    }
+    if state.clients.len() >= limits::CLIENTS_MAX {
+        return Err(Rejection::LimitReached {
+            what: "clients".into(),
+            limit: limits::CLIENTS_MAX as u64,
+        });
+    }
+    text("display_name", &r.display_name)?;
+    text("description", &r.description)?;
+    text("owner", &r.owner)?;
+    text("default_audience", &r.default_audience)?;
+    scopes("allowed_scopes", &r.allowed_scopes)?;
+    scopes("default_scopes", &r.default_scopes)?;
+    defaults_allowed(&r.allowed_scopes, &r.default_scopes)?;
+    Ok(vec![Event::ClientRegistered {
+        client: Client {
+            client_id,
+            kind: r.kind,
+            display_name: r.display_name.clone(),
+            description: r.description.clone(),
+            owner: r.owner.clone(),
+            allowed_scopes: r.allowed_scopes.clone(),
+            default_scopes: r.default_scopes.clone(),
+            default_audience: r.default_audience.clone(),
+            enabled: true,
+            revision: 1,
+            created_at_ms: time_ms,
+            updated_at_ms: time_ms,
+        },
+    }])
+}
+
+/// The rules: the events a proposal produces against `state`, or why it is rejected.
+/// `time_ms` is the replicated clock for this proposal (see [`apply_proposal`]).
+pub fn decide(state: &State, p: &Proposal, time_ms: u64) -> Result<Vec<Event>, Rejection> {
+    match &p.command {
+        Command::ConfigureTrustDomain { trust_domain } => match &state.meta.trust_domain {
+            Some(current) if current == trust_domain => Ok(vec![]),
+            Some(current) => Err(Rejection::TrustDomainAlreadyConfigured {
+                current: current.to_string(),
+            }),
+            None => Ok(vec![Event::TrustDomainConfigured {
+                trust_domain: trust_domain.clone(),
+            }]),
+        },
+        Command::RecordNodeMember { node_id, addr } => {
+            if addr.is_empty() || addr.len() > limits::NODE_ADDR_BYTES_MAX {
+                return Err(Rejection::InvalidField {
+                    field: "addr".into(),
+                    reason: format!("must be 1 to {} bytes", limits::NODE_ADDR_BYTES_MAX),
+                });
+            }
+            match state.nodes.get(node_id) {
+                Some(n) if n.addr == *addr => Ok(vec![]),
+                _ => Ok(vec![Event::NodeMemberRecorded {
+                    node_id: *node_id,
+                    addr: addr.clone(),
+                }]),
+            }
+        }
+        Command::RecordNodeRemoved { node_id } => {
+            if state.nodes.contains_key(node_id) {
+                Ok(vec![Event::NodeMemberRemoved { node_id: *node_id }])
+            } else {
+                Err(Rejection::NodeNotFound { node_id: *node_id })
+            }
+        }
+        Command::RegisterClient(r) => register(state, p, r, time_ms),
+        Command::UpdateClient {
+            client_id,
+            patch,
+            expected_revision,
+        } => {
+            let current =
+                state
+                    .clients
+                    .get(client_id)
+                    .ok_or_else(|| Rejection::ClientNotFound {
+                        client_id: client_id.to_string(),
+                    })?;
+            if let Some(expected) = expected_revision {
+                if *expected != current.revision {
+                    return Err(Rejection::RevisionMismatch {
+                        client_id: client_id.to_string(),
+                        expected: *expected,
+                        actual: current.revision,
+                    });
+                }
+            }
+            for (field, value) in [
+                ("display_name", &patch.display_name),
+                ("description", &patch.description),
+                ("owner", &patch.owner),
+                ("default_audience", &patch.default_audience),
+            ] {
+                if let Some(v) = value {
+                    text(field, v)?;
+                }
+            }
+            if let Some(s) = &patch.allowed_scopes {
+                scopes("allowed_scopes", s)?;
+            }
+            if let Some(s) = &patch.default_scopes {
+                scopes("default_scopes", s)?;
+            }
+            let allowed = patch
+                .allowed_scopes
+                .as_ref()
+                .unwrap_or(&current.allowed_scopes);
+            let defaults = patch
+                .default_scopes
+                .as_ref()
+                .unwrap_or(&current.default_scopes);
+            defaults_allowed(allowed, defaults)?;
+            if patch.is_empty() {
+                return Ok(vec![]);
+            }
+            Ok(vec![Event::ClientUpdated {
+                client_id: client_id.clone(),
+                patch: patch.clone(),
+                revision: current.revision + 1,
+            }])
+        }
+        Command::RemoveClient { client_id } => {
+            if state.clients.contains_key(client_id) {
+                Ok(vec![Event::ClientRemoved {
+                    client_id: client_id.clone(),
+                }])
+            } else {
+                Err(Rejection::ClientNotFound {
+                    client_id: client_id.to_string(),
+                })
+            }
+        }
+    }
+}
+
+/// Decide a proposal and, if accepted, evolve the state with its events. Returns the events and
+/// the replicated time they happened at: `max(clock, stamp)`, so time never runs backwards.
+pub fn apply_proposal(state: &mut State, p: &Proposal) -> Result<(Vec<Event>, u64), Rejection> {
+    let time_ms = state.meta.clock_ms.max(p.stamp.time_ms);
+    let events = decide(state, p, time_ms)?;
+    state.meta.clock_ms = time_ms;
+    for e in &events {
+        evolve(state, e, time_ms);
+    }
+    Ok((events, time_ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(x: &str) -> Scope {
+        Scope::parse(x).expect("valid scope")
+    }
+
+    #[test]
+    fn wildcard_coverage() {
+        assert!(scope_covers(&s("orders:*"), &s("orders:read")));
+        assert!(scope_covers(&s("orders:*"), &s("orders:read.all")));
+        assert!(!scope_covers(&s("orders:*"), &s("billing:read")));
+        assert!(scope_covers(&s("billing.*:read"), &s("billing.eu:read")));
+        assert!(
+            scope_covers(&s("billing.*:read"), &s("billing.eu.x:read")),
+            "a trailing * covers the rest"
+        );
+        assert!(scope_covers(&s("a.*.c:read"), &s("a.b.c:read")));
+        assert!(
+            !scope_covers(&s("a.*.c:read"), &s("a.b.x.c:read")),
+            "a middle * covers one segment"
+        );
+        assert!(
+            !scope_covers(&s("billing.*:read"), &s("billing:read")),
+            "a * needs a segment to cover"
+        );
+        assert!(scope_covers(&s("orders:read"), &s("orders:read")));
+        assert!(!scope_covers(&s("orders:read"), &s("orders:read.x")));
+    }
+}

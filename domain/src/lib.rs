@@ -1,0 +1,28 @@
+//! authsec's pure core.
+//!
+//! Everything the replicated state machine decides lives here: validated identifiers, the
+//! commands a leader proposes, the events they produce, the projections (`State`) every node
+//! derives, and the audit-record format with its hash chain.
+//!
+//! Architecture invariant: this crate does no IO, never reads the clock or a random source, and
+//! has no async code. Time and generated ids arrive inside a [`Stamp`] chosen by the leader, so
+//! every node that applies the same log reaches the same state, byte for byte.
+#![forbid(unsafe_code)]
+
+pub mod codec;
+pub mod command;
+pub mod decide;
+pub mod event;
+pub mod evolve;
+pub mod ids;
+pub mod limits;
+pub mod record;
+pub mod state;
+
+pub use command::{Actor, Batch, Command, Principal, Proposal, Stamp};
+pub use decide::{apply_proposal, decide, Applied, BatchOutcome, Outcome, Rejection};
+pub use event::Event;
+pub use evolve::evolve;
+pub use ids::{ClientId, FieldError, Scope, SpiffeId, TrustDomain};
+pub use record::{chain_next, ArchiveHead, AuditRecord, Hash32, GENESIS_HASH};
+pub use state::{Client, ClientKind, NodeRecord, ProjectionKey, State, StateMeta};

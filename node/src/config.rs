@@ -1,0 +1,168 @@
+//! Node configuration: one TOML file, overridden by environment and flags (the binary reads
+//! the environment through clap; libraries never do). Parsed into validated values at start.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use authsec_domain::TrustDomain;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Member {
+    pub id: u64,
+    pub addr: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Bootstrap {
+    /// The initial voters. The node whose id is listed first initializes the cluster.
+    pub members: Vec<Member>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftSection {
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    pub snapshot_logs_since_last: u64,
+    pub max_in_snapshot_log_to_keep: u64,
+}
+
+impl Default for RaftSection {
+    fn default() -> Self {
+        let t = authsec_raft::RaftTuning::default();
+        Self {
+            heartbeat_ms: t.heartbeat_ms,
+            election_timeout_min_ms: t.election_timeout_min_ms,
+            election_timeout_max_ms: t.election_timeout_max_ms,
+            snapshot_logs_since_last: t.snapshot_logs_since_last,
+            max_in_snapshot_log_to_keep: t.max_in_snapshot_log_to_keep,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub node_id: u64,
+    pub data_dir: PathBuf,
+    /// Where the gRPC listener (admin API and peer traffic) binds.
+    pub grpc_addr: SocketAddr,
+    /// The address peers and clients use to reach this node; defaults to `grpc_addr`.
+    #[serde(default)]
+    pub advertise_addr: Option<String>,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served.
+    pub http_addr: SocketAddr,
+    #[serde(default = "default_trust_domain")]
+    pub trust_domain: String,
+    #[serde(default)]
+    pub bootstrap: Option<Bootstrap>,
+    #[serde(default)]
+    pub raft: RaftSection,
+}
+
+fn default_trust_domain() -> String {
+    "authsec.local".into()
+}
+
+/// Overrides from environment or flags (clap fills them, flags first).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Overrides {
+    #[arg(long, env = "AUTHSEC_NODE_ID")]
+    pub node_id: Option<u64>,
+    #[arg(long, env = "AUTHSEC_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    #[arg(long, env = "AUTHSEC_GRPC_ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
+    #[arg(long, env = "AUTHSEC_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<String>,
+    #[arg(long, env = "AUTHSEC_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+    #[arg(long, env = "AUTHSEC_TRUST_DOMAIN")]
+    pub trust_domain: Option<String>,
+    #[arg(long, env = "AUTHSEC_SNAPSHOT_LOGS_SINCE_LAST")]
+    pub snapshot_logs_since_last: Option<u64>,
+}
+
+impl NodeConfig {
+    pub fn load(path: &std::path::Path, o: &Overrides) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("read config {}", path.display()))?;
+        let mut c: NodeConfig =
+            toml::from_str(&text).with_context(|| format!("parse config {}", path.display()))?;
+        c.apply(o);
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn apply(&mut self, o: &Overrides) {
+        if let Some(v) = o.node_id {
+            self.node_id = v;
+        }
+        if let Some(v) = &o.data_dir {
+            self.data_dir = v.clone();
+        }
+        if let Some(v) = o.grpc_addr {
+            self.grpc_addr = v;
+        }
+        if let Some(v) = &o.advertise_addr {
+            self.advertise_addr = Some(v.clone());
+        }
+        if let Some(v) = o.http_addr {
+            self.http_addr = v;
+        }
+        if let Some(v) = &o.trust_domain {
+            self.trust_domain = v.clone();
+        }
+        if let Some(v) = o.snapshot_logs_since_last {
+            self.raft.snapshot_logs_since_last = v;
+        }
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.node_id == 0 {
+            bail!("node_id must be 1 or more");
+        }
+        TrustDomain::parse(&self.trust_domain).context("trust_domain")?;
+        if self.raft.election_timeout_min_ms <= self.raft.heartbeat_ms
+            || self.raft.election_timeout_max_ms <= self.raft.election_timeout_min_ms
+        {
+            bail!("raft: need heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms");
+        }
+        if self.raft.snapshot_logs_since_last == 0 {
+            bail!("raft.snapshot_logs_since_last must be 1 or more");
+        }
+        if let Some(b) = &self.bootstrap {
+            if b.members.is_empty() {
+                bail!("bootstrap.members is empty");
+            }
+            if !b.members.iter().any(|m| m.id == self.node_id) {
+                bail!(
+                    "bootstrap.members does not list this node ({})",
+                    self.node_id
+                );
+            }
+        }
+        Ok(())
+    }
+
+    pub fn advertise(&self) -> String {
+        self.advertise_addr
+            .clone()
+            .unwrap_or_else(|| self.grpc_addr.to_string())
+    }
+
+    pub fn tuning(&self) -> authsec_raft::RaftTuning {
+        authsec_raft::RaftTuning {
+            cluster_name: format!("authsec:{}", self.trust_domain),
+            heartbeat_ms: self.raft.heartbeat_ms,
+            election_timeout_min_ms: self.raft.election_timeout_min_ms,
+            election_timeout_max_ms: self.raft.election_timeout_max_ms,
+            snapshot_logs_since_last: self.raft.snapshot_logs_since_last,
+            max_in_snapshot_log_to_keep: self.raft.max_in_snapshot_log_to_keep,
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! `authsec dev`: a local three-node cluster on loopback under one data directory, in one
+//! process, until Ctrl-C.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use crate::config::{Bootstrap, Member, NodeConfig, RaftSection};
+use crate::server;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DevArgs {
+    /// Where the nodes keep their data (kept across runs unless --fresh).
+    #[arg(long, env = "AUTHSEC_DEV_DIR")]
+    pub dir: Option<PathBuf>,
+    /// First port: node N listens for gRPC on base+N and HTTP on base+100+N.
+    #[arg(long, default_value_t = 7100, env = "AUTHSEC_DEV_BASE_PORT")]
+    pub base_port: u16,
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u64,
+    #[arg(long, default_value = "authsec.local")]
+    pub trust_domain: String,
+    /// Delete the data directory first.
+    #[arg(long)]
+    pub fresh: bool,
+}
+
+fn default_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    base.join("authsec").join("dev")
+}
+
+pub async fn run(a: DevArgs) -> anyhow::Result<()> {
+    let dir = a.dir.clone().unwrap_or_else(default_dir);
+    if a.fresh && dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
+    }
+    let members: Vec<Member> = (1..=a.nodes)
+        .map(|id| Member {
+            id,
+            addr: format!("127.0.0.1:{}", a.base_port as u64 + id),
+        })
+        .collect();
+    let mut nodes = Vec::new();
+    for m in &members {
+        let cfg = NodeConfig {
+            node_id: m.id,
+            data_dir: dir.join(format!("node{}", m.id)),
+            grpc_addr: m.addr.parse()?,
+            advertise_addr: None,
+            http_addr: format!("127.0.0.1:{}", a.base_port as u64 + 100 + m.id).parse()?,
+            trust_domain: a.trust_domain.clone(),
+            bootstrap: Some(Bootstrap {
+                members: members.clone(),
+            }),
+            raft: RaftSection::default(),
+        };
+        cfg.validate()?;
+        std::fs::create_dir_all(&cfg.data_dir)?;
+        // Leave each node's config beside its data, ready for `authsec node run --config`.
+        std::fs::write(
+            dir.join(format!("node{}.toml", m.id)),
+            toml::to_string(&cfg)?,
+        )?;
+        nodes.push(
+            server::start(cfg)
+                .await
+                .with_context(|| format!("start node {}", m.id))?,
+        );
+    }
+    let raft = nodes[0].raft.clone();
+    raft.wait(Some(std::time::Duration::from_secs(30)))
+        .metrics(|m| m.current_leader.is_some(), "leader elected")
+        .await
+        .context("no leader was elected within 30 s")?;
+    let leader = raft.metrics().borrow().current_leader.unwrap_or(0);
+    let endpoints: Vec<String> = members.iter().map(|m| m.addr.clone()).collect();
+    let cli = crate::cli::write_cli_config(&endpoints)?;
+    println!(
+        "authsec dev cluster: {} nodes, trust domain {}, data in {}",
+        a.nodes,
+        a.trust_domain,
+        dir.display()
+    );
+    for n in &nodes {
+        println!(
+            "  node {}: gRPC {}  HTTP http://{}/metrics",
+            n.node_id, n.grpc_addr, n.http_addr
+        );
+    }
+    println!("leader: node {leader}");
+    println!(
+        "CLI config written to {} : try `authsec cluster status`",
+        cli.display()
+    );
+    println!("Ctrl-C stops the cluster.");
+
+    let mut fatal: Vec<_> = nodes.iter().map(|n| n.fatal.clone()).collect();
+    let any_fatal = async move {
+        let waits = fatal
+            .iter_mut()
+            .map(|f| Box::pin(async move { f.wait_for(|x| x.is_some()).await.map(|x| x.clone()) }));
+        futures::future::select_all(waits).await.0
+    };
+    tokio::select! {
+        _ = crate::shutdown_signal() => println!("stopping the dev cluster"),
+        r = any_fatal => if let Ok(Some(reason)) = r { eprintln!("a node stopped on a fatal error: {reason}") },
+    }
+    for n in nodes {
+        n.shutdown().await;
+    }
+    Ok(())
+}

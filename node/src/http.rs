@@ -1,0 +1,129 @@
+//! `/healthz`, `/readyz` and Prometheus `/metrics`.
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+
+use crate::services::Ctx;
+use crate::writer::WriteMetrics;
+
+#[derive(Debug, Clone)]
+pub struct HttpState {
+    pub ctx: Arc<Ctx>,
+    pub writes: Arc<WriteMetrics>,
+}
+
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// Ready when a leader is known and this node is a voter or learner in good standing.
+async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
+    let m = s.ctx.writer.raft().metrics().borrow().clone();
+    if m.running_state.is_err() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "raft stopped\n".to_string(),
+        );
+    }
+    match m.current_leader {
+        Some(l) => (
+            StatusCode::OK,
+            format!(
+                "ready: leader {l}, applied {}\n",
+                m.last_applied.map_or(0, |x| x.index)
+            ),
+        ),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no leader known\n".to_string(),
+        ),
+    }
+}
+
+async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
+    let m = s.ctx.writer.raft().metrics().borrow().clone();
+    let head = *s.ctx.head_rx.borrow();
+    let id = s.ctx.node_id;
+    let mut out = String::new();
+    let mut gauge = |name: &str, help: &str, v: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{node_id=\"{id}\"}} {v}"
+        );
+    };
+    gauge("authsec_raft_term", "Current Raft term.", m.current_term);
+    gauge(
+        "authsec_raft_is_leader",
+        "1 if this node is the leader.",
+        u64::from(m.current_leader == Some(id)),
+    );
+    gauge(
+        "authsec_raft_last_log_index",
+        "Index of the last log entry.",
+        m.last_log_index.unwrap_or(0),
+    );
+    gauge(
+        "authsec_raft_applied_index",
+        "Index of the last applied entry.",
+        m.last_applied.map_or(0, |l| l.index),
+    );
+    gauge(
+        "authsec_raft_snapshot_index",
+        "Index the latest snapshot covers.",
+        m.snapshot.map_or(0, |l| l.index),
+    );
+    gauge(
+        "authsec_archive_head_sequence",
+        "Sequence of the newest audit record.",
+        head.sequence,
+    );
+    let w = &s.writes;
+    let mut counter = |name: &str, help: &str, v: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{node_id=\"{id}\"}} {v}"
+        );
+    };
+    counter(
+        "authsec_write_batches_total",
+        "Log entries proposed by this node as leader.",
+        w.batches.load(Ordering::Relaxed),
+    );
+    counter(
+        "authsec_write_proposals_total",
+        "Commands proposed by this node as leader.",
+        w.proposals.load(Ordering::Relaxed),
+    );
+    counter(
+        "authsec_writes_accepted_total",
+        "Proposals committed and accepted.",
+        w.accepted.load(Ordering::Relaxed),
+    );
+    counter(
+        "authsec_writes_rejected_total",
+        "Proposals committed and rejected by the rules.",
+        w.rejected.load(Ordering::Relaxed),
+    );
+    counter(
+        "authsec_writes_failed_total",
+        "Proposals whose outcome is unknown.",
+        w.failed.load(Ordering::Relaxed),
+    );
+    counter(
+        "authsec_writes_forwarded_total",
+        "Writes forwarded to the leader.",
+        w.forwarded.load(Ordering::Relaxed),
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}

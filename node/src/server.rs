@@ -1,0 +1,267 @@
+//! Starting and stopping one node: storage checks, Raft, the gRPC and HTTP listeners, and
+//! cluster bootstrap.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use authsec_api::v1::client_service_server::ClientServiceServer;
+use authsec_api::v1::cluster_service_server::ClusterServiceServer;
+use authsec_api::v1::event_service_server::EventServiceServer;
+use authsec_domain::command::Command;
+use authsec_domain::{Actor, ArchiveHead, Principal, Rejection, TrustDomain};
+use authsec_raft::{raft_config, PeerNetwork, PeerServer, Raft, Transport};
+use authsec_storage::{LogStore, Reader, StateMachine};
+use openraft::BasicNode;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::NodeConfig;
+use crate::http::{self, HttpState};
+use crate::services::{Clients, Cluster, Ctx, Events};
+use crate::writer::{Proposer, WriteMetrics, Writer};
+
+/// Largest admin API request.
+const API_MESSAGE_BYTES_MAX: usize = 1 << 20;
+
+/// A started node.
+pub struct RunningNode {
+    pub node_id: u64,
+    pub raft: Raft,
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    /// Becomes `Some(reason)` if Raft stops on a fatal (storage) error.
+    pub fatal: watch::Receiver<Option<String>>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for RunningNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningNode")
+            .field("node_id", &self.node_id)
+            .field("grpc_addr", &self.grpc_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The data directory remembers which node it belongs to, so two nodes never share one.
+fn check_identity(cfg: &NodeConfig) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("create {}", cfg.data_dir.display()))?;
+    let path = cfg.data_dir.join("node_id");
+    match std::fs::read_to_string(&path) {
+        Ok(s) => {
+            let stored: u64 = s
+                .trim()
+                .parse()
+                .with_context(|| format!("{} is damaged", path.display()))?;
+            if stored != cfg.node_id {
+                bail!(
+                    "{} belongs to node {stored}, but this is node {}",
+                    cfg.data_dir.display(),
+                    cfg.node_id
+                );
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::write(&path, format!("{}\n", cfg.node_id))
+                .with_context(|| format!("write {}", path.display()))?;
+        }
+        Err(e) => return Err(e).with_context(|| format!("read {}", path.display())),
+    }
+    Ok(())
+}
+
+pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
+    check_identity(&cfg)?;
+    let node_id = cfg.node_id;
+    let store = authsec_storage::open(&cfg.data_dir).context("open storage")?;
+    let entries = store.verify_raft_log().context("check the raft log")?;
+    let (head_tx, head_rx) = watch::channel(ArchiveHead::default());
+    let sm = StateMachine::open(store.clone(), head_tx).context("check the state machine")?;
+    tracing::info!(
+        node_id,
+        log_entries = entries,
+        archive_head = sm.head().sequence,
+        "storage checked"
+    );
+    let log = LogStore::new(store.clone());
+    let transport = Transport::plaintext();
+    let raft = Raft::new(
+        node_id,
+        raft_config(&cfg.tuning())?,
+        PeerNetwork {
+            node_id,
+            transport: transport.clone(),
+        },
+        log,
+        sm,
+    )
+    .await
+    .context("start raft")?;
+
+    let writes = Arc::new(WriteMetrics::default());
+    let proposer = Proposer::start(raft.clone(), writes.clone());
+    let writer = Writer::new(node_id, raft.clone(), proposer, transport, writes.clone());
+    let ctx = Arc::new(Ctx {
+        node_id,
+        addr: cfg.advertise(),
+        writer: writer.clone(),
+        reader: Reader::new(store.clone()),
+        head_rx,
+    });
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let stop = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let grpc = TcpListener::bind(cfg.grpc_addr)
+        .await
+        .with_context(|| format!("bind gRPC {}", cfg.grpc_addr))?;
+    let grpc_addr = grpc.local_addr()?;
+    let router = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(PeerServer::new(raft.clone(), Arc::new(writer.clone())).into_service())
+        .add_service(
+            ClusterServiceServer::new(Cluster(ctx.clone()))
+                .max_decoding_message_size(API_MESSAGE_BYTES_MAX),
+        )
+        .add_service(
+            ClientServiceServer::new(Clients(ctx.clone()))
+                .max_decoding_message_size(API_MESSAGE_BYTES_MAX),
+        )
+        .add_service(
+            EventServiceServer::new(Events(ctx.clone()))
+                .max_decoding_message_size(API_MESSAGE_BYTES_MAX),
+        );
+    let grpc_stop = stop(shutdown_rx.clone());
+    let mut tasks = vec![tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
+        if let Err(e) = router
+            .serve_with_incoming_shutdown(incoming, grpc_stop)
+            .await
+        {
+            tracing::error!(error = %e, "gRPC server failed");
+        }
+    })];
+
+    let http_listener = TcpListener::bind(cfg.http_addr)
+        .await
+        .with_context(|| format!("bind HTTP {}", cfg.http_addr))?;
+    let http_addr = http_listener.local_addr()?;
+    let app = http::router(HttpState {
+        ctx: ctx.clone(),
+        writes,
+    });
+    let http_stop = stop(shutdown_rx.clone());
+    tasks.push(tokio::spawn(async move {
+        if let Err(e) = axum::serve(http_listener, app)
+            .with_graceful_shutdown(http_stop)
+            .await
+        {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    }));
+
+    // A storage error stops Raft for good (openraft #285): surface it so the process exits.
+    let (fatal_tx, fatal) = watch::channel(None);
+    let mut metrics = raft.metrics();
+    tasks.push(tokio::spawn(async move {
+        loop {
+            if let Err(e) = &metrics.borrow_and_update().running_state {
+                tracing::error!(node_id, error = %e, "raft stopped on a fatal error");
+                let _ = fatal_tx.send(Some(e.to_string()));
+                return;
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    }));
+
+    if let Some(b) = &cfg.bootstrap {
+        if b.members.first().is_some_and(|m| m.id == node_id) {
+            let members: BTreeMap<u64, BasicNode> = b
+                .members
+                .iter()
+                .map(|m| {
+                    (
+                        m.id,
+                        BasicNode {
+                            addr: m.addr.clone(),
+                        },
+                    )
+                })
+                .collect();
+            if !raft.is_initialized().await? {
+                tracing::info!(node_id, members = ?members.keys().collect::<Vec<_>>(), "initializing a new cluster");
+                raft.initialize(members)
+                    .await
+                    .context("initialize cluster")?;
+            }
+            let td = TrustDomain::parse(&cfg.trust_domain)?;
+            let initial = b.members.clone();
+            tasks.push(tokio::spawn(record_bootstrap(writer, td, initial)));
+        }
+    }
+
+    tracing::info!(node_id, %grpc_addr, %http_addr, "node started");
+    Ok(RunningNode {
+        node_id,
+        raft,
+        grpc_addr,
+        http_addr,
+        fatal,
+        shutdown,
+        tasks,
+    })
+}
+
+/// Commit the trust domain and the initial members as events, once, through the normal path.
+async fn record_bootstrap(writer: Writer, td: TrustDomain, members: Vec<crate::config::Member>) {
+    let actor = Actor {
+        principal: Principal::System,
+        via_node: 0,
+    };
+    let mut commands = vec![Command::ConfigureTrustDomain { trust_domain: td }];
+    commands.extend(members.into_iter().map(|m| Command::RecordNodeMember {
+        node_id: m.id,
+        addr: m.addr,
+    }));
+    for cmd in commands {
+        for attempt in 0..60u32 {
+            match writer.submit(actor.clone(), cmd.clone()).await {
+                Ok(c) => {
+                    if let Err(Rejection::TrustDomainAlreadyConfigured { current }) = &c.outcome {
+                        tracing::warn!(%current, "the cluster already has another trust domain; keeping it");
+                    }
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(attempt, error = %e, "bootstrap record not written yet");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+}
+
+impl RunningNode {
+    /// Stop serving, stop Raft, wait for the listeners to close.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        for t in self.tasks {
+            t.abort();
+            let _ = t.await;
+        }
+        tracing::info!(node_id = self.node_id, "node stopped");
+    }
+}

@@ -1,0 +1,503 @@
+//! The admin gRPC services of `authsec.v1`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use authsec_api::v1::event_service_server::EventService;
+use authsec_api::v1::{
+    self, client_service_server::ClientService, cluster_service_server::ClusterService,
+};
+use authsec_api::{convert, ApiError};
+use authsec_domain::command::Command;
+use authsec_domain::{Actor, ArchiveHead, AuditRecord, Principal};
+use authsec_storage::Reader;
+use futures::Stream;
+use openraft::{BasicNode, ChangeMembers};
+use tokio::sync::watch;
+use tonic::{Request, Response, Status};
+
+use crate::writer::{Committed, Writer};
+
+/// Everything the services share.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub node_id: u64,
+    pub addr: String,
+    pub writer: Writer,
+    pub reader: Reader,
+    pub head_rx: watch::Receiver<ArchiveHead>,
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    tracing::error!(error = %e, "request failed");
+    ApiError::Internal("storage read failed; see the node's log".into()).into()
+}
+
+impl Ctx {
+    fn actor(&self) -> Actor {
+        // Until mutual TLS authenticates callers, every caller is anonymous.
+        Actor {
+            principal: Principal::Anonymous,
+            via_node: self.node_id,
+        }
+    }
+
+    async fn write(
+        &self,
+        command: Command,
+    ) -> Result<(v1::WriteReceipt, authsec_domain::Applied), Status> {
+        let Committed {
+            log_index,
+            leader_id,
+            outcome,
+        } = self.writer.submit(self.actor(), command).await?;
+        let applied = outcome.map_err(ApiError::from)?;
+        let (first, last) = applied.sequences.unwrap_or((0, 0));
+        Ok((
+            v1::WriteReceipt {
+                log_index,
+                sequence_first: first,
+                sequence_last: last,
+                via_node: self.node_id,
+                leader_id,
+            },
+            applied,
+        ))
+    }
+
+    async fn read_point(&self, consistency: i32) -> Result<(), Status> {
+        match v1::Consistency::try_from(consistency) {
+            Ok(v1::Consistency::Local) => Ok(()),
+            Ok(v1::Consistency::Linearizable) => Ok(self.writer.linearize().await?),
+            Err(_) => Err(ApiError::from(authsec_domain::FieldError::new(
+                "consistency",
+                "unknown value",
+            ))
+            .into()),
+        }
+    }
+
+    pub async fn status(&self) -> Result<v1::StatusResponse, Status> {
+        let m = self.writer.raft().metrics().borrow().clone();
+        let reader = self.reader.clone();
+        let (view, meta) = tokio::task::spawn_blocking(move || {
+            Ok::<_, authsec_storage::StoreError>((reader.status_view()?, reader.meta()?))
+        })
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+        let membership = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, n)| v1::Member {
+                node_id: *id,
+                addr: n.addr.clone(),
+                role: if voters.contains(id) {
+                    "voter"
+                } else {
+                    "learner"
+                }
+                .into(),
+            })
+            .collect();
+        let leader_addr = m
+            .current_leader
+            .and_then(|l| membership.get_node(&l).map(|n| n.addr.clone()))
+            .unwrap_or_default();
+        let state = match m.state {
+            openraft::ServerState::Leader => "leader",
+            openraft::ServerState::Follower => "follower",
+            openraft::ServerState::Candidate => "candidate",
+            openraft::ServerState::Learner => "learner",
+            openraft::ServerState::Shutdown => "shutdown",
+        };
+        Ok(v1::StatusResponse {
+            node_id: self.node_id,
+            addr: self.addr.clone(),
+            leader_id: m.current_leader.unwrap_or(0),
+            leader_addr,
+            term: m.current_term,
+            state: state.into(),
+            last_log_index: m.last_log_index.unwrap_or(0),
+            applied_index: view.applied.map_or(0, |l| l.index),
+            millis_since_quorum_ack: m.millis_since_quorum_ack.map_or(-1, |v| v as i64),
+            projection_digest: hex::encode(view.digest),
+            archive_head: Some(v1::ArchiveHead {
+                sequence: view.head.sequence,
+                hash: hex::encode(view.head.hash),
+            }),
+            members,
+            trust_domain: meta.trust_domain.map(|t| t.to_string()).unwrap_or_default(),
+            snapshot_index: m.snapshot.map_or(0, |l| l.index),
+            purged_index: m.purged.map_or(0, |l| l.index),
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Cluster(pub Arc<Ctx>);
+
+fn not_leader(raft: &authsec_raft::Raft) -> Status {
+    let m = raft.metrics().borrow().clone();
+    let leader = m.current_leader.map(|id| {
+        (
+            id,
+            m.membership_config
+                .membership()
+                .get_node(&id)
+                .map(|n| n.addr.clone())
+                .unwrap_or_default(),
+        )
+    });
+    ApiError::Unavailable {
+        reason: "membership changes are served by the leader; ask it".into(),
+        leader,
+    }
+    .into()
+}
+
+fn membership_answer(raft: &authsec_raft::Raft, log_index: u64) -> v1::MembershipResponse {
+    let m = raft.metrics().borrow().clone();
+    let membership = m.membership_config.membership();
+    let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+    v1::MembershipResponse {
+        members: membership
+            .nodes()
+            .map(|(id, n)| v1::Member {
+                node_id: *id,
+                addr: n.addr.clone(),
+                role: if voters.contains(id) {
+                    "voter"
+                } else {
+                    "learner"
+                }
+                .into(),
+            })
+            .collect(),
+        log_index,
+    }
+}
+
+#[tonic::async_trait]
+impl ClusterService for Cluster {
+    async fn status(
+        &self,
+        _req: Request<v1::StatusRequest>,
+    ) -> Result<Response<v1::StatusResponse>, Status> {
+        Ok(Response::new(self.0.status().await?))
+    }
+
+    async fn add_node(
+        &self,
+        req: Request<v1::AddNodeRequest>,
+    ) -> Result<Response<v1::MembershipResponse>, Status> {
+        let r = req.into_inner();
+        if r.node_id == 0 {
+            return Err(ApiError::from(authsec_domain::FieldError::new(
+                "node_id",
+                "must be 1 or more",
+            ))
+            .into());
+        }
+        if r.addr.is_empty()
+            || r.addr.len() > authsec_domain::limits::NODE_ADDR_BYTES_MAX
+            || !r.addr.contains(':')
+        {
+            return Err(ApiError::from(authsec_domain::FieldError::new(
+                "addr",
+                "must be host:port",
+            ))
+            .into());
+        }
+        let raft = self.0.writer.raft();
+        if raft.metrics().borrow().current_leader != Some(self.0.node_id) {
+            return Err(not_leader(raft));
+        }
+        tracing::info!(node_id = r.node_id, addr = %r.addr, "adding node as learner");
+        let resp = raft
+            .add_learner(
+                r.node_id,
+                BasicNode {
+                    addr: r.addr.clone(),
+                },
+                true,
+            )
+            .await
+            .map_err(|e| ApiError::Unavailable {
+                reason: format!("add learner: {e}"),
+                leader: None,
+            })?;
+        let mut index = resp.log_id.index;
+        if !r.learner_only {
+            tracing::info!(node_id = r.node_id, "promoting learner to voter");
+            let resp = raft
+                .change_membership(ChangeMembers::AddVoterIds([r.node_id].into()), false)
+                .await
+                .map_err(|e| ApiError::Unavailable {
+                    reason: format!("promote to voter: {e}"),
+                    leader: None,
+                })?;
+            index = resp.log_id.index;
+        }
+        self.0
+            .write(Command::RecordNodeMember {
+                node_id: r.node_id,
+                addr: r.addr,
+            })
+            .await?;
+        Ok(Response::new(membership_answer(raft, index)))
+    }
+
+    async fn remove_node(
+        &self,
+        req: Request<v1::RemoveNodeRequest>,
+    ) -> Result<Response<v1::MembershipResponse>, Status> {
+        let r = req.into_inner();
+        let raft = self.0.writer.raft();
+        if raft.metrics().borrow().current_leader != Some(self.0.node_id) {
+            return Err(not_leader(raft));
+        }
+        let m = raft.metrics().borrow().clone();
+        let membership = m.membership_config.membership();
+        if membership.get_node(&r.node_id).is_none() {
+            return Err(ApiError::NotFound(format!("node {}", r.node_id)).into());
+        }
+        let is_voter = membership.voter_ids().any(|v| v == r.node_id);
+        let change = if is_voter {
+            ChangeMembers::RemoveVoters([r.node_id].into())
+        } else {
+            ChangeMembers::RemoveNodes([r.node_id].into())
+        };
+        let resp = raft
+            .change_membership(change, false)
+            .await
+            .map_err(|e| ApiError::FailedPrecondition(format!("remove node {}: {e}", r.node_id)))?;
+        match self
+            .0
+            .write(Command::RecordNodeRemoved { node_id: r.node_id })
+            .await
+        {
+            Ok(_) | Err(_) => {}
+        }
+        Ok(Response::new(membership_answer(raft, resp.log_id.index)))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Clients(pub Arc<Ctx>);
+
+/// Page sizes for listings.
+const PAGE_DEFAULT: usize = 100;
+const PAGE_MAX: usize = 1000;
+
+#[tonic::async_trait]
+impl ClientService for Clients {
+    async fn register_client(
+        &self,
+        req: Request<v1::RegisterClientRequest>,
+    ) -> Result<Response<v1::RegisterClientResponse>, Status> {
+        let cmd = convert::register_client(req.into_inner()).map_err(ApiError::from)?;
+        let (receipt, applied) = self.0.write(Command::RegisterClient(cmd.clone())).await?;
+        let id = cmd
+            .client_id
+            .or(applied.generated_client_id)
+            .ok_or_else(|| internal("registration without an id"))?;
+        let client = self
+            .0
+            .reader
+            .client(&id)
+            .map_err(internal)?
+            .map(|c| convert::client_to_wire(&c));
+        Ok(Response::new(v1::RegisterClientResponse {
+            receipt: Some(receipt),
+            client,
+        }))
+    }
+
+    async fn update_client(
+        &self,
+        req: Request<v1::UpdateClientRequest>,
+    ) -> Result<Response<v1::UpdateClientResponse>, Status> {
+        let (client_id, patch, expected_revision) =
+            convert::update_client(req.into_inner()).map_err(ApiError::from)?;
+        let (receipt, _) = self
+            .0
+            .write(Command::UpdateClient {
+                client_id,
+                patch,
+                expected_revision,
+            })
+            .await?;
+        Ok(Response::new(v1::UpdateClientResponse {
+            receipt: Some(receipt),
+        }))
+    }
+
+    async fn remove_client(
+        &self,
+        req: Request<v1::RemoveClientRequest>,
+    ) -> Result<Response<v1::RemoveClientResponse>, Status> {
+        let client_id = convert::client_id(&req.into_inner().client_id).map_err(ApiError::from)?;
+        let (receipt, _) = self.0.write(Command::RemoveClient { client_id }).await?;
+        Ok(Response::new(v1::RemoveClientResponse {
+            receipt: Some(receipt),
+        }))
+    }
+
+    async fn get_client(
+        &self,
+        req: Request<v1::GetClientRequest>,
+    ) -> Result<Response<v1::Client>, Status> {
+        let r = req.into_inner();
+        let id = convert::client_id(&r.client_id).map_err(ApiError::from)?;
+        self.0.read_point(r.consistency).await?;
+        match self.0.reader.client(&id).map_err(internal)? {
+            Some(c) => Ok(Response::new(convert::client_to_wire(&c))),
+            None => Err(ApiError::NotFound(format!("client {id}")).into()),
+        }
+    }
+
+    async fn list_clients(
+        &self,
+        req: Request<v1::ListClientsRequest>,
+    ) -> Result<Response<v1::ListClientsResponse>, Status> {
+        let r = req.into_inner();
+        let size = match r.page_size as usize {
+            0 => PAGE_DEFAULT,
+            n if n > PAGE_MAX => {
+                return Err(ApiError::from(authsec_domain::FieldError::new(
+                    "page_size",
+                    format!("at most {PAGE_MAX}"),
+                ))
+                .into())
+            }
+            n => n,
+        };
+        let after = if r.page_token.is_empty() {
+            None
+        } else {
+            Some(
+                convert::client_id(&r.page_token)
+                    .map_err(|e| ApiError::from(e.at("page_token")))?,
+            )
+        };
+        self.0.read_point(r.consistency).await?;
+        let page = self
+            .0
+            .reader
+            .clients(after.as_ref().map(|a| a.as_str()), size + 1)
+            .map_err(internal)?;
+        let more = page.len() > size;
+        let clients: Vec<_> = page
+            .iter()
+            .take(size)
+            .map(convert::client_to_wire)
+            .collect();
+        let next_page_token = if more {
+            clients
+                .last()
+                .map(|c| c.client_id.clone())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(v1::ListClientsResponse {
+            clients,
+            next_page_token,
+        }))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Events(pub Arc<Ctx>);
+
+/// Records read per archive scan while streaming.
+const FEED_PAGE: usize = 256;
+const FEED_PAGE_BYTES: usize = 4 << 20;
+
+pub fn record_to_wire(
+    seq: u64,
+    hash: &[u8; 32],
+    bytes: Vec<u8>,
+) -> Result<v1::AuditRecord, String> {
+    let r = AuditRecord::from_bytes(&bytes)
+        .map_err(|e| format!("record {seq} does not decode: {e}"))?;
+    let json = serde_json::to_string(&r).map_err(|e| e.to_string())?;
+    Ok(v1::AuditRecord {
+        sequence: r.sequence,
+        log_index: r.log_index,
+        time_ms: r.time_ms,
+        kind: r.kind,
+        subject: r.subject,
+        actor: r.actor.principal.to_string(),
+        via_node: r.actor.via_node,
+        json,
+        record_bytes: bytes,
+        hash: hex::encode(hash),
+    })
+}
+
+#[tonic::async_trait]
+impl EventService for Events {
+    type FeedStream = Pin<Box<dyn Stream<Item = Result<v1::AuditRecord, Status>> + Send + 'static>>;
+
+    async fn feed(
+        &self,
+        req: Request<v1::FeedRequest>,
+    ) -> Result<Response<Self::FeedStream>, Status> {
+        let r = req.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let reader = self.0.reader.clone();
+        let mut head_rx = self.0.head_rx.clone();
+        tokio::spawn(async move {
+            let mut next = r.from_sequence.max(1);
+            loop {
+                let rd = reader.clone();
+                let page = tokio::task::spawn_blocking(move || {
+                    rd.records(next, FEED_PAGE, FEED_PAGE_BYTES)
+                })
+                .await;
+                let page = match page {
+                    Ok(Ok(p)) => p,
+                    Ok(Err(e)) => {
+                        let _ = tx.send(Err(internal(e))).await;
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(internal(e))).await;
+                        return;
+                    }
+                };
+                if page.is_empty() {
+                    if !r.follow {
+                        return;
+                    }
+                    // Wait for the head to pass `next`, or the client to go away.
+                    loop {
+                        if head_rx.borrow_and_update().sequence >= next {
+                            break;
+                        }
+                        tokio::select! {
+                            changed = head_rx.changed() => if changed.is_err() { return },
+                            _ = tx.closed() => return,
+                            _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+                        }
+                    }
+                    continue;
+                }
+                for rec in page {
+                    next = rec.sequence + 1;
+                    let item = record_to_wire(rec.sequence, &rec.hash, rec.bytes).map_err(internal);
+                    if tx.send(item).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}

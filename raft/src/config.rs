@@ -1,0 +1,52 @@
+//! openraft configuration, sized for snapshots that carry the whole event archive.
+
+use std::sync::Arc;
+
+/// The knobs operators and tests turn.
+#[derive(Debug, Clone)]
+pub struct RaftTuning {
+    pub cluster_name: String,
+    pub heartbeat_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many applied entries since the last one.
+    pub snapshot_logs_since_last: u64,
+    /// Entries kept in the log after a snapshot, so slow followers catch up without one.
+    pub max_in_snapshot_log_to_keep: u64,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        Self {
+            cluster_name: "authsec".into(),
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1000,
+            snapshot_logs_since_last: 5000,
+            max_in_snapshot_log_to_keep: 1000,
+        }
+    }
+}
+
+/// Snapshot chunks and their timeout are far above openraft's defaults (3 MiB, 200 ms), which
+/// loop forever on snapshots of tens of megabytes (openraft #634/#630).
+pub const SNAPSHOT_CHUNK_BYTES: u64 = 8 << 20;
+pub const INSTALL_SNAPSHOT_TIMEOUT_MS: u64 = 30_000;
+/// Entries per AppendEntries: each may hold a batch of up to 1 MiB.
+pub const MAX_PAYLOAD_ENTRIES: u64 = 32;
+
+pub fn raft_config(t: &RaftTuning) -> Result<Arc<openraft::Config>, openraft::ConfigError> {
+    let c = openraft::Config {
+        cluster_name: t.cluster_name.clone(),
+        heartbeat_interval: t.heartbeat_ms,
+        election_timeout_min: t.election_timeout_min_ms,
+        election_timeout_max: t.election_timeout_max_ms,
+        install_snapshot_timeout: INSTALL_SNAPSHOT_TIMEOUT_MS,
+        snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
+        max_payload_entries: MAX_PAYLOAD_ENTRIES,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(t.snapshot_logs_since_last),
+        max_in_snapshot_log_to_keep: t.max_in_snapshot_log_to_keep,
+        ..Default::default()
+    };
+    Ok(Arc::new(c.validate()?))
+}

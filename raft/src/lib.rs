@@ -1,0 +1,21 @@
+//! authsec's Raft wiring: the openraft configuration, the gRPC peer transport (client side in
+//! [`network`], server side in [`service`]) and the messages nodes exchange.
+//!
+//! Architecture invariant: all node-to-node traffic goes through [`transport::Transport`], the
+//! single seam where mutual TLS is configured.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod messages;
+pub mod network;
+pub mod service;
+pub mod transport;
+
+pub use authsec_storage::{NodeId, TypeConfig};
+pub use config::{raft_config, RaftTuning};
+pub use messages::{ForwardError, ForwardRequest, ForwardResponse};
+pub use network::{PeerClient, PeerNetwork};
+pub use service::{LeaderHandler, PeerServer};
+pub use transport::Transport;
+
+pub type Raft = openraft::Raft<TypeConfig>;

@@ -1,0 +1,88 @@
+//! The server side of the peer transport.
+
+use std::sync::Arc;
+
+use authsec_api::internal::v1::peer_service_server::{PeerService, PeerServiceServer};
+use authsec_api::internal::v1::Payload;
+use tonic::{Request, Response, Status};
+
+use crate::messages::{self, *};
+use crate::transport::PEER_MESSAGE_BYTES_MAX;
+use crate::Raft;
+
+/// What the leader does for its followers: take forwarded writes and serve read indexes.
+#[tonic::async_trait]
+pub trait LeaderHandler: Send + Sync + 'static {
+    async fn forward(&self, req: ForwardRequest) -> Result<ForwardResponse, ForwardError>;
+    async fn read_index(&self) -> Result<u64, ForwardError>;
+}
+
+pub struct PeerServer {
+    raft: Raft,
+    leader: Arc<dyn LeaderHandler>,
+}
+
+impl std::fmt::Debug for PeerServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerServer").finish_non_exhaustive()
+    }
+}
+
+impl PeerServer {
+    pub fn new(raft: Raft, leader: Arc<dyn LeaderHandler>) -> Self {
+        Self { raft, leader }
+    }
+
+    pub fn into_service(self) -> PeerServiceServer<Self> {
+        PeerServiceServer::new(self)
+            .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX)
+    }
+}
+
+fn bad(e: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("undecodable peer message: {e}"))
+}
+
+#[tonic::async_trait]
+impl PeerService for PeerServer {
+    async fn append_entries(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let rpc = messages::decode(TAG_APPEND_REQ, &req.into_inner().data).map_err(bad)?;
+        let res = self.raft.append_entries(rpc).await;
+        Ok(Response::new(Payload {
+            data: messages::encode(TAG_APPEND_RES, &res),
+        }))
+    }
+
+    async fn vote(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let rpc = messages::decode(TAG_VOTE_REQ, &req.into_inner().data).map_err(bad)?;
+        let res = self.raft.vote(rpc).await;
+        Ok(Response::new(Payload {
+            data: messages::encode(TAG_VOTE_RES, &res),
+        }))
+    }
+
+    async fn install_snapshot(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let rpc = messages::decode(TAG_SNAPSHOT_REQ, &req.into_inner().data).map_err(bad)?;
+        let res = self.raft.install_snapshot(rpc).await;
+        Ok(Response::new(Payload {
+            data: messages::encode(TAG_SNAPSHOT_RES, &res),
+        }))
+    }
+
+    async fn forward(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let fwd: ForwardRequest =
+            messages::decode(TAG_FORWARD_REQ, &req.into_inner().data).map_err(bad)?;
+        let res = self.leader.forward(fwd).await;
+        Ok(Response::new(Payload {
+            data: messages::encode(TAG_FORWARD_RES, &res),
+        }))
+    }
+
+    async fn read_index(&self, _req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let res = self.leader.read_index().await;
+        Ok(Response::new(Payload {
+            data: messages::encode(TAG_READ_INDEX_RES, &res),
+        }))
+    }
+}

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what building authsec needs on a fresh Debian machine that has only Rust:
+# libclang (RocksDB's bindings), a C++ compiler, and protoc (tonic's code generation).
+# Safe to run again: it installs only what is missing.
+set -euo pipefail
+
+need=()
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+command -v c++ >/dev/null 2>&1 || need+=(g++)
+if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ldconfig -p 2>/dev/null | grep -q libclang; then
+  need+=(libclang-dev clang)
+fi
+for extra in "$@"; do
+  dpkg -s "$extra" >/dev/null 2>&1 || need+=("$extra")
+done
+
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing ${need[*]}" >&2
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi

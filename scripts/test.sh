@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The test command: set up, check formatting and lints, then build once and run every test
+# (unit, property, golden, openraft's storage suite, architecture rules, and the multi-process
+# cluster tests). Long chaos runs and benchmarks have their own commands.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/env.sh
+scripts/setup.sh
+cargo fmt --all -- --check
+cargo clippy --locked --workspace --all-targets -- -D warnings
+cargo build --locked --workspace --all-targets
+cargo test --locked --workspace -- --test-threads 2

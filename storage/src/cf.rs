@@ -1,0 +1,78 @@
+//! Column families and keys.
+
+use authsec_domain::codec::Tag;
+
+/// The Raft log: `index (u64 BE) -> Entry`.
+pub const RAFT_LOG: &str = "raft_log";
+/// Raft metadata: vote, committed, last purged.
+pub const RAFT_META: &str = "raft_meta";
+/// State-machine metadata: applied log id, membership, archive head.
+pub const SM_META: &str = "sm_meta";
+/// The event archive: `sequence (u64 BE) -> hash (32 bytes) || record bytes`.
+pub const ARCHIVE: &str = "archive";
+/// Projection: trust domain and replicated clock.
+pub const PROJ_META: &str = "proj_meta";
+/// Projection: node membership records, `node id (u64 BE) -> NodeRecord`.
+pub const PROJ_NODES: &str = "proj_nodes";
+/// Projection: the client registry, `client id -> Client`.
+pub const PROJ_CLIENTS: &str = "proj_clients";
+/// Replicated secret material (sealed keys); never archived or exported.
+pub const SEALED_SECRETS: &str = "sealed_secrets";
+/// Node-local metadata (snapshot installation marker); never replicated.
+pub const LOCAL_META: &str = "local_meta";
+/// This node's sealed keys; never replicated.
+pub const LOCAL_KEYS: &str = "local_keys";
+/// This node's issuance outbox; never replicated.
+pub const LOCAL_OUTBOX: &str = "local_outbox";
+
+pub const ALL: &[&str] = &[
+    RAFT_LOG,
+    RAFT_META,
+    SM_META,
+    ARCHIVE,
+    PROJ_META,
+    PROJ_NODES,
+    PROJ_CLIENTS,
+    SEALED_SECRETS,
+    LOCAL_META,
+    LOCAL_KEYS,
+    LOCAL_OUTBOX,
+];
+
+/// What a snapshot carries, in this order. Index in this list is the frame's family byte.
+pub const REPLICATED: &[&str] = &[
+    SM_META,
+    ARCHIVE,
+    PROJ_META,
+    PROJ_NODES,
+    PROJ_CLIENTS,
+    SEALED_SECRETS,
+];
+
+/// The projection families the digest covers.
+pub const PROJECTIONS: &[&str] = &[PROJ_META, PROJ_NODES, PROJ_CLIENTS];
+
+pub const KEY_VOTE: &[u8] = b"vote";
+pub const KEY_COMMITTED: &[u8] = b"committed";
+pub const KEY_LAST_PURGED: &[u8] = b"last_purged";
+pub const KEY_APPLIED: &[u8] = b"applied";
+pub const KEY_MEMBERSHIP: &[u8] = b"membership";
+pub const KEY_HEAD: &[u8] = b"head";
+pub const KEY_META: &[u8] = b"meta";
+pub const KEY_INSTALLING: &[u8] = b"installing_snapshot";
+
+/// Storage's own codec tags.
+pub const TAG_ENTRY: Tag = Tag(0x40);
+pub const TAG_VOTE: Tag = Tag(0x41);
+pub const TAG_LOG_ID: Tag = Tag(0x42);
+pub const TAG_MEMBERSHIP: Tag = Tag(0x43);
+pub const TAG_SNAPSHOT_META: Tag = Tag(0x44);
+pub const TAG_STRING: Tag = Tag(0x45);
+
+pub fn u64_key(n: u64) -> [u8; 8] {
+    n.to_be_bytes()
+}
+
+pub fn key_u64(k: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(k.try_into().ok()?))
+}

@@ -1,0 +1,292 @@
+//! Reads of the projections and the archive, straight from RocksDB, beside the state machine.
+
+use authsec_domain::codec::{self, Tag};
+use authsec_domain::{
+    chain_next, ArchiveHead, Client, ClientId, Hash32, NodeRecord, State, StateMeta,
+};
+use sha2::{Digest, Sha256};
+
+use crate::cf;
+use crate::db::Store;
+use crate::error::{printable, StoreError};
+use crate::types::LogId;
+
+/// A read-only handle for the API: projections, the archive and the status view.
+#[derive(Debug, Clone)]
+pub struct Reader {
+    store: Store,
+}
+
+/// What `cluster status` shows of one node's state, all taken from one consistent view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusView {
+    pub applied: Option<LogId>,
+    /// SHA-256 over every projection family's keys and values, in key order.
+    pub digest: Hash32,
+    pub head: ArchiveHead,
+}
+
+/// One archived record as stored: its chain hash and exact bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRecord {
+    pub sequence: u64,
+    pub hash: Hash32,
+    pub bytes: Vec<u8>,
+}
+
+fn split_archive_value(seq_key: &[u8], v: &[u8]) -> Result<(Hash32, Vec<u8>), StoreError> {
+    if v.len() < 32 + 6 {
+        return Err(StoreError::Damaged {
+            cf: cf::ARCHIVE,
+            key: printable(seq_key),
+            detail: format!(
+                "value of {} bytes is too short to hold a hash and a record",
+                v.len()
+            ),
+        });
+    }
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(&v[..32]);
+    Ok((hash, v[32..].to_vec()))
+}
+
+impl Reader {
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+
+    /// Decode every projection into a [`State`]; a value that does not decode names itself.
+    pub fn load_state(&self) -> Result<State, StoreError> {
+        let db = &self.store.db;
+        let mut state = State::default();
+        if let Some(v) = db
+            .get_cf(self.store.cf(cf::PROJ_META), cf::KEY_META)
+            .map_err(StoreError::rocks("read meta"))?
+        {
+            state.meta = codec::decode(Tag::STATE_META, &v)
+                .map_err(|e| StoreError::damaged(cf::PROJ_META, cf::KEY_META, e))?;
+        }
+        for item in db.iterator_cf(self.store.cf(cf::PROJ_NODES), rocksdb::IteratorMode::Start) {
+            let (k, v) = item.map_err(StoreError::rocks("scan nodes"))?;
+            let n: NodeRecord = codec::decode(Tag::NODE_RECORD, &v)
+                .map_err(|e| StoreError::damaged(cf::PROJ_NODES, &k, e))?;
+            state.nodes.insert(n.node_id, n);
+        }
+        for item in db.iterator_cf(
+            self.store.cf(cf::PROJ_CLIENTS),
+            rocksdb::IteratorMode::Start,
+        ) {
+            let (k, v) = item.map_err(StoreError::rocks("scan clients"))?;
+            let c: Client = codec::decode(Tag::CLIENT, &v)
+                .map_err(|e| StoreError::damaged(cf::PROJ_CLIENTS, &k, e))?;
+            if c.client_id.as_str().as_bytes() != &*k {
+                return Err(StoreError::Damaged {
+                    cf: cf::PROJ_CLIENTS,
+                    key: printable(&k),
+                    detail: format!("value holds client {}", c.client_id),
+                });
+            }
+            state.clients.insert(c.client_id.clone(), c);
+        }
+        Ok(state)
+    }
+
+    /// Walk the whole archive: sequences without gaps, every record decodes, every chain hash
+    /// recomputes. Returns the head it ends at.
+    pub fn verify_archive(&self) -> Result<ArchiveHead, StoreError> {
+        let mut head = ArchiveHead::default();
+        for item in self
+            .store
+            .db
+            .iterator_cf(self.store.cf(cf::ARCHIVE), rocksdb::IteratorMode::Start)
+        {
+            let (k, v) = item.map_err(StoreError::rocks("scan archive"))?;
+            let seq = cf::key_u64(&k).ok_or_else(|| StoreError::Damaged {
+                cf: cf::ARCHIVE,
+                key: printable(&k),
+                detail: "key is not an 8-byte sequence".into(),
+            })?;
+            if seq != head.sequence + 1 {
+                return Err(StoreError::Damaged {
+                    cf: cf::ARCHIVE,
+                    key: printable(&k),
+                    detail: format!(
+                        "sequence {seq} follows {}: records are missing",
+                        head.sequence
+                    ),
+                });
+            }
+            let (hash, bytes) = split_archive_value(&k, &v)?;
+            authsec_domain::AuditRecord::from_bytes(&bytes)
+                .map_err(|e| StoreError::damaged(cf::ARCHIVE, &k, e))?;
+            let expect = chain_next(&head.hash, &bytes);
+            if expect != hash {
+                return Err(StoreError::Damaged {
+                    cf: cf::ARCHIVE,
+                    key: printable(&k),
+                    detail: "chain hash does not match the record bytes".into(),
+                });
+            }
+            head = ArchiveHead {
+                sequence: seq,
+                hash,
+            };
+        }
+        Ok(head)
+    }
+
+    /// Applied index, projection digest and archive head, from one consistent view.
+    pub fn status_view(&self) -> Result<StatusView, StoreError> {
+        let snap = self.store.db.snapshot();
+        let meta = self.store.cf(cf::SM_META);
+        let applied = match snap
+            .get_cf(meta, cf::KEY_APPLIED)
+            .map_err(StoreError::rocks("read applied"))?
+        {
+            None => None,
+            Some(v) => codec::decode(cf::TAG_LOG_ID, &v)
+                .map_err(|e| StoreError::damaged(cf::SM_META, cf::KEY_APPLIED, e))?,
+        };
+        let head = match snap
+            .get_cf(meta, cf::KEY_HEAD)
+            .map_err(StoreError::rocks("read head"))?
+        {
+            None => ArchiveHead::default(),
+            Some(v) => codec::decode(Tag::ARCHIVE_HEAD, &v)
+                .map_err(|e| StoreError::damaged(cf::SM_META, cf::KEY_HEAD, e))?,
+        };
+        let mut h = Sha256::new();
+        for name in cf::PROJECTIONS {
+            h.update((name.len() as u32).to_le_bytes());
+            h.update(name.as_bytes());
+            for item in snap.iterator_cf(self.store.cf(name), rocksdb::IteratorMode::Start) {
+                let (k, v) = item.map_err(StoreError::rocks(format!("scan {name}")))?;
+                h.update((k.len() as u32).to_le_bytes());
+                h.update(&k);
+                h.update((v.len() as u32).to_le_bytes());
+                h.update(&v);
+            }
+        }
+        Ok(StatusView {
+            applied,
+            digest: h.finalize().into(),
+            head,
+        })
+    }
+
+    pub fn head(&self) -> Result<ArchiveHead, StoreError> {
+        match self
+            .store
+            .db
+            .get_cf(self.store.cf(cf::SM_META), cf::KEY_HEAD)
+            .map_err(StoreError::rocks("read head"))?
+        {
+            None => Ok(ArchiveHead::default()),
+            Some(v) => codec::decode(Tag::ARCHIVE_HEAD, &v)
+                .map_err(|e| StoreError::damaged(cf::SM_META, cf::KEY_HEAD, e)),
+        }
+    }
+
+    pub fn meta(&self) -> Result<StateMeta, StoreError> {
+        match self
+            .store
+            .db
+            .get_cf(self.store.cf(cf::PROJ_META), cf::KEY_META)
+            .map_err(StoreError::rocks("read meta"))?
+        {
+            None => Ok(StateMeta::default()),
+            Some(v) => codec::decode(Tag::STATE_META, &v)
+                .map_err(|e| StoreError::damaged(cf::PROJ_META, cf::KEY_META, e)),
+        }
+    }
+
+    pub fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        let mut out = Vec::new();
+        for item in self
+            .store
+            .db
+            .iterator_cf(self.store.cf(cf::PROJ_NODES), rocksdb::IteratorMode::Start)
+        {
+            let (k, v) = item.map_err(StoreError::rocks("scan nodes"))?;
+            out.push(
+                codec::decode(Tag::NODE_RECORD, &v)
+                    .map_err(|e| StoreError::damaged(cf::PROJ_NODES, &k, e))?,
+            );
+        }
+        Ok(out)
+    }
+
+    pub fn client(&self, id: &ClientId) -> Result<Option<Client>, StoreError> {
+        let key = id.as_str().as_bytes();
+        match self
+            .store
+            .db
+            .get_cf(self.store.cf(cf::PROJ_CLIENTS), key)
+            .map_err(StoreError::rocks("read client"))?
+        {
+            None => Ok(None),
+            Some(v) => codec::decode(Tag::CLIENT, &v)
+                .map(Some)
+                .map_err(|e| StoreError::damaged(cf::PROJ_CLIENTS, key, e)),
+        }
+    }
+
+    /// Clients in id order, strictly after `after`, at most `limit`.
+    pub fn clients(&self, after: Option<&str>, limit: usize) -> Result<Vec<Client>, StoreError> {
+        let handle = self.store.cf(cf::PROJ_CLIENTS);
+        let mode = match after {
+            Some(a) => rocksdb::IteratorMode::From(a.as_bytes(), rocksdb::Direction::Forward),
+            None => rocksdb::IteratorMode::Start,
+        };
+        let mut out = Vec::new();
+        for item in self.store.db.iterator_cf(handle, mode) {
+            let (k, v) = item.map_err(StoreError::rocks("scan clients"))?;
+            if after.is_some_and(|a| a.as_bytes() == &*k) {
+                continue;
+            }
+            if out.len() >= limit {
+                break;
+            }
+            out.push(
+                codec::decode(Tag::CLIENT, &v)
+                    .map_err(|e| StoreError::damaged(cf::PROJ_CLIENTS, &k, e))?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Archived records from `from` on, at most `limit` of them and about `max_bytes`.
+    pub fn records(
+        &self,
+        from: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<StoredRecord>, StoreError> {
+        let key = cf::u64_key(from.max(1));
+        let iter = self.store.db.iterator_cf(
+            self.store.cf(cf::ARCHIVE),
+            rocksdb::IteratorMode::From(&key, rocksdb::Direction::Forward),
+        );
+        let mut out = Vec::new();
+        let mut bytes_total = 0;
+        for item in iter {
+            if out.len() >= limit || bytes_total >= max_bytes {
+                break;
+            }
+            let (k, v) = item.map_err(StoreError::rocks("scan archive"))?;
+            let sequence = cf::key_u64(&k).ok_or_else(|| StoreError::Damaged {
+                cf: cf::ARCHIVE,
+                key: printable(&k),
+                detail: "key is not an 8-byte sequence".into(),
+            })?;
+            let (hash, bytes) = split_archive_value(&k, &v)?;
+            bytes_total += bytes.len();
+            out.push(StoredRecord {
+                sequence,
+                hash,
+                bytes,
+            });
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,512 @@
+//! The Raft state machine (openraft `RaftStateMachine`): decides and applies stamped proposals,
+//! archives their events in the hash chain, and keeps file-backed snapshots.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use authsec_domain::codec::{self, Tag};
+use authsec_domain::{
+    apply_proposal, chain_next, Applied, ArchiveHead, AuditRecord, BatchOutcome, Command,
+    ProjectionKey, State,
+};
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{EntryPayload, RaftSnapshotBuilder, SnapshotMeta, StorageIOError};
+use rocksdb::{WriteBatch, WriteOptions};
+use tokio::sync::watch;
+
+use crate::cf;
+use crate::db::Store;
+use crate::error::StoreError;
+use crate::snapshot;
+use crate::types::{Entry, LogId, StorageError, StoredMembership, TypeConfig};
+
+/// The replicated state machine of one node.
+pub struct StateMachine {
+    store: Store,
+    state: State,
+    applied: Option<LogId>,
+    membership: StoredMembership,
+    head: ArchiveHead,
+    head_tx: watch::Sender<ArchiveHead>,
+    /// Serializes changes to the snapshot folder (builds run beside applies).
+    snapshot_lock: Arc<Mutex<()>>,
+    /// The file a snapshot from the leader is being received into.
+    receiving: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for StateMachine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StateMachine")
+            .field("applied", &self.applied)
+            .field("head", &self.head)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The snapshot currently kept, recorded in `snapshots/current`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct CurrentSnapshot {
+    meta: crate::types::SnapshotMeta,
+    file: String,
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(StoreError::io("write", &tmp))?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(StoreError::io("sync", &tmp))?;
+    std::fs::rename(&tmp, path).map_err(StoreError::io("rename", path))?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)
+            .and_then(|f| f.sync_all())
+            .map_err(StoreError::io("sync directory", dir))?;
+    }
+    Ok(())
+}
+
+fn read_current(store: &Store) -> Result<Option<CurrentSnapshot>, StoreError> {
+    let path = store.snapshot_dir.join("current");
+    match std::fs::read(&path) {
+        Ok(bytes) => codec::decode(cf::TAG_SNAPSHOT_META, &bytes)
+            .map(Some)
+            .map_err(|e| StoreError::Snapshot {
+                path,
+                detail: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError::io("read", path)(e)),
+    }
+}
+
+/// Make `file` the current snapshot and delete the files of older ones.
+fn set_current(store: &Store, current: &CurrentSnapshot) -> Result<(), StoreError> {
+    write_atomically(
+        &store.snapshot_dir.join("current"),
+        &codec::encode(cf::TAG_SNAPSHOT_META, current),
+    )?;
+    if let Ok(dir) = std::fs::read_dir(&store.snapshot_dir) {
+        for f in dir.flatten() {
+            let name = f.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".snap") && name != current.file {
+                let _ = std::fs::remove_file(f.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn snapshot_file_name(id: &str) -> String {
+    format!("snap-{id}.snap")
+}
+
+impl StateMachine {
+    /// Open the state machine: finish an interrupted snapshot installation, then load and check
+    /// every projection and the whole archive chain. Any damage stops the node here, naming it.
+    pub fn open(store: Store, head_tx: watch::Sender<ArchiveHead>) -> Result<Self, StoreError> {
+        let local = store.cf(cf::LOCAL_META);
+        if let Some(v) = store
+            .db
+            .get_cf(local, cf::KEY_INSTALLING)
+            .map_err(StoreError::rocks("read install marker"))?
+        {
+            let file: String = codec::decode(cf::TAG_STRING, &v)
+                .map_err(|e| StoreError::damaged(cf::LOCAL_META, cf::KEY_INSTALLING, e))?;
+            let path = store.snapshot_dir.join(&file);
+            tracing::warn!(snapshot = %path.display(), "finishing a snapshot installation interrupted by a crash");
+            snapshot::verify(&path)?;
+            snapshot::install(&store, &path)?;
+            store
+                .db
+                .delete_cf(local, cf::KEY_INSTALLING)
+                .map_err(StoreError::rocks("clear install marker"))?;
+        }
+
+        let meta = store.cf(cf::SM_META);
+        let get = |key: &'static [u8]| {
+            store
+                .db
+                .get_cf(meta, key)
+                .map_err(StoreError::rocks("read state-machine metadata"))
+        };
+        let applied = match get(cf::KEY_APPLIED)? {
+            None => None,
+            Some(v) => codec::decode(cf::TAG_LOG_ID, &v)
+                .map_err(|e| StoreError::damaged(cf::SM_META, cf::KEY_APPLIED, e))?,
+        };
+        let membership = match get(cf::KEY_MEMBERSHIP)? {
+            None => StoredMembership::default(),
+            Some(v) => codec::decode(cf::TAG_MEMBERSHIP, &v)
+                .map_err(|e| StoreError::damaged(cf::SM_META, cf::KEY_MEMBERSHIP, e))?,
+        };
+        let head: ArchiveHead = match get(cf::KEY_HEAD)? {
+            None => ArchiveHead::default(),
+            Some(v) => codec::decode(Tag::ARCHIVE_HEAD, &v)
+                .map_err(|e| StoreError::damaged(cf::SM_META, cf::KEY_HEAD, e))?,
+        };
+        let reader = crate::reader::Reader::new(store.clone());
+        let state = reader.load_state()?;
+        let verified = reader.verify_archive()?;
+        if verified != head {
+            return Err(StoreError::Damaged {
+                cf: cf::ARCHIVE,
+                key: format!("sequence {}", head.sequence),
+                detail: format!(
+                    "archive ends at sequence {} with hash {}, but the recorded head is sequence {} with hash {}",
+                    verified.sequence,
+                    hex::encode(verified.hash),
+                    head.sequence,
+                    hex::encode(head.hash)
+                ),
+            });
+        }
+        head_tx.send_replace(head);
+        Ok(Self {
+            store,
+            state,
+            applied,
+            membership,
+            head,
+            head_tx,
+            snapshot_lock: Arc::new(Mutex::new(())),
+            receiving: None,
+        })
+    }
+
+    pub fn head(&self) -> ArchiveHead {
+        self.head
+    }
+
+    fn write_projection(&self, batch: &mut WriteBatch, key: &ProjectionKey) {
+        match key {
+            ProjectionKey::Meta => batch.put_cf(
+                self.store.cf(cf::PROJ_META),
+                cf::KEY_META,
+                codec::encode(Tag::STATE_META, &self.state.meta),
+            ),
+            ProjectionKey::Node(id) => {
+                let handle = self.store.cf(cf::PROJ_NODES);
+                match self.state.nodes.get(id) {
+                    Some(n) => {
+                        batch.put_cf(handle, cf::u64_key(*id), codec::encode(Tag::NODE_RECORD, n))
+                    }
+                    None => batch.delete_cf(handle, cf::u64_key(*id)),
+                }
+            }
+            ProjectionKey::Client(id) => {
+                let handle = self.store.cf(cf::PROJ_CLIENTS);
+                match self.state.clients.get(id) {
+                    Some(c) => batch.put_cf(
+                        handle,
+                        id.as_str().as_bytes(),
+                        codec::encode(Tag::CLIENT, c),
+                    ),
+                    None => batch.delete_cf(handle, id.as_str().as_bytes()),
+                }
+            }
+        }
+    }
+
+    fn reload(&mut self) -> Result<(), StoreError> {
+        let (tx, store) = (self.head_tx.clone(), self.store.clone());
+        let fresh = StateMachine::open(store, tx)?;
+        self.state = fresh.state;
+        self.applied = fresh.applied;
+        self.membership = fresh.membership;
+        self.head = fresh.head;
+        Ok(())
+    }
+}
+
+/// Builds snapshots from a consistent RocksDB view while applies go on.
+#[derive(Debug)]
+pub struct SnapshotBuilder {
+    store: Store,
+    lock: Arc<Mutex<()>>,
+}
+
+fn build_blocking(store: &Store, lock: &Mutex<()>) -> Result<Snapshot<TypeConfig>, StoreError> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let building = store.snapshot_dir.join(format!("building-{nanos}.part"));
+    let (applied, membership) = snapshot::write(store, &building)?;
+    let id = match applied {
+        Some(l) => format!(
+            "{}-{}-{}-{nanos}",
+            l.leader_id.term, l.leader_id.node_id, l.index
+        ),
+        None => format!("0-0-0-{nanos}"),
+    };
+    let file = snapshot_file_name(&id);
+    let path = store.snapshot_dir.join(&file);
+    let meta = SnapshotMeta {
+        last_log_id: applied,
+        last_membership: membership,
+        snapshot_id: id,
+    };
+    {
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        std::fs::rename(&building, &path).map_err(StoreError::io("rename snapshot", &path))?;
+        let newer_exists =
+            read_current(store)?.is_some_and(|c| c.meta.last_log_id > meta.last_log_id);
+        if !newer_exists {
+            set_current(
+                store,
+                &CurrentSnapshot {
+                    meta: meta.clone(),
+                    file,
+                },
+            )?;
+        }
+    }
+    let f = std::fs::File::open(&path).map_err(StoreError::io("open snapshot", &path))?;
+    tracing::info!(snapshot_id = %meta.snapshot_id, last_log_id = ?meta.last_log_id, "snapshot built");
+    Ok(Snapshot {
+        meta,
+        snapshot: Box::new(tokio::fs::File::from_std(f)),
+    })
+}
+
+fn sm_write(e: StoreError) -> StorageError {
+    StorageIOError::write_state_machine(&e).into()
+}
+
+fn snap_err(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::write_snapshot(None, &e).into()
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let (store, lock) = (self.store.clone(), self.lock.clone());
+        tokio::task::spawn_blocking(move || build_blocking(&store, &lock))
+            .await
+            .map_err(snap_err)?
+            .map_err(|e| StorageIOError::read_state_machine(&e).into())
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok((self.applied, self.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<BatchOutcome>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut batch = WriteBatch::default();
+        let mut touched = BTreeSet::new();
+        let mut replies = Vec::new();
+        let archive = self.store.cf(cf::ARCHIVE);
+        for entry in entries {
+            let log_index = entry.log_id.index;
+            self.applied = Some(entry.log_id);
+            let mut reply = BatchOutcome {
+                log_index,
+                outcomes: Vec::new(),
+            };
+            match entry.payload {
+                EntryPayload::Blank => {}
+                EntryPayload::Membership(m) => {
+                    self.membership = StoredMembership::new(Some(entry.log_id), m);
+                    batch.put_cf(
+                        self.store.cf(cf::SM_META),
+                        cf::KEY_MEMBERSHIP,
+                        codec::encode(cf::TAG_MEMBERSHIP, &self.membership),
+                    );
+                }
+                EntryPayload::Normal(proposals) => {
+                    for p in &proposals.proposals {
+                        let outcome =
+                            apply_proposal(&mut self.state, p).map(|(events, time_ms)| {
+                                touched.insert(ProjectionKey::Meta);
+                                let first = self.head.sequence + 1;
+                                let mut generated = None;
+                                for event in events {
+                                    if let (
+                                        Command::RegisterClient(r),
+                                        authsec_domain::Event::ClientRegistered { client },
+                                    ) = (&p.command, &event)
+                                    {
+                                        if r.client_id.is_none() {
+                                            generated = Some(client.client_id.clone());
+                                        }
+                                    }
+                                    touched.insert(event.touches());
+                                    let record = AuditRecord {
+                                        sequence: self.head.sequence + 1,
+                                        log_index,
+                                        time_ms,
+                                        actor: p.actor.clone(),
+                                        kind: event.kind().to_owned(),
+                                        subject: event.subject(),
+                                        event,
+                                    };
+                                    let bytes = record.to_bytes();
+                                    let hash = chain_next(&self.head.hash, &bytes);
+                                    let mut value = Vec::with_capacity(32 + bytes.len());
+                                    value.extend_from_slice(&hash);
+                                    value.extend_from_slice(&bytes);
+                                    batch.put_cf(archive, cf::u64_key(record.sequence), value);
+                                    self.head = ArchiveHead {
+                                        sequence: record.sequence,
+                                        hash,
+                                    };
+                                }
+                                let sequences = (self.head.sequence >= first)
+                                    .then_some((first, self.head.sequence));
+                                Applied {
+                                    sequences,
+                                    generated_client_id: generated,
+                                }
+                            });
+                        reply.outcomes.push(outcome);
+                    }
+                }
+            }
+            replies.push(reply);
+        }
+        for key in &touched {
+            self.write_projection(&mut batch, key);
+        }
+        let meta = self.store.cf(cf::SM_META);
+        batch.put_cf(
+            meta,
+            cf::KEY_APPLIED,
+            codec::encode(cf::TAG_LOG_ID, &self.applied),
+        );
+        batch.put_cf(
+            meta,
+            cf::KEY_HEAD,
+            codec::encode(Tag::ARCHIVE_HEAD, &self.head),
+        );
+        // Not synced on its own: the entries were synced in the same WAL when appended, and a
+        // restart re-applies committed entries past the persisted applied index.
+        self.store
+            .db
+            .write_opt(batch, &WriteOptions::default())
+            .map_err(|e| StorageIOError::write_state_machine(&e))?;
+        self.head_tx.send_replace(self.head);
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            store: self.store.clone(),
+            lock: self.snapshot_lock.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let path = self
+            .store
+            .snapshot_dir
+            .join(format!("receiving-{nanos}.part"));
+        let f = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        if let Some(old) = self.receiving.replace(path) {
+            let _ = std::fs::remove_file(old);
+        }
+        Ok(Box::new(f))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &crate::types::SnapshotMeta,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
+        use tokio::io::AsyncSeekExt;
+        let mut src = *snapshot;
+        src.sync_all().await.map_err(snap_err)?;
+        src.seek(std::io::SeekFrom::Start(0))
+            .await
+            .map_err(snap_err)?;
+        let file = snapshot_file_name(&meta.snapshot_id);
+        let path = self.store.snapshot_dir.join(&file);
+        {
+            // Copy into our own file (the handle may be any file), fsynced, before anything else.
+            let mut dst = tokio::fs::File::create(&path).await.map_err(snap_err)?;
+            tokio::io::copy(&mut src, &mut dst)
+                .await
+                .map_err(snap_err)?;
+            dst.sync_all().await.map_err(snap_err)?;
+        }
+        if let Some(recv) = self.receiving.take() {
+            let _ = std::fs::remove_file(recv);
+        }
+        let store = self.store.clone();
+        let lock = self.snapshot_lock.clone();
+        let current = CurrentSnapshot {
+            meta: meta.clone(),
+            file: file.clone(),
+        };
+        let install = move || -> Result<u64, StoreError> {
+            snapshot::verify(&path)?;
+            let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+            let local = store.cf(cf::LOCAL_META);
+            let mut o = WriteOptions::default();
+            o.set_sync(true);
+            store
+                .db
+                .put_cf_opt(
+                    local,
+                    cf::KEY_INSTALLING,
+                    codec::encode(cf::TAG_STRING, &file),
+                    &o,
+                )
+                .map_err(StoreError::rocks("write install marker"))?;
+            let frames = snapshot::install(&store, &path)?;
+            set_current(&store, &current)?;
+            store
+                .db
+                .delete_cf_opt(local, cf::KEY_INSTALLING, &o)
+                .map_err(StoreError::rocks("clear install marker"))?;
+            Ok(frames)
+        };
+        let frames = tokio::task::spawn_blocking(install)
+            .await
+            .map_err(snap_err)?
+            .map_err(sm_write)?;
+        self.reload().map_err(sm_write)?;
+        tracing::info!(
+            snapshot_id = %meta.snapshot_id,
+            last_log_id = ?meta.last_log_id,
+            frames,
+            archive_head = self.head.sequence,
+            "snapshot installed"
+        );
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let Some(current) =
+            read_current(&self.store).map_err(|e| StorageIOError::read_snapshot(None, &e))?
+        else {
+            return Ok(None);
+        };
+        let path = self.store.snapshot_dir.join(&current.file);
+        let f = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(Some(Snapshot {
+            meta: current.meta,
+            snapshot: Box::new(f),
+        }))
+    }
+}
