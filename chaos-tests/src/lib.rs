@@ -298,7 +298,7 @@ impl Cluster {
                 }
             }
             if leaders.len() == ids.len()
-                && leaders[0] != 0
+                && ids.contains(&leaders[0])
                 && leaders.iter().all(|l| *l == leaders[0])
             {
                 return Ok(leaders[0]);

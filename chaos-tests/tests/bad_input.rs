@@ -114,6 +114,11 @@ async fn malformed_requests_are_rejected_naming_the_field() -> anyhow::Result<()
         ),
         "oversized message: {huge:?}"
     );
+    println!(
+        "oversized message (2 MiB): {:?}: {}",
+        huge.code(),
+        huge.message()
+    );
     // Nothing was written and the node still serves.
     let after = cluster.status(1).await?;
     assert_eq!(after.archive_head, head, "no partial write");

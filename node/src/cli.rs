@@ -172,8 +172,8 @@ pub fn print_status(all: &[Result<v1::StatusResponse, String>], json: bool) {
         );
     }
     println!(
-        "{:<5} {:<22} {:<8} {:<10} {:>5} {:>9} {:>9}  {:<16} {}",
-        "NODE", "ADDR", "ROLE", "STATE", "TERM", "LOG", "APPLIED", "DIGEST", "ARCHIVE HEAD"
+        "{:<5} {:<22} {:<8} {:<10} {:>5} {:>9} {:>9}  {:<16} ARCHIVE HEAD",
+        "NODE", "ADDR", "ROLE", "STATE", "TERM", "LOG", "APPLIED", "DIGEST"
     );
     for r in all {
         match r {
@@ -211,7 +211,7 @@ pub async fn membership(
 ) -> anyhow::Result<v1::MembershipResponse> {
     let (_, ch) = connect(eps).await?;
     let call = |ch: Channel| {
-        let (add, remove) = (add.clone(), remove.clone());
+        let (add, remove) = (add.clone(), remove);
         async move {
             let mut c = ClusterServiceClient::new(ch);
             match (add, remove) {

@@ -174,6 +174,9 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
     tasks.push(tokio::spawn(async move {
         loop {
             if let Err(e) = &metrics.borrow_and_update().running_state {
+                if matches!(e, openraft::error::Fatal::Stopped) {
+                    return; // an orderly shutdown
+                }
                 tracing::error!(node_id, error = %e, "raft stopped on a fatal error");
                 let _ = fatal_tx.send(Some(e.to_string()));
                 return;
