@@ -83,6 +83,21 @@ async fn thousand_writes_round_robin_converge() -> anyhow::Result<()> {
             "record {seq} is about {id}"
         );
     }
+    // Every node serves health, readiness and Prometheus metrics.
+    for id in 1..=3u64 {
+        let http = &cluster.nodes[&id].http;
+        assert_eq!(authsec_chaos_tests::http_get(http, "/healthz")?.0, 200);
+        assert_eq!(authsec_chaos_tests::http_get(http, "/readyz")?.0, 200);
+        let (code, metrics) = authsec_chaos_tests::http_get(http, "/metrics")?;
+        assert_eq!(code, 200);
+        assert!(
+            metrics.contains(&format!(
+                "authsec_archive_head_sequence{{node_id=\"{id}\"}} {}",
+                a1.len()
+            )),
+            "{metrics}"
+        );
+    }
     println!(
         "{WRITES} writes acknowledged; archive of {} records identical on 3 nodes; digest {}; head {:?}",
         a1.len(),

@@ -141,7 +141,9 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
         );
     let grpc_stop = stop(shutdown_rx.clone());
     let mut tasks = vec![tokio::spawn(async move {
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc);
+        // Our own listener, so set TCP_NODELAY here: without it small HTTP/2 frames wait on
+        // Nagle and delayed ACKs (40 ms stalls per request).
+        let incoming = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
         if let Err(e) = router
             .serve_with_incoming_shutdown(incoming, grpc_stop)
             .await

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 /// Proposals the leader keeps queued before callers wait.
 const QUEUE_DEPTH: usize = 8192;
 /// Log entries in flight at once from this leader.
-const BATCHES_IN_FLIGHT: usize = 16;
+const BATCHES_IN_FLIGHT: usize = 2;
 /// How long a write may take end to end before the caller is told it is unavailable.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -225,6 +225,76 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, metrics: Arc<WriteMetr
     }
 }
 
+type ForwardReply = oneshot::Sender<Result<ForwardResponse, ForwardError>>;
+
+/// The follower side of forwarding: writes bound for one leader queue here and travel in
+/// batches, one gRPC call for many writes, a few calls in flight.
+#[derive(Debug, Clone)]
+struct Forwarder {
+    tx: mpsc::Sender<(ForwardRequest, ForwardReply)>,
+}
+
+impl Forwarder {
+    fn start(peer: PeerClient) -> Self {
+        let (tx, mut rx) = mpsc::channel::<(ForwardRequest, ForwardReply)>(QUEUE_DEPTH);
+        tokio::spawn(async move {
+            let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+            while let Some(first) = rx.recv().await {
+                let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                    return;
+                };
+                let mut batch = vec![first];
+                while batch.len() < authsec_domain::limits::PROPOSALS_PER_BATCH_MAX {
+                    match rx.try_recv() {
+                        Ok(item) => batch.push(item),
+                        Err(_) => break,
+                    }
+                }
+                let peer = peer.clone();
+                tokio::spawn(async move {
+                    let (reqs, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                    let res = peer.forward(&reqs, WRITE_TIMEOUT).await;
+                    drop(permit);
+                    match res {
+                        Ok(results) => {
+                            for (reply, r) in replies.into_iter().zip(results) {
+                                let _ = reply.send(r);
+                            }
+                        }
+                        Err(e) => {
+                            for reply in replies {
+                                let _ = reply.send(Err(e.clone()));
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Self { tx }
+    }
+
+    async fn forward(
+        &self,
+        req: ForwardRequest,
+        ttl: Duration,
+    ) -> Result<ForwardResponse, ForwardError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send((req, reply))
+            .await
+            .map_err(|_| ForwardError::Unavailable("the node is shutting down".into()))?;
+        match tokio::time::timeout(ttl, rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(ForwardError::Unavailable(
+                "the node is shutting down".into(),
+            )),
+            Err(_) => Err(ForwardError::Unavailable(format!(
+                "the leader did not answer within {ttl:?}"
+            ))),
+        }
+    }
+}
+
 /// A committed write as the caller sees it.
 #[derive(Debug, Clone)]
 pub struct Committed {
@@ -241,6 +311,7 @@ pub struct Writer {
     proposer: Proposer,
     transport: Transport,
     peers: Arc<Mutex<HashMap<(u64, String), PeerClient>>>,
+    forwarders: Arc<Mutex<HashMap<(u64, String), Forwarder>>>,
     metrics: Arc<WriteMetrics>,
 }
 
@@ -266,6 +337,7 @@ impl Writer {
             proposer,
             transport,
             peers: Arc::default(),
+            forwarders: Arc::default(),
             metrics,
         }
     }
@@ -279,6 +351,13 @@ impl Writer {
         peers
             .entry((id, addr.to_owned()))
             .or_insert_with(|| PeerClient::new(self.node_id, id, addr, &self.transport))
+            .clone()
+    }
+
+    fn forwarder(&self, id: u64, addr: &str) -> Forwarder {
+        let mut f = self.forwarders.lock().unwrap_or_else(|p| p.into_inner());
+        f.entry((id, addr.to_owned()))
+            .or_insert_with(|| Forwarder::start(self.peer(id, addr)))
             .clone()
     }
 
@@ -323,9 +402,9 @@ impl Writer {
             } else {
                 self.metrics.forwarded.fetch_add(1, Ordering::Relaxed);
                 let remaining = deadline.saturating_duration_since(Instant::now());
-                self.peer(leader, &addr)
+                self.forwarder(leader, &addr)
                     .forward(
-                        &ForwardRequest {
+                        ForwardRequest {
                             actor: actor.clone(),
                             command: command.clone(),
                         },
@@ -405,18 +484,30 @@ impl Writer {
 
 #[tonic::async_trait]
 impl LeaderHandler for Writer {
-    async fn forward(&self, req: ForwardRequest) -> Result<ForwardResponse, ForwardError> {
+    async fn forward(
+        &self,
+        reqs: Vec<ForwardRequest>,
+    ) -> Vec<Result<ForwardResponse, ForwardError>> {
         if self.raft.metrics().borrow().current_leader != Some(self.node_id) {
-            return Err(ForwardError::NotLeader {
+            let err = ForwardError::NotLeader {
                 leader: leader_hint(&self.raft),
-            });
+            };
+            return reqs.iter().map(|_| Err(err.clone())).collect();
         }
-        let (log_index, outcome) = self.proposer.propose(req.actor, req.command).await?;
-        Ok(ForwardResponse {
-            log_index,
-            leader_id: self.node_id,
-            outcome,
-        })
+        // Queue them all at once so they share log entries with each other and local writes.
+        let node_id = self.node_id;
+        futures::future::join_all(reqs.into_iter().map(|r| {
+            let proposer = self.proposer.clone();
+            async move {
+                let (log_index, outcome) = proposer.propose(r.actor, r.command).await?;
+                Ok(ForwardResponse {
+                    log_index,
+                    leader_id: node_id,
+                    outcome,
+                })
+            }
+        }))
+        .await
     }
 
     async fn read_index(&self) -> Result<u64, ForwardError> {

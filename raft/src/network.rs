@@ -112,17 +112,18 @@ impl PeerClient {
         }
     }
 
-    /// Forward a write to this peer, which should be the leader.
+    /// Forward a batch of writes to this peer, which should be the leader: one gRPC call for
+    /// many writes. The answer holds one result per write, in order.
     pub async fn forward(
         &self,
-        req: &ForwardRequest,
+        reqs: &[ForwardRequest],
         ttl: Duration,
-    ) -> Result<ForwardResponse, ForwardError> {
+    ) -> Result<Vec<Result<ForwardResponse, ForwardError>>, ForwardError> {
         let mut c = self
             .client()
             .map_err(|e| ForwardError::Unavailable(e.to_string()))?;
         let call = c.forward(Payload {
-            data: messages::encode(TAG_FORWARD_REQ, req),
+            data: messages::encode(TAG_FORWARD_REQ, &reqs),
         });
         let resp = tokio::time::timeout(ttl, call)
             .await
@@ -135,13 +136,19 @@ impl PeerClient {
             .map_err(|s| {
                 ForwardError::Unavailable(format!("leader {}: {}", self.target, s.message()))
             })?;
-        messages::decode::<Result<ForwardResponse, ForwardError>>(
-            TAG_FORWARD_RES,
-            &resp.into_inner().data,
-        )
-        .map_err(|e| {
-            ForwardError::Unavailable(format!("bad answer from leader {}: {e}", self.target))
-        })?
+        let out: Vec<Result<ForwardResponse, ForwardError>> =
+            messages::decode(TAG_FORWARD_RES, &resp.into_inner().data).map_err(|e| {
+                ForwardError::Unavailable(format!("bad answer from leader {}: {e}", self.target))
+            })?;
+        if out.len() != reqs.len() {
+            return Err(ForwardError::Unavailable(format!(
+                "leader {} answered {} of {} forwarded writes",
+                self.target,
+                out.len(),
+                reqs.len()
+            )));
+        }
+        Ok(out)
     }
 
     /// Ask this peer (the leader) for a linearizable read index.

@@ -13,7 +13,11 @@ use crate::Raft;
 /// What the leader does for its followers: take forwarded writes and serve read indexes.
 #[tonic::async_trait]
 pub trait LeaderHandler: Send + Sync + 'static {
-    async fn forward(&self, req: ForwardRequest) -> Result<ForwardResponse, ForwardError>;
+    /// Propose a batch of forwarded writes; one answer per write, in order.
+    async fn forward(
+        &self,
+        reqs: Vec<ForwardRequest>,
+    ) -> Vec<Result<ForwardResponse, ForwardError>>;
     async fn read_index(&self) -> Result<u64, ForwardError>;
 }
 
@@ -71,8 +75,13 @@ impl PeerService for PeerServer {
     }
 
     async fn forward(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
-        let fwd: ForwardRequest =
+        let fwd: Vec<ForwardRequest> =
             messages::decode(TAG_FORWARD_REQ, &req.into_inner().data).map_err(bad)?;
+        if fwd.len() > authsec_domain::limits::PROPOSALS_PER_BATCH_MAX {
+            return Err(Status::invalid_argument(
+                "too many forwarded writes in one batch",
+            ));
+        }
         let res = self.leader.forward(fwd).await;
         Ok(Response::new(Payload {
             data: messages::encode(TAG_FORWARD_RES, &res),

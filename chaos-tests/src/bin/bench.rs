@@ -26,6 +26,13 @@ struct Args {
     /// Concurrency levels.
     #[arg(long, value_delimiter = ',', default_value = "1,16,128")]
     writers: Vec<usize>,
+    /// Send authsec writes only to the leader instead of round-robin to every node (shows
+    /// what forwarding costs; etcd is always driven through all its members).
+    #[arg(long)]
+    leader_only: bool,
+    /// Skip etcd (authsec figures only).
+    #[arg(long)]
+    skip_etcd: bool,
     /// Bytes of payload per write.
     #[arg(long, default_value_t = 256)]
     value_size: usize,
@@ -210,7 +217,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // etcd
-    {
+    if !args.skip_etcd {
         let etcd = start_etcd(&args.etcd)?;
         let client = {
             let deadline = Instant::now() + Duration::from_secs(30);
