@@ -117,5 +117,30 @@ async fn fourth_node_joins_through_a_snapshot() -> anyhow::Result<()> {
         s4.archive_head.as_ref().map_or("", |h| h.hash.as_str()),
         peak
     );
+
+    // And out again: removing node 4 leaves three voters and an audit record of it.
+    let leader = cluster
+        .wait_leader(&[1, 2, 3, 4], Duration::from_secs(10))
+        .await?;
+    let mut c =
+        v1::cluster_service_client::ClusterServiceClient::new(cluster.channel(leader).await?);
+    let r = c
+        .remove_node(v1::RemoveNodeRequest { node_id: 4 })
+        .await?
+        .into_inner();
+    let ids: Vec<u64> = r.members.iter().map(|m| m.node_id).collect();
+    assert_eq!(ids, vec![1, 2, 3], "{r:?}");
+    let archive = cluster.archive(leader).await?;
+    let last = archive
+        .last()
+        .ok_or_else(|| anyhow::anyhow!("empty archive"))?;
+    assert!(
+        String::from_utf8_lossy(&last.2).contains("node:4"),
+        "the removal is the newest record"
+    );
+    println!(
+        "node 4 removed; membership {ids:?}; newest record #{} is its removal",
+        last.0
+    );
     Ok(())
 }

@@ -88,20 +88,7 @@ impl Ctx {
         .map_err(internal)?
         .map_err(internal)?;
         let membership = m.membership_config.membership();
-        let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
-        let members = membership
-            .nodes()
-            .map(|(id, n)| v1::Member {
-                node_id: *id,
-                addr: n.addr.clone(),
-                role: if voters.contains(id) {
-                    "voter"
-                } else {
-                    "learner"
-                }
-                .into(),
-            })
-            .collect();
+        let members = members_of(&m);
         let leader_addr = m
             .current_leader
             .and_then(|l| membership.get_node(&l).map(|n| n.addr.clone()))
@@ -139,6 +126,25 @@ impl Ctx {
 #[derive(Debug, Clone)]
 pub struct Cluster(pub Arc<Ctx>);
 
+/// The membership as the API shows it: every node with its role.
+fn members_of(m: &openraft::RaftMetrics<u64, BasicNode>) -> Vec<v1::Member> {
+    let membership = m.membership_config.membership();
+    let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+    membership
+        .nodes()
+        .map(|(id, n)| v1::Member {
+            node_id: *id,
+            addr: n.addr.clone(),
+            role: if voters.contains(id) {
+                "voter"
+            } else {
+                "learner"
+            }
+            .into(),
+        })
+        .collect()
+}
+
 fn not_leader(raft: &authsec_raft::Raft) -> Status {
     let m = raft.metrics().borrow().clone();
     let leader = m.current_leader.map(|id| {
@@ -160,22 +166,8 @@ fn not_leader(raft: &authsec_raft::Raft) -> Status {
 
 fn membership_answer(raft: &authsec_raft::Raft, log_index: u64) -> v1::MembershipResponse {
     let m = raft.metrics().borrow().clone();
-    let membership = m.membership_config.membership();
-    let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
     v1::MembershipResponse {
-        members: membership
-            .nodes()
-            .map(|(id, n)| v1::Member {
-                node_id: *id,
-                addr: n.addr.clone(),
-                role: if voters.contains(id) {
-                    "voter"
-                } else {
-                    "learner"
-                }
-                .into(),
-            })
-            .collect(),
+        members: members_of(&m),
         log_index,
     }
 }
@@ -274,12 +266,14 @@ impl ClusterService for Cluster {
             .change_membership(change, false)
             .await
             .map_err(|e| ApiError::FailedPrecondition(format!("remove node {}: {e}", r.node_id)))?;
-        match self
+        if let Err(e) = self
             .0
             .write(Command::RecordNodeRemoved { node_id: r.node_id })
             .await
         {
-            Ok(_) | Err(_) => {}
+            // The membership change itself is committed; only its audit bookkeeping failed
+            // (a node never recorded, or a lost leadership). Say so and answer the change.
+            tracing::warn!(node_id = r.node_id, error = %e.message(), "node removed, but its removal was not recorded");
         }
         Ok(Response::new(membership_answer(raft, resp.log_id.index)))
     }

@@ -8,7 +8,11 @@ use rocksdb::{ColumnFamilyDescriptor, Options, DB};
 
 use crate::cf;
 use crate::error::StoreError;
-use crate::types::{Entry, LogId, Vote};
+use authsec_domain::codec::Tag;
+use authsec_domain::ArchiveHead;
+use serde::de::DeserializeOwned;
+
+use crate::types::{Entry, LogId, StoredMembership, Vote};
 
 /// The node's open database and the folder its snapshots live in.
 #[derive(Clone)]
@@ -126,4 +130,56 @@ impl Store {
         }
         Ok(n)
     }
+}
+
+/// Decode a value read from `family`/`key` under `tag`; `None` when absent. Damage names the
+/// family and key.
+pub(crate) fn decode_at<T: DeserializeOwned>(
+    family: &'static str,
+    key: &[u8],
+    tag: Tag,
+    value: Option<Vec<u8>>,
+) -> Result<Option<T>, StoreError> {
+    value
+        .map(|v| codec::decode(tag, &v).map_err(|e| StoreError::damaged(family, key, e)))
+        .transpose()
+}
+
+/// The state machine's metadata, as one consistent read.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SmMeta {
+    pub applied: Option<LogId>,
+    pub membership: StoredMembership,
+    pub head: ArchiveHead,
+}
+
+/// Read [`SmMeta`] through `get` (the live DB or a RocksDB snapshot of it).
+pub(crate) fn read_sm_meta(
+    get: impl Fn(&[u8]) -> Result<Option<Vec<u8>>, rocksdb::Error>,
+) -> Result<SmMeta, StoreError> {
+    let read =
+        |key: &'static [u8]| get(key).map_err(StoreError::rocks("read state-machine metadata"));
+    Ok(SmMeta {
+        applied: decode_at::<Option<LogId>>(
+            cf::SM_META,
+            cf::KEY_APPLIED,
+            cf::TAG_LOG_ID,
+            read(cf::KEY_APPLIED)?,
+        )?
+        .flatten(),
+        membership: decode_at(
+            cf::SM_META,
+            cf::KEY_MEMBERSHIP,
+            cf::TAG_MEMBERSHIP,
+            read(cf::KEY_MEMBERSHIP)?,
+        )?
+        .unwrap_or_default(),
+        head: decode_at(
+            cf::SM_META,
+            cf::KEY_HEAD,
+            Tag::ARCHIVE_HEAD,
+            read(cf::KEY_HEAD)?,
+        )?
+        .unwrap_or_default(),
+    })
 }

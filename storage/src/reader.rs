@@ -7,7 +7,7 @@ use authsec_domain::{
 use sha2::{Digest, Sha256};
 
 use crate::cf;
-use crate::db::Store;
+use crate::db::{decode_at, read_sm_meta, SmMeta, Store};
 use crate::error::{printable, StoreError};
 use crate::types::LogId;
 
@@ -139,22 +139,7 @@ impl Reader {
     pub fn status_view(&self) -> Result<StatusView, StoreError> {
         let snap = self.store.db.snapshot();
         let meta = self.store.cf(cf::SM_META);
-        let applied = match snap
-            .get_cf(meta, cf::KEY_APPLIED)
-            .map_err(StoreError::rocks("read applied"))?
-        {
-            None => None,
-            Some(v) => codec::decode(cf::TAG_LOG_ID, &v)
-                .map_err(|e| StoreError::damaged(cf::SM_META, cf::KEY_APPLIED, e))?,
-        };
-        let head = match snap
-            .get_cf(meta, cf::KEY_HEAD)
-            .map_err(StoreError::rocks("read head"))?
-        {
-            None => ArchiveHead::default(),
-            Some(v) => codec::decode(Tag::ARCHIVE_HEAD, &v)
-                .map_err(|e| StoreError::damaged(cf::SM_META, cf::KEY_HEAD, e))?,
-        };
+        let SmMeta { applied, head, .. } = read_sm_meta(|k| snap.get_cf(meta, k))?;
         let mut h = Sha256::new();
         for name in cf::PROJECTIONS {
             h.update((name.len() as u32).to_le_bytes());
@@ -175,29 +160,17 @@ impl Reader {
     }
 
     pub fn head(&self) -> Result<ArchiveHead, StoreError> {
-        match self
-            .store
-            .db
-            .get_cf(self.store.cf(cf::SM_META), cf::KEY_HEAD)
-            .map_err(StoreError::rocks("read head"))?
-        {
-            None => Ok(ArchiveHead::default()),
-            Some(v) => codec::decode(Tag::ARCHIVE_HEAD, &v)
-                .map_err(|e| StoreError::damaged(cf::SM_META, cf::KEY_HEAD, e)),
-        }
+        let meta = self.store.cf(cf::SM_META);
+        Ok(read_sm_meta(|k| self.store.db.get_cf(meta, k))?.head)
     }
 
     pub fn meta(&self) -> Result<StateMeta, StoreError> {
-        match self
+        let v = self
             .store
             .db
             .get_cf(self.store.cf(cf::PROJ_META), cf::KEY_META)
-            .map_err(StoreError::rocks("read meta"))?
-        {
-            None => Ok(StateMeta::default()),
-            Some(v) => codec::decode(Tag::STATE_META, &v)
-                .map_err(|e| StoreError::damaged(cf::PROJ_META, cf::KEY_META, e)),
-        }
+            .map_err(StoreError::rocks("read meta"))?;
+        Ok(decode_at(cf::PROJ_META, cf::KEY_META, Tag::STATE_META, v)?.unwrap_or_default())
     }
 
     pub fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {

@@ -9,12 +9,11 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
 
-use authsec_domain::codec;
 use rocksdb::WriteBatch;
 use sha2::{Digest, Sha256};
 
 use crate::cf;
-use crate::db::Store;
+use crate::db::{read_sm_meta, SmMeta, Store};
 use crate::error::StoreError;
 use crate::types::{LogId, StoredMembership};
 
@@ -60,22 +59,11 @@ pub fn write(store: &Store, path: &Path) -> Result<(Option<LogId>, StoredMembers
     let io = |what: &'static str| StoreError::io(what, path);
     let snap = store.db.snapshot();
     let meta_cf = store.cf(cf::SM_META);
-    let applied = match snap
-        .get_cf(meta_cf, cf::KEY_APPLIED)
-        .map_err(StoreError::rocks("read applied"))?
-    {
-        None => None,
-        Some(v) => codec::decode::<Option<LogId>>(cf::TAG_LOG_ID, &v)
-            .map_err(|e| StoreError::damaged(cf::SM_META, cf::KEY_APPLIED, e))?,
-    };
-    let membership = match snap
-        .get_cf(meta_cf, cf::KEY_MEMBERSHIP)
-        .map_err(StoreError::rocks("read membership"))?
-    {
-        None => StoredMembership::default(),
-        Some(v) => codec::decode(cf::TAG_MEMBERSHIP, &v)
-            .map_err(|e| StoreError::damaged(cf::SM_META, cf::KEY_MEMBERSHIP, e))?,
-    };
+    let SmMeta {
+        applied,
+        membership,
+        ..
+    } = read_sm_meta(|k| snap.get_cf(meta_cf, k))?;
     let file = File::create(path).map_err(io("create snapshot file"))?;
     let mut w = HashingWriter {
         inner: BufWriter::with_capacity(1 << 20, file),

@@ -16,7 +16,7 @@ use rocksdb::{WriteBatch, WriteOptions};
 use tokio::sync::watch;
 
 use crate::cf;
-use crate::db::Store;
+use crate::db::{read_sm_meta, SmMeta, Store};
 use crate::error::StoreError;
 use crate::snapshot;
 use crate::types::{Entry, LogId, StorageError, StoredMembership, TypeConfig};
@@ -124,27 +124,11 @@ impl StateMachine {
         }
 
         let meta = store.cf(cf::SM_META);
-        let get = |key: &'static [u8]| {
-            store
-                .db
-                .get_cf(meta, key)
-                .map_err(StoreError::rocks("read state-machine metadata"))
-        };
-        let applied = match get(cf::KEY_APPLIED)? {
-            None => None,
-            Some(v) => codec::decode(cf::TAG_LOG_ID, &v)
-                .map_err(|e| StoreError::damaged(cf::SM_META, cf::KEY_APPLIED, e))?,
-        };
-        let membership = match get(cf::KEY_MEMBERSHIP)? {
-            None => StoredMembership::default(),
-            Some(v) => codec::decode(cf::TAG_MEMBERSHIP, &v)
-                .map_err(|e| StoreError::damaged(cf::SM_META, cf::KEY_MEMBERSHIP, e))?,
-        };
-        let head: ArchiveHead = match get(cf::KEY_HEAD)? {
-            None => ArchiveHead::default(),
-            Some(v) => codec::decode(Tag::ARCHIVE_HEAD, &v)
-                .map_err(|e| StoreError::damaged(cf::SM_META, cf::KEY_HEAD, e))?,
-        };
+        let SmMeta {
+            applied,
+            membership,
+            head,
+        } = read_sm_meta(|k| store.db.get_cf(meta, k))?;
         let reader = crate::reader::Reader::new(store.clone());
         let state = reader.load_state()?;
         let verified = reader.verify_archive()?;
