@@ -45,7 +45,8 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         })
         .collect();
     let mut nodes = Vec::new();
-    for m in &members {
+    // The first member initializes the cluster: start it last, once its peers listen.
+    for m in members.iter().rev() {
         let cfg = NodeConfig {
             node_id: m.id,
             data_dir: dir.join(format!("node{}", m.id)),
@@ -71,6 +72,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("start node {}", m.id))?,
         );
     }
+    nodes.reverse();
     let raft = nodes[0].raft.clone();
     raft.wait(Some(std::time::Duration::from_secs(30)))
         .metrics(|m| m.current_leader.is_some(), "leader elected")
