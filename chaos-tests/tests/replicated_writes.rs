@@ -15,6 +15,19 @@ async fn thousand_writes_round_robin_converge() -> anyhow::Result<()> {
         .await?;
     tracing::info!(leader, "phase: leader elected");
 
+    // A follower's event feed in follow mode, opened before the writes: it must deliver every
+    // record as it is committed, in order.
+    let follower = (1..=3).find(|id| *id != leader).unwrap_or(1);
+    let mut feed = authsec_api::v1::event_service_client::EventServiceClient::new(
+        cluster.channel(follower).await?,
+    )
+    .feed(authsec_api::v1::FeedRequest {
+        from_sequence: 1,
+        follow: true,
+    })
+    .await?
+    .into_inner();
+
     const WRITES: usize = 1000;
     const CONCURRENCY: usize = 24;
     let mut clients = Vec::new();
@@ -65,6 +78,17 @@ async fn thousand_writes_round_robin_converge() -> anyhow::Result<()> {
 
     // The same records, in the same order, with the same hashes, on every node.
     let a1 = cluster.archive(1).await?;
+    let mut followed = Vec::new();
+    while followed.len() < a1.len() {
+        let r = tokio::time::timeout(Duration::from_secs(10), feed.message())
+            .await??
+            .ok_or_else(|| anyhow::anyhow!("follow feed ended"))?;
+        followed.push((r.sequence, r.hash, r.record_bytes));
+    }
+    assert_eq!(
+        followed, a1,
+        "the follow feed delivered every record, in order"
+    );
     let a2 = cluster.archive(2).await?;
     let a3 = cluster.archive(3).await?;
     assert_eq!(a1, a2, "node 1 and node 2 archives differ");
