@@ -102,8 +102,10 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The leader this node knows of, with its address. Borrows the metrics; no copy on the hot path.
 fn leader_hint(raft: &Raft) -> Option<(u64, String)> {
-    let m = raft.metrics().borrow().clone();
+    let rx = raft.metrics();
+    let m = rx.borrow();
     let id = m.current_leader?;
     let addr = m
         .membership_config
@@ -363,6 +365,9 @@ impl Writer {
 
     /// Wait (bounded) until some leader is known; return it.
     async fn known_leader(&self, deadline: Instant, not: Option<u64>) -> Option<(u64, String)> {
+        if let Some(hint) = leader_hint(&self.raft).filter(|(id, _)| Some(*id) != not) {
+            return Some(hint);
+        }
         let remaining = deadline.saturating_duration_since(Instant::now());
         let wait = self
             .raft
