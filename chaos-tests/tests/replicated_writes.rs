@@ -44,6 +44,12 @@ async fn thousand_writes_round_robin_converge() -> anyhow::Result<()> {
                 let mut c = clients[i % 3].clone();
                 let id = format!("client-{i:04}");
                 let r = c.register_client(register_req(&id)).await?.into_inner();
+                // Read your writes: the node that took the write (often a follower) answers
+                // with the client as it applied it.
+                anyhow::ensure!(
+                    r.client.as_ref().map(|c| c.client_id.as_str()) == Some(id.as_str()),
+                    "registration of {id} answered without the client"
+                );
                 let receipt = r.receipt.ok_or_else(|| anyhow::anyhow!("no receipt"))?;
                 anyhow::ensure!(
                     receipt.log_index > 0 && receipt.sequence_first > 0,

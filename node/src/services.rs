@@ -52,6 +52,15 @@ impl Ctx {
             leader_id,
             outcome,
         } = self.writer.submit(self.actor(), command).await?;
+        // Read your writes: answer once this node has applied the entry too, so a read sent
+        // here next (and the registration's answer) sees it. Bounded; a slow follower still
+        // answers, the write being committed either way.
+        let _ = self
+            .writer
+            .raft()
+            .wait(Some(Duration::from_secs(5)))
+            .applied_index_at_least(Some(log_index), "read your writes")
+            .await;
         let applied = outcome.map_err(ApiError::from)?;
         let (first, last) = applied.sequences.unwrap_or((0, 0));
         Ok((
@@ -233,12 +242,18 @@ impl ClusterService for Cluster {
                 })?;
             index = resp.log_id.index;
         }
-        self.0
+        if let Err(e) = self
+            .0
             .write(Command::RecordNodeMember {
                 node_id: r.node_id,
                 addr: r.addr,
             })
-            .await?;
+            .await
+        {
+            // The membership change is committed; only its audit record is missing. Answer the
+            // change, as remove_node does, and say so in the log.
+            tracing::warn!(node_id = r.node_id, error = %e.message(), "node added, but its addition was not recorded");
+        }
         Ok(Response::new(membership_answer(raft, index)))
     }
 
@@ -467,6 +482,16 @@ impl EventService for Events {
                 if page.is_empty() {
                     if !r.follow {
                         return;
+                    }
+                    if head_rx.borrow_and_update().sequence >= next {
+                        // The head is past `next` yet nothing was read: a snapshot installation
+                        // is replacing the archive. Give it a moment instead of spinning.
+                        tokio::select! {
+                            _ = head_rx.changed() => {},
+                            _ = tx.closed() => return,
+                            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                        }
+                        continue;
                     }
                     // Wait for the head to pass `next`, or the client to go away.
                     loop {

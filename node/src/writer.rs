@@ -123,7 +123,24 @@ impl Proposer {
         Self { tx }
     }
 
+    /// Queue a command and wait for its committed outcome, at most `ttl`. A leader cut off from
+    /// its quorum never commits, so the wait is bounded: past it the outcome is unknown.
     pub async fn propose(
+        &self,
+        actor: Actor,
+        command: Command,
+        ttl: Duration,
+    ) -> Result<(u64, Outcome), ForwardError> {
+        tokio::time::timeout(ttl, self.propose_unbounded(actor, command))
+            .await
+            .unwrap_or_else(|_| {
+                Err(ForwardError::Unavailable(format!(
+                    "not committed within {ttl:?}; the write's outcome is unknown"
+                )))
+            })
+    }
+
+    async fn propose_unbounded(
         &self,
         actor: Actor,
         command: Command,
@@ -396,8 +413,9 @@ impl Writer {
                 continue;
             };
             let res = if leader == self.node_id {
+                let remaining = deadline.saturating_duration_since(Instant::now());
                 self.proposer
-                    .propose(actor.clone(), command.clone())
+                    .propose(actor.clone(), command.clone(), remaining)
                     .await
                     .map(|(log_index, outcome)| ForwardResponse {
                         log_index,
@@ -504,7 +522,8 @@ impl LeaderHandler for Writer {
         futures::future::join_all(reqs.into_iter().map(|r| {
             let proposer = self.proposer.clone();
             async move {
-                let (log_index, outcome) = proposer.propose(r.actor, r.command).await?;
+                let (log_index, outcome) =
+                    proposer.propose(r.actor, r.command, WRITE_TIMEOUT).await?;
                 Ok(ForwardResponse {
                     log_index,
                     leader_id: node_id,

@@ -67,7 +67,6 @@ pub const TAG_VOTE: Tag = Tag(0x41);
 pub const TAG_LOG_ID: Tag = Tag(0x42);
 pub const TAG_MEMBERSHIP: Tag = Tag(0x43);
 pub const TAG_SNAPSHOT_META: Tag = Tag(0x44);
-pub const TAG_STRING: Tag = Tag(0x45);
 
 pub fn u64_key(n: u64) -> [u8; 8] {
     n.to_be_bytes()

@@ -55,9 +55,17 @@ impl<R: Read> Read for HashingReader<R> {
 
 /// Write a consistent snapshot of the replicated families to `path` (fsynced). Returns the
 /// applied log id and membership it was taken at.
-pub fn write(store: &Store, path: &Path) -> Result<(Option<LogId>, StoredMembership), StoreError> {
+pub fn write(
+    store: &Store,
+    path: &Path,
+    lock: &std::sync::Mutex<()>,
+) -> Result<(Option<LogId>, StoredMembership), StoreError> {
     let io = |what: &'static str| StoreError::io(what, path);
-    let snap = store.db.snapshot();
+    // The view is taken under the snapshot lock, so never in the middle of an installation.
+    let snap = {
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        store.db.snapshot()
+    };
     let meta_cf = store.cf(cf::SM_META);
     let SmMeta {
         applied,

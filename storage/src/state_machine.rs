@@ -105,18 +105,27 @@ impl StateMachine {
     /// Open the state machine: finish an interrupted snapshot installation, then load and check
     /// every projection and the whole archive chain. Any damage stops the node here, naming it.
     pub fn open(store: Store, head_tx: watch::Sender<ArchiveHead>) -> Result<Self, StoreError> {
+        // Leftovers of builds and transfers a crash interrupted.
+        if let Ok(dir) = std::fs::read_dir(&store.snapshot_dir) {
+            for f in dir.flatten() {
+                if f.file_name().to_string_lossy().ends_with(".part") {
+                    let _ = std::fs::remove_file(f.path());
+                }
+            }
+        }
         let local = store.cf(cf::LOCAL_META);
         if let Some(v) = store
             .db
             .get_cf(local, cf::KEY_INSTALLING)
             .map_err(StoreError::rocks("read install marker"))?
         {
-            let file: String = codec::decode(cf::TAG_STRING, &v)
+            let current: CurrentSnapshot = codec::decode(cf::TAG_SNAPSHOT_META, &v)
                 .map_err(|e| StoreError::damaged(cf::LOCAL_META, cf::KEY_INSTALLING, e))?;
-            let path = store.snapshot_dir.join(&file);
+            let path = store.snapshot_dir.join(&current.file);
             tracing::warn!(snapshot = %path.display(), "finishing a snapshot installation interrupted by a crash");
             snapshot::verify(&path)?;
             snapshot::install(&store, &path)?;
+            set_current(&store, &current)?;
             store
                 .db
                 .delete_cf(local, cf::KEY_INSTALLING)
@@ -216,7 +225,7 @@ fn build_blocking(store: &Store, lock: &Mutex<()>) -> Result<Snapshot<TypeConfig
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     let building = store.snapshot_dir.join(format!("building-{nanos}.part"));
-    let (applied, membership) = snapshot::write(store, &building)?;
+    let (applied, membership) = snapshot::write(store, &building, lock)?;
     let id = match applied {
         Some(l) => format!(
             "{}-{}-{}-{nanos}",
@@ -415,34 +424,45 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         meta: &crate::types::SnapshotMeta,
         snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
-        use tokio::io::AsyncSeekExt;
-        let mut src = *snapshot;
-        src.sync_all().await.map_err(snap_err)?;
-        src.seek(std::io::SeekFrom::Start(0))
-            .await
-            .map_err(snap_err)?;
+        let src = (*snapshot).into_std().await;
         let file = snapshot_file_name(&meta.snapshot_id);
         let path = self.store.snapshot_dir.join(&file);
-        {
-            // Copy into our own file (the handle may be any file), fsynced, before anything else.
-            let mut dst = tokio::fs::File::create(&path).await.map_err(snap_err)?;
-            tokio::io::copy(&mut src, &mut dst)
-                .await
-                .map_err(snap_err)?;
-            dst.sync_all().await.map_err(snap_err)?;
-        }
         if let Some(recv) = self.receiving.take() {
+            // Only its handle is needed from here on; the name can go.
             let _ = std::fs::remove_file(recv);
         }
         let store = self.store.clone();
         let lock = self.snapshot_lock.clone();
         let current = CurrentSnapshot {
             meta: meta.clone(),
-            file: file.clone(),
+            file,
         };
         let install = move || -> Result<u64, StoreError> {
-            snapshot::verify(&path)?;
+            let mut src = src;
+            // Held from the copy to the new pointer, so a build finishing meanwhile can neither
+            // delete the file nor take a view of half-installed families.
             let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+            {
+                use std::io::Seek;
+                src.sync_all()
+                    .map_err(StoreError::io("sync received snapshot", &path))?;
+                src.seek(std::io::SeekFrom::Start(0))
+                    .map_err(StoreError::io("read received snapshot", &path))?;
+                // Copy into our own file (the handle may be any file), fsynced with its folder.
+                let mut dst = std::fs::File::create(&path)
+                    .map_err(StoreError::io("create snapshot", &path))?;
+                std::io::copy(&mut src, &mut dst)
+                    .map_err(StoreError::io("copy snapshot", &path))?;
+                dst.sync_all()
+                    .map_err(StoreError::io("sync snapshot", &path))?;
+                std::fs::File::open(&store.snapshot_dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(StoreError::io(
+                        "sync snapshot directory",
+                        &store.snapshot_dir,
+                    ))?;
+            }
+            snapshot::verify(&path)?;
             let local = store.cf(cf::LOCAL_META);
             let mut o = WriteOptions::default();
             o.set_sync(true);
@@ -451,7 +471,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .put_cf_opt(
                     local,
                     cf::KEY_INSTALLING,
-                    codec::encode(cf::TAG_STRING, &file),
+                    codec::encode(cf::TAG_SNAPSHOT_META, &current),
                     &o,
                 )
                 .map_err(StoreError::rocks("write install marker"))?;
@@ -479,18 +499,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let Some(current) =
-            read_current(&self.store).map_err(|e| StorageIOError::read_snapshot(None, &e))?
-        else {
-            return Ok(None);
-        };
-        let path = self.store.snapshot_dir.join(&current.file);
-        let f = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
-        Ok(Some(Snapshot {
-            meta: current.meta,
-            snapshot: Box::new(f),
+        let (store, lock) = (self.store.clone(), self.snapshot_lock.clone());
+        // Pointer and file are read under the lock, so a build cannot delete the file between.
+        let found = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+            let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(current) = read_current(&store)? else {
+                return Ok(None);
+            };
+            let path = store.snapshot_dir.join(&current.file);
+            let f = std::fs::File::open(&path).map_err(StoreError::io("open snapshot", &path))?;
+            Ok(Some((current.meta, f)))
+        })
+        .await
+        .map_err(|e| StorageIOError::read_snapshot(None, &e))?
+        .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+        Ok(found.map(|(meta, f)| Snapshot {
+            meta,
+            snapshot: Box::new(tokio::fs::File::from_std(f)),
         }))
     }
 }
@@ -569,7 +594,13 @@ mod tests {
             .put_cf(
                 store_b.cf(cf::LOCAL_META),
                 cf::KEY_INSTALLING,
-                codec::encode(cf::TAG_STRING, &file),
+                codec::encode(
+                    cf::TAG_SNAPSHOT_META,
+                    &CurrentSnapshot {
+                        meta: snap.meta.clone(),
+                        file: file.clone(),
+                    },
+                ),
             )
             .expect("marker");
         store_b
