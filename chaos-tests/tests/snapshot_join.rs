@@ -1,4 +1,4 @@
-//! Snapshot: with a low snapshot threshold, a fourth node added after 5,000 events receives a
+//! Snapshot: with a low snapshot threshold (every 100 entries; many writes share an entry), a fourth node added after 5,000 events receives a
 //! snapshot (the log it would need is already compacted) and ends with the full archive, the
 //! same digest and the same head hash. Its peak memory is reported.
 
@@ -11,8 +11,8 @@ use authsec_chaos_tests::{init_test_tracing, peak_rss_kib, register_req, Cluster
 async fn fourth_node_joins_through_a_snapshot() -> anyhow::Result<()> {
     init_test_tracing();
     let opts = Options {
-        snapshot_logs_since_last: 500,
-        max_in_snapshot_log_to_keep: 50,
+        snapshot_logs_since_last: 100,
+        max_in_snapshot_log_to_keep: 10,
     };
     let mut cluster = Cluster::start(3, opts)?;
     let leader = cluster
