@@ -27,6 +27,25 @@ use crate::writer::{Proposer, WriteMetrics, Writer};
 /// Largest admin API request.
 const API_MESSAGE_BYTES_MAX: usize = 1 << 20;
 
+/// tonic refuses a message over the size bound with OUT_OF_RANGE before any handler runs; for
+/// a request that is the caller's bad input, so answer INVALID_ARGUMENT and say what to fix.
+fn oversized_is_invalid_argument(
+    resp: ::http::Response<tonic::body::Body>,
+) -> ::http::Response<tonic::body::Body> {
+    match resp.extensions().get::<tonic::Status>() {
+        Some(s)
+            if s.code() == tonic::Code::OutOfRange && s.message().starts_with("Error, decoded message length too large") =>
+        {
+            tonic::Status::invalid_argument(format!(
+                "invalid request: the message is too large ({}); every field has a smaller limit of its own",
+                s.message().trim_start_matches("Error, decoded message length too large: ")
+            ))
+            .into_http()
+        }
+        _ => resp,
+    }
+}
+
 /// A started node.
 pub struct RunningNode {
     pub node_id: u64,
@@ -126,6 +145,9 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
     let grpc_addr = grpc.local_addr()?;
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .layer(tower::util::MapResponseLayer::new(
+            oversized_is_invalid_argument,
+        ))
         .add_service(PeerServer::new(raft.clone(), Arc::new(writer.clone())).into_service())
         .add_service(
             ClusterServiceServer::new(Cluster(ctx.clone()))
