@@ -19,8 +19,10 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 /// Proposals the leader keeps queued before callers wait.
 const QUEUE_DEPTH: usize = 8192;
-/// Log entries in flight at once from this leader.
-const BATCHES_IN_FLIGHT: usize = 2;
+/// Log entries in flight at once from this leader (and forward batches per leader from a
+/// follower). openraft 0.9 syncs appends one at a time, so more in flight only makes entries
+/// smaller: while one commits, the next fills up.
+const BATCHES_IN_FLIGHT: usize = 1;
 /// How long a write may take end to end before the caller is told it is unavailable.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
