@@ -155,20 +155,9 @@ fn members_of(m: &openraft::RaftMetrics<u64, BasicNode>) -> Vec<v1::Member> {
 }
 
 fn not_leader(raft: &authsec_raft::Raft) -> Status {
-    let m = raft.metrics().borrow().clone();
-    let leader = m.current_leader.map(|id| {
-        (
-            id,
-            m.membership_config
-                .membership()
-                .get_node(&id)
-                .map(|n| n.addr.clone())
-                .unwrap_or_default(),
-        )
-    });
     ApiError::Unavailable {
         reason: "membership changes are served by the leader; ask it".into(),
-        leader,
+        leader: crate::writer::leader_hint(raft),
     }
     .into()
 }

@@ -105,7 +105,7 @@ fn now_ms() -> u64 {
 }
 
 /// The leader this node knows of, with its address. Borrows the metrics; no copy on the hot path.
-fn leader_hint(raft: &Raft) -> Option<(u64, String)> {
+pub(crate) fn leader_hint(raft: &Raft) -> Option<(u64, String)> {
     let rx = raft.metrics();
     let m = rx.borrow();
     let id = m.current_leader?;
