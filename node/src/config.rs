@@ -1,6 +1,7 @@
 //! Node configuration: one TOML file, overridden by environment and flags (the binary reads
 //! the environment through clap; libraries never do). Parsed into validated values at start.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -62,6 +63,13 @@ pub struct NodeConfig {
     pub bootstrap: Option<Bootstrap>,
     #[serde(default)]
     pub raft: RaftSection,
+    /// Dial a peer through another address: advertised address -> address to dial. For
+    /// proxies and NAT; membership keeps the advertised address.
+    #[serde(default)]
+    pub peer_routes: BTreeMap<String, String>,
+    /// A deliberate defect for proving the chaos checkers (debug builds only; never from TOML).
+    #[serde(skip)]
+    pub planted_bug: crate::planted::PlantedBug,
 }
 
 fn default_trust_domain() -> String {
@@ -134,6 +142,13 @@ impl NodeConfig {
         }
         if self.raft.snapshot_logs_since_last == 0 {
             bail!("raft.snapshot_logs_since_last must be 1 or more");
+        }
+        for (from, to) in &self.peer_routes {
+            for a in [from, to] {
+                if a.parse::<SocketAddr>().is_err() && !a.contains(':') {
+                    bail!("peer_routes: {a:?} is not a host:port address");
+                }
+            }
         }
         if let Some(b) = &self.bootstrap {
             if b.members.is_empty() {

@@ -58,6 +58,8 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
                 members: members.clone(),
             }),
             raft: RaftSection::default(),
+            peer_routes: Default::default(),
+            planted_bug: Default::default(),
         };
         cfg.validate()?;
         std::fs::create_dir_all(&cfg.data_dir)?;

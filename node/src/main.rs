@@ -5,6 +5,7 @@ mod cli;
 mod config;
 mod dev;
 mod http;
+mod planted;
 mod server;
 mod services;
 mod writer;
@@ -231,7 +232,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Node(NodeCmd::Run { config, overrides }) => {
-            let cfg = config::NodeConfig::load(&config, &overrides)?;
+            let mut cfg = config::NodeConfig::load(&config, &overrides)?;
+            cfg.planted_bug = planted::PlantedBug::from_env()?;
             let node = server::start(cfg).await?;
             let mut fatal = node.fatal.clone();
             let reason = tokio::select! {

@@ -101,7 +101,12 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
     let store = authsec_storage::open(&cfg.data_dir).context("open storage")?;
     let entries = store.verify_raft_log().context("check the raft log")?;
     let (head_tx, head_rx) = watch::channel(ArchiveHead::default());
-    let sm = StateMachine::open(store.clone(), head_tx).context("check the state machine")?;
+    #[allow(unused_mut)]
+    let mut sm = StateMachine::open(store.clone(), head_tx).context("check the state machine")?;
+    #[cfg(debug_assertions)]
+    if let crate::planted::PlantedBug::DropRecord(seq) = cfg.planted_bug {
+        sm.plant_drop_record(seq);
+    }
     tracing::info!(
         node_id,
         log_entries = entries,
@@ -109,7 +114,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
         "storage checked"
     );
     let log = LogStore::new(store.clone());
-    let transport = Transport::plaintext();
+    let transport = Transport::plaintext().with_routes(cfg.peer_routes.clone());
     let raft = Raft::new(
         node_id,
         raft_config(&cfg.tuning())?,
@@ -124,7 +129,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
     .context("start raft")?;
 
     let writes = Arc::new(WriteMetrics::default());
-    let proposer = Proposer::start(raft.clone(), writes.clone());
+    let proposer = Proposer::start(raft.clone(), writes.clone(), cfg.planted_bug);
     let writer = Writer::new(node_id, raft.clone(), proposer, transport, writes.clone());
     let ctx = Arc::new(Ctx {
         node_id,

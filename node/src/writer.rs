@@ -15,6 +15,8 @@ use authsec_raft::{
 };
 use openraft::error::{ClientWriteError, RaftError};
 use rand::RngCore;
+
+use crate::planted::PlantedBug;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 /// Proposals the leader keeps queued before callers wait.
@@ -119,9 +121,9 @@ pub(crate) fn leader_hint(raft: &Raft) -> Option<(u64, String)> {
 }
 
 impl Proposer {
-    pub fn start(raft: Raft, metrics: Arc<WriteMetrics>) -> Self {
+    pub fn start(raft: Raft, metrics: Arc<WriteMetrics>, bug: PlantedBug) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(run(raft, rx, metrics));
+        tokio::spawn(run(raft, rx, metrics, bug));
         Self { tx }
     }
 
@@ -161,9 +163,16 @@ impl Proposer {
     }
 }
 
-async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, metrics: Arc<WriteMetrics>) {
+async fn run(
+    raft: Raft,
+    mut rx: mpsc::Receiver<Pending>,
+    metrics: Arc<WriteMetrics>,
+    bug: PlantedBug,
+) {
     let in_flight = Arc::new(Semaphore::new(BATCHES_IN_FLIGHT));
+    let mut batch_no = 0u64;
     while let Some(first) = rx.recv().await {
+        batch_no += 1;
         // Wait for a slot first: while we wait, more writes queue up and share the next entry.
         let Ok(permit) = in_flight.clone().acquire_owned().await else {
             return;
@@ -202,14 +211,51 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, metrics: Arc<WriteMetr
             .fetch_add(proposals.len() as u64, Ordering::Relaxed);
         let raft = raft.clone();
         let metrics = metrics.clone();
+        // Planted defects (debug builds only): answer before the entry is committed.
+        let hold = match bug {
+            PlantedBug::AckBeforeSync => Some(Duration::from_millis(200)),
+            PlantedBug::ReorderWrites if batch_no % 10 == 0 => Some(Duration::from_millis(300)),
+            _ => None,
+        };
+        let mut permit = Some(permit);
+        if hold.is_some() {
+            permit = None;
+            for reply in replies.drain(..) {
+                let _ = reply.send(Ok((
+                    0,
+                    Ok(authsec_domain::Applied {
+                        sequences: None,
+                        generated_client_id: None,
+                    }),
+                )));
+            }
+        }
         tokio::spawn(async move {
-            let res = raft.client_write(Batch { proposals }).await;
+            if let Some(hold) = hold {
+                tokio::time::sleep(hold).await;
+            }
+            let res = write_bounded(&raft, Batch { proposals }, &mut permit).await;
             drop(permit);
+            let res = match res {
+                Some(r) => r,
+                None => {
+                    metrics
+                        .failed
+                        .fetch_add(replies.len() as u64, Ordering::Relaxed);
+                    let err = ForwardError::Unavailable(format!(
+                        "not committed within {WRITE_TIMEOUT:?}; the write's outcome is unknown"
+                    ));
+                    for reply in replies {
+                        let _ = reply.send(Err(err.clone()));
+                    }
+                    return;
+                }
+            };
             match res {
                 Ok(resp) => {
                     let log_index = resp.data.log_index;
                     let outcomes = resp.data.outcomes;
-                    debug_assert_eq!(outcomes.len(), replies.len());
+                    debug_assert!(replies.is_empty() || outcomes.len() == replies.len());
                     for (reply, outcome) in replies.into_iter().zip(outcomes) {
                         if outcome.is_ok() {
                             metrics.accepted.fetch_add(1, Ordering::Relaxed);
@@ -243,6 +289,45 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, metrics: Arc<WriteMetr
                 }
             }
         });
+    }
+}
+
+/// `client_write`, bounded. openraft 0.9 can leave a write unanswered forever: an entry a
+/// node appended in a leadership it lost at once, then covered by a snapshot from the new
+/// leader, keeps its responder but is never applied here. So the in-flight slot is released
+/// as soon as this node's leadership (its term) ends, and the caller is answered "unknown"
+/// after [`WRITE_TIMEOUT`]. Found by the chaos suite (a leader kill loop).
+async fn write_bounded(
+    raft: &Raft,
+    batch: Batch,
+    permit: &mut Option<tokio::sync::OwnedSemaphorePermit>,
+) -> Option<
+    Result<
+        openraft::raft::ClientWriteResponse<authsec_raft::TypeConfig>,
+        RaftError<u64, ClientWriteError<u64, openraft::BasicNode>>,
+    >,
+> {
+    let (me, term) = {
+        let m = raft.metrics();
+        let m = m.borrow();
+        (m.id, m.current_term)
+    };
+    let mut metrics = raft.metrics();
+    let lost = metrics.wait_for(move |m| m.current_leader != Some(me) || m.current_term != term);
+    tokio::pin!(lost);
+    let write = raft.client_write(batch);
+    tokio::pin!(write);
+    let deadline = tokio::time::sleep(WRITE_TIMEOUT);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            r = &mut write => return Some(r),
+            _ = &mut lost, if permit.is_some() => {
+                // The next leadership here must not wait on this entry.
+                *permit = None;
+            }
+            _ = &mut deadline => return None,
+        }
     }
 }
 

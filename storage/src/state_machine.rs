@@ -33,6 +33,9 @@ pub struct StateMachine {
     snapshot_lock: Arc<Mutex<()>>,
     /// The file a snapshot from the leader is being received into.
     receiving: Option<PathBuf>,
+    /// A planted defect for the chaos checkers' own tests (debug builds only): the archive
+    /// record with this sequence is neither archived nor projected here.
+    drop_record: Option<u64>,
 }
 
 impl std::fmt::Debug for StateMachine {
@@ -102,6 +105,17 @@ fn snapshot_file_name(id: &str) -> String {
 }
 
 impl StateMachine {
+    /// Plant a defect: the record with this sequence is neither archived nor projected on
+    /// this node. Only for proving the chaos checkers; absent from release builds.
+    #[cfg(debug_assertions)]
+    pub fn plant_drop_record(&mut self, sequence: u64) {
+        tracing::error!(
+            sequence,
+            "PLANTED BUG: this node will drop one archive record"
+        );
+        self.drop_record = Some(sequence);
+    }
+
     /// Open the state machine: finish an interrupted snapshot installation, then load and check
     /// every projection and the whole archive chain. Any damage stops the node here, naming it.
     pub fn open(store: Store, head_tx: watch::Sender<ArchiveHead>) -> Result<Self, StoreError> {
@@ -164,6 +178,7 @@ impl StateMachine {
             head_tx,
             snapshot_lock: Arc::new(Mutex::new(())),
             receiving: None,
+            drop_record: None,
         })
     }
 
@@ -331,7 +346,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                             generated = Some(client.client_id.clone());
                                         }
                                     }
-                                    touched.insert(event.touches());
+                                    let dropped = self.drop_record == Some(self.head.sequence + 1);
+                                    if !dropped {
+                                        touched.insert(event.touches());
+                                    }
                                     let record = AuditRecord {
                                         sequence: self.head.sequence + 1,
                                         log_index,
@@ -346,7 +364,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                     let mut value = Vec::with_capacity(32 + bytes.len());
                                     value.extend_from_slice(&hash);
                                     value.extend_from_slice(&bytes);
-                                    batch.put_cf(archive, cf::u64_key(record.sequence), value);
+                                    if !dropped {
+                                        batch.put_cf(archive, cf::u64_key(record.sequence), value);
+                                    }
                                     self.head = ArchiveHead {
                                         sequence: record.sequence,
                                         hash,
