@@ -2,7 +2,13 @@
 //! durability and chaos tests. Every process a cluster starts is killed when it drops.
 #![forbid(unsafe_code)]
 
-use std::collections::BTreeMap;
+pub mod checkers;
+pub mod nemesis;
+pub mod oracle;
+pub mod proxy;
+pub mod runner;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -47,6 +53,17 @@ pub fn free_port() -> anyhow::Result<u16> {
 pub struct Options {
     pub snapshot_logs_since_last: u64,
     pub max_in_snapshot_log_to_keep: u64,
+    /// Raft timeouts (heartbeat, election min, election max) in ms; `None` keeps the node's
+    /// defaults.
+    pub timeouts_ms: Option<(u64, u64, u64)>,
+    /// Route every node-to-node link through a fault-injecting proxy ([`proxy::Net`]).
+    pub proxied: bool,
+    /// Ids beyond the first `n` that get addresses and proxies up front, to join later.
+    pub spare: u64,
+    /// Nodes whose data directory is a tmpfs of this many MiB (needs root).
+    pub tmpfs_mib: BTreeMap<u64, u64>,
+    /// Extra environment per node (planted bugs).
+    pub env: BTreeMap<u64, Vec<(String, String)>>,
 }
 
 impl Default for Options {
@@ -54,6 +71,11 @@ impl Default for Options {
         Self {
             snapshot_logs_since_last: 5000,
             max_in_snapshot_log_to_keep: 1000,
+            timeouts_ms: Some((100, 600, 1200)),
+            proxied: false,
+            spare: 0,
+            tmpfs_mib: BTreeMap::new(),
+            env: BTreeMap::new(),
         }
     }
 }
@@ -87,6 +109,15 @@ pub struct Cluster {
     bin: PathBuf,
     opts: Options,
     bootstrap: Vec<(u64, String)>,
+    /// The gRPC address reserved for every id, spares included.
+    reserved: BTreeMap<u64, String>,
+    /// The proxies, when the cluster is proxied.
+    pub net: Option<proxy::Net>,
+    /// For each node: peer address -> the proxy it dials.
+    routes: BTreeMap<u64, BTreeMap<String, String>>,
+    /// The voters and learners, as this harness last changed them.
+    pub members: BTreeSet<u64>,
+    mounts: Vec<PathBuf>,
 }
 
 impl Cluster {
@@ -101,22 +132,143 @@ impl Cluster {
             bin: authsec_bin()?,
             opts,
             bootstrap: Vec::new(),
+            reserved: BTreeMap::new(),
+            net: None,
+            routes: BTreeMap::new(),
+            members: (1..=n).collect(),
+            mounts: Vec::new(),
         };
-        let mut members = Vec::new();
-        for id in 1..=n {
-            members.push((id, format!("127.0.0.1:{}", free_port()?)));
+        let all = n + c.opts.spare;
+        for id in 1..=all {
+            c.reserved.insert(id, format!("127.0.0.1:{}", free_port()?));
         }
-        c.bootstrap = members.clone();
-        for (id, addr) in members {
-            c.prepare(id, Some(addr))?;
+        if c.opts.proxied {
+            let net = proxy::Net::default();
+            for from in 1..=all {
+                for to in 1..=all {
+                    if from == to {
+                        continue;
+                    }
+                    let upstream = c.reserved[&to].parse()?;
+                    let via = net.link(from, to, upstream)?;
+                    c.routes
+                        .entry(from)
+                        .or_default()
+                        .insert(c.reserved[&to].clone(), via.to_string());
+                }
+            }
+            c.net = Some(net);
+        }
+        c.bootstrap = (1..=n).map(|id| (id, c.reserved[&id].clone())).collect();
+        // The first member initializes the cluster: start it last, once its peers listen.
+        for id in (1..=n).rev() {
+            c.prepare(id, None)?;
             c.spawn(id)?;
         }
         Ok(c)
     }
 
+    /// The proxies; fails on a cluster started without them.
+    pub fn net(&self) -> anyhow::Result<&proxy::Net> {
+        self.net
+            .as_ref()
+            .ok_or_else(|| anyhow!("the cluster was started without proxies"))
+    }
+
+    /// Ids of the nodes whose process runs now.
+    pub fn running(&mut self) -> Vec<u64> {
+        self.nodes
+            .iter_mut()
+            .filter_map(|(id, n)| n.is_running().then_some(*id))
+            .collect()
+    }
+
+    /// The gRPC address reserved for `id` (spares included).
+    pub fn reserved_addr(&self, id: u64) -> anyhow::Result<String> {
+        self.reserved
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| anyhow!("no address reserved for node {id}"))
+    }
+
+    /// Copy every node's log and config out of the temporary folder (which is removed when
+    /// the cluster drops) into a kept one; returns it.
+    pub fn keep_logs(&self) -> anyhow::Result<PathBuf> {
+        let kept = tempfile::Builder::new()
+            .prefix("authsec-chaos-logs-")
+            .tempdir()?
+            .keep();
+        for n in self.nodes.values() {
+            for f in [&n.log, &n.config] {
+                if let Some(name) = f.file_name() {
+                    let _ = std::fs::copy(f, kept.join(name));
+                }
+            }
+        }
+        Ok(kept)
+    }
+
+    /// Every id with a reserved address, spares included.
+    pub fn reserved_ids(&self) -> Vec<u64> {
+        self.reserved.keys().copied().collect()
+    }
+
+    /// Forget that `id` bootstraps the cluster: a node rebuilt from nothing must join.
+    pub fn unbootstrap(&mut self, id: u64) {
+        self.bootstrap.retain(|(m, _)| *m != id);
+        // Other nodes' configs are written once; only a rewritten config changes.
+    }
+
+    /// `kill -STOP`: the process freezes, its sockets stay open.
+    pub fn pause(&mut self, id: u64) -> anyhow::Result<()> {
+        self.signal(id, "-STOP")
+    }
+
+    /// `kill -CONT`.
+    pub fn resume(&mut self, id: u64) -> anyhow::Result<()> {
+        self.signal(id, "-CONT")
+    }
+
+    fn signal(&mut self, id: u64, sig: &str) -> anyhow::Result<()> {
+        let pid = self
+            .nodes
+            .get(&id)
+            .and_then(NodeProc::pid)
+            .ok_or_else(|| anyhow!("node {id} is not running"))?;
+        let st = Command::new("kill")
+            .arg(sig)
+            .arg(pid.to_string())
+            .status()?;
+        anyhow::ensure!(st.success(), "kill {sig} {pid} failed");
+        Ok(())
+    }
+
+    /// Delete a stopped node's data directory content (the mount, if any, stays).
+    pub fn wipe(&mut self, id: u64) -> anyhow::Result<()> {
+        let n = self
+            .nodes
+            .get_mut(&id)
+            .ok_or_else(|| anyhow!("no node {id}"))?;
+        anyhow::ensure!(
+            !n.is_running(),
+            "node {id} still runs; stop it before wiping"
+        );
+        if n.data_dir.exists() {
+            for e in std::fs::read_dir(&n.data_dir)? {
+                let p = e?.path();
+                if p.is_dir() {
+                    std::fs::remove_dir_all(&p)?;
+                } else {
+                    std::fs::remove_file(&p)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Write a node's config; `bootstrap` nodes list the initial members.
     pub fn prepare(&mut self, id: u64, addr: Option<String>) -> anyhow::Result<()> {
-        let grpc = match addr {
+        let grpc = match addr.or_else(|| self.reserved.get(&id).cloned()) {
             Some(a) => a,
             None => format!("127.0.0.1:{}", free_port()?),
         };
@@ -129,9 +281,36 @@ impl Cluster {
             data_dir.display().to_string()
         );
         text += &format!(
-            "[raft]\nheartbeat_ms = 100\nelection_timeout_min_ms = 600\nelection_timeout_max_ms = 1200\nsnapshot_logs_since_last = {}\nmax_in_snapshot_log_to_keep = {}\n",
+            "[raft]\nsnapshot_logs_since_last = {}\nmax_in_snapshot_log_to_keep = {}\n",
             self.opts.snapshot_logs_since_last, self.opts.max_in_snapshot_log_to_keep
         );
+        if let Some((hb, min, max)) = self.opts.timeouts_ms {
+            text += &format!(
+                "heartbeat_ms = {hb}\nelection_timeout_min_ms = {min}\nelection_timeout_max_ms = {max}\n"
+            );
+        }
+        if let Some(routes) = self.routes.get(&id) {
+            text += "[peer_routes]\n";
+            for (peer, via) in routes {
+                text += &format!("{peer:?} = {via:?}\n");
+            }
+        }
+        if let Some(mib) = self.opts.tmpfs_mib.get(&id) {
+            if !self.mounts.contains(&data_dir) {
+                std::fs::create_dir_all(&data_dir)?;
+                let st = Command::new("mount")
+                    .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+                    .arg(&data_dir)
+                    .status()
+                    .context("mount a tmpfs (needs root)")?;
+                anyhow::ensure!(
+                    st.success(),
+                    "mounting a tmpfs on {} failed",
+                    data_dir.display()
+                );
+                self.mounts.push(data_dir.clone());
+            }
+        }
         if self.bootstrap.iter().any(|(m, _)| *m == id) {
             text += "[bootstrap]\nmembers = [";
             text += &self
@@ -168,7 +347,11 @@ impl Cluster {
             .create(true)
             .append(true)
             .open(&n.log)?;
-        let child = Command::new(&bin)
+        let mut cmd = Command::new(&bin);
+        for (k, v) in self.opts.env.get(&id).into_iter().flatten() {
+            cmd.env(k, v);
+        }
+        let child = cmd
             .args(["node", "run", "--config"])
             .arg(&n.config)
             .env(
@@ -396,9 +579,13 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         for n in self.nodes.values_mut() {
             if let Some(mut c) = n.child.take() {
+                // A paused process dies of SIGKILL too.
                 let _ = c.kill();
                 let _ = c.wait();
             }
+        }
+        for m in &self.mounts {
+            let _ = Command::new("umount").arg(m).status();
         }
     }
 }

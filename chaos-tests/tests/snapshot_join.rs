@@ -13,6 +13,7 @@ async fn fourth_node_joins_through_a_snapshot() -> anyhow::Result<()> {
     let opts = Options {
         snapshot_logs_since_last: 100,
         max_in_snapshot_log_to_keep: 10,
+        ..Options::default()
     };
     let mut cluster = Cluster::start(3, opts)?;
     let leader = cluster

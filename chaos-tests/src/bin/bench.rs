@@ -187,6 +187,7 @@ async fn main() -> anyhow::Result<()> {
             Options {
                 snapshot_logs_since_last: 100_000,
                 max_in_snapshot_log_to_keep: 1000,
+                ..Options::default()
             },
         )?;
         cluster
