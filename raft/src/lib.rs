@@ -9,6 +9,7 @@ pub mod config;
 pub mod messages;
 pub mod network;
 pub mod service;
+pub mod tls;
 pub mod transport;
 
 pub use authsec_storage::{NodeId, TypeConfig};

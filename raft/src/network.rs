@@ -49,11 +49,14 @@ struct Msg(String);
 
 impl PeerClient {
     pub fn new(from: NodeId, target: NodeId, addr: &str, transport: &Transport) -> Self {
-        let client = transport.channel(addr).ok().map(|ch| {
-            PeerServiceClient::new(ch)
-                .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
-                .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX)
-        });
+        let client = transport
+            .channel_to(addr, crate::tls::Expect::Node(target))
+            .ok()
+            .map(|ch| {
+                PeerServiceClient::new(ch)
+                    .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+                    .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX)
+            });
         Self {
             from,
             target,

@@ -1,11 +1,13 @@
-//! The single seam for node-to-node connections. Plaintext gRPC on a trusted network today;
-//! mutual TLS with SPIFFE-ID peer authorization arrives here and nowhere else.
+//! The single seam for node-to-node connections: mutual TLS with SPIFFE-ID peer authorization
+//! ([`crate::tls`]), or plaintext gRPC where an operator explicitly asked for it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
+
+use crate::tls::{Expect, TlsState};
 
 /// Largest peer message: a snapshot chunk or an AppendEntries of up to 32 batches of 1 MiB.
 pub const PEER_MESSAGE_BYTES_MAX: usize = 64 << 20;
@@ -14,11 +16,26 @@ pub const PEER_MESSAGE_BYTES_MAX: usize = 64 << 20;
 pub struct Transport {
     /// Peer address -> the address to dial instead (a proxy, a NAT, a test's fault injector).
     routes: Arc<BTreeMap<String, String>>,
+    /// `None`: plaintext.
+    tls: Option<Arc<TlsState>>,
 }
 
 impl Transport {
     pub fn plaintext() -> Self {
         Self::default()
+    }
+
+    /// Mutual TLS: this node's certificate and the trust bundle come from `state` at every
+    /// handshake, so rotation needs no new transport.
+    pub fn mutual_tls(state: Arc<TlsState>) -> Self {
+        Self {
+            tls: Some(state),
+            ..Self::default()
+        }
+    }
+
+    pub fn tls(&self) -> Option<&Arc<TlsState>> {
+        self.tls.as_ref()
     }
 
     /// Dial `via` whenever a peer's advertised address is `addr`. Membership keeps the
@@ -33,14 +50,38 @@ impl Transport {
         self.routes.get(addr).map_or(addr, String::as_str)
     }
 
-    /// A lazily connecting channel to a peer's gRPC address (`host:port`).
-    pub fn channel(&self, addr: &str) -> Result<Channel, tonic::transport::Error> {
-        let addr = self.route(addr);
-        let ep = Endpoint::from_shared(format!("http://{addr}"))?
+    /// A lazily connecting channel to any node at `addr` (`host:port`).
+    pub fn channel(&self, addr: &str) -> Result<Channel, TransportError> {
+        self.channel_to(addr, Expect::AnyNode)
+    }
+
+    /// A lazily connecting channel to `addr` that accepts only the server `expect` names.
+    pub fn channel_to(&self, addr: &str, expect: Expect) -> Result<Channel, TransportError> {
+        let dial = self.route(addr).to_owned();
+        // The scheme stays http: TLS is ours, under the connector, not tonic's.
+        let ep = Endpoint::from_shared(format!("http://{dial}"))?
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(5));
-        Ok(ep.connect_lazy())
+        match &self.tls {
+            None => Ok(ep.connect_lazy()),
+            Some(state) => {
+                let config = state.client_config(expect)?;
+                let connector = tower::service_fn(move |_uri: tonic::transport::Uri| {
+                    let (dial, config) = (dial.clone(), config.clone());
+                    async move { crate::tls::connect(&dial, config).await }
+                });
+                Ok(ep.connect_with_connector_lazy(connector))
+            }
+        }
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("bad peer address: {0}")]
+    Address(#[from] tonic::transport::Error),
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }

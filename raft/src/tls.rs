@@ -1,0 +1,586 @@
+//! Mutual TLS between authsec components, with peers authorized by SPIFFE ID.
+//!
+//! Standard verifiers check DNS names; authsec checks who a peer *is*: the chain must lead to
+//! the trust bundle, and the leaf must be an X.509-SVID (exactly one URI SAN, a SPIFFE ID in
+//! our trust domain, not a CA, key usage digitalSignature). Authorization by that ID (a node
+//! for Raft traffic, an admin for the admin API) happens where the request is served, from the
+//! [`PeerInfo`] every accepted connection carries.
+//!
+//! Certificates and the bundle rotate without a restart: the configs read them from a
+//! [`TlsState`] at every handshake. TLS 1.3 only, no session resumption (a resumed session
+//! would skip the verifier), ALPN `h2`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use authsec_domain::{SpiffeId, TrustDomain};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{ResolvesClientCert, Resumption};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{
+    ClientHello, NoServerSessionStorage, ResolvesServerCert, WebPkiClientVerifier,
+};
+use rustls::sign::CertifiedKey;
+use rustls::{
+    ClientConfig, DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig,
+    SignatureScheme,
+};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Longest a TLS handshake may take before the connection is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("not an X.509-SVID: {0}")]
+    NotSvid(String),
+    #[error("peer {0} is not in trust domain {1}")]
+    ForeignTrustDomain(SpiffeId, TrustDomain),
+    #[error("peer {got} is not the expected {expected}")]
+    Unexpected { got: SpiffeId, expected: String },
+    #[error("the trust bundle is empty")]
+    EmptyBundle,
+    #[error(transparent)]
+    Rustls(#[from] rustls::Error),
+}
+
+impl From<TlsError> for rustls::Error {
+    fn from(e: TlsError) -> Self {
+        match e {
+            TlsError::Rustls(e) => e,
+            other => rustls::Error::General(other.to_string()),
+        }
+    }
+}
+
+/// The crypto provider of every TLS config and signature in authsec.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// `spiffe://<td>/authsec/node/<id>`.
+pub fn node_spiffe_id(td: &TrustDomain, id: u64) -> SpiffeId {
+    // A trust domain and a number always make a valid SPIFFE ID.
+    SpiffeId::parse(&format!("spiffe://{}/authsec/node/{id}", td.as_str()))
+        .unwrap_or_else(|_| unreachable!("node SPIFFE IDs are always valid"))
+}
+
+/// The node id in `spiffe://<td>/authsec/node/<id>`, if `id` is one of `td`'s nodes.
+pub fn node_id_of(td: &TrustDomain, id: &SpiffeId) -> Option<u64> {
+    let rest = id
+        .as_str()
+        .strip_prefix("spiffe://")?
+        .strip_prefix(td.as_str())?
+        .strip_prefix("/authsec/node/")?;
+    if rest.starts_with('0') || rest.len() > 20 {
+        return None;
+    }
+    rest.parse().ok()
+}
+
+/// The SPIFFE ID of an X.509-SVID leaf, checked per the X.509-SVID standard: exactly one URI
+/// SAN holding a valid SPIFFE ID with a path, not a CA, key usage present with
+/// digitalSignature and without keyCertSign or cRLSign.
+pub fn svid_id(cert: &CertificateDer<'_>) -> Result<SpiffeId, TlsError> {
+    use x509_parser::extensions::GeneralName;
+    let bad = |s: &str| TlsError::NotSvid(s.to_owned());
+    let (_, x) = x509_parser::parse_x509_certificate(cert.as_ref())
+        .map_err(|e| TlsError::NotSvid(format!("unparsable certificate: {e}")))?;
+    if x.is_ca() {
+        return Err(bad("the leaf is a CA"));
+    }
+    let ku = x
+        .key_usage()
+        .map_err(|_| bad("malformed key usage"))?
+        .ok_or_else(|| bad("no key usage extension"))?
+        .value;
+    if !ku.digital_signature() || ku.key_cert_sign() || ku.crl_sign() {
+        return Err(bad(
+            "key usage must have digitalSignature and neither keyCertSign nor cRLSign",
+        ));
+    }
+    let san = x
+        .subject_alternative_name()
+        .map_err(|_| bad("malformed subject alternative name"))?
+        .ok_or_else(|| bad("no subject alternative name"))?
+        .value;
+    let mut uris = san.general_names.iter().filter_map(|n| match n {
+        GeneralName::URI(u) => Some(*u),
+        _ => None,
+    });
+    let uri = uris.next().ok_or_else(|| bad("no URI SAN"))?;
+    if uris.next().is_some() {
+        return Err(bad("more than one URI SAN"));
+    }
+    let id = SpiffeId::parse(uri).map_err(|e| TlsError::NotSvid(e.to_string()))?;
+    if id
+        .as_str()
+        .trim_start_matches("spiffe://")
+        .find('/')
+        .is_none()
+    {
+        return Err(bad(
+            "a SPIFFE ID with no path names a trust domain, not a workload",
+        ));
+    }
+    Ok(id)
+}
+
+/// Which server a client accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// Any node of the trust domain.
+    AnyNode,
+    /// This node only.
+    Node(u64),
+}
+
+/// What a verified peer presented; in the request extensions of every call on a TLS listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    pub remote: Option<SocketAddr>,
+    pub spiffe_id: Option<SpiffeId>,
+}
+
+struct Material {
+    roots: Arc<RootCertStore>,
+    client_verifier: Arc<dyn ClientCertVerifier>,
+    identity: Arc<CertifiedKey>,
+}
+
+/// The trust bundle and this component's own certificate, both replaceable at run time.
+pub struct TlsState {
+    trust_domain: TrustDomain,
+    provider: Arc<CryptoProvider>,
+    material: RwLock<Arc<Material>>,
+}
+
+impl fmt::Debug for TlsState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the key.
+        f.debug_struct("TlsState")
+            .field("trust_domain", &self.trust_domain)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsState {
+    /// `roots`: the trust bundle (DER). `chain`: own leaf first, then its intermediates.
+    pub fn new(
+        trust_domain: TrustDomain,
+        roots: Vec<CertificateDer<'static>>,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Arc<Self>, TlsError> {
+        let provider = provider();
+        let material = Self::material(&provider, roots, chain, key)?;
+        Ok(Arc::new(Self {
+            trust_domain,
+            provider,
+            material: RwLock::new(Arc::new(material)),
+        }))
+    }
+
+    fn material(
+        provider: &Arc<CryptoProvider>,
+        roots: Vec<CertificateDer<'static>>,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Material, TlsError> {
+        if roots.is_empty() {
+            return Err(TlsError::EmptyBundle);
+        }
+        let mut store = RootCertStore::empty();
+        for r in roots {
+            store.add(r)?;
+        }
+        let roots = Arc::new(store);
+        let leaf = chain
+            .first()
+            .ok_or_else(|| TlsError::NotSvid("empty chain".into()))?;
+        svid_id(leaf)?;
+        let identity = Arc::new(CertifiedKey::from_der(chain, key, provider)?);
+        let client_verifier =
+            WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+                .build()
+                .map_err(|e| rustls::Error::General(e.to_string()))?;
+        Ok(Material {
+            roots,
+            client_verifier,
+            identity,
+        })
+    }
+
+    fn current(&self) -> Arc<Material> {
+        self.material
+            .read()
+            .map(|m| m.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Replace the bundle and the own certificate together (a rotation); new handshakes use
+    /// them at once, open connections keep theirs.
+    pub fn replace(
+        &self,
+        roots: Vec<CertificateDer<'static>>,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<(), TlsError> {
+        let m = Arc::new(Self::material(&self.provider, roots, chain, key)?);
+        match self.material.write() {
+            Ok(mut g) => *g = m,
+            Err(p) => *p.into_inner() = m,
+        }
+        Ok(())
+    }
+
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.trust_domain
+    }
+
+    /// The own SPIFFE ID, from the current certificate.
+    pub fn own_id(&self) -> Result<SpiffeId, TlsError> {
+        let m = self.current();
+        let leaf = m
+            .identity
+            .cert
+            .first()
+            .ok_or_else(|| TlsError::NotSvid("empty chain".into()))?;
+        svid_id(leaf)
+    }
+
+    /// A server config: a client certificate from the trust domain is required.
+    pub fn server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, TlsError> {
+        let mut c = ServerConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(Arc::new(ClientVerifier(self.clone())))
+            .with_cert_resolver(Arc::new(Resolver(self.clone())));
+        c.alpn_protocols = vec![b"h2".to_vec()];
+        c.session_storage = Arc::new(NoServerSessionStorage {});
+        c.send_tls13_tickets = 0;
+        Ok(Arc::new(c))
+    }
+
+    /// A client config that accepts only servers matching `expect`.
+    pub fn client_config(self: &Arc<Self>, expect: Expect) -> Result<Arc<ClientConfig>, TlsError> {
+        let mut c = ClientConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(ServerVerifier {
+                state: self.clone(),
+                expect,
+            }))
+            .with_client_cert_resolver(Arc::new(Resolver(self.clone())));
+        c.alpn_protocols = vec![b"h2".to_vec()];
+        c.resumption = Resumption::disabled();
+        Ok(Arc::new(c))
+    }
+
+    fn check_domain(&self, id: SpiffeId) -> Result<SpiffeId, TlsError> {
+        if id.trust_domain() != self.trust_domain {
+            return Err(TlsError::ForeignTrustDomain(id, self.trust_domain.clone()));
+        }
+        Ok(id)
+    }
+}
+
+/// Serves the current certificate to both sides of a handshake.
+#[derive(Debug)]
+struct Resolver(Arc<TlsState>);
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.current().identity.clone())
+    }
+}
+
+impl ResolvesClientCert for Resolver {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.current().identity.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// The client's check of a server: chain to the bundle, an SVID of our trust domain, the
+/// expected node. The host name is not checked: the SPIFFE ID is the identity.
+#[derive(Debug)]
+struct ServerVerifier {
+    state: Arc<TlsState>,
+    expect: Expect,
+}
+
+impl ServerCertVerifier for ServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let m = self.state.current();
+        let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &m.roots,
+            intermediates,
+            now,
+            self.state.provider.signature_verification_algorithms.all,
+        )?;
+        let id = self.state.check_domain(svid_id(end_entity)?)?;
+        let node = node_id_of(&self.state.trust_domain, &id);
+        match (&self.expect, node) {
+            (Expect::AnyNode, Some(_)) => {}
+            (Expect::Node(want), Some(got)) if *want == got => {}
+            (expect, _) => {
+                return Err(TlsError::Unexpected {
+                    got: id,
+                    expected: match expect {
+                        Expect::AnyNode => "an authsec node".into(),
+                        Expect::Node(n) => node_spiffe_id(&self.state.trust_domain, *n).to_string(),
+                    },
+                }
+                .into())
+            }
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.state.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.state.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.state
+            .provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// The server's check of a client: chain to the bundle (webpki, client-auth usage) and an SVID
+/// of our trust domain. Which IDs may call what is decided per request.
+#[derive(Debug)]
+struct ClientVerifier(Arc<TlsState>);
+
+impl ClientCertVerifier for ClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let m = self.0.current();
+        m.client_verifier
+            .verify_client_cert(end_entity, intermediates, now)?;
+        self.0.check_domain(svid_id(end_entity)?)?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0
+            .current()
+            .client_verifier
+            .verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0
+            .current()
+            .client_verifier
+            .verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.current().client_verifier.supported_verify_schemes()
+    }
+}
+
+/// An accepted, verified TLS connection; tonic puts its [`PeerInfo`] in every request.
+#[derive(Debug)]
+pub struct TlsConn {
+    inner: tokio_rustls::server::TlsStream<TcpStream>,
+    info: PeerInfo,
+}
+
+impl TlsConn {
+    pub fn peer(&self) -> &PeerInfo {
+        &self.info
+    }
+}
+
+impl tonic::transport::server::Connected for TlsConn {
+    type ConnectInfo = PeerInfo;
+
+    fn connect_info(&self) -> PeerInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Accept TLS connections on `listener`. Handshakes run on their own tasks, bounded by
+/// [`HANDSHAKE_TIMEOUT`], so a slow or hostile client never holds up the accept loop; failed
+/// handshakes are logged and dropped. The stream ends when its receiver is dropped.
+pub fn incoming(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+) -> impl futures::Stream<Item = Result<TlsConn, std::io::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<TlsConn, std::io::Error>>(64);
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, remote) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = tx.closed() => return,
+            };
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let spiffe_id = tls
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .and_then(|c| svid_id(c).ok());
+                        let conn = TlsConn {
+                            inner: tls,
+                            info: PeerInfo {
+                                remote: Some(remote),
+                                spiffe_id,
+                            },
+                        };
+                        let _ = tx.send(Ok(conn)).await;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::info!(%remote, error = %e, "TLS handshake refused");
+                    }
+                    Err(_) => {
+                        tracing::info!(%remote, "TLS handshake timed out");
+                    }
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// Connect over TCP and TLS to `addr` (`host:port`), for `Endpoint::connect_with_connector`.
+pub async fn connect(
+    addr: &str,
+    config: Arc<ClientConfig>,
+) -> Result<hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>, std::io::Error> {
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let host = addr
+        .rsplit_once(':')
+        .map_or(addr, |(h, _)| h)
+        .trim_matches(['[', ']']);
+    let name = ServerName::try_from(host.to_owned()).map_err(std::io::Error::other)?;
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await?;
+    if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+        return Err(std::io::Error::other("the peer did not negotiate HTTP/2"));
+    }
+    Ok(hyper_util::rt::TokioIo::new(tls))
+}
