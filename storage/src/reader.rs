@@ -15,6 +15,9 @@ use crate::types::LogId;
 #[derive(Debug, Clone)]
 pub struct Reader {
     store: Store,
+    /// The last status view computed: the digest scans every projection, so a status asked
+    /// again at the same applied index (an election, a quiet cluster, a poller) reuses it.
+    last_status: std::sync::Arc<std::sync::Mutex<Option<StatusView>>>,
 }
 
 /// What `cluster status` shows of one node's state, all taken from one consistent view.
@@ -52,7 +55,10 @@ fn split_archive_value(seq_key: &[u8], v: &[u8]) -> Result<(Hash32, Vec<u8>), St
 
 impl Reader {
     pub fn new(store: Store) -> Self {
-        Self { store }
+        Self {
+            store,
+            last_status: Default::default(),
+        }
     }
 
     /// Decode every projection into a [`State`]; a value that does not decode names itself.
@@ -140,6 +146,14 @@ impl Reader {
         let snap = self.store.db.snapshot();
         let meta = self.store.cf(cf::SM_META);
         let SmMeta { applied, head, .. } = read_sm_meta(|k| snap.get_cf(meta, k))?;
+        if let Ok(last) = self.last_status.lock() {
+            if let Some(v) = last
+                .as_ref()
+                .filter(|v| v.applied == applied && v.head == head)
+            {
+                return Ok(v.clone());
+            }
+        }
         let mut h = Sha256::new();
         for name in cf::PROJECTIONS {
             h.update((name.len() as u32).to_le_bytes());
@@ -152,11 +166,15 @@ impl Reader {
                 h.update(&v);
             }
         }
-        Ok(StatusView {
+        let view = StatusView {
             applied,
             digest: h.finalize().into(),
             head,
-        })
+        };
+        if let Ok(mut last) = self.last_status.lock() {
+            *last = Some(view.clone());
+        }
+        Ok(view)
     }
 
     pub fn head(&self) -> Result<ArchiveHead, StoreError> {
