@@ -214,7 +214,9 @@ async fn run(
         // Planted defects (debug builds only): answer before the entry is committed.
         let hold = match bug {
             PlantedBug::AckBeforeSync => Some(Duration::from_millis(200)),
-            PlantedBug::ReorderWrites if batch_no.is_multiple_of(10) => Some(Duration::from_millis(300)),
+            PlantedBug::ReorderWrites if batch_no.is_multiple_of(10) => {
+                Some(Duration::from_millis(300))
+            }
             _ => None,
         };
         let mut permit = Some(permit);
