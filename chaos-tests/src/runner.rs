@@ -314,12 +314,41 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Summary> {
         ops: oracle.ops(),
         ..History::default()
     };
-    for s in statuses {
-        h.statuses.insert(s.node_id, s);
-    }
-    for id in &members {
-        h.archives.insert(*id, records(&cluster, *id).await?);
-        h.projections.insert(*id, client_ids(&cluster, *id).await?);
+    let mut statuses = statuses;
+    // A write whose client gave up may still commit while the nodes are read: read again
+    // until no node moved during the reading (bounded).
+    for attempt in 0.. {
+        h.statuses.clear();
+        h.archives.clear();
+        h.projections.clear();
+        for s in &statuses {
+            h.statuses.insert(s.node_id, s.clone());
+        }
+        for id in &members {
+            h.archives.insert(*id, records(&cluster, *id).await?);
+            h.projections.insert(*id, client_ids(&cluster, *id).await?);
+        }
+        let mut moved = false;
+        for id in &members {
+            let now = cluster.status(*id).await?;
+            moved |= h.statuses.get(id).map(|s| s.applied_index) != Some(now.applied_index);
+        }
+        if !moved || attempt >= 5 {
+            break;
+        }
+        statuses = match cluster
+            .wait_converged(&members, 0, Duration::from_secs(30))
+            .await
+        {
+            Ok(s) => s,
+            Err(_) => {
+                let mut all = Vec::new();
+                for id in &members {
+                    all.push(cluster.status(*id).await?);
+                }
+                all
+            }
+        };
     }
     summary.violations.extend(checkers::check_all(&h));
     summary.records = h.archives.values().next().map_or(0, Vec::len);
