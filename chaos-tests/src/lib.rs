@@ -546,6 +546,16 @@ impl Cluster {
 
     /// Every archived record of a node: (sequence, hash) in order.
     pub async fn archive(&self, id: u64) -> anyhow::Result<Vec<(u64, String, Vec<u8>)>> {
+        Ok(self
+            .records(id)
+            .await?
+            .into_iter()
+            .map(|r| (r.sequence, r.hash, r.bytes))
+            .collect())
+    }
+
+    /// Every archived record of a node, as it serves them.
+    pub async fn records(&self, id: u64) -> anyhow::Result<Vec<checkers::Rec>> {
         let mut c =
             EventServiceClient::new(self.channel(id).await?).max_decoding_message_size(16 << 20);
         let mut s = c
@@ -557,9 +567,38 @@ impl Cluster {
             .into_inner();
         let mut out = Vec::new();
         while let Some(r) = s.message().await? {
-            out.push((r.sequence, r.hash, r.record_bytes));
+            out.push(checkers::Rec {
+                sequence: r.sequence,
+                hash: r.hash,
+                kind: r.kind,
+                subject: r.subject,
+                bytes: r.record_bytes,
+            });
         }
         Ok(out)
+    }
+
+    /// Every client id in a node's projection, read page by page from that node.
+    pub async fn client_ids(&self, id: u64) -> anyhow::Result<BTreeSet<String>> {
+        let mut c = self.clients(id).await?;
+        let mut token = String::new();
+        let mut all = BTreeSet::new();
+        loop {
+            let r = c
+                .list_clients(v1::ListClientsRequest {
+                    page_size: 1000,
+                    page_token: token,
+                    consistency: 0,
+                })
+                .await?
+                .into_inner();
+            all.extend(r.clients.into_iter().map(|c| c.client_id));
+            if r.next_page_token.is_empty() {
+                break;
+            }
+            token = r.next_page_token;
+        }
+        Ok(all)
     }
 
     pub fn data_dir(&self, id: u64) -> anyhow::Result<&Path> {

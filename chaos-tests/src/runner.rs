@@ -12,7 +12,7 @@ use authsec_api::v1;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::checkers::{self, History, Rec, Violation};
+use crate::checkers::{self, History, Violation};
 use crate::nemesis::{Fault, Scenario};
 use crate::oracle::{OpResult, Oracle, Workload, WorkloadOptions};
 use crate::{Cluster, Options};
@@ -325,8 +325,8 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Summary> {
             h.statuses.insert(s.node_id, s.clone());
         }
         for id in &members {
-            h.archives.insert(*id, records(&cluster, *id).await?);
-            h.projections.insert(*id, client_ids(&cluster, *id).await?);
+            h.archives.insert(*id, cluster.records(*id).await?);
+            h.projections.insert(*id, cluster.client_ids(*id).await?);
         }
         let mut moved = false;
         for id in &members {
@@ -757,51 +757,4 @@ fn fill(path: &Path) -> anyhow::Result<u64> {
     }
     let _ = f.sync_all();
     Ok(n)
-}
-
-/// Every archived record of a node, as served.
-pub async fn records(cluster: &Cluster, id: u64) -> anyhow::Result<Vec<Rec>> {
-    let mut c = v1::event_service_client::EventServiceClient::new(cluster.channel(id).await?)
-        .max_decoding_message_size(16 << 20);
-    let mut s = c
-        .feed(v1::FeedRequest {
-            from_sequence: 1,
-            follow: false,
-        })
-        .await?
-        .into_inner();
-    let mut out = Vec::new();
-    while let Some(r) = s.message().await? {
-        out.push(Rec {
-            sequence: r.sequence,
-            hash: r.hash,
-            kind: r.kind,
-            subject: r.subject,
-            bytes: r.record_bytes,
-        });
-    }
-    Ok(out)
-}
-
-/// Every client id in a node's projection.
-pub async fn client_ids(cluster: &Cluster, id: u64) -> anyhow::Result<BTreeSet<String>> {
-    let mut c = cluster.clients(id).await?;
-    let mut token = String::new();
-    let mut all = BTreeSet::new();
-    loop {
-        let r = c
-            .list_clients(v1::ListClientsRequest {
-                page_size: 1000,
-                page_token: token,
-                consistency: 0,
-            })
-            .await?
-            .into_inner();
-        all.extend(r.clients.into_iter().map(|c| c.client_id));
-        if r.next_page_token.is_empty() {
-            break;
-        }
-        token = r.next_page_token;
-    }
-    Ok(all)
 }
