@@ -43,7 +43,12 @@ impl From<ApiError> for Status {
                         Code::NotFound
                     }
                     Rejection::RevisionMismatch { .. } => Code::Aborted,
-                    Rejection::TrustDomainAlreadyConfigured { .. } => Code::FailedPrecondition,
+                    Rejection::TrustDomainAlreadyConfigured { .. }
+                    | Rejection::RootAlreadyInstalled { .. } => Code::FailedPrecondition,
+                    Rejection::JoinTokenInvalid | Rejection::JoinTokenExpired { .. } => {
+                        Code::Unauthenticated
+                    }
+                    Rejection::NodeRevoked { .. } => Code::PermissionDenied,
                     Rejection::DefaultScopeNotAllowed { .. } | Rejection::InvalidField { .. } => {
                         Code::InvalidArgument
                     }

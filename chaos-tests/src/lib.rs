@@ -64,6 +64,9 @@ pub struct Options {
     pub tmpfs_mib: BTreeMap<u64, u64>,
     /// Extra environment per node (planted bugs).
     pub env: BTreeMap<u64, Vec<(String, String)>>,
+    /// Plaintext and unauthenticated (`insecure = true`). The default is what production
+    /// runs: mutual TLS, with one trust domain made by `authsec node init`.
+    pub insecure: bool,
 }
 
 impl Default for Options {
@@ -76,9 +79,13 @@ impl Default for Options {
             spare: 0,
             tmpfs_mib: BTreeMap::new(),
             env: BTreeMap::new(),
+            insecure: false,
         }
     }
 }
+
+/// The trust domain of every test cluster.
+pub const TRUST_DOMAIN: &str = "test.authsec";
 
 #[derive(Debug)]
 pub struct NodeProc {
@@ -118,6 +125,9 @@ pub struct Cluster {
     /// The voters and learners, as this harness last changed them.
     pub members: BTreeSet<u64>,
     mounts: Vec<PathBuf>,
+    /// How the harness dials nodes: as the bootstrap admin over mutual TLS (once the first
+    /// node is initialized), or plaintext.
+    transport: Option<authsec_tls::Transport>,
 }
 
 impl Cluster {
@@ -137,6 +147,7 @@ impl Cluster {
             routes: BTreeMap::new(),
             members: (1..=n).collect(),
             mounts: Vec::new(),
+            transport: None,
         };
         let all = n + c.opts.spare;
         for id in 1..=all {
@@ -277,8 +288,10 @@ impl Cluster {
         let config = self.dir.path().join(format!("node{id}.toml"));
         let log = self.dir.path().join(format!("node{id}.log"));
         let mut text = format!(
-            "node_id = {id}\ndata_dir = {:?}\ngrpc_addr = {grpc:?}\nhttp_addr = {http:?}\ntrust_domain = \"test.authsec\"\n",
-            data_dir.display().to_string()
+            "node_id = {id}\ndata_dir = {:?}\ngrpc_addr = {grpc:?}\nhttp_addr = {http:?}\ntrust_domain = {TRUST_DOMAIN:?}\ninsecure = {}\nkek_file = {:?}\n",
+            data_dir.display().to_string(),
+            self.opts.insecure,
+            self.kek_file().display().to_string(),
         );
         text += &format!(
             "[raft]\nsnapshot_logs_since_last = {}\nmax_in_snapshot_log_to_keep = {}\n",
@@ -337,7 +350,122 @@ impl Cluster {
         Ok(())
     }
 
+    /// One KEK file for the whole test cluster (one host).
+    pub fn kek_file(&self) -> PathBuf {
+        self.dir.path().join("kek")
+    }
+
+    /// Where the bootstrap admin credential is.
+    pub fn admin_dir(&self) -> PathBuf {
+        self.dir.path().join("admin")
+    }
+
+    /// Where the root certificate and sealed root key are kept for later `init --pki-from`.
+    fn pki_dir(&self) -> PathBuf {
+        self.dir.path().join("pki")
+    }
+
+    /// Give node `id` its certificate if it has none (first start, or after a wipe): the
+    /// first node ever creates the trust domain with `authsec node init`; the others sign
+    /// theirs from it with `init --pki-from`, as a statically bootstrapped deployment does.
+    pub fn ensure_pki(&mut self, id: u64) -> anyhow::Result<()> {
+        if self.opts.insecure {
+            return Ok(());
+        }
+        let n = self.nodes.get(&id).ok_or_else(|| anyhow!("no node {id}"))?;
+        if n.data_dir.join("tls").join("node.crt").exists() {
+            return Ok(());
+        }
+        let pki = self.pki_dir();
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["node", "init", "--config"]).arg(&n.config);
+        let first = !pki.join("root.sealed").exists();
+        if first {
+            cmd.arg("--admin-dir").arg(self.admin_dir());
+        } else {
+            cmd.arg("--pki-from").arg(&pki);
+        }
+        let out = cmd.output().context("run authsec node init")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "authsec node init for node {id} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if first {
+            std::fs::create_dir_all(&pki)?;
+            for f in ["ca.crt", "root.sealed"] {
+                std::fs::copy(n.data_dir.join("tls").join(f), pki.join(f))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `sha256:<hex>` of the trust domain's root, what `authsec node join` pins.
+    pub fn ca_fingerprint(&self) -> anyhow::Result<String> {
+        use rustls::pki_types::pem::PemObject;
+        use sha2::Digest;
+        let ca = rustls::pki_types::CertificateDer::from_pem_file(self.pki_dir().join("ca.crt"))
+            .context("read the root certificate")?;
+        Ok(format!("sha256:{}", hex::encode(sha2::Sha256::digest(&ca))))
+    }
+
+    /// Run `authsec node join` for a prepared node: it gets its certificate with `token`
+    /// through `peers`, starts, and asks to be admitted. It holds no KEK (its config names
+    /// none), so it renews its certificate through the members that do.
+    pub fn spawn_join(&mut self, id: u64, token: &str, peers: &[String]) -> anyhow::Result<()> {
+        let fingerprint = self.ca_fingerprint()?;
+        let bin = self.bin.clone();
+        let kek_line = format!("kek_file = {:?}\n", self.kek_file().display().to_string());
+        let n = self
+            .nodes
+            .get_mut(&id)
+            .ok_or_else(|| anyhow!("no node {id}"))?;
+        let text = std::fs::read_to_string(&n.config)?.replace(&kek_line, "");
+        std::fs::write(&n.config, text)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&n.log)?;
+        let mut cmd = Command::new(&bin);
+        for (k, v) in self.opts.env.get(&id).into_iter().flatten() {
+            cmd.env(k, v);
+        }
+        let child = cmd
+            .args(["node", "join", "--config"])
+            .arg(&n.config)
+            .args(["--token", token, "--ca-fingerprint", &fingerprint, "--peer"])
+            .arg(peers.join(","))
+            .env(
+                "RUST_LOG",
+                std::env::var("AUTHSEC_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawn {}", bin.display()))?;
+        n.child = Some(child);
+        self.members.insert(id);
+        Ok(())
+    }
+
+    /// How the harness dials nodes (the bootstrap admin's mutual TLS, or plaintext).
+    pub fn transport(&mut self) -> anyhow::Result<authsec_tls::Transport> {
+        if let Some(t) = &self.transport {
+            return Ok(t.clone());
+        }
+        let t = if self.opts.insecure {
+            authsec_tls::Transport::plaintext()
+        } else {
+            admin_transport(&self.admin_dir())?
+        };
+        self.transport = Some(t.clone());
+        Ok(t)
+    }
+
     pub fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
+        self.ensure_pki(id)?;
+        self.transport()?;
         let bin = self.bin.clone();
         let n = self
             .nodes
@@ -456,7 +584,14 @@ impl Cluster {
     }
 
     pub async fn channel(&self, id: u64) -> anyhow::Result<Channel> {
-        channel(&self.addr(id)?).await
+        channel(&self.client_transport()?, &self.addr(id)?).await
+    }
+
+    /// The harness' transport, once a node has been spawned.
+    pub fn client_transport(&self) -> anyhow::Result<authsec_tls::Transport> {
+        self.transport
+            .clone()
+            .ok_or_else(|| anyhow!("no node was spawned yet"))
     }
 
     pub async fn status(&self, id: u64) -> anyhow::Result<v1::StatusResponse> {
@@ -629,12 +764,28 @@ impl Drop for Cluster {
     }
 }
 
-pub async fn channel(addr: &str) -> anyhow::Result<Channel> {
-    Ok(Channel::from_shared(format!("http://{addr}"))?
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(30))
-        .connect()
-        .await?)
+/// A channel to `addr` that is connected (or failed to) within 2 s.
+pub async fn channel(transport: &authsec_tls::Transport, addr: &str) -> anyhow::Result<Channel> {
+    tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| anyhow!("{addr}: connect timed out"))??;
+    Ok(transport.channel(addr)?)
+}
+
+/// Mutual TLS as the admin whose credential `authsec node init` wrote to `dir`.
+pub fn admin_transport(dir: &Path) -> anyhow::Result<authsec_tls::Transport> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = |f: &str| -> anyhow::Result<Vec<CertificateDer<'static>>> {
+        Ok(CertificateDer::pem_file_iter(dir.join(f))
+            .with_context(|| format!("read {}", dir.join(f).display()))?
+            .collect::<Result<_, _>>()?)
+    };
+    let key = PrivateKeyDer::from_pem_file(dir.join("admin.key"))
+        .with_context(|| format!("read {}", dir.join("admin.key").display()))?;
+    let td = authsec_domain::TrustDomain::parse(TRUST_DOMAIN)?;
+    let state = authsec_tls::tls::TlsState::new(td, certs("ca.crt")?, certs("admin.crt")?, key)?;
+    Ok(authsec_tls::Transport::mutual_tls(state))
 }
 
 /// A minimal client registration request.

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use authsec_api::v1::client_service_client::ClientServiceClient;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// What the client learned of an operation.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,17 +122,14 @@ impl Workload {
     /// moves to the next node after every operation.
     pub fn start(
         nodes: &BTreeMap<u64, String>,
+        transport: &authsec_tls::Transport,
         oracle: Arc<Oracle>,
         run_tag: &str,
         opts: WorkloadOptions,
     ) -> anyhow::Result<Self> {
         let mut channels = Vec::new();
         for (id, addr) in nodes {
-            let ch = Endpoint::from_shared(format!("http://{addr}"))?
-                .connect_timeout(Duration::from_secs(1))
-                .tcp_nodelay(true)
-                .connect_lazy();
-            channels.push((*id, ch));
+            channels.push((*id, transport.channel(addr)?));
         }
         let stop = Arc::new(AtomicBool::new(false));
         let attempted = Arc::new(AtomicU64::new(0));

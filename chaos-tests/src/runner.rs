@@ -207,7 +207,13 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Summary> {
         .iter()
         .map(|id| Ok((*id, cluster.addr(*id)?)))
         .collect::<anyhow::Result<_>>()?;
-    let workload = Workload::start(&addrs, oracle.clone(), &cfg.tag, cfg.workload.clone())?;
+    let workload = Workload::start(
+        &addrs,
+        &cluster.client_transport()?,
+        oracle.clone(),
+        &cfg.tag,
+        cfg.workload.clone(),
+    )?;
     wait_acks(&oracle, Duration::ZERO, 20, Duration::from_secs(60)).await?;
 
     let mut kills: Vec<(Duration, u64)> = Vec::new();
@@ -316,8 +322,10 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Summary> {
     };
     let mut statuses = statuses;
     // A write whose client gave up may still commit while the nodes are read: read again
-    // until no node moved during the reading (bounded).
-    for attempt in 0.. {
+    // until no node moved during the reading. Bounded in time, not in attempts: a burst of
+    // late commits (a planted delay) can outlast several quick rereads.
+    let settle_deadline = Instant::now() + Duration::from_secs(30);
+    loop {
         h.statuses.clear();
         h.archives.clear();
         h.projections.clear();
@@ -333,7 +341,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Summary> {
             let now = cluster.status(*id).await?;
             moved |= h.statuses.get(id).map(|s| s.applied_index) != Some(now.applied_index);
         }
-        if !moved || attempt >= 5 {
+        if !moved || Instant::now() > settle_deadline {
             break;
         }
         statuses = match cluster
@@ -492,7 +500,10 @@ async fn change_membership(
                 .await
                 .map(|_| ()),
             (None, Some(id)) => c
-                .remove_node(v1::RemoveNodeRequest { node_id: id })
+                .remove_node(v1::RemoveNodeRequest {
+                    node_id: id,
+                    revoke_keys: false,
+                })
                 .await
                 .map(|_| ()),
             (None, None) => Ok(()),

@@ -26,6 +26,7 @@ async fn acknowledged_writes_survive_leader_kill() -> anyhow::Result<()> {
         let addrs: Vec<String> = (1..=3)
             .map(|id| cluster.addr(id))
             .collect::<Result<_, _>>()?;
+        let transport = cluster.client_transport()?;
         writers.push(tokio::spawn(async move {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
@@ -34,7 +35,7 @@ async fn acknowledged_writes_survive_leader_kill() -> anyhow::Result<()> {
                 // Try nodes in turn; an error is an unacknowledged write, which may or may not
                 // have committed, so it is not counted.
                 let addr = &addrs[(n as usize + w as usize) % 3];
-                let Ok(ch) = authsec_chaos_tests::channel(addr).await else {
+                let Ok(ch) = authsec_chaos_tests::channel(&transport, addr).await else {
                     continue;
                 };
                 let mut c = v1::client_service_client::ClientServiceClient::new(ch);

@@ -126,7 +126,10 @@ async fn fourth_node_joins_through_a_snapshot() -> anyhow::Result<()> {
     let mut c =
         v1::cluster_service_client::ClusterServiceClient::new(cluster.channel(leader).await?);
     let r = c
-        .remove_node(v1::RemoveNodeRequest { node_id: 4 })
+        .remove_node(v1::RemoveNodeRequest {
+            node_id: 4,
+            revoke_keys: false,
+        })
         .await?
         .into_inner();
     let ids: Vec<u64> = r.members.iter().map(|m| m.node_id).collect();

@@ -25,6 +25,7 @@ impl Tag {
     pub const ARCHIVE_HEAD: Tag = Tag(0x05);
     pub const BATCH: Tag = Tag(0x06);
     pub const BATCH_OUTCOME: Tag = Tag(0x07);
+    pub const SECURITY_STATE: Tag = Tag(0x08);
     // 0x40.. are the storage crate's own (raft log entries, votes, membership, ...).
 }
 

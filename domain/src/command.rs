@@ -78,6 +78,22 @@ pub struct RegisterClient {
     pub default_audience: String,
 }
 
+/// Secret bytes that are already encrypted (sealed under the KEK). They ride in the Raft log
+/// and land in the `sealed_secrets` column family, never in an event or the archive, and
+/// `Debug` never shows them.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Sealed(pub Vec<u8>);
+
+impl fmt::Debug for Sealed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sealed(<{} bytes redacted>)", self.0.len())
+    }
+}
+
+/// The key under which the sealed root CA key is kept in `sealed_secrets`.
+pub const SEALED_ROOT_KEY: &[u8] = b"root_ca_key";
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
     /// Set the cluster's trust domain. Allowed once.
@@ -103,6 +119,29 @@ pub enum Command {
     RemoveClient {
         client_id: ClientId,
     },
+    /// Install the trust domain's root CA: its certificate (public) and its key sealed under
+    /// the KEK (to `sealed_secrets` only). Allowed once; the same root again is a no-op.
+    InstallRoot {
+        cert_der: Vec<u8>,
+        sealed_key: Sealed,
+    },
+    /// A single-use join token. Only the SHA-256 of its secret enters the log.
+    CreateJoinToken {
+        token_id: String,
+        secret_hash: [u8; 32],
+        ttl_ms: u64,
+    },
+    /// Spend a join token for `node_id`: works once, cluster-wide, before the token expires.
+    ConsumeJoinToken {
+        token_id: String,
+        secret_hash: [u8; 32],
+        node_id: u64,
+    },
+    /// A compromised or retired node: its certificates are refused from now on and its id is
+    /// never admitted again.
+    RevokeNode {
+        node_id: u64,
+    },
 }
 
 impl Command {
@@ -115,6 +154,18 @@ impl Command {
             Command::RegisterClient(_) => "register_client",
             Command::UpdateClient { .. } => "update_client",
             Command::RemoveClient { .. } => "remove_client",
+            Command::InstallRoot { .. } => "install_root",
+            Command::CreateJoinToken { .. } => "create_join_token",
+            Command::ConsumeJoinToken { .. } => "consume_join_token",
+            Command::RevokeNode { .. } => "revoke_node",
+        }
+    }
+
+    /// Sealed material an accepted command stores in `sealed_secrets` (key, sealed bytes).
+    pub fn sealed_material(&self) -> Option<(&'static [u8], &[u8])> {
+        match self {
+            Command::InstallRoot { sealed_key, .. } => Some((SEALED_ROOT_KEY, &sealed_key.0)),
+            _ => None,
         }
     }
 }

@@ -33,6 +33,15 @@ pub enum Rejection {
     LimitReached { what: String, limit: u64 },
     #[error("node {node_id} is not a recorded member")]
     NodeNotFound { node_id: u64 },
+    #[error("the cluster already has a different root CA ({current})")]
+    RootAlreadyInstalled { current: String },
+    /// Unknown, already used, or a wrong secret: one answer, so a caller learns nothing.
+    #[error("the join token is unknown or has already been used")]
+    JoinTokenInvalid,
+    #[error("the join token expired at {expires_at_ms} ms since the epoch")]
+    JoinTokenExpired { expires_at_ms: u64 },
+    #[error("node {node_id} was revoked and can never rejoin; give the new node another id")]
+    NodeRevoked { node_id: u64 },
 }
 
 /// What an accepted proposal did, as its caller is told.
@@ -169,6 +178,136 @@ fn register(
     }])
 }
 
+/// Equality of two secret hashes in time that does not depend on where they differ.
+fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `sha256:<hex>` of a certificate's DER: how operators name and pin a root.
+pub fn fingerprint(der: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    format!("sha256:{}", hex_lower(&Sha256::digest(der)))
+}
+
+fn token_id_valid(id: &str) -> Result<(), Rejection> {
+    if id.is_empty()
+        || id.len() > limits::JOIN_TOKEN_ID_BYTES_MAX
+        || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Err(Rejection::InvalidField {
+            field: "token_id".into(),
+            reason: format!(
+                "1 to {} ASCII letters, digits or '-'",
+                limits::JOIN_TOKEN_ID_BYTES_MAX
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn cluster_rules(state: &State, c: &Command, time_ms: u64) -> Result<Vec<Event>, Rejection> {
+    match c {
+        Command::InstallRoot { cert_der, .. } => {
+            if cert_der.is_empty() || cert_der.len() > limits::ROOT_CERT_BYTES_MAX {
+                return Err(Rejection::InvalidField {
+                    field: "cert_der".into(),
+                    reason: format!("must be 1 to {} bytes", limits::ROOT_CERT_BYTES_MAX),
+                });
+            }
+            match &state.security.root_cert {
+                Some(current) if current == cert_der => Ok(vec![]),
+                Some(current) => Err(Rejection::RootAlreadyInstalled {
+                    current: fingerprint(current),
+                }),
+                None => Ok(vec![Event::RootInstalled {
+                    fingerprint: fingerprint(cert_der),
+                    cert_der: cert_der.clone(),
+                }]),
+            }
+        }
+        Command::CreateJoinToken {
+            token_id,
+            secret_hash,
+            ttl_ms,
+        } => {
+            token_id_valid(token_id)?;
+            if *ttl_ms == 0 || *ttl_ms > limits::JOIN_TOKEN_TTL_MS_MAX {
+                return Err(Rejection::InvalidField {
+                    field: "ttl".into(),
+                    reason: format!("must be 1 ms to {} s", limits::JOIN_TOKEN_TTL_MS_MAX / 1000),
+                });
+            }
+            if state.security.join_tokens.contains_key(token_id) {
+                return Err(Rejection::InvalidField {
+                    field: "token_id".into(),
+                    reason: "a token with this id exists".into(),
+                });
+            }
+            let live = state
+                .security
+                .join_tokens
+                .values()
+                .filter(|t| t.expires_at_ms > time_ms)
+                .count();
+            if live >= limits::JOIN_TOKENS_MAX {
+                return Err(Rejection::LimitReached {
+                    what: "unspent join tokens".into(),
+                    limit: limits::JOIN_TOKENS_MAX as u64,
+                });
+            }
+            Ok(vec![Event::JoinTokenCreated {
+                token_id: token_id.clone(),
+                secret_hash: *secret_hash,
+                expires_at_ms: time_ms.saturating_add(*ttl_ms),
+            }])
+        }
+        Command::ConsumeJoinToken {
+            token_id,
+            secret_hash,
+            node_id,
+        } => {
+            let t = state
+                .security
+                .join_tokens
+                .get(token_id)
+                .ok_or(Rejection::JoinTokenInvalid)?;
+            if !ct_eq(&t.secret_hash, secret_hash) {
+                return Err(Rejection::JoinTokenInvalid);
+            }
+            if time_ms >= t.expires_at_ms {
+                return Err(Rejection::JoinTokenExpired {
+                    expires_at_ms: t.expires_at_ms,
+                });
+            }
+            if *node_id == 0 {
+                return Err(Rejection::InvalidField {
+                    field: "node_id".into(),
+                    reason: "must be 1 or more".into(),
+                });
+            }
+            if state.security.revoked_nodes.contains(node_id) {
+                return Err(Rejection::NodeRevoked { node_id: *node_id });
+            }
+            Ok(vec![Event::JoinTokenConsumed {
+                token_id: token_id.clone(),
+                node_id: *node_id,
+            }])
+        }
+        Command::RevokeNode { node_id } => {
+            if state.security.revoked_nodes.contains(node_id) {
+                Ok(vec![])
+            } else {
+                Ok(vec![Event::NodeRevoked { node_id: *node_id }])
+            }
+        }
+        _ => unreachable!("cluster_rules is called for cluster commands only"),
+    }
+}
+
 /// The rules: the events a proposal produces against `state`, or why it is rejected.
 /// `time_ms` is the replicated clock for this proposal (see [`apply_proposal`]).
 pub fn decide(state: &State, p: &Proposal, time_ms: u64) -> Result<Vec<Event>, Rejection> {
@@ -205,6 +344,10 @@ pub fn decide(state: &State, p: &Proposal, time_ms: u64) -> Result<Vec<Event>, R
             }
         }
         Command::RegisterClient(r) => register(state, p, r, time_ms),
+        c @ (Command::InstallRoot { .. }
+        | Command::CreateJoinToken { .. }
+        | Command::ConsumeJoinToken { .. }
+        | Command::RevokeNode { .. }) => cluster_rules(state, c, time_ms),
         Command::UpdateClient {
             client_id,
             patch,

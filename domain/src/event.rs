@@ -30,6 +30,25 @@ pub enum Event {
     ClientRemoved {
         client_id: ClientId,
     },
+    /// The root CA certificate (public); its sealed key is not part of the event.
+    RootInstalled {
+        /// `sha256:<hex>` of the certificate's DER, what `authsec node join` pins.
+        fingerprint: String,
+        cert_der: Vec<u8>,
+    },
+    JoinTokenCreated {
+        token_id: String,
+        /// SHA-256 of a 256-bit random secret: useless to whoever reads it.
+        secret_hash: [u8; 32],
+        expires_at_ms: u64,
+    },
+    JoinTokenConsumed {
+        token_id: String,
+        node_id: u64,
+    },
+    NodeRevoked {
+        node_id: u64,
+    },
 }
 
 impl Event {
@@ -42,6 +61,10 @@ impl Event {
             Event::ClientRegistered { .. } => "client.registered",
             Event::ClientUpdated { .. } => "client.updated",
             Event::ClientRemoved { .. } => "client.removed",
+            Event::RootInstalled { .. } => "ca.root_installed",
+            Event::JoinTokenCreated { .. } => "join_token.created",
+            Event::JoinTokenConsumed { .. } => "join_token.consumed",
+            Event::NodeRevoked { .. } => "node.revoked",
         }
     }
 
@@ -56,6 +79,12 @@ impl Event {
             Event::ClientUpdated { client_id, .. } | Event::ClientRemoved { client_id } => {
                 format!("client:{client_id}")
             }
+            Event::RootInstalled { fingerprint, .. } => format!("ca:{fingerprint}"),
+            Event::JoinTokenCreated { token_id, .. }
+            | Event::JoinTokenConsumed { token_id, .. } => {
+                format!("join_token:{token_id}")
+            }
+            Event::NodeRevoked { node_id } => format!("node:{node_id}"),
         }
     }
 }

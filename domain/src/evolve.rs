@@ -2,7 +2,7 @@
 //! applies. A violated precondition here is a bug in `decide`, so it panics loudly.
 
 use crate::event::Event;
-use crate::state::{NodeRecord, ProjectionKey, State};
+use crate::state::{JoinToken, NodeRecord, ProjectionKey, State};
 
 /// Apply one event at the replicated time `time_ms`.
 pub fn evolve(state: &mut State, event: &Event, time_ms: u64) {
@@ -65,6 +65,34 @@ pub fn evolve(state: &mut State, event: &Event, time_ms: u64) {
         Event::ClientRemoved { client_id } => {
             state.clients.remove(client_id);
         }
+        Event::RootInstalled { cert_der, .. } => {
+            state.security.root_cert = Some(cert_der.clone());
+        }
+        Event::JoinTokenCreated {
+            token_id,
+            secret_hash,
+            expires_at_ms,
+        } => {
+            // Expired tokens go when a new one comes: the set stays bounded.
+            state
+                .security
+                .join_tokens
+                .retain(|_, t| t.expires_at_ms > time_ms);
+            state.security.join_tokens.insert(
+                token_id.clone(),
+                JoinToken {
+                    secret_hash: *secret_hash,
+                    created_at_ms: time_ms,
+                    expires_at_ms: *expires_at_ms,
+                },
+            );
+        }
+        Event::JoinTokenConsumed { token_id, .. } => {
+            state.security.join_tokens.remove(token_id);
+        }
+        Event::NodeRevoked { node_id } => {
+            state.security.revoked_nodes.insert(*node_id);
+        }
     }
 }
 
@@ -81,6 +109,10 @@ impl Event {
             Event::ClientUpdated { client_id, .. } | Event::ClientRemoved { client_id } => {
                 ProjectionKey::Client(client_id.clone())
             }
+            Event::RootInstalled { .. }
+            | Event::JoinTokenCreated { .. }
+            | Event::JoinTokenConsumed { .. }
+            | Event::NodeRevoked { .. } => ProjectionKey::Security,
         }
     }
 }

@@ -19,10 +19,12 @@ pub mod limits;
 pub mod record;
 pub mod state;
 
-pub use command::{Actor, Batch, Command, Principal, Proposal, Stamp};
-pub use decide::{apply_proposal, decide, Applied, BatchOutcome, Outcome, Rejection};
+pub use command::{Actor, Batch, Command, Principal, Proposal, Sealed, Stamp, SEALED_ROOT_KEY};
+pub use decide::{apply_proposal, decide, fingerprint, Applied, BatchOutcome, Outcome, Rejection};
 pub use event::Event;
 pub use evolve::evolve;
 pub use ids::{ClientId, FieldError, Scope, SpiffeId, TrustDomain};
 pub use record::{chain_next, ArchiveHead, AuditRecord, Hash32, GENESIS_HASH};
-pub use state::{Client, ClientKind, NodeRecord, ProjectionKey, State, StateMeta};
+pub use state::{
+    Client, ClientKind, JoinToken, NodeRecord, ProjectionKey, SecurityState, State, StateMeta,
+};

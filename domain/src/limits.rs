@@ -22,3 +22,11 @@ pub const PROPOSALS_PER_BATCH_MAX: usize = 512;
 pub const BATCH_BYTES_MAX: usize = 1024 * 1024;
 /// Largest value the codec will decode (a corrupt length can never make it allocate more).
 pub const CODEC_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Most unspent join tokens at once.
+pub const JOIN_TOKENS_MAX: usize = 1024;
+/// Longest join token id.
+pub const JOIN_TOKEN_ID_BYTES_MAX: usize = 64;
+/// Longest join token lifetime: a week.
+pub const JOIN_TOKEN_TTL_MS_MAX: u64 = 7 * 24 * 3600 * 1000;
+/// Largest root CA certificate.
+pub const ROOT_CERT_BYTES_MAX: usize = 16 * 1024;

@@ -62,6 +62,14 @@ pub struct NodeRecord {
     pub recorded_at_ms: u64,
 }
 
+/// An unspent join token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinToken {
+    pub secret_hash: [u8; 32],
+    pub created_at_ms: u64,
+    pub expires_at_ms: u64,
+}
+
 /// Cluster-wide settings and the replicated clock.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StateMeta {
@@ -71,10 +79,23 @@ pub struct StateMeta {
     pub clock_ms: u64,
 }
 
+/// The cluster's own trust: its root, unspent join tokens, revoked nodes. Stored apart from
+/// [`StateMeta`] (whose v1 bytes are pinned by the golden tests).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecurityState {
+    /// The root CA certificate (DER): the trust bundle of the cluster's own components.
+    pub root_cert: Option<Vec<u8>>,
+    /// Unspent join tokens by id; expired ones are dropped when the next token is created.
+    pub join_tokens: BTreeMap<String, JoinToken>,
+    /// Nodes whose certificates every node refuses.
+    pub revoked_nodes: BTreeSet<u64>,
+}
+
 /// Which stored projection entry an event changes.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ProjectionKey {
     Meta,
+    Security,
     Node(u64),
     Client(ClientId),
 }
@@ -83,6 +104,7 @@ pub enum ProjectionKey {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct State {
     pub meta: StateMeta,
+    pub security: SecurityState,
     pub nodes: BTreeMap<u64, NodeRecord>,
     pub clients: BTreeMap<ClientId, Client>,
 }

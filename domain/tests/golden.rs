@@ -9,7 +9,8 @@ use authsec_domain::codec::{self, Tag};
 use authsec_domain::command::{ClientPatch, RegisterClient};
 use authsec_domain::{
     chain_next, Actor, ArchiveHead, AuditRecord, Batch, Client, ClientId, ClientKind, Command,
-    Event, NodeRecord, Principal, Proposal, Scope, Stamp, StateMeta, TrustDomain, GENESIS_HASH,
+    Event, JoinToken, NodeRecord, Principal, Proposal, Scope, SecurityState, Stamp, StateMeta,
+    TrustDomain, GENESIS_HASH,
 };
 
 fn scopes(list: &[&str]) -> BTreeSet<Scope> {
@@ -90,6 +91,23 @@ fn projections_v1() {
         clock_ms: 99,
     };
     check("state_meta_v1", &codec::encode(Tag::STATE_META, &meta));
+    let security = SecurityState {
+        root_cert: Some(vec![0x30, 0x82, 0x01]),
+        join_tokens: [(
+            "0123456789abcdef".to_owned(),
+            JoinToken {
+                secret_hash: [0x11; 32],
+                created_at_ms: 10,
+                expires_at_ms: 20,
+            },
+        )]
+        .into(),
+        revoked_nodes: [4u64].into(),
+    };
+    check(
+        "security_state_v1",
+        &codec::encode(Tag::SECURITY_STATE, &security),
+    );
     let node = NodeRecord {
         node_id: 3,
         addr: "10.0.0.3:7101".into(),

@@ -13,10 +13,61 @@ use authsec_api::v1::{
 use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
 
-/// Where `authsec dev` leaves the endpoints for the CLI.
+/// Where `authsec dev` leaves the endpoints and admin credential for the CLI.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 pub struct CliConfig {
     pub endpoints: Vec<String>,
+    /// Holds `admin.crt`, `admin.key` and `ca.crt`.
+    #[serde(default)]
+    pub admin_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+/// Which cluster the CLI talks to, and as whom.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Target {
+    /// Node gRPC address(es), comma separated; default: the CLI config `authsec dev` writes.
+    #[arg(long, env = "AUTHSEC_ENDPOINT", global = true)]
+    pub endpoint: Option<String>,
+    /// Directory with the admin credential (`admin.crt`, `admin.key`, `ca.crt`) that
+    /// `authsec node init` wrote; default: the CLI config's.
+    #[arg(long, env = "AUTHSEC_ADMIN_DIR", global = true)]
+    pub admin_dir: Option<PathBuf>,
+    /// Plaintext, for a cluster started with --insecure.
+    #[arg(long, env = "AUTHSEC_INSECURE", global = true)]
+    pub insecure: bool,
+}
+
+/// The CLI's transport, set once per run by [`endpoints`].
+static TRANSPORT: std::sync::OnceLock<authsec_raft::Transport> = std::sync::OnceLock::new();
+
+fn load_cli_config() -> anyhow::Result<Option<(PathBuf, CliConfig)>> {
+    let Some(path) = cli_config_path() else {
+        return Ok(None);
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let c: CliConfig =
+                toml::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
+            Ok(Some((path, c)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+    }
+}
+
+/// The transport for an admin: mutual TLS with the admin credential, or plaintext when asked.
+pub fn admin_transport(dir: &std::path::Path) -> anyhow::Result<authsec_raft::Transport> {
+    let files = crate::pki::AdminFiles {
+        dir: dir.to_owned(),
+    };
+    let (roots, chain, key) = files
+        .load()
+        .with_context(|| format!("load the admin credential from {}", dir.display()))?;
+    let id = authsec_raft::tls::svid_id(&chain[0]).context("the admin certificate")?;
+    let state = authsec_raft::tls::TlsState::new(id.trust_domain(), roots, chain, key)?;
+    Ok(authsec_raft::Transport::mutual_tls(state))
 }
 
 pub fn cli_config_path() -> Option<PathBuf> {
@@ -26,7 +77,11 @@ pub fn cli_config_path() -> Option<PathBuf> {
     Some(base.join("authsec").join("cli.toml"))
 }
 
-pub fn write_cli_config(endpoints: &[String]) -> anyhow::Result<PathBuf> {
+pub fn write_cli_config(
+    endpoints: &[String],
+    admin_dir: Option<PathBuf>,
+    insecure: bool,
+) -> anyhow::Result<PathBuf> {
     let path =
         cli_config_path().ok_or_else(|| anyhow!("neither XDG_CONFIG_HOME nor HOME is set"))?;
     if let Some(dir) = path.parent() {
@@ -34,47 +89,69 @@ pub fn write_cli_config(endpoints: &[String]) -> anyhow::Result<PathBuf> {
     }
     let text = toml::to_string(&CliConfig {
         endpoints: endpoints.to_vec(),
+        admin_dir,
+        insecure,
     })?;
     std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
     Ok(path)
 }
 
-/// The endpoints to try: `--endpoint`/`AUTHSEC_ENDPOINT`, else the CLI config file.
-pub fn endpoints(flag: &Option<String>) -> anyhow::Result<Vec<String>> {
-    if let Some(e) = flag {
-        return Ok(e
+/// The endpoints to try (`--endpoint`/`AUTHSEC_ENDPOINT`, else the CLI config file), and
+/// the transport: the admin credential of `--admin-dir` or the CLI config, or plaintext with
+/// `--insecure`.
+pub fn endpoints(t: &Target) -> anyhow::Result<Vec<String>> {
+    let file = load_cli_config()?;
+    let eps: Vec<String> = match &t.endpoint {
+        Some(e) => e
             .split(',')
             .map(|s| s.trim().to_owned())
             .filter(|s| !s.is_empty())
-            .collect());
-    }
-    let path = cli_config_path()
-        .ok_or_else(|| anyhow!("no --endpoint given and no HOME for the CLI config"))?;
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "no --endpoint given and no CLI config at {} (start `authsec dev`, or pass --endpoint)",
-            path.display()
-        )
-    })?;
-    let c: CliConfig =
-        toml::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
-    if c.endpoints.is_empty() {
-        bail!("{} lists no endpoints", path.display());
-    }
-    Ok(c.endpoints)
+            .collect(),
+        None => {
+            let Some((path, c)) = &file else {
+                bail!(
+                    "no --endpoint given and no CLI config at {} (start `authsec dev`, or pass --endpoint)",
+                    cli_config_path().map(|p| p.display().to_string()).unwrap_or_else(|| "$HOME/.config/authsec/cli.toml".into())
+                );
+            };
+            if c.endpoints.is_empty() {
+                bail!("{} lists no endpoints", path.display());
+            }
+            c.endpoints.clone()
+        }
+    };
+    let insecure =
+        t.insecure || (t.admin_dir.is_none() && file.as_ref().is_some_and(|(_, c)| c.insecure));
+    let transport = if insecure {
+        authsec_raft::Transport::plaintext()
+    } else {
+        let dir = t
+            .admin_dir
+            .clone()
+            .or_else(|| file.as_ref().and_then(|(_, c)| c.admin_dir.clone()))
+            .ok_or_else(|| {
+                anyhow!("no admin credential: pass --admin-dir (the directory `authsec node init` wrote), or --insecure for a plaintext cluster")
+            })?;
+        admin_transport(&dir)?
+    };
+    let _ = TRANSPORT.set(transport);
+    Ok(eps)
 }
 
 pub async fn channel(addr: &str) -> anyhow::Result<Channel> {
-    let uri = if addr.contains("://") {
-        addr.to_owned()
-    } else {
-        format!("http://{addr}")
-    };
-    Ok(Channel::from_shared(uri)?
-        .connect_timeout(Duration::from_secs(3))
-        .timeout(Duration::from_secs(60))
-        .connect()
-        .await?)
+    let addr = addr
+        .trim_start_matches("http://")
+        .trim_start_matches("https://");
+    let transport = TRANSPORT
+        .get()
+        .ok_or_else(|| anyhow!("the CLI transport is not set up"))?;
+    // Reach the port now, so an unreachable node is skipped for the next endpoint (the
+    // channel itself connects lazily, on the first call).
+    tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| anyhow!("{addr}: no answer within 3 s"))?
+        .map_err(|e| anyhow!("{addr}: {e}"))?;
+    Ok(transport.channel(addr)?)
 }
 
 /// Connect to the first endpoint that answers.
@@ -236,6 +313,10 @@ pub async fn membership(
 
 pub async fn clients(eps: &[String]) -> anyhow::Result<ClientServiceClient<Channel>> {
     Ok(ClientServiceClient::new(connect(eps).await?.1))
+}
+
+pub async fn cluster(eps: &[String]) -> anyhow::Result<ClusterServiceClient<Channel>> {
+    Ok(ClusterServiceClient::new(connect(eps).await?.1))
 }
 
 pub async fn events(eps: &[String]) -> anyhow::Result<EventServiceClient<Channel>> {

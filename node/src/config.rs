@@ -45,6 +45,28 @@ impl Default for RaftSection {
     }
 }
 
+/// The node's transport certificate.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSection {
+    /// Lifetime of the node's certificate; it is renewed at half-life without a restart.
+    pub cert_ttl_s: u64,
+    /// DNS names for the certificate, so ordinary HTTPS clients can check the host name.
+    pub dns_names: Vec<String>,
+    /// IP addresses for the certificate.
+    pub ip_addrs: Vec<String>,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        Self {
+            cert_ttl_s: crate::pki::NODE_TTL_DEFAULT.as_secs(),
+            dns_names: Vec::new(),
+            ip_addrs: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
@@ -67,6 +89,16 @@ pub struct NodeConfig {
     /// proxies and NAT; membership keeps the advertised address.
     #[serde(default)]
     pub peer_routes: BTreeMap<String, String>,
+    /// Plaintext gRPC with no authentication at all. For throwaway experiments only; the node
+    /// warns at every start.
+    #[serde(default)]
+    pub insecure: bool,
+    /// The key-encryption key that seals the root CA key. A node that holds it can sign
+    /// certificates for joining nodes and renew its own; default `<data_dir>/kek`.
+    #[serde(default)]
+    pub kek_file: Option<PathBuf>,
+    #[serde(default)]
+    pub tls: TlsSection,
     /// A deliberate defect for proving the chaos checkers (debug builds only; never from TOML).
     #[serde(skip)]
     pub planted_bug: crate::planted::PlantedBug,
@@ -93,6 +125,14 @@ pub struct Overrides {
     pub trust_domain: Option<String>,
     #[arg(long, env = "AUTHSEC_SNAPSHOT_LOGS_SINCE_LAST")]
     pub snapshot_logs_since_last: Option<u64>,
+    /// Plaintext, unauthenticated gRPC (never in production; warns at every start).
+    #[arg(long, env = "AUTHSEC_INSECURE")]
+    pub insecure: bool,
+    #[arg(long, env = "AUTHSEC_KEK_FILE")]
+    pub kek_file: Option<PathBuf>,
+    /// Lifetime of the node certificate, in seconds.
+    #[arg(long, env = "AUTHSEC_CERT_TTL_S")]
+    pub cert_ttl_s: Option<u64>,
 }
 
 impl NodeConfig {
@@ -128,6 +168,33 @@ impl NodeConfig {
         if let Some(v) = o.snapshot_logs_since_last {
             self.raft.snapshot_logs_since_last = v;
         }
+        if o.insecure {
+            self.insecure = true;
+        }
+        if let Some(v) = &o.kek_file {
+            self.kek_file = Some(v.clone());
+        }
+        if let Some(v) = o.cert_ttl_s {
+            self.tls.cert_ttl_s = v;
+        }
+    }
+
+    pub fn kek_path(&self) -> PathBuf {
+        self.kek_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("kek"))
+    }
+
+    pub fn cert_ttl(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.tls.cert_ttl_s)
+    }
+
+    pub fn sans(&self) -> anyhow::Result<crate::pki::Sans> {
+        crate::pki::Sans::parse(&self.tls.dns_names, &self.tls.ip_addrs).context("tls")
+    }
+
+    pub fn td(&self) -> anyhow::Result<TrustDomain> {
+        TrustDomain::parse(&self.trust_domain).context("trust_domain")
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
@@ -140,6 +207,13 @@ impl NodeConfig {
         {
             bail!("raft: need heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms");
         }
+        if self.tls.cert_ttl_s < crate::pki::NODE_TTL_MIN.as_secs() {
+            bail!(
+                "tls.cert_ttl_s must be {} or more",
+                crate::pki::NODE_TTL_MIN.as_secs()
+            );
+        }
+        self.sans()?;
         if self.raft.snapshot_logs_since_last == 0 {
             bail!("raft.snapshot_logs_since_last must be 1 or more");
         }

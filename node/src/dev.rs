@@ -23,6 +23,9 @@ pub struct DevArgs {
     /// Delete the data directory first.
     #[arg(long)]
     pub fresh: bool,
+    /// Plaintext and unauthenticated, for experiments only.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 fn default_dir() -> PathBuf {
@@ -44,34 +47,53 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
             addr: format!("127.0.0.1:{}", a.base_port as u64 + id),
         })
         .collect();
+    let configs: Vec<NodeConfig> = members
+        .iter()
+        .map(|m| -> anyhow::Result<NodeConfig> {
+            Ok(NodeConfig {
+                node_id: m.id,
+                data_dir: dir.join(format!("node{}", m.id)),
+                grpc_addr: m.addr.parse()?,
+                advertise_addr: None,
+                http_addr: format!("127.0.0.1:{}", a.base_port as u64 + 100 + m.id).parse()?,
+                trust_domain: a.trust_domain.clone(),
+                bootstrap: Some(Bootstrap {
+                    members: members.clone(),
+                }),
+                raft: RaftSection::default(),
+                peer_routes: Default::default(),
+                insecure: a.insecure,
+                kek_file: Some(dir.join("kek")),
+                tls: Default::default(),
+                planted_bug: Default::default(),
+            })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    // One trust domain: node 1 creates the root, the others sign their certificates from it
+    // (one host, one KEK).
+    let admin_dir = dir.join("admin");
+    if !a.insecure {
+        for cfg in &configs {
+            let from = (cfg.node_id != 1).then(|| dir.join("node1").join("tls"));
+            crate::init::init_pki(cfg, from.as_deref(), Some(&admin_dir))
+                .with_context(|| format!("certificates for node {}", cfg.node_id))?;
+        }
+    }
     let mut nodes = Vec::new();
     // The first member initializes the cluster: start it last, once its peers listen.
-    for m in members.iter().rev() {
-        let cfg = NodeConfig {
-            node_id: m.id,
-            data_dir: dir.join(format!("node{}", m.id)),
-            grpc_addr: m.addr.parse()?,
-            advertise_addr: None,
-            http_addr: format!("127.0.0.1:{}", a.base_port as u64 + 100 + m.id).parse()?,
-            trust_domain: a.trust_domain.clone(),
-            bootstrap: Some(Bootstrap {
-                members: members.clone(),
-            }),
-            raft: RaftSection::default(),
-            peer_routes: Default::default(),
-            planted_bug: Default::default(),
-        };
+    for cfg in configs.into_iter().rev() {
         cfg.validate()?;
         std::fs::create_dir_all(&cfg.data_dir)?;
         // Leave each node's config beside its data, ready for `authsec node run --config`.
         std::fs::write(
-            dir.join(format!("node{}.toml", m.id)),
+            dir.join(format!("node{}.toml", cfg.node_id)),
             toml::to_string(&cfg)?,
         )?;
+        let id = cfg.node_id;
         nodes.push(
             server::start(cfg)
                 .await
-                .with_context(|| format!("start node {}", m.id))?,
+                .with_context(|| format!("start node {id}"))?,
         );
     }
     nodes.reverse();
@@ -82,7 +104,11 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
         .context("no leader was elected within 30 s")?;
     let leader = raft.metrics().borrow().current_leader.unwrap_or(0);
     let endpoints: Vec<String> = members.iter().map(|m| m.addr.clone()).collect();
-    let cli = crate::cli::write_cli_config(&endpoints)?;
+    let cli = crate::cli::write_cli_config(
+        &endpoints,
+        (!a.insecure).then(|| admin_dir.clone()),
+        a.insecure,
+    )?;
     println!(
         "authsec dev cluster: {} nodes, trust domain {}, data in {}",
         a.nodes,

@@ -1,11 +1,16 @@
 //! `authsec`: the node server and the admin CLI in one binary.
 #![forbid(unsafe_code)]
 
+mod authz;
 mod cli;
 mod config;
 mod dev;
 mod http;
+mod init;
+mod join;
+mod pki;
 mod planted;
+mod security;
 mod server;
 mod services;
 mod writer;
@@ -51,12 +56,41 @@ enum Cmd {
 
 #[derive(Debug, Subcommand)]
 enum NodeCmd {
-    /// Check a node's config and prepare its data directory.
+    /// Prepare a node: its data directory and its identity. Without --pki-from, create the
+    /// trust domain's root CA, the KEK file and the bootstrap admin credential.
     Init {
         #[arg(long, env = "AUTHSEC_CONFIG")]
         config: PathBuf,
         #[command(flatten)]
         overrides: config::Overrides,
+        /// A directory with `ca.crt` and `root.sealed` of an existing trust domain (from the
+        /// first node's `<data_dir>/tls`); this host must hold the KEK file too.
+        #[arg(long)]
+        pki_from: Option<PathBuf>,
+        /// Where to write the bootstrap admin credential (default `<data_dir>/admin` when a
+        /// new root is created).
+        #[arg(long)]
+        admin_dir: Option<PathBuf>,
+    },
+    /// Join an existing cluster with a join token, then run the node until SIGINT or SIGTERM
+    /// (later starts use `authsec node run`).
+    Join {
+        #[arg(long, env = "AUTHSEC_CONFIG")]
+        config: PathBuf,
+        #[command(flatten)]
+        overrides: config::Overrides,
+        /// From `authsec cluster join-token create`.
+        #[arg(long, env = "AUTHSEC_JOIN_TOKEN")]
+        token: String,
+        /// The root CA's `sha256:<hex>` fingerprint, as `authsec node init` printed it.
+        #[arg(long)]
+        ca_fingerprint: String,
+        /// Members to ask (host:port), comma separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        peer: Vec<String>,
+        /// Stay a learner (an issuer replica that does not vote).
+        #[arg(long)]
+        learner: bool,
     },
     /// Run a node until SIGINT or SIGTERM.
     Run {
@@ -67,12 +101,7 @@ enum NodeCmd {
     },
 }
 
-#[derive(Debug, clap::Args)]
-struct Target {
-    /// Node gRPC address(es), comma separated; default: the CLI config `authsec dev` writes.
-    #[arg(long, env = "AUTHSEC_ENDPOINT", global = true)]
-    endpoint: Option<String>,
-}
+use cli::Target;
 
 #[derive(Debug, Subcommand)]
 enum ClusterCmd {
@@ -101,7 +130,43 @@ enum ClusterCmd {
         target: Target,
         #[arg(long)]
         node_id: u64,
+        /// A compromised node: revoke it first, so every node refuses its certificates at
+        /// once, and its id can never rejoin.
+        #[arg(long)]
+        revoke_keys: bool,
     },
+    /// Single-use tokens for `authsec node join`.
+    #[command(subcommand)]
+    JoinToken(JoinTokenCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum JoinTokenCmd {
+    /// Create a token; it is shown once.
+    Create {
+        #[command(flatten)]
+        target: Target,
+        /// Lifetime, e.g. 30s, 15m, 2h, 1d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+    },
+}
+
+/// `30s`, `15m`, `2h`, `1d`, or plain seconds.
+fn parse_ttl(s: &str) -> anyhow::Result<u64> {
+    let s = s.trim();
+    let (num, mul) = match s.char_indices().last() {
+        Some((i, 's')) => (&s[..i], 1),
+        Some((i, 'm')) => (&s[..i], 60),
+        Some((i, 'h')) => (&s[..i], 3600),
+        Some((i, 'd')) => (&s[..i], 86400),
+        _ => (s, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--ttl {s:?}: use e.g. 30s, 15m, 2h or 1d"))?;
+    n.checked_mul(mul)
+        .ok_or_else(|| anyhow::anyhow!("--ttl {s:?} is too long"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -206,12 +271,19 @@ fn kind_to_wire(s: &str) -> anyhow::Result<i32> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
-        Cmd::Node(NodeCmd::Init { config, overrides }) => {
+        Cmd::Node(NodeCmd::Init {
+            config,
+            overrides,
+            pki_from,
+            admin_dir,
+        }) => {
             let cfg = config::NodeConfig::load(&config, &overrides)?;
             std::fs::create_dir_all(&cfg.data_dir)
                 .with_context(|| format!("create {}", cfg.data_dir.display()))?;
-            let store = authsec_storage::open(&cfg.data_dir)?;
-            store.verify_raft_log()?;
+            {
+                let store = authsec_storage::open(&cfg.data_dir)?;
+                store.verify_raft_log()?;
+            }
             let id_file = cfg.data_dir.join("node_id");
             if !id_file.exists() {
                 std::fs::write(&id_file, format!("{}\n", cfg.node_id))?;
@@ -221,6 +293,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 cfg.node_id,
                 cfg.data_dir.display()
             );
+            if cfg.insecure {
+                println!("insecure: no certificates (plaintext gRPC, no authentication)");
+            } else {
+                let i = init::init_pki(&cfg, pki_from.as_deref(), admin_dir.as_deref())?;
+                if i.created_root {
+                    println!(
+                        "new trust domain {}: root CA {}",
+                        cfg.trust_domain, i.fingerprint
+                    );
+                    println!(
+                        "KEK written to {} (mode 0600): it unseals the root key; back it up offline",
+                        cfg.kek_path().display()
+                    );
+                } else {
+                    println!("root CA {}", i.fingerprint);
+                }
+                if let Some(d) = &i.admin_dir {
+                    println!(
+                        "admin credential in {} (spiffe://{}/authsec/admin/{}): pass --admin-dir {} to the CLI",
+                        d.display(),
+                        cfg.trust_domain,
+                        init::BOOTSTRAP_ADMIN,
+                        d.display()
+                    );
+                }
+            }
             match &cfg.bootstrap {
                 Some(_) => println!("next: `authsec node run --config {}` starts the cluster", config.display()),
                 None => println!(
@@ -229,6 +327,61 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     cfg.node_id,
                     cfg.advertise()
                 ),
+            }
+        }
+        Cmd::Node(NodeCmd::Join {
+            config,
+            overrides,
+            token,
+            ca_fingerprint,
+            peer,
+            learner,
+        }) => {
+            let cfg = config::NodeConfig::load(&config, &overrides)?;
+            if cfg.insecure {
+                anyhow::bail!("joining needs TLS; an --insecure node is added with `authsec cluster add-node`");
+            }
+            let members = init::join_pki(&cfg, &token, &ca_fingerprint, &peer).await?;
+            println!("node {} has its certificate; starting", cfg.node_id);
+            let mut peers = peer.clone();
+            peers.extend(members.into_iter().map(|m| m.addr));
+            peers.dedup();
+            let advertise = cfg.advertise();
+            let node = server::start(cfg).await?;
+            let transport = node.transport.clone();
+            let admitted = tokio::select! {
+                r = init::admit(&transport, &advertise, &peers, learner) => Some(r),
+                _ = shutdown_signal() => None,
+            };
+            match admitted {
+                Some(Ok(r)) => {
+                    tracing::info!(
+                        node_id = node.node_id,
+                        log_index = r.log_index,
+                        "admitted to the cluster"
+                    );
+                    println!(
+                        "node {} admitted at log index {}",
+                        node.node_id, r.log_index
+                    );
+                }
+                Some(Err(e)) => {
+                    node.shutdown().await;
+                    return Err(e);
+                }
+                None => {
+                    node.shutdown().await;
+                    return Ok(());
+                }
+            }
+            let mut fatal = node.fatal.clone();
+            let reason = tokio::select! {
+                _ = shutdown_signal() => None,
+                r = fatal.wait_for(|x| x.is_some()) => r.ok().and_then(|x| x.clone()),
+            };
+            node.shutdown().await;
+            if let Some(reason) = reason {
+                anyhow::bail!("raft stopped on a fatal storage error: {reason}");
             }
         }
         Cmd::Node(NodeCmd::Run { config, overrides }) => {
@@ -247,7 +400,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Cmd::Dev(a) => dev::run(a).await?,
         Cmd::Cluster(ClusterCmd::Status { target, json }) => {
-            let eps = cli::endpoints(&target.endpoint)?;
+            let eps = cli::endpoints(&target)?;
             let all = cli::status_all(&eps).await?;
             cli::print_status(&all, json);
         }
@@ -257,7 +410,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             addr,
             learner,
         }) => {
-            let eps = cli::endpoints(&target.endpoint)?;
+            let eps = cli::endpoints(&target)?;
             let r = cli::membership(
                 &eps,
                 Some(v1::AddNodeRequest {
@@ -276,10 +429,45 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("  {} {} {}", m.node_id, m.addr, m.role);
             }
         }
-        Cmd::Cluster(ClusterCmd::RemoveNode { target, node_id }) => {
-            let eps = cli::endpoints(&target.endpoint)?;
-            let r = cli::membership(&eps, None, Some(v1::RemoveNodeRequest { node_id })).await?;
+        Cmd::Cluster(ClusterCmd::RemoveNode {
+            target,
+            node_id,
+            revoke_keys,
+        }) => {
+            let eps = cli::endpoints(&target)?;
+            let r = cli::membership(
+                &eps,
+                None,
+                Some(v1::RemoveNodeRequest {
+                    node_id,
+                    revoke_keys,
+                }),
+            )
+            .await?;
+            if revoke_keys {
+                println!("node {node_id} revoked: every node refuses its certificates");
+            }
             println!("node {node_id} removed at log index {}", r.log_index);
+        }
+        Cmd::Cluster(ClusterCmd::JoinToken(JoinTokenCmd::Create { target, ttl })) => {
+            let ttl_seconds = parse_ttl(&ttl)?;
+            let eps = cli::endpoints(&target)?;
+            let mut c = cli::cluster(&eps).await?;
+            let r = c
+                .create_join_token(v1::CreateJoinTokenRequest { ttl_seconds })
+                .await
+                .map_err(cli::status_error)?
+                .into_inner();
+            eprintln!(
+                "single-use join token, valid for {ttl_seconds} s (until {} ms since the epoch); shown once:",
+                r.expires_at_ms
+            );
+            println!("{}", r.token);
+            eprintln!(
+                "join with: authsec node join --config <file> --token <token> --ca-fingerprint {} --peer {}",
+                r.ca_fingerprint,
+                eps.join(",")
+            );
         }
         Cmd::Client(c) => client_cmd(c).await?,
         Cmd::Events(EventsCmd::Tail {
@@ -287,7 +475,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             from,
             follow,
         }) => {
-            let eps = cli::endpoints(&target.endpoint)?;
+            let eps = cli::endpoints(&target)?;
             let mut c = cli::events(&eps).await?;
             let mut s = c
                 .feed(v1::FeedRequest {
@@ -332,7 +520,7 @@ async fn client_cmd(c: ClientCmd) -> anyhow::Result<()> {
             default_scopes,
             audience,
         } => {
-            let mut cl = cli::clients(&cli::endpoints(&target.endpoint)?).await?;
+            let mut cl = cli::clients(&cli::endpoints(&target)?).await?;
             let r = cl
                 .register_client(v1::RegisterClientRequest {
                     client_id: id.unwrap_or_default(),
@@ -362,7 +550,7 @@ async fn client_cmd(c: ClientCmd) -> anyhow::Result<()> {
             id,
             linearizable,
         } => {
-            let mut cl = cli::clients(&cli::endpoints(&target.endpoint)?).await?;
+            let mut cl = cli::clients(&cli::endpoints(&target)?).await?;
             let consistency = if linearizable {
                 v1::Consistency::Linearizable
             } else {
@@ -378,7 +566,7 @@ async fn client_cmd(c: ClientCmd) -> anyhow::Result<()> {
             print(&c.into_inner());
         }
         ClientCmd::List { target } => {
-            let mut cl = cli::clients(&cli::endpoints(&target.endpoint)?).await?;
+            let mut cl = cli::clients(&cli::endpoints(&target)?).await?;
             let mut token = String::new();
             loop {
                 let r = cl
@@ -398,7 +586,7 @@ async fn client_cmd(c: ClientCmd) -> anyhow::Result<()> {
             }
         }
         ClientCmd::Disable { target, id } => {
-            let mut cl = cli::clients(&cli::endpoints(&target.endpoint)?).await?;
+            let mut cl = cli::clients(&cli::endpoints(&target)?).await?;
             let r = cl
                 .update_client(v1::UpdateClientRequest {
                     client_id: id.clone(),
@@ -414,7 +602,7 @@ async fn client_cmd(c: ClientCmd) -> anyhow::Result<()> {
             );
         }
         ClientCmd::Remove { target, id } => {
-            let mut cl = cli::clients(&cli::endpoints(&target.endpoint)?).await?;
+            let mut cl = cli::clients(&cli::endpoints(&target)?).await?;
             let r = cl
                 .remove_client(v1::RemoveClientRequest {
                     client_id: id.clone(),
@@ -433,7 +621,10 @@ async fn client_cmd(c: ClientCmd) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let is_server = matches!(cli.cmd, Cmd::Node(NodeCmd::Run { .. }) | Cmd::Dev(_));
+    let is_server = matches!(
+        cli.cmd,
+        Cmd::Node(NodeCmd::Run { .. } | NodeCmd::Join { .. }) | Cmd::Dev(_)
+    );
     init_tracing(cli.log_json);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

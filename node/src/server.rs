@@ -10,17 +10,23 @@ use anyhow::{bail, Context};
 use authsec_api::v1::client_service_server::ClientServiceServer;
 use authsec_api::v1::cluster_service_server::ClusterServiceServer;
 use authsec_api::v1::event_service_server::EventServiceServer;
+use authsec_api::v1::node_service_server::NodeServiceServer;
 use authsec_domain::command::Command;
 use authsec_domain::{Actor, ArchiveHead, Principal, Rejection, TrustDomain};
-use authsec_raft::{raft_config, PeerNetwork, PeerServer, Raft, Transport};
+use authsec_raft::tls::ClientAuth;
+use authsec_raft::{raft_config, PeerNetwork, PeerServer, Raft};
 use authsec_storage::{LogStore, Reader, StateMachine};
 use openraft::BasicNode;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::authz::AuthzLayer;
 use crate::config::NodeConfig;
 use crate::http::{self, HttpState};
+use crate::join::Nodes;
+use crate::pki::NodeFiles;
+use crate::security::{self, Security};
 use crate::services::{Clients, Cluster, Ctx, Events};
 use crate::writer::{Proposer, WriteMetrics, Writer};
 
@@ -52,6 +58,8 @@ pub struct RunningNode {
     pub raft: Raft,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// How this node dials peers (mutual TLS with its own certificate, or plaintext).
+    pub transport: authsec_raft::Transport,
     /// Becomes `Some(reason)` if Raft stops on a fatal (storage) error.
     pub fatal: watch::Receiver<Option<String>>,
     shutdown: watch::Sender<bool>,
@@ -98,6 +106,7 @@ fn check_identity(cfg: &NodeConfig) -> anyhow::Result<()> {
 pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
     check_identity(&cfg)?;
     let node_id = cfg.node_id;
+    let sec = Security::load(&cfg)?;
     let store = authsec_storage::open(&cfg.data_dir).context("open storage")?;
     let entries = store.verify_raft_log().context("check the raft log")?;
     let (head_tx, head_rx) = watch::channel(ArchiveHead::default());
@@ -114,7 +123,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
         "storage checked"
     );
     let log = LogStore::new(store.clone());
-    let transport = Transport::plaintext().with_routes(cfg.peer_routes.clone());
+    let transport = sec.transport().with_routes(cfg.peer_routes.clone());
     let raft = Raft::new(
         node_id,
         raft_config(&cfg.tuning())?,
@@ -137,6 +146,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
         writer: writer.clone(),
         reader: Reader::new(store.clone()),
         head_rx,
+        sec: sec.clone(),
     });
 
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -153,6 +163,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
         .layer(tower::util::MapResponseLayer::new(
             oversized_is_invalid_argument,
         ))
+        .layer(AuthzLayer(sec.tls.clone()))
         .add_service(PeerServer::new(raft.clone(), Arc::new(writer.clone())).into_service())
         .add_service(
             ClusterServiceServer::new(Cluster(ctx.clone()))
@@ -165,19 +176,54 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
         .add_service(
             EventServiceServer::new(Events(ctx.clone()))
                 .max_decoding_message_size(API_MESSAGE_BYTES_MAX),
+        )
+        .add_service(
+            NodeServiceServer::new(Nodes(ctx.clone()))
+                .max_decoding_message_size(API_MESSAGE_BYTES_MAX),
         );
     let grpc_stop = stop(shutdown_rx.clone());
+    let server_tls = match &sec.tls {
+        // Client certificates are optional at the handshake only so that a joining node can
+        // reach `Join`; every other path demands one (authz).
+        Some(t) => Some(t.server_config(ClientAuth::Optional)?),
+        None => None,
+    };
     let mut tasks = vec![tokio::spawn(async move {
-        // Our own listener, so set TCP_NODELAY here: without it small HTTP/2 frames wait on
-        // Nagle and delayed ACKs (40 ms stalls per request).
-        let incoming = tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
-        if let Err(e) = router
-            .serve_with_incoming_shutdown(incoming, grpc_stop)
-            .await
-        {
+        let served = match server_tls {
+            Some(config) => {
+                router
+                    .serve_with_incoming_shutdown(
+                        authsec_raft::tls::incoming(grpc, config),
+                        grpc_stop,
+                    )
+                    .await
+            }
+            None => {
+                // Our own listener, so set TCP_NODELAY here: without it small HTTP/2 frames
+                // wait on Nagle and delayed ACKs (40 ms stalls per request).
+                let incoming =
+                    tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true));
+                router
+                    .serve_with_incoming_shutdown(incoming, grpc_stop)
+                    .await
+            }
+        };
+        if let Err(e) = served {
             tracing::error!(error = %e, "gRPC server failed");
         }
     })];
+    if sec.tls.is_some() {
+        tasks.push(tokio::spawn(security::renew_loop(
+            sec.clone(),
+            ctx.reader.clone(),
+            raft.clone(),
+        )));
+        tasks.push(tokio::spawn(security::revocation_loop(
+            sec.clone(),
+            ctx.reader.clone(),
+            ctx.head_rx.clone(),
+        )));
+    }
 
     let http_listener = TcpListener::bind(cfg.http_addr)
         .await
@@ -238,7 +284,8 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
             }
             let td = TrustDomain::parse(&cfg.trust_domain)?;
             let initial = b.members.clone();
-            tasks.push(tokio::spawn(record_bootstrap(writer, td, initial)));
+            let root = root_to_install(&NodeFiles::new(&cfg.data_dir))?;
+            tasks.push(tokio::spawn(record_bootstrap(writer, td, root, initial)));
         }
     }
 
@@ -248,19 +295,43 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
         raft,
         grpc_addr,
         http_addr,
+        transport: sec.transport(),
         fatal,
         shutdown,
         tasks,
     })
 }
 
-/// Commit the trust domain and the initial members as events, once, through the normal path.
-async fn record_bootstrap(writer: Writer, td: TrustDomain, members: Vec<crate::config::Member>) {
+/// The root certificate and sealed key `authsec node init` left for the bootstrap to commit.
+fn root_to_install(files: &NodeFiles) -> anyhow::Result<Option<Command>> {
+    let Ok(sealed) = std::fs::read(files.sealed_root()) else {
+        return Ok(None);
+    };
+    let cert = files
+        .load_bundle()?
+        .into_iter()
+        .next()
+        .context("the trust bundle is empty")?;
+    Ok(Some(Command::InstallRoot {
+        cert_der: cert.to_vec(),
+        sealed_key: authsec_domain::Sealed(sealed),
+    }))
+}
+
+/// Commit the trust domain, the root CA and the initial members as events, once, through the
+/// normal path.
+async fn record_bootstrap(
+    writer: Writer,
+    td: TrustDomain,
+    root: Option<Command>,
+    members: Vec<crate::config::Member>,
+) {
     let actor = Actor {
         principal: Principal::System,
         via_node: 0,
     };
     let mut commands = vec![Command::ConfigureTrustDomain { trust_domain: td }];
+    commands.extend(root);
     commands.extend(members.into_iter().map(|m| Command::RecordNodeMember {
         node_id: m.id,
         addr: m.addr,

@@ -17,6 +17,7 @@ use openraft::{BasicNode, ChangeMembers};
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
+use crate::security::Security;
 use crate::writer::{Committed, Writer};
 
 /// Everything the services share.
@@ -27,6 +28,7 @@ pub struct Ctx {
     pub writer: Writer,
     pub reader: Reader,
     pub head_rx: watch::Receiver<ArchiveHead>,
+    pub sec: Arc<Security>,
 }
 
 fn internal(e: impl std::fmt::Display) -> Status {
@@ -35,23 +37,28 @@ fn internal(e: impl std::fmt::Display) -> Status {
 }
 
 impl Ctx {
-    fn actor(&self) -> Actor {
-        // Until mutual TLS authenticates callers, every caller is anonymous.
+    /// The caller as the audit log records it: its SPIFFE ID, or anonymous under
+    /// `--insecure`.
+    pub fn actor<T>(&self, req: &Request<T>) -> Actor {
         Actor {
-            principal: Principal::Anonymous,
+            principal: match crate::authz::caller(req) {
+                Some(id) => Principal::Named(id.to_string()),
+                None => Principal::Anonymous,
+            },
             via_node: self.node_id,
         }
     }
 
-    async fn write(
+    pub async fn write(
         &self,
+        actor: Actor,
         command: Command,
     ) -> Result<(v1::WriteReceipt, authsec_domain::Applied), Status> {
         let Committed {
             log_index,
             leader_id,
             outcome,
-        } = self.writer.submit(self.actor(), command).await?;
+        } = self.writer.submit(actor, command).await?;
         // Read your writes: answer once this node has applied the entry too, so a read sent
         // here next (and the registration's answer) sees it. Bounded; a slow follower still
         // answers, the write being committed either way.
@@ -85,6 +92,66 @@ impl Ctx {
             ))
             .into()),
         }
+    }
+
+    /// Add a node as a learner that catches up, then (unless `learner_only`) as a voter.
+    pub async fn add_member(
+        &self,
+        actor: Actor,
+        node_id: u64,
+        addr: String,
+        learner_only: bool,
+    ) -> Result<v1::MembershipResponse, Status> {
+        if node_id == 0 {
+            return Err(ApiError::from(authsec_domain::FieldError::new(
+                "node_id",
+                "must be 1 or more",
+            ))
+            .into());
+        }
+        if addr.is_empty()
+            || addr.len() > authsec_domain::limits::NODE_ADDR_BYTES_MAX
+            || !addr.contains(':')
+        {
+            return Err(ApiError::from(authsec_domain::FieldError::new(
+                "addr",
+                "must be host:port",
+            ))
+            .into());
+        }
+        let raft = self.writer.raft();
+        if raft.metrics().borrow().current_leader != Some(self.node_id) {
+            return Err(not_leader(raft));
+        }
+        tracing::info!(node_id, addr = %addr, "adding node as learner");
+        let resp = raft
+            .add_learner(node_id, BasicNode { addr: addr.clone() }, true)
+            .await
+            .map_err(|e| ApiError::Unavailable {
+                reason: format!("add learner: {e}"),
+                leader: None,
+            })?;
+        let mut index = resp.log_id.index;
+        if !learner_only {
+            tracing::info!(node_id, "promoting learner to voter");
+            let resp = raft
+                .change_membership(ChangeMembers::AddVoterIds([node_id].into()), false)
+                .await
+                .map_err(|e| ApiError::Unavailable {
+                    reason: format!("promote to voter: {e}"),
+                    leader: None,
+                })?;
+            index = resp.log_id.index;
+        }
+        if let Err(e) = self
+            .write(actor, Command::RecordNodeMember { node_id, addr })
+            .await
+        {
+            // The membership change is committed; only its audit record is missing. Answer the
+            // change, as remove_node does, and say so in the log.
+            tracing::warn!(node_id, error = %e.message(), "node added, but its addition was not recorded");
+        }
+        Ok(membership_answer(raft, index))
     }
 
     pub async fn status(&self) -> Result<v1::StatusResponse, Status> {
@@ -183,81 +250,48 @@ impl ClusterService for Cluster {
         &self,
         req: Request<v1::AddNodeRequest>,
     ) -> Result<Response<v1::MembershipResponse>, Status> {
+        let actor = self.0.actor(&req);
         let r = req.into_inner();
-        if r.node_id == 0 {
-            return Err(ApiError::from(authsec_domain::FieldError::new(
-                "node_id",
-                "must be 1 or more",
-            ))
-            .into());
-        }
-        if r.addr.is_empty()
-            || r.addr.len() > authsec_domain::limits::NODE_ADDR_BYTES_MAX
-            || !r.addr.contains(':')
-        {
-            return Err(ApiError::from(authsec_domain::FieldError::new(
-                "addr",
-                "must be host:port",
-            ))
-            .into());
-        }
-        let raft = self.0.writer.raft();
-        if raft.metrics().borrow().current_leader != Some(self.0.node_id) {
-            return Err(not_leader(raft));
-        }
-        tracing::info!(node_id = r.node_id, addr = %r.addr, "adding node as learner");
-        let resp = raft
-            .add_learner(
-                r.node_id,
-                BasicNode {
-                    addr: r.addr.clone(),
-                },
-                true,
-            )
-            .await
-            .map_err(|e| ApiError::Unavailable {
-                reason: format!("add learner: {e}"),
-                leader: None,
-            })?;
-        let mut index = resp.log_id.index;
-        if !r.learner_only {
-            tracing::info!(node_id = r.node_id, "promoting learner to voter");
-            let resp = raft
-                .change_membership(ChangeMembers::AddVoterIds([r.node_id].into()), false)
-                .await
-                .map_err(|e| ApiError::Unavailable {
-                    reason: format!("promote to voter: {e}"),
-                    leader: None,
-                })?;
-            index = resp.log_id.index;
-        }
-        if let Err(e) = self
-            .0
-            .write(Command::RecordNodeMember {
-                node_id: r.node_id,
-                addr: r.addr,
-            })
-            .await
-        {
-            // The membership change is committed; only its audit record is missing. Answer the
-            // change, as remove_node does, and say so in the log.
-            tracing::warn!(node_id = r.node_id, error = %e.message(), "node added, but its addition was not recorded");
-        }
-        Ok(Response::new(membership_answer(raft, index)))
+        Ok(Response::new(
+            self.0
+                .add_member(actor, r.node_id, r.addr, r.learner_only)
+                .await?,
+        ))
     }
 
     async fn remove_node(
         &self,
         req: Request<v1::RemoveNodeRequest>,
     ) -> Result<Response<v1::MembershipResponse>, Status> {
+        let actor = self.0.actor(&req);
         let r = req.into_inner();
         let raft = self.0.writer.raft();
         if raft.metrics().borrow().current_leader != Some(self.0.node_id) {
             return Err(not_leader(raft));
         }
+        if r.revoke_keys {
+            // Revoke first: from this commit on, every node refuses the node's certificates,
+            // so a compromised node cannot act during its removal.
+            self.0
+                .write(actor.clone(), Command::RevokeNode { node_id: r.node_id })
+                .await?;
+            // Applied here already (the write waits for it): refuse it on this node now, not
+            // when the revocation watcher next runs.
+            if let (Some(tls), Ok(sec)) = (&self.0.sec.tls, self.0.reader.security()) {
+                tls.set_revoked(sec.revoked_nodes);
+            }
+            tracing::warn!(
+                node_id = r.node_id,
+                "node revoked: its certificates are refused from now on"
+            );
+        }
         let m = raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
         if membership.get_node(&r.node_id).is_none() {
+            if r.revoke_keys {
+                // Revoking a node that already left is what an operator does after the fact.
+                return Ok(Response::new(membership_answer(raft, 0)));
+            }
             return Err(ApiError::NotFound(format!("node {}", r.node_id)).into());
         }
         let is_voter = membership.voter_ids().any(|v| v == r.node_id);
@@ -272,7 +306,7 @@ impl ClusterService for Cluster {
             .map_err(|e| ApiError::FailedPrecondition(format!("remove node {}: {e}", r.node_id)))?;
         if let Err(e) = self
             .0
-            .write(Command::RecordNodeRemoved { node_id: r.node_id })
+            .write(actor, Command::RecordNodeRemoved { node_id: r.node_id })
             .await
         {
             // The membership change itself is committed; only its audit bookkeeping failed
@@ -280,6 +314,50 @@ impl ClusterService for Cluster {
             tracing::warn!(node_id = r.node_id, error = %e.message(), "node removed, but its removal was not recorded");
         }
         Ok(Response::new(membership_answer(raft, resp.log_id.index)))
+    }
+
+    async fn create_join_token(
+        &self,
+        req: Request<v1::CreateJoinTokenRequest>,
+    ) -> Result<Response<v1::CreateJoinTokenResponse>, Status> {
+        let actor = self.0.actor(&req);
+        let r = req.into_inner();
+        let max = authsec_domain::limits::JOIN_TOKEN_TTL_MS_MAX / 1000;
+        if r.ttl_seconds == 0 || r.ttl_seconds > max {
+            return Err(ApiError::from(authsec_domain::FieldError::new(
+                "ttl_seconds",
+                format!("must be 1 to {max}"),
+            ))
+            .into());
+        }
+        let token = crate::pki::JoinToken::generate();
+        let (receipt, _) = self
+            .0
+            .write(
+                actor,
+                Command::CreateJoinToken {
+                    token_id: token.id.clone(),
+                    secret_hash: token.secret_hash(),
+                    ttl_ms: r.ttl_seconds * 1000,
+                },
+            )
+            .await?;
+        let meta = self.0.reader.security().map_err(internal)?;
+        let expires_at_ms = meta
+            .join_tokens
+            .get(&token.id)
+            .map_or(0, |t| t.expires_at_ms);
+        tracing::info!(token_id = %token.id, expires_at_ms, "join token created");
+        Ok(Response::new(v1::CreateJoinTokenResponse {
+            token: token.reveal(),
+            expires_at_ms,
+            ca_fingerprint: meta
+                .root_cert
+                .as_deref()
+                .map(crate::pki::fingerprint)
+                .unwrap_or_default(),
+            receipt: Some(receipt),
+        }))
     }
 }
 
@@ -296,8 +374,12 @@ impl ClientService for Clients {
         &self,
         req: Request<v1::RegisterClientRequest>,
     ) -> Result<Response<v1::RegisterClientResponse>, Status> {
+        let actor = self.0.actor(&req);
         let cmd = convert::register_client(req.into_inner()).map_err(ApiError::from)?;
-        let (receipt, applied) = self.0.write(Command::RegisterClient(cmd.clone())).await?;
+        let (receipt, applied) = self
+            .0
+            .write(actor, Command::RegisterClient(cmd.clone()))
+            .await?;
         let id = cmd
             .client_id
             .or(applied.generated_client_id)
@@ -318,15 +400,19 @@ impl ClientService for Clients {
         &self,
         req: Request<v1::UpdateClientRequest>,
     ) -> Result<Response<v1::UpdateClientResponse>, Status> {
+        let actor = self.0.actor(&req);
         let (client_id, patch, expected_revision) =
             convert::update_client(req.into_inner()).map_err(ApiError::from)?;
         let (receipt, _) = self
             .0
-            .write(Command::UpdateClient {
-                client_id,
-                patch,
-                expected_revision,
-            })
+            .write(
+                actor,
+                Command::UpdateClient {
+                    client_id,
+                    patch,
+                    expected_revision,
+                },
+            )
             .await?;
         Ok(Response::new(v1::UpdateClientResponse {
             receipt: Some(receipt),
@@ -337,8 +423,12 @@ impl ClientService for Clients {
         &self,
         req: Request<v1::RemoveClientRequest>,
     ) -> Result<Response<v1::RemoveClientResponse>, Status> {
+        let actor = self.0.actor(&req);
         let client_id = convert::client_id(&req.into_inner().client_id).map_err(ApiError::from)?;
-        let (receipt, _) = self.0.write(Command::RemoveClient { client_id }).await?;
+        let (receipt, _) = self
+            .0
+            .write(actor, Command::RemoveClient { client_id })
+            .await?;
         Ok(Response::new(v1::RemoveClientResponse {
             receipt: Some(receipt),
         }))

@@ -151,6 +151,23 @@ fn only_storage_raft_and_node_reach_rocksdb() {
 }
 
 #[test]
+fn tls_stays_apart_from_raft_and_storage() {
+    let g = graph();
+    let reach = g.reaches("authsec-tls");
+    for banned in [
+        "openraft",
+        "librocksdb-sys",
+        "authsec-storage",
+        "authsec-raft",
+    ] {
+        assert!(
+            !reach.contains(banned),
+            "authsec-tls must not reach {banned}: the agent and SDK use it too"
+        );
+    }
+}
+
+#[test]
 fn wire_types_stay_apart_from_the_server() {
     let g = graph();
     let reach = g.reaches("authsec-api");
@@ -169,9 +186,15 @@ fn edges_between_our_crates_follow_the_design() {
         ("authsec-domain", &[][..]),
         ("authsec-api", &["authsec-domain"][..]),
         ("authsec-storage", &["authsec-domain"][..]),
+        ("authsec-tls", &["authsec-domain"][..]),
         (
             "authsec-raft",
-            &["authsec-domain", "authsec-storage", "authsec-api"][..],
+            &[
+                "authsec-domain",
+                "authsec-storage",
+                "authsec-api",
+                "authsec-tls",
+            ][..],
         ),
         (
             "authsec-node",
@@ -180,9 +203,13 @@ fn edges_between_our_crates_follow_the_design() {
                 "authsec-storage",
                 "authsec-api",
                 "authsec-raft",
+                "authsec-tls",
             ][..],
         ),
-        ("authsec-chaos-tests", &["authsec-api"][..]),
+        (
+            "authsec-chaos-tests",
+            &["authsec-api", "authsec-domain", "authsec-tls"][..],
+        ),
     ]
     .into_iter()
     .collect();

@@ -9,14 +9,12 @@ pub mod config;
 pub mod messages;
 pub mod network;
 pub mod service;
-pub mod tls;
-pub mod transport;
 
 pub use authsec_storage::{NodeId, TypeConfig};
+pub use authsec_tls::{tls, transport, Transport};
 pub use config::{raft_config, RaftTuning};
 pub use messages::{ForwardError, ForwardRequest, ForwardResponse};
 pub use network::{PeerClient, PeerNetwork};
 pub use service::{LeaderHandler, PeerServer};
-pub use transport::Transport;
 
 pub type Raft = openraft::Raft<TypeConfig>;

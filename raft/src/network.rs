@@ -16,8 +16,8 @@ use openraft::{BasicNode, RPCTypes};
 use tonic::transport::Channel;
 
 use crate::messages::{self, *};
-use crate::transport::{Transport, PEER_MESSAGE_BYTES_MAX};
 use crate::{NodeId, TypeConfig};
+use authsec_tls::{Transport, PEER_MESSAGE_BYTES_MAX};
 
 /// Builds one [`PeerClient`] per target node.
 #[derive(Debug, Clone)]
@@ -50,7 +50,7 @@ struct Msg(String);
 impl PeerClient {
     pub fn new(from: NodeId, target: NodeId, addr: &str, transport: &Transport) -> Self {
         let client = transport
-            .channel_to(addr, crate::tls::Expect::Node(target))
+            .channel_to(addr, authsec_tls::Expect::Node(target))
             .ok()
             .map(|ch| {
                 PeerServiceClient::new(ch)

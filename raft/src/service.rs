@@ -7,8 +7,8 @@ use authsec_api::internal::v1::Payload;
 use tonic::{Request, Response, Status};
 
 use crate::messages::{self, *};
-use crate::transport::PEER_MESSAGE_BYTES_MAX;
 use crate::Raft;
+use authsec_tls::PEER_MESSAGE_BYTES_MAX;
 
 /// What the leader does for its followers: take forwarded writes and serve read indexes.
 #[tonic::async_trait]

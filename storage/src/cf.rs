@@ -59,6 +59,8 @@ pub const KEY_APPLIED: &[u8] = b"applied";
 pub const KEY_MEMBERSHIP: &[u8] = b"membership";
 pub const KEY_HEAD: &[u8] = b"head";
 pub const KEY_META: &[u8] = b"meta";
+/// In `proj_meta`: the cluster's root, join tokens and revoked nodes.
+pub const KEY_SECURITY: &[u8] = b"security";
 pub const KEY_INSTALLING: &[u8] = b"installing_snapshot";
 
 /// Storage's own codec tags.

@@ -2,7 +2,7 @@
 
 use authsec_domain::codec::{self, Tag};
 use authsec_domain::{
-    chain_next, ArchiveHead, Client, ClientId, Hash32, NodeRecord, State, StateMeta,
+    chain_next, ArchiveHead, Client, ClientId, Hash32, NodeRecord, SecurityState, State, StateMeta,
 };
 use sha2::{Digest, Sha256};
 
@@ -72,6 +72,7 @@ impl Reader {
             state.meta = codec::decode(Tag::STATE_META, &v)
                 .map_err(|e| StoreError::damaged(cf::PROJ_META, cf::KEY_META, e))?;
         }
+        state.security = self.security()?;
         for item in db.iterator_cf(self.store.cf(cf::PROJ_NODES), rocksdb::IteratorMode::Start) {
             let (k, v) = item.map_err(StoreError::rocks("scan nodes"))?;
             let n: NodeRecord = codec::decode(Tag::NODE_RECORD, &v)
@@ -189,6 +190,23 @@ impl Reader {
             .get_cf(self.store.cf(cf::PROJ_META), cf::KEY_META)
             .map_err(StoreError::rocks("read meta"))?;
         Ok(decode_at(cf::PROJ_META, cf::KEY_META, Tag::STATE_META, v)?.unwrap_or_default())
+    }
+
+    pub fn security(&self) -> Result<SecurityState, StoreError> {
+        let v = self
+            .store
+            .db
+            .get_cf(self.store.cf(cf::PROJ_META), cf::KEY_SECURITY)
+            .map_err(StoreError::rocks("read security"))?;
+        Ok(decode_at(cf::PROJ_META, cf::KEY_SECURITY, Tag::SECURITY_STATE, v)?.unwrap_or_default())
+    }
+
+    /// A sealed secret from the replicated `sealed_secrets` family.
+    pub fn sealed(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.store
+            .db
+            .get_cf(self.store.cf(cf::SEALED_SECRETS), key)
+            .map_err(StoreError::rocks("read sealed_secrets"))
     }
 
     pub fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {

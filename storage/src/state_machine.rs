@@ -193,6 +193,11 @@ impl StateMachine {
                 cf::KEY_META,
                 codec::encode(Tag::STATE_META, &self.state.meta),
             ),
+            ProjectionKey::Security => batch.put_cf(
+                self.store.cf(cf::PROJ_META),
+                cf::KEY_SECURITY,
+                codec::encode(Tag::SECURITY_STATE, &self.state.security),
+            ),
             ProjectionKey::Node(id) => {
                 let handle = self.store.cf(cf::PROJ_NODES);
                 match self.state.nodes.get(id) {
@@ -334,6 +339,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         let outcome =
                             apply_proposal(&mut self.state, p).map(|(events, time_ms)| {
                                 touched.insert(ProjectionKey::Meta);
+                                // Secret material goes to its own family, in the same batch,
+                                // and never into an event or the archive.
+                                if let Some((key, sealed)) = p.command.sealed_material() {
+                                    batch.put_cf(self.store.cf(cf::SEALED_SECRETS), key, sealed);
+                                }
                                 let first = self.head.sequence + 1;
                                 let mut generated = None;
                                 for event in events {

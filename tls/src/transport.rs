@@ -58,24 +58,33 @@ impl Transport {
     /// A lazily connecting channel to `addr` that accepts only the server `expect` names.
     pub fn channel_to(&self, addr: &str, expect: Expect) -> Result<Channel, TransportError> {
         let dial = self.route(addr).to_owned();
-        // The scheme stays http: TLS is ours, under the connector, not tonic's.
-        let ep = Endpoint::from_shared(format!("http://{dial}"))?
-            .connect_timeout(Duration::from_secs(2))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5));
         match &self.tls {
-            None => Ok(ep.connect_lazy()),
-            Some(state) => {
-                let config = state.client_config(expect)?;
-                let connector = tower::service_fn(move |_uri: tonic::transport::Uri| {
-                    let (dial, config) = (dial.clone(), config.clone());
-                    async move { crate::tls::connect(&dial, config).await }
-                });
-                Ok(ep.connect_with_connector_lazy(connector))
-            }
+            None => Ok(endpoint(&dial)?.connect_lazy()),
+            Some(state) => tls_channel(dial, state.client_config(expect)?),
         }
     }
+}
+
+fn endpoint(dial: &str) -> Result<Endpoint, TransportError> {
+    // The scheme stays http: TLS is ours, under the connector, not tonic's.
+    Ok(Endpoint::from_shared(format!("http://{dial}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5)))
+}
+
+/// A lazily connecting channel to `dial` (`host:port`) over TLS with `config`.
+pub fn tls_channel(
+    dial: String,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<Channel, TransportError> {
+    let ep = endpoint(&dial)?;
+    let connector = tower::service_fn(move |_uri: tonic::transport::Uri| {
+        let (dial, config) = (dial.clone(), config.clone());
+        async move { crate::tls::connect(&dial, config).await }
+    });
+    Ok(ep.connect_with_connector_lazy(connector))
 }
 
 #[derive(Debug, thiserror::Error)]

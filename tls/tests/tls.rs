@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use authsec_domain::TrustDomain;
-use authsec_raft::tls::{self, Expect, PeerInfo, TlsState};
+use authsec_tls::tls::{self, Expect, PeerInfo, TlsState};
 use futures::StreamExt;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -95,7 +95,9 @@ async fn server(state: &Arc<TlsState>) -> (String, tokio::sync::mpsc::UnboundedR
     let addr = listener.local_addr().expect("addr").to_string();
     let mut conns = Box::pin(tls::incoming(
         listener,
-        state.server_config().expect("server config"),
+        state
+            .server_config(tls::ClientAuth::Required)
+            .expect("server config"),
     ));
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {

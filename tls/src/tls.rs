@@ -10,6 +10,7 @@
 //! [`TlsState`] at every handshake. TLS 1.3 only, no session resumption (a resumed session
 //! would skip the verifier), ALPN `h2`.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -45,6 +46,10 @@ pub enum TlsError {
     ForeignTrustDomain(SpiffeId, TrustDomain),
     #[error("peer {got} is not the expected {expected}")]
     Unexpected { got: SpiffeId, expected: String },
+    #[error("node {0} is revoked")]
+    Revoked(SpiffeId),
+    #[error("the server's chain holds no certificate with the pinned fingerprint {0}")]
+    PinMismatch(String),
     #[error("the trust bundle is empty")]
     EmptyBundle,
     #[error(transparent)]
@@ -142,6 +147,16 @@ pub enum Expect {
     Node(u64),
 }
 
+/// Whether a server demands a client certificate at the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// No certificate, no connection.
+    Required,
+    /// A certificate, if presented, must verify; a client without one gets in with no
+    /// identity, and each request decides whether that is enough (only joining is).
+    Optional,
+}
+
 /// What a verified peer presented; in the request extensions of every call on a TLS listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerInfo {
@@ -155,11 +170,13 @@ struct Material {
     identity: Arc<CertifiedKey>,
 }
 
-/// The trust bundle and this component's own certificate, both replaceable at run time.
+/// The trust bundle and this component's own certificate, both replaceable at run time, and
+/// the nodes whose certificates are refused although they chain to the bundle.
 pub struct TlsState {
     trust_domain: TrustDomain,
     provider: Arc<CryptoProvider>,
     material: RwLock<Arc<Material>>,
+    revoked: RwLock<Arc<BTreeSet<u64>>>,
 }
 
 impl fmt::Debug for TlsState {
@@ -185,6 +202,7 @@ impl TlsState {
             trust_domain,
             provider,
             material: RwLock::new(Arc::new(material)),
+            revoked: RwLock::new(Arc::new(BTreeSet::new())),
         }))
     }
 
@@ -209,6 +227,7 @@ impl TlsState {
         let identity = Arc::new(CertifiedKey::from_der(chain, key, provider)?);
         let client_verifier =
             WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+                .allow_unauthenticated()
                 .build()
                 .map_err(|e| rustls::Error::General(e.to_string()))?;
         Ok(Material {
@@ -241,6 +260,39 @@ impl TlsState {
         Ok(())
     }
 
+    /// Refuse these nodes from now on, on new handshakes (requests on open connections are
+    /// checked by the caller through [`TlsState::is_revoked`]).
+    pub fn set_revoked(&self, nodes: BTreeSet<u64>) {
+        let nodes = Arc::new(nodes);
+        match self.revoked.write() {
+            Ok(mut g) => *g = nodes,
+            Err(p) => *p.into_inner() = nodes,
+        }
+    }
+
+    /// True when `id` is a revoked node of this trust domain.
+    pub fn is_revoked(&self, id: &SpiffeId) -> bool {
+        let Some(node) = node_id_of(&self.trust_domain, id) else {
+            return false;
+        };
+        self.revoked
+            .read()
+            .map(|g| g.contains(&node))
+            .unwrap_or_else(|p| p.into_inner().contains(&node))
+    }
+
+    fn check_revoked(&self, id: SpiffeId) -> Result<SpiffeId, TlsError> {
+        if self.is_revoked(&id) {
+            return Err(TlsError::Revoked(id));
+        }
+        Ok(id)
+    }
+
+    /// The current own certificate chain (leaf first).
+    pub fn chain(&self) -> Vec<CertificateDer<'static>> {
+        self.current().identity.cert.clone()
+    }
+
     pub fn trust_domain(&self) -> &TrustDomain {
         &self.trust_domain
     }
@@ -256,11 +308,18 @@ impl TlsState {
         svid_id(leaf)
     }
 
-    /// A server config: a client certificate from the trust domain is required.
-    pub fn server_config(self: &Arc<Self>) -> Result<Arc<ServerConfig>, TlsError> {
+    /// A server config; `auth` says whether a client certificate is required. A presented one
+    /// must chain to the bundle and be an SVID of the trust domain, not revoked.
+    pub fn server_config(
+        self: &Arc<Self>,
+        auth: ClientAuth,
+    ) -> Result<Arc<ServerConfig>, TlsError> {
         let mut c = ServerConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_client_cert_verifier(Arc::new(ClientVerifier(self.clone())))
+            .with_client_cert_verifier(Arc::new(ClientVerifier {
+                state: self.clone(),
+                auth,
+            }))
             .with_cert_resolver(Arc::new(Resolver(self.clone())));
         c.alpn_protocols = vec![b"h2".to_vec()];
         c.session_storage = Arc::new(NoServerSessionStorage {});
@@ -341,7 +400,9 @@ impl ServerCertVerifier for ServerVerifier {
             now,
             self.state.provider.signature_verification_algorithms.all,
         )?;
-        let id = self.state.check_domain(svid_id(end_entity)?)?;
+        let id = self
+            .state
+            .check_revoked(self.state.check_domain(svid_id(end_entity)?)?)?;
         let node = node_id_of(&self.state.trust_domain, &id);
         match (&self.expect, node) {
             (Expect::AnyNode, Some(_)) => {}
@@ -399,11 +460,18 @@ impl ServerCertVerifier for ServerVerifier {
 /// The server's check of a client: chain to the bundle (webpki, client-auth usage) and an SVID
 /// of our trust domain. Which IDs may call what is decided per request.
 #[derive(Debug)]
-struct ClientVerifier(Arc<TlsState>);
+struct ClientVerifier {
+    state: Arc<TlsState>,
+    auth: ClientAuth,
+}
 
 impl ClientCertVerifier for ClientVerifier {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         &[]
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.auth == ClientAuth::Required
     }
 
     fn verify_client_cert(
@@ -412,10 +480,11 @@ impl ClientCertVerifier for ClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let m = self.0.current();
+        let m = self.state.current();
         m.client_verifier
             .verify_client_cert(end_entity, intermediates, now)?;
-        self.0.check_domain(svid_id(end_entity)?)?;
+        self.state
+            .check_revoked(self.state.check_domain(svid_id(end_entity)?)?)?;
         Ok(ClientCertVerified::assertion())
     }
 
@@ -425,7 +494,7 @@ impl ClientCertVerifier for ClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0
+        self.state
             .current()
             .client_verifier
             .verify_tls12_signature(message, cert, dss)
@@ -437,14 +506,126 @@ impl ClientCertVerifier for ClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0
+        self.state
             .current()
             .client_verifier
             .verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.current().client_verifier.supported_verify_schemes()
+        self.state
+            .current()
+            .client_verifier
+            .supported_verify_schemes()
+    }
+}
+
+/// A client config for a node that has no certificate yet (`authsec node join`): it trusts
+/// the server only if the chain the server sends holds a CA certificate whose SHA-256 is
+/// `pin` (`sha256:<hex>`), the leaf chains to it and is a node SVID of `trust_domain`. This
+/// is how `kubeadm join` pins its CA. No client certificate is presented.
+pub fn pinned_client_config(
+    trust_domain: TrustDomain,
+    pin: &str,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = provider();
+    let mut c = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedVerifier {
+            trust_domain,
+            pin: pin.trim().to_ascii_lowercase(),
+            provider,
+        }))
+        .with_no_client_auth();
+    c.alpn_protocols = vec![b"h2".to_vec()];
+    c.resumption = Resumption::disabled();
+    Ok(Arc::new(c))
+}
+
+fn sha256_pin(der: &[u8]) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(der);
+    let hex: String = d.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+#[derive(Debug)]
+struct PinnedVerifier {
+    trust_domain: TrustDomain,
+    pin: String,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let anchor = intermediates
+            .iter()
+            .find(|c| sha256_pin(c.as_ref()) == self.pin)
+            .ok_or_else(|| TlsError::PinMismatch(self.pin.clone()))?;
+        let mut roots = RootCertStore::empty();
+        roots.add(anchor.clone().into_owned())?;
+        let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &parsed,
+            &roots,
+            &[],
+            now,
+            self.provider.signature_verification_algorithms.all,
+        )?;
+        let id = svid_id(end_entity)?;
+        if id.trust_domain() != self.trust_domain {
+            return Err(TlsError::ForeignTrustDomain(id, self.trust_domain.clone()).into());
+        }
+        if node_id_of(&self.trust_domain, &id).is_none() {
+            return Err(TlsError::Unexpected {
+                got: id,
+                expected: "an authsec node".into(),
+            }
+            .into());
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 

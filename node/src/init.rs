@@ -1,0 +1,219 @@
+//! `authsec node init` and `authsec node join`: giving a node its identity.
+//!
+//! - `init` without `--pki-from` creates the trust domain: a root CA (ECDSA P-256), the KEK
+//!   file that seals its key, this node's certificate and the bootstrap admin credential.
+//! - `init --pki-from DIR` (DIR holds `ca.crt` and `root.sealed` from the first node, and this
+//!   host has the KEK file) signs this node's certificate locally: for the other members of a
+//!   statically bootstrapped cluster.
+//! - `join` needs neither the KEK nor the root: a single-use token and the root's fingerprint.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use authsec_api::error::LEADER_ADDR_HEADER;
+use authsec_api::v1;
+use authsec_raft::tls;
+use rcgen::KeyPair;
+use rustls::pki_types::CertificateDer;
+
+use crate::config::NodeConfig;
+use crate::pki::{self, AdminFiles, Kek, NodeFiles, Root};
+
+/// The bootstrap admin's name: `spiffe://<td>/authsec/admin/root`.
+pub const BOOTSTRAP_ADMIN: &str = "root";
+
+#[derive(Debug)]
+pub struct Initialized {
+    pub fingerprint: String,
+    pub created_root: bool,
+    pub admin_dir: Option<PathBuf>,
+}
+
+/// Give this node its TLS identity (see the module docs). Idempotent: an initialized node is
+/// left as it is.
+pub fn init_pki(
+    cfg: &NodeConfig,
+    pki_from: Option<&Path>,
+    admin_dir: Option<&Path>,
+) -> anyhow::Result<Initialized> {
+    let td = cfg.td()?;
+    let files = NodeFiles::new(&cfg.data_dir);
+    if files.exists() {
+        let bundle = files.load_bundle()?;
+        return Ok(Initialized {
+            fingerprint: pki::fingerprint(&bundle[0]),
+            created_root: false,
+            admin_dir: None,
+        });
+    }
+    let kek_path = cfg.kek_path();
+    let (root, sealed, created_root) = match pki_from {
+        None => {
+            let kek = Kek::create(&kek_path)
+                .with_context(|| format!("create the KEK at {}", kek_path.display()))?;
+            let root = Root::generate(&td)?;
+            let sealed = root.seal(&kek, &td);
+            (root, sealed, true)
+        }
+        Some(dir) => {
+            let ca = pki::read_certs(&dir.join("ca.crt"))?;
+            let sealed = std::fs::read(dir.join("root.sealed"))
+                .with_context(|| format!("read {}", dir.join("root.sealed").display()))?;
+            let kek = Kek::load(&kek_path).with_context(|| {
+                format!(
+                    "this host needs the cluster's KEK file at {} to sign its own certificate (or use `authsec node join`)",
+                    kek_path.display()
+                )
+            })?;
+            let root = Root::unseal(&kek, &td, &ca[0], &sealed)?;
+            (root, sealed, false)
+        }
+    };
+    pki::write_file(&files.sealed_root(), &sealed, 0o600)?;
+    files.write_bundle(std::slice::from_ref(&root.cert_der))?;
+    let key = KeyPair::generate()?;
+    let cert = root.sign_node(&td, cfg.node_id, &key, &cfg.sans()?, cfg.cert_ttl())?;
+    files.write_identity(&[cert], &key)?;
+    let admin_dir = match admin_dir {
+        Some(d) => Some(d.to_owned()),
+        None if created_root => Some(cfg.data_dir.join("admin")),
+        None => None,
+    };
+    if let Some(d) = &admin_dir {
+        let admin = AdminFiles { dir: d.clone() };
+        if !admin.cert().exists() {
+            let (cert, key) = root.issue_admin(&td, BOOTSTRAP_ADMIN)?;
+            admin.write(&cert, &key, &root.cert_der)?;
+        }
+    }
+    Ok(Initialized {
+        fingerprint: pki::fingerprint(&root.cert_der),
+        created_root,
+        admin_dir,
+    })
+}
+
+/// Ask a member for a certificate with a join token, pinning the root by fingerprint; writes
+/// the node's TLS files. Returns the members the cluster reported.
+pub async fn join_pki(
+    cfg: &NodeConfig,
+    token: &str,
+    fingerprint: &str,
+    peers: &[String],
+) -> anyhow::Result<Vec<v1::Member>> {
+    let td = cfg.td()?;
+    let files = NodeFiles::new(&cfg.data_dir);
+    if files.exists() {
+        bail!(
+            "{} already holds a node identity; start it with `authsec node run`",
+            files.dir.display()
+        );
+    }
+    // Check the token's shape here: a typo should not cost a round trip.
+    pki::JoinToken::parse(token)?;
+    let id = tls::node_spiffe_id(&td, cfg.node_id);
+    let (key, csr) = pki::new_key_and_csr(&id)?;
+    let config = tls::pinned_client_config(td.clone(), fingerprint)?;
+    let sans = cfg.sans()?;
+    let mut last = anyhow::anyhow!("no --peer given");
+    for peer in peers {
+        let ch = authsec_raft::transport::tls_channel(peer.clone(), config.clone())?;
+        let mut c = v1::node_service_client::NodeServiceClient::new(ch);
+        let mut req = tonic::Request::new(v1::JoinRequest {
+            token: token.trim().to_owned(),
+            node_id: cfg.node_id,
+            csr_der: csr.clone(),
+            dns_names: sans.dns_strings(),
+            ip_addrs: sans.ip_strings(),
+        });
+        req.set_timeout(Duration::from_secs(20));
+        match c.join(req).await {
+            Ok(r) => {
+                let r = r.into_inner();
+                let chain: Vec<CertificateDer<'static>> = r
+                    .cert_chain_der
+                    .into_iter()
+                    .map(CertificateDer::from)
+                    .collect();
+                let bundle: Vec<CertificateDer<'static>> =
+                    r.bundle_der.into_iter().map(CertificateDer::from).collect();
+                if !bundle
+                    .iter()
+                    .any(|b| pki::fingerprint(b) == fingerprint.trim().to_ascii_lowercase())
+                {
+                    bail!("the bundle {peer} sent does not hold the pinned root {fingerprint}");
+                }
+                let leaf = chain.first().context("the answer holds no certificate")?;
+                if tls::svid_id(leaf)? != id {
+                    bail!("{peer} issued a certificate that is not for {id}");
+                }
+                files.write_bundle(&bundle)?;
+                files.write_identity(&chain[..1], &key)?;
+                return Ok(r.members);
+            }
+            Err(s) => {
+                last = anyhow::anyhow!("{peer}: {:?}: {}", s.code(), s.message());
+                // A refused token is final; only an unreachable peer is worth another try.
+                if matches!(
+                    s.code(),
+                    tonic::Code::Unauthenticated
+                        | tonic::Code::PermissionDenied
+                        | tonic::Code::InvalidArgument
+                ) {
+                    break;
+                }
+            }
+        }
+    }
+    Err(last.context("join refused"))
+}
+
+/// Ask to be admitted (learner, then voter), following the leader's address; bounded.
+pub async fn admit(
+    transport: &authsec_raft::Transport,
+    addr: &str,
+    peers: &[String],
+    learner_only: bool,
+) -> anyhow::Result<v1::MembershipResponse> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut queue: Vec<String> = peers.to_vec();
+    let mut i = 0;
+    loop {
+        let peer = queue[i % queue.len()].clone();
+        i += 1;
+        let ch = transport.channel(&peer)?;
+        let mut c = v1::node_service_client::NodeServiceClient::new(ch);
+        let mut req = tonic::Request::new(v1::AdmitRequest {
+            addr: addr.to_owned(),
+            learner_only,
+        });
+        req.set_timeout(Duration::from_secs(60));
+        let err = match c.admit(req).await {
+            Ok(r) => return Ok(r.into_inner()),
+            Err(s) => s,
+        };
+        if let Some(leader) = err
+            .metadata()
+            .get(LEADER_ADDR_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .filter(|a| !a.is_empty())
+        {
+            if !queue.iter().any(|q| q == leader) {
+                queue.push(leader.to_owned());
+            }
+            if let Some(pos) = queue.iter().position(|q| q == leader) {
+                i = pos;
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "not admitted within 120 s: {:?}: {}",
+                err.code(),
+                err.message()
+            );
+        }
+        tracing::info!(peer = %peer, code = ?err.code(), reason = err.message(), "admission not done yet; retrying");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

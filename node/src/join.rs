@@ -1,0 +1,140 @@
+//! `authsec.v1.NodeService`: a new node joins with a single-use token, is admitted as a
+//! learner and promoted, and every node renews its certificate through it.
+//!
+//! The order of `Join` is chosen so that bad input never burns a token: the request is
+//! bounded and parsed, the CSR's signature checked and this node's ability to sign confirmed
+//! first; only then is the token spent through the log (once, cluster-wide, before expiry),
+//! and only a spent token gets a certificate.
+
+use std::sync::Arc;
+
+use authsec_api::v1::{self, node_service_server::NodeService};
+use authsec_domain::command::Command;
+use authsec_domain::{Actor, Principal};
+use authsec_raft::tls::node_id_of;
+use tonic::{Request, Response, Status};
+
+use crate::pki::{self, JoinToken, Sans};
+use crate::security::SignerError;
+use crate::services::Ctx;
+
+#[derive(Debug, Clone)]
+pub struct Nodes(pub Arc<Ctx>);
+
+fn signer_status(e: SignerError) -> Status {
+    match e {
+        SignerError::NoKek(..) | SignerError::NoRoot => Status::failed_precondition(e.to_string()),
+        SignerError::Pki(pki::PkiError::Invalid(m)) => {
+            Status::invalid_argument(format!("invalid request: {m}"))
+        }
+        other => {
+            tracing::error!(error = %other, "signing failed");
+            Status::internal("signing failed; see the node's log")
+        }
+    }
+}
+
+impl Nodes {
+    /// The calling node's id, from its verified certificate.
+    fn caller_node<T>(&self, req: &Request<T>) -> Result<u64, Status> {
+        crate::authz::caller(req)
+            .and_then(|id| node_id_of(&self.0.sec.td, &id))
+            .ok_or_else(|| {
+                Status::unauthenticated("this call needs a node certificate of the trust domain")
+            })
+    }
+}
+
+#[tonic::async_trait]
+impl NodeService for Nodes {
+    async fn join(
+        &self,
+        req: Request<v1::JoinRequest>,
+    ) -> Result<Response<v1::JoinResponse>, Status> {
+        let r = req.into_inner();
+        let token = JoinToken::parse(&r.token)
+            .map_err(|e| Status::unauthenticated(format!("join token: {e}")))?;
+        if r.node_id == 0 {
+            return Err(Status::invalid_argument(
+                "invalid request: node_id must be 1 or more",
+            ));
+        }
+        let sans = Sans::parse(&r.dns_names, &r.ip_addrs)
+            .map_err(|e| Status::invalid_argument(format!("invalid request: {e}")))?;
+        pki::csr_public_key(&r.csr_der)
+            .map_err(|e| Status::invalid_argument(format!("invalid request: {e}")))?;
+        // Can this node sign at all? Ask before spending the token.
+        self.0.sec.signer(&self.0.reader).map_err(signer_status)?;
+        let actor = Actor {
+            principal: Principal::Named(format!("join-token:{}", token.id)),
+            via_node: self.0.node_id,
+        };
+        self.0
+            .write(
+                actor,
+                Command::ConsumeJoinToken {
+                    token_id: token.id.clone(),
+                    secret_hash: token.secret_hash(),
+                    node_id: r.node_id,
+                },
+            )
+            .await?;
+        let (cert_chain_der, bundle_der) = self
+            .0
+            .sec
+            .sign_for(&self.0.reader, r.node_id, &r.csr_der, &sans)
+            .map_err(signer_status)?;
+        tracing::info!(node_id = r.node_id, token_id = %token.id, "join token spent; node certificate issued");
+        let m = self.0.writer.raft().metrics().borrow().clone();
+        let members = m
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, n)| v1::Member {
+                node_id: *id,
+                addr: n.addr.clone(),
+                role: String::new(),
+            })
+            .collect();
+        Ok(Response::new(v1::JoinResponse {
+            cert_chain_der,
+            bundle_der,
+            trust_domain: self.0.sec.td.to_string(),
+            members,
+        }))
+    }
+
+    async fn admit(
+        &self,
+        req: Request<v1::AdmitRequest>,
+    ) -> Result<Response<v1::MembershipResponse>, Status> {
+        let node_id = self.caller_node(&req)?;
+        let actor = self.0.actor(&req);
+        let r = req.into_inner();
+        Ok(Response::new(
+            self.0
+                .add_member(actor, node_id, r.addr, r.learner_only)
+                .await?,
+        ))
+    }
+
+    async fn renew(
+        &self,
+        req: Request<v1::RenewRequest>,
+    ) -> Result<Response<v1::RenewResponse>, Status> {
+        let node_id = self.caller_node(&req)?;
+        let r = req.into_inner();
+        let sans = Sans::parse(&r.dns_names, &r.ip_addrs)
+            .map_err(|e| Status::invalid_argument(format!("invalid request: {e}")))?;
+        let (cert_chain_der, bundle_der) = self
+            .0
+            .sec
+            .sign_for(&self.0.reader, node_id, &r.csr_der, &sans)
+            .map_err(signer_status)?;
+        tracing::info!(node_id, "renewed a peer's certificate");
+        Ok(Response::new(v1::RenewResponse {
+            cert_chain_der,
+            bundle_der,
+        }))
+    }
+}

@@ -1,0 +1,272 @@
+//! A running node's security: its TLS identity and trust bundle, the signer (the root key,
+//! unsealed under the KEK only for the moment it signs), automatic renewal of the node's
+//! certificate, and the revocation list every handshake and request is checked against.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use authsec_api::v1;
+use authsec_domain::{ArchiveHead, TrustDomain, SEALED_ROOT_KEY};
+use authsec_raft::tls::{self, TlsState};
+use authsec_raft::{Raft, Transport};
+use authsec_storage::Reader;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::sync::watch;
+
+use crate::config::NodeConfig;
+use crate::pki::{self, Kek, NodeFiles, PkiError, Root, Sans};
+
+/// Why this node cannot sign certificates.
+#[derive(Debug, thiserror::Error)]
+pub enum SignerError {
+    #[error("node {0} holds no KEK ({1}); ask a node that does")]
+    NoKek(u64, PathBuf),
+    #[error("the cluster has no root CA key (offline-root mode, or not bootstrapped yet)")]
+    NoRoot,
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error("storage: {0}")]
+    Store(#[from] authsec_storage::StoreError),
+}
+
+/// A signed chain (leaf first) and the trust bundle, DER.
+pub type Signed = (Vec<Vec<u8>>, Vec<Vec<u8>>);
+
+#[derive(Debug)]
+pub struct Security {
+    pub td: TrustDomain,
+    pub node_id: u64,
+    /// `None`: the operator chose `--insecure`.
+    pub tls: Option<Arc<TlsState>>,
+    files: NodeFiles,
+    kek_path: PathBuf,
+    sans: Sans,
+    ttl: Duration,
+}
+
+impl Security {
+    pub fn load(cfg: &NodeConfig) -> anyhow::Result<Arc<Self>> {
+        let td = cfg.td()?;
+        let files = NodeFiles::new(&cfg.data_dir);
+        let tls = if cfg.insecure {
+            tracing::warn!(
+                node_id = cfg.node_id,
+                "INSECURE: plaintext gRPC with no authentication (--insecure); anyone who reaches this port controls the cluster"
+            );
+            None
+        } else {
+            if !files.exists() {
+                bail!(
+                    "no TLS identity in {}: run `authsec node init` (a new cluster) or `authsec node join` (an existing one) first",
+                    files.dir.display()
+                );
+            }
+            let roots = files.load_bundle()?;
+            let (chain, key) = files.load_identity()?;
+            let want = tls::node_spiffe_id(&td, cfg.node_id);
+            let got = tls::svid_id(&chain[0]).context("the node certificate")?;
+            if got != want {
+                bail!(
+                    "{} is for {got}, but this is {want}",
+                    files.cert().display()
+                );
+            }
+            Some(TlsState::new(
+                td.clone(),
+                roots.clone(),
+                with_roots(chain, &roots),
+                key,
+            )?)
+        };
+        Ok(Arc::new(Self {
+            td,
+            node_id: cfg.node_id,
+            tls,
+            files,
+            kek_path: cfg.kek_path(),
+            sans: cfg.sans()?,
+            ttl: cfg.cert_ttl(),
+        }))
+    }
+
+    pub fn transport(&self) -> Transport {
+        match &self.tls {
+            Some(t) => Transport::mutual_tls(t.clone()),
+            None => Transport::plaintext(),
+        }
+    }
+
+    /// The root CA with its key, for one signing. The sealed key comes from the replicated
+    /// `sealed_secrets` family (or, before the cluster has it, from `tls/root.sealed`).
+    pub fn signer(&self, reader: &Reader) -> Result<Root, SignerError> {
+        let kek = match Kek::load(&self.kek_path) {
+            Ok(k) => k,
+            Err(PkiError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Err(SignerError::NoKek(self.node_id, self.kek_path.clone()))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let sealed = match reader.sealed(SEALED_ROOT_KEY)? {
+            Some(s) => s,
+            None => std::fs::read(self.files.sealed_root()).map_err(|_| SignerError::NoRoot)?,
+        };
+        let cert = match reader.security()?.root_cert {
+            Some(c) => c,
+            None => self
+                .files
+                .load_bundle()?
+                .first()
+                .map(|c| c.to_vec())
+                .ok_or(SignerError::NoRoot)?,
+        };
+        Ok(Root::unseal(&kek, &self.td, &cert, &sealed)?)
+    }
+
+    /// Sign a certificate for `node_id` from a CSR; answers the chain and the bundle.
+    pub fn sign_for(
+        &self,
+        reader: &Reader,
+        node_id: u64,
+        csr_der: &[u8],
+        sans: &Sans,
+    ) -> Result<Signed, SignerError> {
+        let pk = pki::csr_public_key(csr_der)?;
+        let root = self.signer(reader)?;
+        let leaf = root.sign_node(&self.td, node_id, &pk, sans, self.ttl)?;
+        let root_der = root.cert_der.to_vec();
+        Ok((vec![leaf.to_vec(), root_der.clone()], vec![root_der]))
+    }
+
+    /// Renew this node's certificate: a fresh key, signed here if this node holds the KEK,
+    /// else by a member that does. The new certificate serves new handshakes at once and is
+    /// on disk for the next start.
+    pub async fn renew(&self, reader: &Reader, raft: &Raft) -> anyhow::Result<()> {
+        let Some(state) = &self.tls else {
+            return Ok(());
+        };
+        let id = tls::node_spiffe_id(&self.td, self.node_id);
+        let (key, csr) = pki::new_key_and_csr(&id)?;
+        let (chain, bundle) = match self.sign_for(reader, self.node_id, &csr, &self.sans) {
+            Ok(x) => x,
+            Err(SignerError::NoKek(..)) => self.renew_remotely(raft, &csr).await?,
+            Err(e) => return Err(e.into()),
+        };
+        let chain: Vec<CertificateDer<'static>> =
+            chain.into_iter().map(CertificateDer::from).collect();
+        let bundle: Vec<CertificateDer<'static>> =
+            bundle.into_iter().map(CertificateDer::from).collect();
+        if tls::svid_id(&chain[0])? != id {
+            bail!("the renewed certificate is not for {id}");
+        }
+        let key_der = PrivateKeyDer::try_from(key.serialize_der())
+            .map_err(|e| anyhow::anyhow!("new key: {e}"))?;
+        state.replace(bundle.clone(), chain.clone(), key_der)?;
+        self.files.write_identity(&chain[..1], &key)?;
+        self.files.write_bundle(&bundle)?;
+        tracing::info!(
+            node_id = self.node_id,
+            not_after_s = pki::not_after(&chain[0])?.as_secs(),
+            "node certificate renewed"
+        );
+        Ok(())
+    }
+
+    async fn renew_remotely(&self, raft: &Raft, csr: &[u8]) -> anyhow::Result<Signed> {
+        let members: Vec<(u64, String)> = {
+            let m = raft.metrics().borrow().clone();
+            m.membership_config
+                .membership()
+                .nodes()
+                .filter(|(id, _)| **id != self.node_id)
+                .map(|(id, n)| (*id, n.addr.clone()))
+                .collect()
+        };
+        let transport = self.transport();
+        let mut last = anyhow::anyhow!("no other member to ask");
+        for (peer, addr) in members {
+            let ch = transport.channel_to(&addr, tls::Expect::Node(peer))?;
+            let mut c = v1::node_service_client::NodeServiceClient::new(ch);
+            let mut req = tonic::Request::new(v1::RenewRequest {
+                csr_der: csr.to_vec(),
+                dns_names: self.sans.dns_strings(),
+                ip_addrs: self.sans.ip_strings(),
+            });
+            req.set_timeout(Duration::from_secs(5));
+            match c.renew(req).await {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    return Ok((r.cert_chain_der, r.bundle_der));
+                }
+                Err(s) => last = anyhow::anyhow!("node {peer}: {}", s.message()),
+            }
+        }
+        Err(last.context("no member could renew this node's certificate"))
+    }
+
+    /// How long until the current certificate is due for renewal.
+    pub fn renew_in(&self) -> Option<Duration> {
+        let state = self.tls.as_ref()?;
+        let chain = state.chain();
+        pki::renew_in(chain.first()?).ok()
+    }
+}
+
+/// The chain a node serves: its leaf, then the roots, so a joining node can pin the root by
+/// fingerprint from the handshake itself.
+pub fn with_roots(
+    mut chain: Vec<CertificateDer<'static>>,
+    roots: &[CertificateDer<'static>],
+) -> Vec<CertificateDer<'static>> {
+    chain.truncate(1);
+    chain.extend(roots.iter().cloned());
+    chain
+}
+
+/// Renew the certificate at half-life, forever; retries failures every few seconds.
+pub async fn renew_loop(sec: Arc<Security>, reader: Reader, raft: Raft) {
+    loop {
+        let wait = sec.renew_in().unwrap_or(Duration::from_secs(60));
+        tokio::time::sleep(wait.max(Duration::from_millis(200))).await;
+        if let Err(e) = sec.renew(&reader, &raft).await {
+            tracing::warn!(
+                node_id = sec.node_id,
+                error = format!("{e:#}"),
+                "certificate renewal failed; retrying"
+            );
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+}
+
+/// Keep the TLS revocation list equal to the replicated one: every applied entry wakes it.
+pub async fn revocation_loop(
+    sec: Arc<Security>,
+    reader: Reader,
+    mut head: watch::Receiver<ArchiveHead>,
+) {
+    let Some(state) = sec.tls.clone() else {
+        return;
+    };
+    let mut current = None;
+    loop {
+        let r = reader.clone();
+        match tokio::task::spawn_blocking(move || r.security()).await {
+            Ok(Ok(meta)) => {
+                if current.as_ref() != Some(&meta.revoked_nodes) {
+                    if !meta.revoked_nodes.is_empty() {
+                        tracing::info!(revoked = ?meta.revoked_nodes, "revoked nodes refused from now on");
+                    }
+                    state.set_revoked(meta.revoked_nodes.clone());
+                    current = Some(meta.revoked_nodes);
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "read the revocation list"),
+            Err(_) => return,
+        }
+        if head.changed().await.is_err() {
+            return;
+        }
+    }
+}
