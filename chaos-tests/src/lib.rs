@@ -378,6 +378,9 @@ impl Cluster {
         }
         let pki = self.pki_dir();
         let mut cmd = Command::new(&self.bin);
+        for (k, v) in self.opts.env.get(&id).into_iter().flatten() {
+            cmd.env(k, v);
+        }
         cmd.args(["node", "init", "--config"]).arg(&n.config);
         let first = !pki.join("root.sealed").exists();
         if first {

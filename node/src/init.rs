@@ -110,8 +110,13 @@ pub async fn join_pki(
             files.dir.display()
         );
     }
-    // Check the token's shape here: a typo should not cost a round trip.
+    // Check the token's and the fingerprint's shape here: a typo should not cost a round trip.
     pki::JoinToken::parse(token)?;
+    let fp = fingerprint.trim().to_ascii_lowercase();
+    let hex = fp.strip_prefix("sha256:").unwrap_or_default();
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("--ca-fingerprint must be sha256:<64 hex digits>, as `authsec node init` printed it");
+    }
     let id = tls::node_spiffe_id(&td, cfg.node_id);
     let (key, csr) = pki::new_key_and_csr(&id)?;
     let config = tls::pinned_client_config(td.clone(), fingerprint)?;

@@ -21,6 +21,24 @@ use crate::services::Ctx;
 #[derive(Debug, Clone)]
 pub struct Nodes(pub Arc<Ctx>);
 
+/// Everything about a join request that can be checked without the cluster: the token's
+/// shape, the node id, the names, the CSR's signature. Pure, bounded, and fuzzed
+/// (`fuzz::fuzz_join_request`).
+pub fn check_join_request(r: &v1::JoinRequest) -> Result<(JoinToken, Sans), Status> {
+    let token = JoinToken::parse(&r.token)
+        .map_err(|e| Status::unauthenticated(format!("join token: {e}")))?;
+    if r.node_id == 0 {
+        return Err(Status::invalid_argument(
+            "invalid request: node_id must be 1 or more",
+        ));
+    }
+    let sans = Sans::parse(&r.dns_names, &r.ip_addrs)
+        .map_err(|e| Status::invalid_argument(format!("invalid request: {e}")))?;
+    pki::csr_public_key(&r.csr_der)
+        .map_err(|e| Status::invalid_argument(format!("invalid request: {e}")))?;
+    Ok((token, sans))
+}
+
 fn signer_status(e: SignerError) -> Status {
     match e {
         SignerError::NoKek(..) | SignerError::NoRoot => Status::failed_precondition(e.to_string()),
@@ -52,17 +70,7 @@ impl NodeService for Nodes {
         req: Request<v1::JoinRequest>,
     ) -> Result<Response<v1::JoinResponse>, Status> {
         let r = req.into_inner();
-        let token = JoinToken::parse(&r.token)
-            .map_err(|e| Status::unauthenticated(format!("join token: {e}")))?;
-        if r.node_id == 0 {
-            return Err(Status::invalid_argument(
-                "invalid request: node_id must be 1 or more",
-            ));
-        }
-        let sans = Sans::parse(&r.dns_names, &r.ip_addrs)
-            .map_err(|e| Status::invalid_argument(format!("invalid request: {e}")))?;
-        pki::csr_public_key(&r.csr_der)
-            .map_err(|e| Status::invalid_argument(format!("invalid request: {e}")))?;
+        let (token, sans) = check_join_request(&r)?;
         // Can this node sign at all? Ask before spending the token.
         self.0.sec.signer(&self.0.reader).map_err(signer_status)?;
         let actor = Actor {

@@ -2,9 +2,12 @@
 #![forbid(unsafe_code)]
 
 mod authz;
+mod backup;
 mod cli;
 mod config;
 mod dev;
+#[cfg(test)]
+mod fuzz;
 mod http;
 mod init;
 mod join;
@@ -52,6 +55,29 @@ enum Cmd {
     /// Read the audit event feed.
     #[command(subcommand)]
     Events(EventsCmd),
+    /// Back up a cluster, or build a new one from a backup.
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum SnapshotCmd {
+    /// Save a consistent, online backup from one node (no quorum needed).
+    Save {
+        #[command(flatten)]
+        target: Target,
+        file: PathBuf,
+    },
+    /// Make a new cluster's first node from a backup: restores into the (empty) data
+    /// directory of `--config`, which must have no [bootstrap]; then `authsec node run` it
+    /// and add nodes with join tokens.
+    Restore {
+        file: PathBuf,
+        #[arg(long, env = "AUTHSEC_CONFIG")]
+        config: PathBuf,
+        #[command(flatten)]
+        overrides: config::Overrides,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -470,6 +496,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Cmd::Client(c) => client_cmd(c).await?,
+        Cmd::Snapshot(SnapshotCmd::Save { target, file }) => {
+            let eps = cli::endpoints(&target)?;
+            backup::save(&eps, &file).await?;
+        }
+        Cmd::Snapshot(SnapshotCmd::Restore {
+            file,
+            config,
+            overrides,
+        }) => {
+            let cfg = config::NodeConfig::load(&config, &overrides)?;
+            backup::restore(&cfg, &file)?;
+            println!(
+                "next: `authsec node run --config {}`, then add nodes with `authsec cluster join-token create` and `authsec node join`",
+                config.display()
+            );
+        }
         Cmd::Events(EventsCmd::Tail {
             target,
             from,

@@ -316,6 +316,82 @@ impl ClusterService for Cluster {
         Ok(Response::new(membership_answer(raft, resp.log_id.index)))
     }
 
+    type SaveSnapshotStream =
+        Pin<Box<dyn Stream<Item = Result<v1::SnapshotChunk, Status>> + Send + 'static>>;
+
+    async fn save_snapshot(
+        &self,
+        _req: Request<v1::SaveSnapshotRequest>,
+    ) -> Result<Response<Self::SaveSnapshotStream>, Status> {
+        let reader = self.0.reader.clone();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let path = reader.dir().join(format!("backup-{nanos}.part"));
+        let p = path.clone();
+        let written = tokio::task::spawn_blocking(move || reader.backup(&p))
+            .await
+            .map_err(internal)?
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&path);
+                internal(e)
+            })?;
+        let (index, term) = written
+            .applied
+            .map_or((0, 0), |l| (l.index, l.leader_id.term));
+        tracing::info!(
+            last_log_index = index,
+            bytes = written.bytes,
+            archive_head = written.head.sequence,
+            "backup taken"
+        );
+        let info = v1::SnapshotInfo {
+            last_log_index: index,
+            last_log_term: term,
+            projection_digest: hex::encode(written.digest),
+            archive_head: Some(v1::ArchiveHead {
+                sequence: written.head.sequence,
+                hash: hex::encode(written.head.hash),
+            }),
+            total_bytes: written.bytes,
+            node_id: self.0.node_id,
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let result = async {
+                let mut f = tokio::fs::File::open(&path).await?;
+                let mut info = Some(info);
+                loop {
+                    let mut buf = vec![0u8; SNAPSHOT_CHUNK_BYTES];
+                    let n = f.read(&mut buf).await?;
+                    if n == 0 && info.is_none() {
+                        return Ok::<_, std::io::Error>(());
+                    }
+                    buf.truncate(n);
+                    let chunk = v1::SnapshotChunk {
+                        info: info.take(),
+                        data: buf,
+                    };
+                    if tx.send(Ok(chunk)).await.is_err() {
+                        return Ok(()); // the caller went away
+                    }
+                    if n == 0 {
+                        return Ok(());
+                    }
+                }
+            }
+            .await;
+            if let Err(e) = result {
+                let _ = tx.send(Err(internal(e))).await;
+            }
+            let _ = tokio::fs::remove_file(&path).await;
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
     async fn create_join_token(
         &self,
         req: Request<v1::CreateJoinTokenRequest>,
@@ -363,6 +439,9 @@ impl ClusterService for Cluster {
 
 #[derive(Debug, Clone)]
 pub struct Clients(pub Arc<Ctx>);
+
+/// Bytes per backup chunk.
+const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 
 /// Page sizes for listings.
 const PAGE_DEFAULT: usize = 100;

@@ -20,6 +20,9 @@ pub struct Store {
     pub(crate) db: Arc<DB>,
     pub(crate) dir: PathBuf,
     pub(crate) snapshot_dir: PathBuf,
+    /// Held while a snapshot view is taken and while one is installed, so no view is ever
+    /// of half-installed families (snapshot builds and backups share it).
+    pub(crate) snapshot_lock: Arc<std::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -59,6 +62,7 @@ pub fn open(dir: &Path) -> Result<Store, StoreError> {
         db: Arc::new(db),
         dir: dir.to_owned(),
         snapshot_dir,
+        snapshot_lock: Arc::new(std::sync::Mutex::new(())),
     })
 }
 

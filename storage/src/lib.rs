@@ -12,6 +12,7 @@ pub mod db;
 pub mod error;
 pub mod log_store;
 pub mod reader;
+pub mod restore;
 pub mod snapshot;
 pub mod state_machine;
 pub mod types;

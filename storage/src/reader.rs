@@ -142,6 +142,17 @@ impl Reader {
         Ok(head)
     }
 
+    /// Write a backup of the replicated state to `path`: a consistent, online view in the
+    /// snapshot format, with the applied index, archive head and digest it was taken at.
+    pub fn backup(&self, path: &std::path::Path) -> Result<crate::snapshot::Written, StoreError> {
+        crate::snapshot::write(&self.store, path, &self.store.snapshot_lock)
+    }
+
+    /// The node's data directory.
+    pub fn dir(&self) -> &std::path::Path {
+        self.store.dir()
+    }
+
     /// Applied index, projection digest and archive head, from one consistent view.
     pub fn status_view(&self) -> Result<StatusView, StoreError> {
         let snap = self.store.db.snapshot();
@@ -155,21 +166,9 @@ impl Reader {
                 return Ok(v.clone());
             }
         }
-        let mut h = Sha256::new();
-        for name in cf::PROJECTIONS {
-            h.update((name.len() as u32).to_le_bytes());
-            h.update(name.as_bytes());
-            for item in snap.iterator_cf(self.store.cf(name), rocksdb::IteratorMode::Start) {
-                let (k, v) = item.map_err(StoreError::rocks(format!("scan {name}")))?;
-                h.update((k.len() as u32).to_le_bytes());
-                h.update(&k);
-                h.update((v.len() as u32).to_le_bytes());
-                h.update(&v);
-            }
-        }
         let view = StatusView {
             applied,
-            digest: h.finalize().into(),
+            digest: projection_digest(&self.store, &snap)?,
             head,
         };
         if let Ok(mut last) = self.last_status.lock() {
@@ -298,4 +297,25 @@ impl Reader {
         }
         Ok(out)
     }
+}
+
+/// SHA-256 over every projection family, in order, length-prefixed: equal on every node that
+/// applied the same log.
+pub(crate) fn projection_digest(
+    store: &Store,
+    snap: &rocksdb::Snapshot<'_>,
+) -> Result<[u8; 32], StoreError> {
+    let mut h = Sha256::new();
+    for name in cf::PROJECTIONS {
+        h.update((name.len() as u32).to_le_bytes());
+        h.update(name.as_bytes());
+        for item in snap.iterator_cf(store.cf(name), rocksdb::IteratorMode::Start) {
+            let (k, v) = item.map_err(StoreError::rocks(format!("scan {name}")))?;
+            h.update((k.len() as u32).to_le_bytes());
+            h.update(&k);
+            h.update((v.len() as u32).to_le_bytes());
+            h.update(&v);
+        }
+    }
+    Ok(h.finalize().into())
 }

@@ -53,13 +53,23 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-/// Write a consistent snapshot of the replicated families to `path` (fsynced). Returns the
-/// applied log id and membership it was taken at.
+/// What a written snapshot holds, all from the one view it was taken from.
+#[derive(Debug, Clone)]
+pub struct Written {
+    pub applied: Option<LogId>,
+    pub membership: StoredMembership,
+    pub head: authsec_domain::ArchiveHead,
+    /// The projection digest at `applied`, as `cluster status` computes it.
+    pub digest: [u8; 32],
+    pub bytes: u64,
+}
+
+/// Write a consistent snapshot of the replicated families to `path` (fsynced).
 pub fn write(
     store: &Store,
     path: &Path,
     lock: &std::sync::Mutex<()>,
-) -> Result<(Option<LogId>, StoredMembership), StoreError> {
+) -> Result<Written, StoreError> {
     let io = |what: &'static str| StoreError::io(what, path);
     // The view is taken under the snapshot lock, so never in the middle of an installation.
     let snap = {
@@ -70,8 +80,9 @@ pub fn write(
     let SmMeta {
         applied,
         membership,
-        ..
+        head,
     } = read_sm_meta(|k| snap.get_cf(meta_cf, k))?;
+    let projections = crate::reader::projection_digest(store, &snap)?;
     let file = File::create(path).map_err(io("create snapshot file"))?;
     let mut w = HashingWriter {
         inner: BufWriter::with_capacity(1 << 20, file),
@@ -106,7 +117,14 @@ pub fn write(
         .into_inner()
         .map_err(|e| StoreError::io("flush snapshot", path)(e.into_error()))?;
     file.sync_all().map_err(io("sync snapshot"))?;
-    Ok((applied, membership))
+    let bytes = file.metadata().map_err(io("stat snapshot"))?.len();
+    Ok(Written {
+        applied,
+        membership,
+        head,
+        digest: projections,
+        bytes,
+    })
 }
 
 /// Read frames from a snapshot file, checking its hash; `visit` sees every frame. Nothing is

@@ -169,6 +169,7 @@ impl StateMachine {
             });
         }
         head_tx.send_replace(head);
+        let snapshot_lock = store.snapshot_lock.clone();
         Ok(Self {
             store,
             state,
@@ -176,7 +177,7 @@ impl StateMachine {
             membership,
             head,
             head_tx,
-            snapshot_lock: Arc::new(Mutex::new(())),
+            snapshot_lock,
             receiving: None,
             drop_record: None,
         })
@@ -239,13 +240,17 @@ pub struct SnapshotBuilder {
     lock: Arc<Mutex<()>>,
 }
 
-fn build_blocking(store: &Store, lock: &Mutex<()>) -> Result<Snapshot<TypeConfig>, StoreError> {
+pub(crate) fn build_blocking(
+    store: &Store,
+    lock: &Mutex<()>,
+) -> Result<Snapshot<TypeConfig>, StoreError> {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     let building = store.snapshot_dir.join(format!("building-{nanos}.part"));
-    let (applied, membership) = snapshot::write(store, &building, lock)?;
+    let written = snapshot::write(store, &building, lock)?;
+    let (applied, membership) = (written.applied, written.membership);
     let id = match applied {
         Some(l) => format!(
             "{}-{}-{}-{nanos}",
