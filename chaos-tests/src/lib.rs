@@ -67,6 +67,9 @@ pub struct Options {
     /// Plaintext and unauthenticated (`insecure = true`). The default is what production
     /// runs: mutual TLS, with one trust domain made by `authsec node init`.
     pub insecure: bool,
+    /// Offline-root mode: the root stays in the harness' folder (`authsec ca init`), every
+    /// node gets an intermediate signed from its CSR, and no node holds a KEK.
+    pub offline_root: bool,
 }
 
 impl Default for Options {
@@ -80,6 +83,7 @@ impl Default for Options {
             tmpfs_mib: BTreeMap::new(),
             env: BTreeMap::new(),
             insecure: false,
+            offline_root: false,
         }
     }
 }
@@ -372,6 +376,9 @@ impl Cluster {
         if self.opts.insecure {
             return Ok(());
         }
+        if self.opts.offline_root {
+            return self.ensure_offline_pki(id);
+        }
         let n = self.nodes.get(&id).ok_or_else(|| anyhow!("no node {id}"))?;
         if n.data_dir.join("tls").join("node.crt").exists() {
             return Ok(());
@@ -449,6 +456,78 @@ impl Cluster {
             .with_context(|| format!("spawn {}", bin.display()))?;
         n.child = Some(child);
         self.members.insert(id);
+        Ok(())
+    }
+
+    /// Offline-root mode, as an operator runs it: `ca init` and `ca issue-admin` once, then per
+    /// node `node csr`, `ca sign-intermediate`, `node init --intermediate --ca`.
+    fn ensure_offline_pki(&mut self, id: u64) -> anyhow::Result<()> {
+        let n = self.nodes.get(&id).ok_or_else(|| anyhow!("no node {id}"))?;
+        let tls = n.data_dir.join("tls");
+        if tls.join("node.crt").exists() {
+            return Ok(());
+        }
+        let (config, ca) = (n.config.clone(), self.dir.path().join("offline-ca"));
+        let run = |args: &[&std::ffi::OsStr]| -> anyhow::Result<()> {
+            let mut cmd = Command::new(&self.bin);
+            for (k, v) in self.opts.env.get(&id).into_iter().flatten() {
+                cmd.env(k, v);
+            }
+            let out = cmd.args(args).output()?;
+            anyhow::ensure!(
+                out.status.success(),
+                "authsec {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(())
+        };
+        let os = |s: &str| std::ffi::OsString::from(s);
+        if !ca.join("root.key").exists() {
+            run(&[
+                &os("ca"),
+                &os("init"),
+                &os("--trust-domain"),
+                &os(TRUST_DOMAIN),
+                &os("--out"),
+                ca.as_os_str(),
+            ])?;
+            run(&[
+                &os("ca"),
+                &os("issue-admin"),
+                &os("--ca-dir"),
+                ca.as_os_str(),
+                &os("--name"),
+                &os("root"),
+                &os("--out"),
+                self.admin_dir().as_os_str(),
+            ])?;
+            std::fs::create_dir_all(self.pki_dir())?;
+            std::fs::copy(ca.join("ca.crt"), self.pki_dir().join("ca.crt"))?;
+        }
+        run(&[&os("node"), &os("csr"), &os("--config"), config.as_os_str()])?;
+        let inter = tls.join("intermediate.crt");
+        run(&[
+            &os("ca"),
+            &os("sign-intermediate"),
+            &os("--ca-dir"),
+            ca.as_os_str(),
+            &os("--csr"),
+            tls.join("node-ca.csr").as_os_str(),
+            &os("--node-id"),
+            &os(&id.to_string()),
+            &os("--out"),
+            inter.as_os_str(),
+        ])?;
+        run(&[
+            &os("node"),
+            &os("init"),
+            &os("--config"),
+            config.as_os_str(),
+            &os("--intermediate"),
+            inter.as_os_str(),
+            &os("--ca"),
+            ca.join("ca.crt").as_os_str(),
+        ])?;
         Ok(())
     }
 

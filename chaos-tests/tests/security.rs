@@ -389,3 +389,179 @@ async fn a_revoked_node_is_refused_at_once() -> anyhow::Result<()> {
         .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_admin_is_issued_and_a_rotated_credential_is_refused() -> anyhow::Result<()> {
+    authsec_chaos_tests::init_test_tracing();
+    let c = Cluster::start(3, Options::default())?;
+    c.wait_leader(&[1, 2, 3], T).await?;
+    let addr = c.addr(2)?;
+    let tmp = tempfile::tempdir()?;
+    let cli = |args: &[&str], admin: &Path| -> anyhow::Result<std::process::Output> {
+        let out = std::process::Command::new(authsec_chaos_tests::authsec_bin()?)
+            .args(args)
+            .args(["--endpoint", &addr])
+            .arg("--admin-dir")
+            .arg(admin)
+            .output()?;
+        Ok(out)
+    };
+    let register = |t: Transport, id: &'static str| {
+        let addr = addr.clone();
+        async move {
+            let mut req = tonic::Request::new(register_req(id));
+            req.set_timeout(Duration::from_secs(5));
+            v1::client_service_client::ClientServiceClient::new(t.channel(&addr)?)
+                .register_client(req)
+                .await
+                .map(|_| ())
+                .map_err(anyhow::Error::from)
+        }
+    };
+
+    // A second admin, issued by the first; its key is made by the CLI, never sent.
+    let ops = tmp.path().join("ops");
+    let out = cli(
+        &[
+            "admin",
+            "issue",
+            "--name",
+            "ops",
+            "--out",
+            &ops.display().to_string(),
+        ],
+        &c.admin_dir(),
+    )?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ops_t = authsec_chaos_tests::admin_transport(&ops)?;
+    register(ops_t.clone(), "by-ops").await?;
+
+    // Rotate the first admin's credential in place; keep a copy of the old one.
+    let old = tmp.path().join("root-old");
+    std::fs::create_dir_all(&old)?;
+    for f in ["admin.crt", "admin.key", "ca.crt"] {
+        std::fs::copy(c.admin_dir().join(f), old.join(f))?;
+    }
+    let out = cli(&["admin", "rotate"], &c.admin_dir())?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_ne!(
+        std::fs::read(c.admin_dir().join("admin.crt"))?,
+        std::fs::read(old.join("admin.crt"))?,
+        "a new certificate"
+    );
+    register(
+        authsec_chaos_tests::admin_transport(&c.admin_dir())?,
+        "by-new-root",
+    )
+    .await?;
+    // The old credential: refused on every node (at the handshake or per request) once the
+    // node has applied the rotation.
+    let mut attempt = 0;
+    for id in 1..=3u64 {
+        let t = authsec_chaos_tests::admin_transport(&old)?;
+        let a = c.addr(id)?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            attempt += 1;
+            let mut req = tonic::Request::new(register_req(&format!("by-old-root-{attempt}")));
+            req.set_timeout(Duration::from_secs(5));
+            let r = v1::client_service_client::ClientServiceClient::new(t.channel(&a)?)
+                .register_client(req)
+                .await;
+            if r.is_err() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id} still accepts the rotated-out admin certificate"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // An admin can rotate only its own credential (refused before the CSR is even read).
+    let s = v1::cluster_service_client::ClusterServiceClient::new(ops_t.channel(&addr)?)
+        .issue_admin(v1::IssueAdminRequest {
+            name: "root".into(),
+            csr_der: Vec::new(),
+            rotate: true,
+        })
+        .await
+        .expect_err("ops cannot rotate root");
+    assert_eq!(s.code(), tonic::Code::PermissionDenied, "{s:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_root_mode_signs_nodes_from_csrs_and_keeps_the_root_out() -> anyhow::Result<()> {
+    authsec_chaos_tests::init_test_tracing();
+    let env: BTreeMap<u64, Vec<(String, String)>> = (1..=4)
+        .map(|id| (id, vec![("AUTHSEC_CERT_TTL_S".to_owned(), "30".to_owned())]))
+        .collect();
+    let mut c = Cluster::start(
+        3,
+        Options {
+            offline_root: true,
+            spare: 1,
+            env,
+            ..Options::default()
+        },
+    )?;
+    c.wait_leader(&[1, 2, 3], T).await?;
+    for i in 0..10 {
+        c.clients(1 + i % 3)
+            .await?
+            .register_client(register_req(&format!("off-{i}")))
+            .await?;
+    }
+    c.wait_converged(&[1, 2, 3], 10, T).await?;
+    // Each node presents leaf -> its own intermediate (pathLen 0) -> the offline root, and no
+    // node holds a KEK or a sealed root.
+    for id in 1..=3u64 {
+        let tls_dir = c.data_dir(id)?.join("tls");
+        let chain = certs(&tls_dir.join("node.crt"))?;
+        assert_eq!(chain.len(), 2, "leaf and intermediate");
+        let (_, inter) = x509_parser::parse_x509_certificate(&chain[1])?;
+        let bc = inter.basic_constraints()?.map(|b| b.value.clone());
+        assert!(
+            bc.as_ref()
+                .is_some_and(|b| b.ca && b.path_len_constraint == Some(0)),
+            "{bc:?}"
+        );
+        assert!(!tls_dir.join("root.sealed").exists());
+        assert!(!c.kek_file().exists());
+    }
+    // The intermediate renews the node's certificate locally (30 s lifetime, half-life 15 s).
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !c.log_tail(1, 400).contains("node certificate renewed") {
+        assert!(Instant::now() < deadline, "node 1 did not renew");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    c.clients(2)
+        .await?
+        .register_client(register_req("after-renewal"))
+        .await?;
+    // A join token cannot work: no node can sign without the root.
+    let mut cl = v1::cluster_service_client::ClusterServiceClient::new(c.channel(1).await?);
+    let token = cl
+        .create_join_token(v1::CreateJoinTokenRequest { ttl_seconds: 60 })
+        .await?
+        .into_inner()
+        .token;
+    c.prepare(4, None)?;
+    c.spawn_join(4, &token, &[c.addr(1)?])?;
+    assert!(!c.wait_exit(4, T)?.success());
+    assert!(
+        c.log_tail(4, 5).contains("offline-root"),
+        "{}",
+        c.log_tail(4, 5)
+    );
+    Ok(())
+}

@@ -120,10 +120,11 @@ pub enum Command {
         client_id: ClientId,
     },
     /// Install the trust domain's root CA: its certificate (public) and its key sealed under
-    /// the KEK (to `sealed_secrets` only). Allowed once; the same root again is a no-op.
+    /// the KEK (to `sealed_secrets` only), or no key in offline-root mode. Allowed once; the
+    /// same root again is a no-op.
     InstallRoot {
         cert_der: Vec<u8>,
-        sealed_key: Sealed,
+        sealed_key: Option<Sealed>,
     },
     /// A single-use join token. Only the SHA-256 of its secret enters the log.
     CreateJoinToken {
@@ -142,6 +143,13 @@ pub enum Command {
     RevokeNode {
         node_id: u64,
     },
+    /// Record an admin certificate the serving node signed (by fingerprint), and with
+    /// `revokes`, the certificate it replaces (a rotation): refused from now on.
+    RecordAdminIssued {
+        name: String,
+        fingerprint: String,
+        revokes: Option<String>,
+    },
 }
 
 impl Command {
@@ -158,13 +166,17 @@ impl Command {
             Command::CreateJoinToken { .. } => "create_join_token",
             Command::ConsumeJoinToken { .. } => "consume_join_token",
             Command::RevokeNode { .. } => "revoke_node",
+            Command::RecordAdminIssued { .. } => "record_admin_issued",
         }
     }
 
     /// Sealed material an accepted command stores in `sealed_secrets` (key, sealed bytes).
     pub fn sealed_material(&self) -> Option<(&'static [u8], &[u8])> {
         match self {
-            Command::InstallRoot { sealed_key, .. } => Some((SEALED_ROOT_KEY, &sealed_key.0)),
+            Command::InstallRoot {
+                sealed_key: Some(k),
+                ..
+            } => Some((SEALED_ROOT_KEY, &k.0)),
             _ => None,
         }
     }
@@ -182,4 +194,22 @@ pub struct Proposal {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Batch {
     pub proposals: Vec<Proposal>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_material_never_shows_in_debug() {
+        let secret = b"root key bytes".to_vec();
+        let c = Command::InstallRoot {
+            cert_der: vec![0x30],
+            sealed_key: Some(Sealed(secret.clone())),
+        };
+        let shown = format!("{c:?}");
+        assert!(!shown.contains(&format!("{secret:?}")), "{shown}");
+        assert!(shown.contains("redacted"), "{shown}");
+        assert_eq!(c.sealed_material(), Some((SEALED_ROOT_KEY, &secret[..])));
+    }
 }

@@ -304,6 +304,54 @@ fn cluster_rules(state: &State, c: &Command, time_ms: u64) -> Result<Vec<Event>,
                 Ok(vec![Event::NodeRevoked { node_id: *node_id }])
             }
         }
+        Command::RecordAdminIssued {
+            name,
+            fingerprint,
+            revokes,
+        } => {
+            if name.is_empty()
+                || name.len() > limits::ADMIN_NAME_BYTES_MAX
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+            {
+                return Err(Rejection::InvalidField {
+                    field: "name".into(),
+                    reason: format!(
+                        "1 to {} ASCII letters, digits, '-', '_' or '.'",
+                        limits::ADMIN_NAME_BYTES_MAX
+                    ),
+                });
+            }
+            let pin_ok = |f: &str| {
+                f.strip_prefix("sha256:")
+                    .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+            };
+            if !pin_ok(fingerprint) || revokes.as_deref().is_some_and(|r| !pin_ok(r)) {
+                return Err(Rejection::InvalidField {
+                    field: "fingerprint".into(),
+                    reason: "must be sha256:<64 hex digits>".into(),
+                });
+            }
+            let mut events = vec![Event::AdminIssued {
+                name: name.clone(),
+                fingerprint: fingerprint.clone(),
+            }];
+            if let Some(r) = revokes {
+                if !state.security.revoked_certs.contains(r) {
+                    if state.security.revoked_certs.len() >= limits::REVOKED_CERTS_MAX {
+                        return Err(Rejection::LimitReached {
+                            what: "revoked certificates".into(),
+                            limit: limits::REVOKED_CERTS_MAX as u64,
+                        });
+                    }
+                    events.push(Event::CertificateRevoked {
+                        fingerprint: r.clone(),
+                    });
+                }
+            }
+            Ok(events)
+        }
         _ => unreachable!("cluster_rules is called for cluster commands only"),
     }
 }
@@ -347,7 +395,8 @@ pub fn decide(state: &State, p: &Proposal, time_ms: u64) -> Result<Vec<Event>, R
         c @ (Command::InstallRoot { .. }
         | Command::CreateJoinToken { .. }
         | Command::ConsumeJoinToken { .. }
-        | Command::RevokeNode { .. }) => cluster_rules(state, c, time_ms),
+        | Command::RevokeNode { .. }
+        | Command::RecordAdminIssued { .. }) => cluster_rules(state, c, time_ms),
         Command::UpdateClient {
             client_id,
             patch,

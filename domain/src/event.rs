@@ -49,6 +49,13 @@ pub enum Event {
     NodeRevoked {
         node_id: u64,
     },
+    AdminIssued {
+        name: String,
+        fingerprint: String,
+    },
+    CertificateRevoked {
+        fingerprint: String,
+    },
 }
 
 impl Event {
@@ -65,6 +72,8 @@ impl Event {
             Event::JoinTokenCreated { .. } => "join_token.created",
             Event::JoinTokenConsumed { .. } => "join_token.consumed",
             Event::NodeRevoked { .. } => "node.revoked",
+            Event::AdminIssued { .. } => "admin.issued",
+            Event::CertificateRevoked { .. } => "certificate.revoked",
         }
     }
 
@@ -85,6 +94,8 @@ impl Event {
                 format!("join_token:{token_id}")
             }
             Event::NodeRevoked { node_id } => format!("node:{node_id}"),
+            Event::AdminIssued { name, .. } => format!("admin:{name}"),
+            Event::CertificateRevoked { fingerprint } => format!("certificate:{fingerprint}"),
         }
     }
 }

@@ -93,6 +93,10 @@ pub fn evolve(state: &mut State, event: &Event, time_ms: u64) {
         Event::NodeRevoked { node_id } => {
             state.security.revoked_nodes.insert(*node_id);
         }
+        Event::AdminIssued { .. } => {}
+        Event::CertificateRevoked { fingerprint } => {
+            state.security.revoked_certs.insert(fingerprint.clone());
+        }
     }
 }
 
@@ -112,7 +116,9 @@ impl Event {
             Event::RootInstalled { .. }
             | Event::JoinTokenCreated { .. }
             | Event::JoinTokenConsumed { .. }
-            | Event::NodeRevoked { .. } => ProjectionKey::Security,
+            | Event::NodeRevoked { .. }
+            | Event::AdminIssued { .. }
+            | Event::CertificateRevoked { .. } => ProjectionKey::Security,
         }
     }
 }

@@ -30,3 +30,7 @@ pub const JOIN_TOKEN_ID_BYTES_MAX: usize = 64;
 pub const JOIN_TOKEN_TTL_MS_MAX: u64 = 7 * 24 * 3600 * 1000;
 /// Largest root CA certificate.
 pub const ROOT_CERT_BYTES_MAX: usize = 16 * 1024;
+/// Most single certificates on the revocation list.
+pub const REVOKED_CERTS_MAX: usize = 100_000;
+/// Longest admin name (a SPIFFE path segment).
+pub const ADMIN_NAME_BYTES_MAX: usize = 64;

@@ -89,6 +89,8 @@ pub struct SecurityState {
     pub join_tokens: BTreeMap<String, JoinToken>,
     /// Nodes whose certificates every node refuses.
     pub revoked_nodes: BTreeSet<u64>,
+    /// Single certificates every node refuses (`sha256:<hex>`): rotated admin credentials.
+    pub revoked_certs: BTreeSet<String>,
 }
 
 /// Which stored projection entry an event changes.

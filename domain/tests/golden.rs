@@ -103,6 +103,7 @@ fn projections_v1() {
         )]
         .into(),
         revoked_nodes: [4u64].into(),
+        revoked_certs: [format!("sha256:{}", "ab".repeat(32))].into(),
     };
     check(
         "security_state_v1",

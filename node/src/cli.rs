@@ -138,6 +138,81 @@ pub fn endpoints(t: &Target) -> anyhow::Result<Vec<String>> {
     Ok(eps)
 }
 
+/// The admin directory in use: `--admin-dir`, else the CLI config's.
+pub fn admin_dir(t: &Target) -> anyhow::Result<Option<PathBuf>> {
+    if t.admin_dir.is_some() {
+        return Ok(t.admin_dir.clone());
+    }
+    Ok(load_cli_config()?.and_then(|(_, c)| c.admin_dir))
+}
+
+/// Get an admin certificate for a key made here, and write the credential to `out`
+/// (replacing it whole). `name: None` rotates the credential in use (its own name). Returns
+/// the new certificate's fingerprint.
+pub async fn issue_admin(
+    eps: &[String],
+    t: &Target,
+    name: Option<&str>,
+    out: &std::path::Path,
+) -> anyhow::Result<String> {
+    let current = admin_dir(t)?.ok_or_else(|| anyhow!("no admin credential in use"))?;
+    let files = crate::pki::AdminFiles { dir: current };
+    let (_, chain, _) = files.load()?;
+    let me = authsec_raft::tls::svid_id(&chain[0])?;
+    let td = me.trust_domain();
+    let (name, rotate) = match name {
+        Some(n) => (n.to_owned(), false),
+        None => (
+            crate::pki::admin_name_of(&td, &me)
+                .ok_or_else(|| anyhow!("{me} is not an admin identity"))?
+                .to_owned(),
+            true,
+        ),
+    };
+    let id = crate::pki::admin_spiffe_id(&td, &name)?;
+    let (key, csr) = crate::pki::new_key_and_csr(&id)?;
+    let r = cluster(eps)
+        .await?
+        .issue_admin(v1::IssueAdminRequest {
+            name: name.clone(),
+            csr_der: csr,
+            rotate,
+        })
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    let cert = rustls::pki_types::CertificateDer::from(
+        r.cert_chain_der
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow!("the node sent no certificate"))?,
+    );
+    let root = rustls::pki_types::CertificateDer::from(
+        r.bundle_der
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow!("the node sent no bundle"))?,
+    );
+    if authsec_raft::tls::svid_id(&cert)? != id {
+        bail!("the node issued a certificate that is not for {id}");
+    }
+    // Write beside, then swap: a crash never leaves a key with another key's certificate.
+    let staging = out.with_extension("new");
+    let _ = std::fs::remove_dir_all(&staging);
+    crate::pki::AdminFiles {
+        dir: staging.clone(),
+    }
+    .write(&cert, &key, &root)?;
+    let old = out.with_extension("old");
+    if out.exists() {
+        let _ = std::fs::remove_dir_all(&old);
+        std::fs::rename(out, &old)?;
+    }
+    std::fs::rename(&staging, out)?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(crate::pki::fingerprint(&cert))
+}
+
 pub async fn channel(addr: &str) -> anyhow::Result<Channel> {
     let addr = addr
         .trim_start_matches("http://")

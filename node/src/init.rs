@@ -222,3 +222,102 @@ pub async fn admit(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
+
+/// Offline-root mode, on the operator's offline machine: a new root in `out` (`ca.crt`,
+/// `root.key` 0600). Returns its fingerprint.
+pub fn ca_init(td: &authsec_domain::TrustDomain, out: &Path) -> anyhow::Result<String> {
+    let root = Root::generate(td)?;
+    root.write_offline(out)?;
+    Ok(pki::fingerprint(&root.cert_der))
+}
+
+/// Offline-root mode: an admin credential signed by the offline root.
+pub fn ca_issue_admin(ca_dir: &Path, name: &str, out: &Path) -> anyhow::Result<()> {
+    let root = Root::load_offline(ca_dir)?;
+    let td = root.trust_domain()?;
+    let admin = AdminFiles {
+        dir: out.to_owned(),
+    };
+    if admin.key().exists() {
+        bail!("{} already holds an admin credential", out.display());
+    }
+    let (cert, key) = root.issue_admin(&td, name)?;
+    admin.write(&cert, &key, &root.cert_der)?;
+    Ok(())
+}
+
+/// Offline-root mode, on the node: the key of its intermediate CA (kept in
+/// `<data_dir>/tls/node-ca.key`, 0600) and a CSR for the operator. Returns the CSR's path.
+pub fn node_csr(cfg: &NodeConfig) -> anyhow::Result<PathBuf> {
+    let files = NodeFiles::new(&cfg.data_dir);
+    if files.node_ca_key().exists() {
+        bail!(
+            "{} exists; this node already has an intermediate key",
+            files.node_ca_key().display()
+        );
+    }
+    let td = cfg.td()?;
+    let id = tls::node_spiffe_id(&td, cfg.node_id);
+    let (key, csr) = pki::new_key_and_csr(&id)?;
+    pki::write_file(&files.node_ca_key(), key.serialize_pem().as_bytes(), 0o600)?;
+    let path = files.dir.join("node-ca.csr");
+    pki::write_file(&path, &csr, 0o644)?;
+    Ok(path)
+}
+
+/// Offline-root mode, on the operator's machine: sign a node's intermediate from its CSR.
+pub fn ca_sign_intermediate(
+    ca_dir: &Path,
+    csr: &Path,
+    node_id: u64,
+    ttl: Duration,
+    out: &Path,
+) -> anyhow::Result<()> {
+    let root = Root::load_offline(ca_dir)?;
+    let td = root.trust_domain()?;
+    let der = std::fs::read(csr).with_context(|| format!("read {}", csr.display()))?;
+    let pk = pki::csr_public_key(&der)?;
+    let cert = root.sign_intermediate(&td, node_id, &pk, ttl)?;
+    pki::write_file(out, pki::pem_certs(&[cert]).as_bytes(), 0o644)?;
+    Ok(())
+}
+
+/// Offline-root mode, on the node: install the signed intermediate and the root, and make
+/// the node's first transport certificate with the intermediate.
+pub fn init_offline(
+    cfg: &NodeConfig,
+    intermediate: &Path,
+    ca_file: &Path,
+) -> anyhow::Result<String> {
+    let td = cfg.td()?;
+    let files = NodeFiles::new(&cfg.data_dir);
+    let inter = pki::read_certs(intermediate)?.remove(0);
+    let root = pki::read_certs(ca_file)?.remove(0);
+    pki::write_file(
+        &files.node_ca_cert(),
+        pki::pem_certs(std::slice::from_ref(&inter)).as_bytes(),
+        0o644,
+    )?;
+    let ca = files
+        .node_ca()?
+        .context("the intermediate was not installed")?;
+    // The intermediate must be for this node's key and signed by this root.
+    let (_, parsed) = x509_parser::parse_x509_certificate(&inter)
+        .map_err(|e| anyhow::anyhow!("intermediate: {e}"))?;
+    let (_, parsed_root) =
+        x509_parser::parse_x509_certificate(&root).map_err(|e| anyhow::anyhow!("root: {e}"))?;
+    parsed
+        .verify_signature(Some(parsed_root.public_key()))
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "{} is not signed by the root in {}",
+                intermediate.display(),
+                ca_file.display()
+            )
+        })?;
+    files.write_bundle(std::slice::from_ref(&root))?;
+    let key = KeyPair::generate()?;
+    let leaf = ca.sign_node(&td, cfg.node_id, &key, &cfg.sans()?, cfg.cert_ttl())?;
+    files.write_identity(&[leaf, inter], &key)?;
+    Ok(pki::fingerprint(&root))
+}

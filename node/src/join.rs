@@ -39,9 +39,11 @@ pub fn check_join_request(r: &v1::JoinRequest) -> Result<(JoinToken, Sans), Stat
     Ok((token, sans))
 }
 
-fn signer_status(e: SignerError) -> Status {
+pub fn signer_status(e: SignerError) -> Status {
     match e {
-        SignerError::NoKek(..) | SignerError::NoRoot => Status::failed_precondition(e.to_string()),
+        SignerError::NoKek(..) | SignerError::NoRoot | SignerError::Offline => {
+            Status::failed_precondition(e.to_string())
+        }
         SignerError::Pki(pki::PkiError::Invalid(m)) => {
             Status::invalid_argument(format!("invalid request: {m}"))
         }

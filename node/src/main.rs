@@ -58,6 +58,66 @@ enum Cmd {
     /// Back up a cluster, or build a new one from a backup.
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
+    /// Admin credentials: another admin, or a new certificate for this one.
+    #[command(subcommand)]
+    Admin(AdminCmd),
+    /// Offline-root mode: the root CA stays on an operator's machine, outside the cluster.
+    #[command(subcommand)]
+    Ca(CaCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCmd {
+    /// Create a root CA in --out (`ca.crt`, and `root.key` mode 0600: keep it offline).
+    Init {
+        #[arg(long)]
+        trust_domain: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign a node's intermediate CA (pathLen 0) from the CSR of `authsec node csr`.
+    SignIntermediate {
+        #[arg(long)]
+        ca_dir: PathBuf,
+        #[arg(long)]
+        csr: PathBuf,
+        #[arg(long)]
+        node_id: u64,
+        /// Lifetime, e.g. 90d.
+        #[arg(long, default_value = "365d")]
+        ttl: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Issue an admin credential from the offline root.
+    IssueAdmin {
+        #[arg(long)]
+        ca_dir: PathBuf,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCmd {
+    /// Create a credential for another admin (`spiffe://<td>/authsec/admin/<name>`); the key
+    /// is made here and written with the certificate to --out (0600).
+    Issue {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Replace the credential in use with a new key and certificate; the old certificate is
+    /// refused from the same commit on. Rewrites the admin directory in place.
+    Rotate {
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -97,6 +157,20 @@ enum NodeCmd {
         /// new root is created).
         #[arg(long)]
         admin_dir: Option<PathBuf>,
+        /// Offline-root mode: this node's intermediate, signed by `authsec ca
+        /// sign-intermediate` from the CSR of `authsec node csr` (needs --ca).
+        #[arg(long, requires = "ca")]
+        intermediate: Option<PathBuf>,
+        /// Offline-root mode: the root certificate (`ca.crt` of `authsec ca init`).
+        #[arg(long, requires = "intermediate")]
+        ca: Option<PathBuf>,
+    },
+    /// Offline-root mode: make this node's intermediate key and a CSR for the operator.
+    Csr {
+        #[arg(long, env = "AUTHSEC_CONFIG")]
+        config: PathBuf,
+        #[command(flatten)]
+        overrides: config::Overrides,
     },
     /// Join an existing cluster with a join token, then run the node until SIGINT or SIGTERM
     /// (later starts use `authsec node run`).
@@ -297,11 +371,50 @@ fn kind_to_wire(s: &str) -> anyhow::Result<i32> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
+        Cmd::Node(NodeCmd::Csr { config, overrides }) => {
+            let cfg = config::NodeConfig::load(&config, &overrides)?;
+            let path = init::node_csr(&cfg)?;
+            println!(
+                "intermediate key kept in {}; have the operator sign: authsec ca sign-intermediate --ca-dir <dir> --node-id {} --csr {} --out node{}-ca.crt",
+                pki::NodeFiles::new(&cfg.data_dir).node_ca_key().display(),
+                cfg.node_id,
+                path.display(),
+                cfg.node_id
+            );
+        }
+        Cmd::Ca(CaCmd::Init { trust_domain, out }) => {
+            let td = authsec_domain::TrustDomain::parse(&trust_domain)?;
+            let fp = init::ca_init(&td, &out)?;
+            println!(
+                "offline root CA for {td}: {fp}; ca.crt and root.key (0600) in {}",
+                out.display()
+            );
+        }
+        Cmd::Ca(CaCmd::SignIntermediate {
+            ca_dir,
+            csr,
+            node_id,
+            ttl,
+            out,
+        }) => {
+            let ttl = std::time::Duration::from_secs(parse_ttl(&ttl)?);
+            init::ca_sign_intermediate(&ca_dir, &csr, node_id, ttl, &out)?;
+            println!(
+                "intermediate for node {node_id} written to {}",
+                out.display()
+            );
+        }
+        Cmd::Ca(CaCmd::IssueAdmin { ca_dir, name, out }) => {
+            init::ca_issue_admin(&ca_dir, &name, &out)?;
+            println!("admin {name} written to {}", out.display());
+        }
         Cmd::Node(NodeCmd::Init {
             config,
             overrides,
             pki_from,
             admin_dir,
+            intermediate,
+            ca,
         }) => {
             let cfg = config::NodeConfig::load(&config, &overrides)?;
             std::fs::create_dir_all(&cfg.data_dir)
@@ -321,6 +434,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             if cfg.insecure {
                 println!("insecure: no certificates (plaintext gRPC, no authentication)");
+            } else if let (Some(inter), Some(ca)) = (&intermediate, &ca) {
+                let fp = init::init_offline(&cfg, inter, ca)?;
+                println!("offline-root mode: root CA {fp}; this node signs its own certificates with its intermediate");
             } else {
                 let i = init::init_pki(&cfg, pki_from.as_deref(), admin_dir.as_deref())?;
                 if i.created_root {
@@ -496,6 +612,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Cmd::Client(c) => client_cmd(c).await?,
+        Cmd::Admin(AdminCmd::Issue { target, name, out }) => {
+            let eps = cli::endpoints(&target)?;
+            if out.join("admin.key").exists() {
+                anyhow::bail!("{} already holds an admin credential", out.display());
+            }
+            let cert = cli::issue_admin(&eps, &target, Some(&name), &out).await?;
+            println!("admin {name} ({cert}) written to {}", out.display());
+        }
+        Cmd::Admin(AdminCmd::Rotate { target }) => {
+            let eps = cli::endpoints(&target)?;
+            let dir = cli::admin_dir(&target)?
+                .ok_or_else(|| anyhow::anyhow!("no admin credential in use to rotate"))?;
+            let cert = cli::issue_admin(&eps, &target, None, &dir).await?;
+            println!(
+                "rotated: {} now holds {cert}; the previous certificate is refused",
+                dir.display()
+            );
+        }
         Cmd::Snapshot(SnapshotCmd::Save { target, file }) => {
             let eps = cli::endpoints(&target)?;
             backup::save(&eps, &file).await?;

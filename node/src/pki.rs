@@ -392,6 +392,18 @@ impl Root {
         Ok(p.signed_by(subject, &self.issuer()?)?.der().clone())
     }
 
+    /// An admin certificate for the public key `subject` (the admin made the key).
+    pub fn sign_admin(
+        &self,
+        td: &TrustDomain,
+        name: &str,
+        subject: &impl PublicKeyData,
+    ) -> Result<CertificateDer<'static>, PkiError> {
+        let id = admin_spiffe_id(td, name)?;
+        let p = leaf_params(&id, &Sans::default(), ADMIN_TTL)?;
+        Ok(p.signed_by(subject, &self.issuer()?)?.der().clone())
+    }
+
     /// An admin certificate and its key (generated here: the caller writes both to the
     /// admin's credential directory).
     pub fn issue_admin(
@@ -404,6 +416,125 @@ impl Root {
         let p = leaf_params(&id, &Sans::default(), ADMIN_TTL)?;
         let cert = p.signed_by(&key, &self.issuer()?)?;
         Ok((cert.der().clone(), key))
+    }
+}
+
+/// A node's intermediate CA in offline-root mode: signed by the offline root, its key made on
+/// the node and kept there; it signs this node's own transport certificates.
+pub struct NodeCa {
+    pub cert_der: CertificateDer<'static>,
+    key: KeyPair,
+}
+
+impl fmt::Debug for NodeCa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NodeCa")
+            .field("fingerprint", &fingerprint(&self.cert_der))
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeCa {
+    pub fn sign_node(
+        &self,
+        td: &TrustDomain,
+        node_id: u64,
+        subject: &impl PublicKeyData,
+        sans: &Sans,
+        ttl: Duration,
+    ) -> Result<CertificateDer<'static>, PkiError> {
+        let id = authsec_raft::tls::node_spiffe_id(td, node_id);
+        let mut p = leaf_params(&id, sans, ttl)?;
+        // Never outlive the intermediate.
+        let ca_end = not_after(&self.cert_der)?;
+        if at(ca_end) < p.not_after {
+            p.not_after = at(ca_end);
+        }
+        let issuer = Issuer::from_ca_cert_der(&self.cert_der, &self.key)?;
+        Ok(p.signed_by(subject, &issuer)?.der().clone())
+    }
+}
+
+impl Root {
+    /// An offline root's files: `ca.crt` and `root.key` (0600).
+    pub fn write_offline(&self, dir: &Path) -> Result<(), PkiError> {
+        if dir.join("root.key").exists() {
+            return Err(PkiError::Invalid(format!(
+                "{} already holds a root key",
+                dir.display()
+            )));
+        }
+        write_file(
+            &dir.join("root.key"),
+            self.key.serialize_pem().as_bytes(),
+            0o600,
+        )?;
+        write_file(
+            &dir.join("ca.crt"),
+            pem_certs(std::slice::from_ref(&self.cert_der)).as_bytes(),
+            0o644,
+        )
+    }
+
+    pub fn load_offline(dir: &Path) -> Result<Self, PkiError> {
+        let cert = read_certs(&dir.join("ca.crt"))?.remove(0);
+        let pem =
+            std::fs::read_to_string(dir.join("root.key")).map_err(io(&dir.join("root.key")))?;
+        let key = KeyPair::from_pem(&pem)?;
+        Ok(Self {
+            cert_der: cert,
+            key,
+        })
+    }
+
+    /// The trust domain this root was made for (its URI SAN `spiffe://<td>`).
+    pub fn trust_domain(&self) -> Result<TrustDomain, PkiError> {
+        use x509_parser::extensions::GeneralName;
+        let (_, x) = x509_parser::parse_x509_certificate(&self.cert_der)
+            .map_err(|e| PkiError::Invalid(format!("root certificate: {e}")))?;
+        let san = x
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .ok_or_else(|| PkiError::Invalid("the root has no URI SAN".into()))?;
+        for n in &san.value.general_names {
+            if let GeneralName::URI(u) = n {
+                if let Some(td) = u.strip_prefix("spiffe://") {
+                    return TrustDomain::parse(td)
+                        .map_err(|e| PkiError::Invalid(format!("root trust domain: {e}")));
+                }
+            }
+        }
+        Err(PkiError::Invalid(
+            "the root has no spiffe:// URI SAN".into(),
+        ))
+    }
+
+    /// An intermediate CA for node `node_id` (pathLen 0: it signs leaves only), for the public
+    /// key of a CSR the node made.
+    pub fn sign_intermediate(
+        &self,
+        td: &TrustDomain,
+        node_id: u64,
+        subject: &impl PublicKeyData,
+        ttl: Duration,
+    ) -> Result<CertificateDer<'static>, PkiError> {
+        let id = authsec_raft::tls::node_spiffe_id(td, node_id);
+        let mut p = CertificateParams::default();
+        p.distinguished_name = dn(&format!("authsec node {node_id} CA"));
+        p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        p.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        p.subject_alt_names = vec![SanType::URI(id.as_str().try_into()?)];
+        let t = now();
+        p.not_before = at(t.saturating_sub(CLOCK_SKEW));
+        p.not_after = at(t + ttl);
+        p.serial_number = Some(serial());
+        p.use_authority_key_identifier_extension = true;
+        Ok(p.signed_by(subject, &self.issuer()?)?.der().clone())
     }
 }
 
@@ -516,6 +647,36 @@ impl NodeFiles {
     }
     pub fn sealed_root(&self) -> PathBuf {
         self.dir.join("root.sealed")
+    }
+    /// Offline-root mode: this node's intermediate CA and its key.
+    pub fn node_ca_cert(&self) -> PathBuf {
+        self.dir.join("node-ca.crt")
+    }
+    pub fn node_ca_key(&self) -> PathBuf {
+        self.dir.join("node-ca.key")
+    }
+
+    /// This node's intermediate CA, if it runs in offline-root mode.
+    pub fn node_ca(&self) -> Result<Option<NodeCa>, PkiError> {
+        if !self.node_ca_cert().exists() {
+            return Ok(None);
+        }
+        let cert = read_certs(&self.node_ca_cert())?.remove(0);
+        let pem = std::fs::read_to_string(self.node_ca_key()).map_err(io(&self.node_ca_key()))?;
+        let key = KeyPair::from_pem(&pem)?;
+        let (_, parsed) = x509_parser::parse_x509_certificate(&cert)
+            .map_err(|e| PkiError::Invalid(format!("intermediate: {e}")))?;
+        if parsed.public_key().raw != key.subject_public_key_info().as_slice() {
+            return Err(PkiError::Invalid(format!(
+                "{} is not for the key in {} (signed from another CSR?)",
+                self.node_ca_cert().display(),
+                self.node_ca_key().display()
+            )));
+        }
+        Ok(Some(NodeCa {
+            cert_der: cert,
+            key,
+        }))
     }
 
     pub fn exists(&self) -> bool {

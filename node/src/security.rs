@@ -27,6 +27,8 @@ pub enum SignerError {
     NoRoot,
     #[error(transparent)]
     Pki(#[from] PkiError),
+    #[error("offline-root mode: the cluster holds no root key; have the operator sign the node's intermediate with `authsec ca sign-intermediate`")]
+    Offline,
     #[error("storage: {0}")]
     Store(#[from] authsec_storage::StoreError),
 }
@@ -101,6 +103,9 @@ impl Security {
     /// The root CA with its key, for one signing. The sealed key comes from the replicated
     /// `sealed_secrets` family (or, before the cluster has it, from `tls/root.sealed`).
     pub fn signer(&self, reader: &Reader) -> Result<Root, SignerError> {
+        if self.files.node_ca()?.is_some() && reader.sealed(SEALED_ROOT_KEY)?.is_none() {
+            return Err(SignerError::Offline);
+        }
         let kek = match Kek::load(&self.kek_path) {
             Ok(k) => k,
             Err(PkiError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
@@ -110,7 +115,16 @@ impl Security {
         };
         let sealed = match reader.sealed(SEALED_ROOT_KEY)? {
             Some(s) => s,
-            None => std::fs::read(self.files.sealed_root()).map_err(|_| SignerError::NoRoot)?,
+            None => match std::fs::read(self.files.sealed_root()) {
+                Ok(s) => s,
+                Err(_)
+                    if reader.security()?.root_cert.is_some()
+                        || self.files.node_ca()?.is_some() =>
+                {
+                    return Err(SignerError::Offline)
+                }
+                Err(_) => return Err(SignerError::NoRoot),
+            },
         };
         let cert = match reader.security()?.root_cert {
             Some(c) => c,
@@ -139,6 +153,19 @@ impl Security {
         Ok((vec![leaf.to_vec(), root_der.clone()], vec![root_der]))
     }
 
+    /// Sign an admin certificate for a CSR's key: `(certificate, root)`, DER.
+    pub fn sign_admin(
+        &self,
+        reader: &Reader,
+        name: &str,
+        csr_der: &[u8],
+    ) -> Result<(Vec<u8>, Vec<u8>), SignerError> {
+        let pk = pki::csr_public_key(csr_der)?;
+        let root = self.signer(reader)?;
+        let cert = root.sign_admin(&self.td, name, &pk)?;
+        Ok((cert.to_vec(), root.cert_der.to_vec()))
+    }
+
     /// Renew this node's certificate: a fresh key, signed here if this node holds the KEK,
     /// else by a member that does. The new certificate serves new handshakes at once and is
     /// on disk for the next start.
@@ -148,7 +175,18 @@ impl Security {
         };
         let id = tls::node_spiffe_id(&self.td, self.node_id);
         let (key, csr) = pki::new_key_and_csr(&id)?;
-        let (chain, bundle) = match self.sign_for(reader, self.node_id, &csr, &self.sans) {
+        let signed = match self.files.node_ca()? {
+            // Offline-root mode: this node's own intermediate signs its leaf.
+            Some(ca) => {
+                let leaf = ca.sign_node(&self.td, self.node_id, &key, &self.sans, self.ttl)?;
+                let bundle = self.files.load_bundle()?;
+                let mut chain = vec![leaf.to_vec(), ca.cert_der.to_vec()];
+                chain.extend(bundle.iter().map(|b| b.to_vec()));
+                Ok((chain, bundle.iter().map(|b| b.to_vec()).collect()))
+            }
+            None => self.sign_for(reader, self.node_id, &csr, &self.sans),
+        };
+        let (chain, bundle) = match signed {
             Ok(x) => x,
             Err(SignerError::NoKek(..)) => self.renew_remotely(raft, &csr).await?,
             Err(e) => return Err(e.into()),
@@ -162,8 +200,13 @@ impl Security {
         }
         let key_der = PrivateKeyDer::try_from(key.serialize_der())
             .map_err(|e| anyhow::anyhow!("new key: {e}"))?;
-        state.replace(bundle.clone(), chain.clone(), key_der)?;
-        self.files.write_identity(&chain[..1], &key)?;
+        state.replace(bundle.clone(), with_roots(chain.clone(), &bundle), key_der)?;
+        let own: Vec<_> = chain
+            .iter()
+            .filter(|c| !bundle.contains(c))
+            .cloned()
+            .collect();
+        self.files.write_identity(&own, &key)?;
         self.files.write_bundle(&bundle)?;
         tracing::info!(
             node_id = self.node_id,
@@ -219,7 +262,7 @@ pub fn with_roots(
     mut chain: Vec<CertificateDer<'static>>,
     roots: &[CertificateDer<'static>],
 ) -> Vec<CertificateDer<'static>> {
-    chain.truncate(1);
+    chain.retain(|c| !roots.contains(c));
     chain.extend(roots.iter().cloned());
     chain
 }
@@ -254,12 +297,14 @@ pub async fn revocation_loop(
         let r = reader.clone();
         match tokio::task::spawn_blocking(move || r.security()).await {
             Ok(Ok(meta)) => {
-                if current.as_ref() != Some(&meta.revoked_nodes) {
-                    if !meta.revoked_nodes.is_empty() {
-                        tracing::info!(revoked = ?meta.revoked_nodes, "revoked nodes refused from now on");
+                let now = (meta.revoked_nodes, meta.revoked_certs);
+                if current.as_ref() != Some(&now) {
+                    if !now.0.is_empty() {
+                        tracing::info!(revoked = ?now.0, "revoked nodes refused from now on");
                     }
-                    state.set_revoked(meta.revoked_nodes.clone());
-                    current = Some(meta.revoked_nodes);
+                    state.set_revoked(now.0.clone());
+                    state.set_revoked_certs(now.1.clone());
+                    current = Some(now);
                 }
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "read the revocation list"),

@@ -302,11 +302,13 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
     })
 }
 
-/// The root certificate and sealed key `authsec node init` left for the bootstrap to commit.
+/// The root certificate and sealed key `authsec node init` left for the bootstrap to commit
+/// (no key in offline-root mode).
 fn root_to_install(files: &NodeFiles) -> anyhow::Result<Option<Command>> {
-    let Ok(sealed) = std::fs::read(files.sealed_root()) else {
-        return Ok(None);
-    };
+    if !files.bundle().exists() {
+        return Ok(None); // --insecure
+    }
+    let sealed = std::fs::read(files.sealed_root()).ok();
     let cert = files
         .load_bundle()?
         .into_iter()
@@ -314,7 +316,7 @@ fn root_to_install(files: &NodeFiles) -> anyhow::Result<Option<Command>> {
         .context("the trust bundle is empty")?;
     Ok(Some(Command::InstallRoot {
         cert_der: cert.to_vec(),
-        sealed_key: authsec_domain::Sealed(sealed),
+        sealed_key: sealed.map(authsec_domain::Sealed),
     }))
 }
 

@@ -279,6 +279,7 @@ impl ClusterService for Cluster {
             // when the revocation watcher next runs.
             if let (Some(tls), Ok(sec)) = (&self.0.sec.tls, self.0.reader.security()) {
                 tls.set_revoked(sec.revoked_nodes);
+                tls.set_revoked_certs(sec.revoked_certs);
             }
             tracing::warn!(
                 node_id = r.node_id,
@@ -390,6 +391,67 @@ impl ClusterService for Cluster {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
+    }
+
+    async fn issue_admin(
+        &self,
+        req: Request<v1::IssueAdminRequest>,
+    ) -> Result<Response<v1::IssueAdminResponse>, Status> {
+        let actor = self.0.actor(&req);
+        let peer = req
+            .extensions()
+            .get::<authsec_raft::tls::PeerInfo>()
+            .cloned();
+        let r = req.into_inner();
+        let sec = &self.0.sec;
+        let Some(tls) = &sec.tls else {
+            return Err(Status::failed_precondition(
+                "an --insecure cluster has no admin certificates",
+            ));
+        };
+        crate::pki::admin_spiffe_id(&sec.td, &r.name)
+            .map_err(|e| Status::invalid_argument(format!("invalid request: {e}")))?;
+        let revokes = if r.rotate {
+            // Rotation replaces the caller's own certificate: it must be this admin's.
+            let caller = peer
+                .as_ref()
+                .and_then(|p| p.spiffe_id.as_ref())
+                .and_then(|id| {
+                    crate::pki::admin_name_of(tls.trust_domain(), id).map(str::to_owned)
+                });
+            if caller.as_deref() != Some(r.name.as_str()) {
+                return Err(Status::permission_denied(format!(
+                    "rotate replaces the caller's own certificate: call it as admin {:?}",
+                    r.name
+                )));
+            }
+            peer.and_then(|p| p.cert_fingerprint)
+        } else {
+            None
+        };
+        let (cert, root) = sec
+            .sign_admin(&self.0.reader, &r.name, &r.csr_der)
+            .map_err(crate::join::signer_status)?;
+        let (receipt, _) = self
+            .0
+            .write(
+                actor,
+                Command::RecordAdminIssued {
+                    name: r.name.clone(),
+                    fingerprint: crate::pki::fingerprint(&cert),
+                    revokes,
+                },
+            )
+            .await?;
+        if let Ok(s) = self.0.reader.security() {
+            tls.set_revoked_certs(s.revoked_certs);
+        }
+        tracing::info!(name = %r.name, rotate = r.rotate, "admin certificate issued");
+        Ok(Response::new(v1::IssueAdminResponse {
+            cert_chain_der: vec![cert],
+            bundle_der: vec![root],
+            receipt: Some(receipt),
+        }))
     }
 
     async fn create_join_token(

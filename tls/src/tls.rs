@@ -46,7 +46,7 @@ pub enum TlsError {
     ForeignTrustDomain(SpiffeId, TrustDomain),
     #[error("peer {got} is not the expected {expected}")]
     Unexpected { got: SpiffeId, expected: String },
-    #[error("node {0} is revoked")]
+    #[error("{0} is revoked")]
     Revoked(SpiffeId),
     #[error("the server's chain holds no certificate with the pinned fingerprint {0}")]
     PinMismatch(String),
@@ -162,6 +162,8 @@ pub enum ClientAuth {
 pub struct PeerInfo {
     pub remote: Option<SocketAddr>,
     pub spiffe_id: Option<SpiffeId>,
+    /// `sha256:<hex>` of the presented leaf certificate.
+    pub cert_fingerprint: Option<String>,
 }
 
 struct Material {
@@ -177,6 +179,8 @@ pub struct TlsState {
     provider: Arc<CryptoProvider>,
     material: RwLock<Arc<Material>>,
     revoked: RwLock<Arc<BTreeSet<u64>>>,
+    /// Fingerprints (`sha256:<hex>`) of single certificates refused (rotated admins).
+    revoked_certs: RwLock<Arc<BTreeSet<String>>>,
 }
 
 impl fmt::Debug for TlsState {
@@ -203,6 +207,7 @@ impl TlsState {
             provider,
             material: RwLock::new(Arc::new(material)),
             revoked: RwLock::new(Arc::new(BTreeSet::new())),
+            revoked_certs: RwLock::new(Arc::new(BTreeSet::new())),
         }))
     }
 
@@ -268,6 +273,23 @@ impl TlsState {
             Ok(mut g) => *g = nodes,
             Err(p) => *p.into_inner() = nodes,
         }
+    }
+
+    /// Refuse these certificates (by `sha256:<hex>` fingerprint) from now on.
+    pub fn set_revoked_certs(&self, fingerprints: BTreeSet<String>) {
+        let f = Arc::new(fingerprints);
+        match self.revoked_certs.write() {
+            Ok(mut g) => *g = f,
+            Err(p) => *p.into_inner() = f,
+        }
+    }
+
+    /// True when the certificate with this fingerprint was revoked.
+    pub fn is_cert_revoked(&self, fingerprint: &str) -> bool {
+        self.revoked_certs
+            .read()
+            .map(|g| g.contains(fingerprint))
+            .unwrap_or_else(|p| p.into_inner().contains(fingerprint))
     }
 
     /// True when `id` is a revoked node of this trust domain.
@@ -483,8 +505,12 @@ impl ClientCertVerifier for ClientVerifier {
         let m = self.state.current();
         m.client_verifier
             .verify_client_cert(end_entity, intermediates, now)?;
-        self.state
+        let id = self
+            .state
             .check_revoked(self.state.check_domain(svid_id(end_entity)?)?)?;
+        if self.state.is_cert_revoked(&sha256_pin(end_entity.as_ref())) {
+            return Err(TlsError::Revoked(id).into());
+        }
         Ok(ClientCertVerified::assertion())
     }
 
@@ -543,7 +569,8 @@ pub fn pinned_client_config(
     Ok(Arc::new(c))
 }
 
-fn sha256_pin(der: &[u8]) -> String {
+/// `sha256:<hex>` of DER bytes: how certificates are pinned and revoked one by one.
+pub fn sha256_pin(der: &[u8]) -> String {
     use sha2::Digest;
     let d = sha2::Sha256::digest(der);
     let hex: String = d.iter().map(|b| format!("{b:02x}")).collect();
@@ -573,10 +600,11 @@ impl ServerCertVerifier for PinnedVerifier {
         let mut roots = RootCertStore::empty();
         roots.add(anchor.clone().into_owned())?;
         let parsed = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        // The chain may hold a node intermediate (offline-root mode) before the anchor.
         rustls::client::verify_server_cert_signed_by_trust_anchor(
             &parsed,
             &roots,
-            &[],
+            intermediates,
             now,
             self.provider.signature_verification_algorithms.all,
         )?;
@@ -717,17 +745,15 @@ pub fn incoming(
             tokio::spawn(async move {
                 match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
-                        let spiffe_id = tls
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|c| c.first())
-                            .and_then(|c| svid_id(c).ok());
+                        let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+                        let spiffe_id = leaf.and_then(|c| svid_id(c).ok());
+                        let cert_fingerprint = leaf.map(|c| sha256_pin(c.as_ref()));
                         let conn = TlsConn {
                             inner: tls,
                             info: PeerInfo {
                                 remote: Some(remote),
                                 spiffe_id,
+                                cert_fingerprint,
                             },
                         };
                         let _ = tx.send(Ok(conn)).await;
