@@ -424,37 +424,33 @@ impl Cluster {
     /// none), so it renews its certificate through the members that do.
     pub fn spawn_join(&mut self, id: u64, token: &str, peers: &[String]) -> anyhow::Result<()> {
         let fingerprint = self.ca_fingerprint()?;
-        let bin = self.bin.clone();
         let kek_line = format!("kek_file = {:?}\n", self.kek_file().display().to_string());
-        let n = self
+        let path = self
             .nodes
-            .get_mut(&id)
-            .ok_or_else(|| anyhow!("no node {id}"))?;
-        let text = std::fs::read_to_string(&n.config)?.replace(&kek_line, "");
-        std::fs::write(&n.config, text)?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&n.log)?;
-        let mut cmd = Command::new(&bin);
-        for (k, v) in self.opts.env.get(&id).into_iter().flatten() {
-            cmd.env(k, v);
-        }
-        let child = cmd
-            .args(["node", "join", "--config"])
-            .arg(&n.config)
-            .args(["--token", token, "--ca-fingerprint", &fingerprint, "--peer"])
-            .arg(peers.join(","))
-            .env(
-                "RUST_LOG",
-                std::env::var("AUTHSEC_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+            .get(&id)
+            .ok_or_else(|| anyhow!("no node {id}"))?
+            .config
+            .clone();
+        let text = std::fs::read_to_string(&path)?.replace(&kek_line, "");
+        std::fs::write(&path, text)?;
+        let args = ["node", "join", "--config"]
+            .into_iter()
+            .map(std::ffi::OsString::from)
+            .chain([path.into_os_string()])
+            .chain(
+                [
+                    "--token",
+                    token,
+                    "--ca-fingerprint",
+                    &fingerprint,
+                    "--peer",
+                    &peers.join(","),
+                ]
+                .into_iter()
+                .map(std::ffi::OsString::from),
             )
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("spawn {}", bin.display()))?;
-        n.child = Some(child);
+            .collect();
+        self.start_process(id, args)?;
         self.members.insert(id);
         Ok(())
     }
@@ -548,7 +544,30 @@ impl Cluster {
     pub fn spawn(&mut self, id: u64) -> anyhow::Result<()> {
         self.ensure_pki(id)?;
         self.transport()?;
+        let config = self.config_of(id)?;
+        self.start_process(
+            id,
+            vec!["node".into(), "run".into(), "--config".into(), config],
+        )
+    }
+
+    fn config_of(&self, id: u64) -> anyhow::Result<std::ffi::OsString> {
+        Ok(self
+            .nodes
+            .get(&id)
+            .ok_or_else(|| anyhow!("no node {id}"))?
+            .config
+            .clone()
+            .into_os_string())
+    }
+
+    /// Start `authsec <args>` as node `id`'s process, logging to its log file.
+    fn start_process(&mut self, id: u64, args: Vec<std::ffi::OsString>) -> anyhow::Result<()> {
         let bin = self.bin.clone();
+        let mut cmd = Command::new(&bin);
+        for (k, v) in self.opts.env.get(&id).into_iter().flatten() {
+            cmd.env(k, v);
+        }
         let n = self
             .nodes
             .get_mut(&id)
@@ -557,13 +576,8 @@ impl Cluster {
             .create(true)
             .append(true)
             .open(&n.log)?;
-        let mut cmd = Command::new(&bin);
-        for (k, v) in self.opts.env.get(&id).into_iter().flatten() {
-            cmd.env(k, v);
-        }
         let child = cmd
-            .args(["node", "run", "--config"])
-            .arg(&n.config)
+            .args(args)
             .env(
                 "RUST_LOG",
                 std::env::var("AUTHSEC_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
@@ -685,6 +699,51 @@ impl Cluster {
 
     pub async fn clients(&self, id: u64) -> anyhow::Result<ClientServiceClient<Channel>> {
         Ok(ClientServiceClient::new(self.channel(id).await?))
+    }
+
+    /// A single-use join token from node `via`, checked to name this cluster's root.
+    pub async fn create_join_token(&self, via: u64, ttl_seconds: u64) -> anyhow::Result<String> {
+        let mut cl = ClusterServiceClient::new(self.channel(via).await?);
+        let r = cl
+            .create_join_token(v1::CreateJoinTokenRequest { ttl_seconds })
+            .await?
+            .into_inner();
+        anyhow::ensure!(
+            r.ca_fingerprint == self.ca_fingerprint()?,
+            "the token names root {}, not this cluster's",
+            r.ca_fingerprint
+        );
+        Ok(r.token)
+    }
+
+    /// Wait until `id` is a voter in `via`'s view.
+    pub async fn wait_voter(&self, via: u64, id: u64, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(s) = self.status(via).await {
+                if s.members
+                    .iter()
+                    .any(|m| m.node_id == id && m.role == "voter")
+                {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "node {id} did not become a voter: {}",
+                    self.log_tail(id, 20)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Prepare node `id` and join it through `via` with a fresh token; returns once it votes.
+    pub async fn join(&mut self, via: u64, id: u64, timeout: Duration) -> anyhow::Result<()> {
+        let token = self.create_join_token(via, 300).await?;
+        self.prepare(id, None)?;
+        self.spawn_join(id, &token, &[self.addr(via)?])?;
+        self.wait_voter(via, id, timeout).await
     }
 
     /// Wait until the given nodes agree on a leader; returns it.

@@ -82,30 +82,6 @@ fn restore_and_start(c: &mut Cluster, id: u64, file: &Path) -> anyhow::Result<se
     Ok(v)
 }
 
-async fn join(c: &mut Cluster, via: u64, id: u64) -> anyhow::Result<()> {
-    let mut cl = v1::cluster_service_client::ClusterServiceClient::new(c.channel(via).await?);
-    let token = cl
-        .create_join_token(v1::CreateJoinTokenRequest { ttl_seconds: 300 })
-        .await?
-        .into_inner()
-        .token;
-    c.prepare(id, None)?;
-    c.spawn_join(id, &token, &[c.addr(via)?])?;
-    let deadline = Instant::now() + T;
-    loop {
-        if let Ok(s) = c.status(via).await {
-            if s.members
-                .iter()
-                .any(|m| m.node_id == id && m.role == "voter")
-            {
-                return Ok(());
-            }
-        }
-        anyhow::ensure!(Instant::now() < deadline, "node {id} did not join");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backup_taken_under_load_restores_with_the_same_digest_and_head() -> anyhow::Result<()> {
     authsec_chaos_tests::init_test_tracing();
@@ -200,7 +176,7 @@ async fn a_backup_taken_under_load_restores_with_the_same_digest_and_head() -> a
         "the same records and hashes"
     );
     // And the new cluster grows and takes writes.
-    join(&mut fresh, 1, 2).await?;
+    fresh.join(1, 2, T).await?;
     fresh
         .clients(2)
         .await?
@@ -246,8 +222,8 @@ async fn losing_quorum_for_good_is_recovered_from_the_survivor() -> anyhow::Resu
     restore_and_start(&mut fresh, 1, &file)?;
     fresh.wait_leader(&[1], T).await?;
     // Step 4: two new nodes join with tokens.
-    join(&mut fresh, 1, 2).await?;
-    join(&mut fresh, 1, 3).await?;
+    fresh.join(1, 2, T).await?;
+    fresh.join(1, 3, T).await?;
     // Step 5: the cluster writes again, and every acknowledged write of the old one is there.
     fresh
         .clients(3)

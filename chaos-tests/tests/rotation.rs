@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use authsec_api::v1;
 use authsec_chaos_tests::{register_req, Cluster, Options};
@@ -46,23 +46,7 @@ async fn node_certificates_rotate_under_load_without_a_failed_request() -> anyho
     let t = Duration::from_secs(60);
     c.wait_leader(&[1], t).await?;
     for id in [2u64, 3] {
-        let mut cl = v1::cluster_service_client::ClusterServiceClient::new(c.channel(1).await?);
-        let token = cl
-            .create_join_token(v1::CreateJoinTokenRequest { ttl_seconds: 300 })
-            .await?
-            .into_inner()
-            .token;
-        c.prepare(id, None)?;
-        c.spawn_join(id, &token, &[c.addr(1)?])?;
-    }
-    let deadline = Instant::now() + t;
-    loop {
-        let s = c.status(1).await?;
-        if s.members.iter().filter(|m| m.role == "voter").count() == 3 {
-            break;
-        }
-        anyhow::ensure!(Instant::now() < deadline, "the joins did not complete");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        c.join(1, id, t).await?;
     }
     let cert_of = |c: &Cluster, id: u64| -> anyhow::Result<CertificateDer<'static>> {
         Ok(CertificateDer::from_pem_file(

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use authsec_api::v1;
 use authsec_chaos_tests::{register_req, Cluster, Options, TRUST_DOMAIN};
 use authsec_tls::tls::{self, TlsState};
@@ -36,38 +36,6 @@ fn node_transport(data_dir: &Path) -> anyhow::Result<Transport> {
     Ok(Transport::mutual_tls(state))
 }
 
-async fn create_token(c: &Cluster, via: u64, ttl_seconds: u64) -> anyhow::Result<String> {
-    let mut cl = v1::cluster_service_client::ClusterServiceClient::new(c.channel(via).await?);
-    let r = cl
-        .create_join_token(v1::CreateJoinTokenRequest { ttl_seconds })
-        .await?
-        .into_inner();
-    anyhow::ensure!(
-        r.ca_fingerprint == c.ca_fingerprint()?,
-        "the token's fingerprint is the root's"
-    );
-    Ok(r.token)
-}
-
-/// Wait until `id` is a voter in `via`'s view.
-async fn wait_voter(c: &Cluster, via: u64, id: u64) -> anyhow::Result<()> {
-    let deadline = Instant::now() + T;
-    loop {
-        if let Ok(s) = c.status(via).await {
-            if s.members
-                .iter()
-                .any(|m| m.node_id == id && m.role == "voter")
-            {
-                return Ok(());
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("node {id} did not become a voter: {}", c.log_tail(id, 20));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn head(c: &Cluster, id: u64) -> anyhow::Result<u64> {
     Ok(c.status(id).await?.archive_head.map_or(0, |h| h.sequence))
 }
@@ -88,10 +56,10 @@ async fn init_then_two_joins_over_mtls_with_single_use_expiring_tokens() -> anyh
     let first = c.addr(1)?;
 
     // Node 2 joins with a token.
-    let token = create_token(&c, 1, 600).await?;
+    let token = c.create_join_token(1, 600).await?;
     c.prepare(2, None)?;
     c.spawn_join(2, &token, std::slice::from_ref(&first))?;
-    wait_voter(&c, 1, 2).await?;
+    c.wait_voter(1, 2, T).await?;
     c.wait_converged(&[1, 2], 0, T).await?;
     let before = head(&c, 1).await?;
 
@@ -107,7 +75,7 @@ async fn init_then_two_joins_over_mtls_with_single_use_expiring_tokens() -> anyh
         c.log_tail(3, 5)
     );
     // An expired token: refused too.
-    let short = create_token(&c, 1, 1).await?;
+    let short = c.create_join_token(1, 1).await?;
     let after_create = head(&c, 1).await?;
     tokio::time::sleep(Duration::from_millis(1500)).await; // let the 1 s lifetime pass
     c.spawn_join(3, &short, std::slice::from_ref(&first))?;
@@ -138,9 +106,9 @@ async fn init_then_two_joins_over_mtls_with_single_use_expiring_tokens() -> anyh
 
     // Node 3 joins through node 2, which holds no KEK: it is told to ask a node that does,
     // and the join goes through node 1.
-    let token = create_token(&c, 1, 600).await?;
+    let token = c.create_join_token(1, 600).await?;
     c.spawn_join(3, &token, &[c.addr(2)?, first.clone()])?;
-    wait_voter(&c, 1, 3).await?;
+    c.wait_voter(1, 3, T).await?;
     for id in [2, 3] {
         assert!(
             !c.data_dir(id)?.join("kek").exists(),
@@ -549,12 +517,7 @@ async fn offline_root_mode_signs_nodes_from_csrs_and_keeps_the_root_out() -> any
         .register_client(register_req("after-renewal"))
         .await?;
     // A join token cannot work: no node can sign without the root.
-    let mut cl = v1::cluster_service_client::ClusterServiceClient::new(c.channel(1).await?);
-    let token = cl
-        .create_join_token(v1::CreateJoinTokenRequest { ttl_seconds: 60 })
-        .await?
-        .into_inner()
-        .token;
+    let token = c.create_join_token(1, 60).await?;
     c.prepare(4, None)?;
     c.spawn_join(4, &token, &[c.addr(1)?])?;
     assert!(!c.wait_exit(4, T)?.success());

@@ -516,29 +516,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     return Ok(());
                 }
             }
-            let mut fatal = node.fatal.clone();
-            let reason = tokio::select! {
-                _ = shutdown_signal() => None,
-                r = fatal.wait_for(|x| x.is_some()) => r.ok().and_then(|x| x.clone()),
-            };
-            node.shutdown().await;
-            if let Some(reason) = reason {
-                anyhow::bail!("raft stopped on a fatal storage error: {reason}");
-            }
+            run_until_stopped(node).await?;
         }
         Cmd::Node(NodeCmd::Run { config, overrides }) => {
             let mut cfg = config::NodeConfig::load(&config, &overrides)?;
             cfg.planted_bug = planted::PlantedBug::from_env()?;
             let node = server::start(cfg).await?;
-            let mut fatal = node.fatal.clone();
-            let reason = tokio::select! {
-                _ = shutdown_signal() => None,
-                r = fatal.wait_for(|x| x.is_some()) => r.ok().and_then(|x| x.clone()),
-            };
-            node.shutdown().await;
-            if let Some(reason) = reason {
-                anyhow::bail!("raft stopped on a fatal storage error: {reason}");
-            }
+            run_until_stopped(node).await?;
         }
         Cmd::Dev(a) => dev::run(a).await?,
         Cmd::Cluster(ClusterCmd::Status { target, json }) => {
@@ -668,6 +652,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
+    }
+    Ok(())
+}
+
+/// Serve until SIGINT/SIGTERM, or fail when Raft stops on a fatal storage error.
+async fn run_until_stopped(node: server::RunningNode) -> anyhow::Result<()> {
+    let mut fatal = node.fatal.clone();
+    let reason = tokio::select! {
+        _ = shutdown_signal() => None,
+        r = fatal.wait_for(|x| x.is_some()) => r.ok().and_then(|x| x.clone()),
+    };
+    node.shutdown().await;
+    if let Some(reason) = reason {
+        anyhow::bail!("raft stopped on a fatal storage error: {reason}");
     }
     Ok(())
 }

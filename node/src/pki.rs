@@ -315,6 +315,13 @@ pub fn admin_name_of<'a>(td: &TrustDomain, id: &'a SpiffeId) -> Option<&'a str> 
         .filter(|n| !n.is_empty() && !n.contains('/'))
 }
 
+/// True when `key` is the key `cert` certifies.
+fn key_matches(cert: &CertificateDer<'_>, key: &KeyPair) -> Result<bool, PkiError> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert)
+        .map_err(|e| PkiError::Invalid(format!("certificate: {e}")))?;
+    Ok(parsed.public_key().raw == key.subject_public_key_info().as_slice())
+}
+
 /// The root CA: certificate and key. The key lives only in memory here.
 pub struct Root {
     pub cert_der: CertificateDer<'static>,
@@ -364,9 +371,7 @@ impl Root {
             .map_err(|e| PkiError::Invalid(format!("sealed root key: {e}")))?;
         let key = KeyPair::try_from(&key)?;
         let cert_der = CertificateDer::from(cert_der.to_vec());
-        let (_, parsed) = x509_parser::parse_x509_certificate(&cert_der)
-            .map_err(|e| PkiError::Invalid(format!("root certificate: {e}")))?;
-        if parsed.public_key().raw != key.subject_public_key_info().as_slice() {
+        if !key_matches(&cert_der, &key)? {
             return Err(PkiError::Invalid(
                 "the sealed key does not belong to the root certificate".into(),
             ));
@@ -664,9 +669,7 @@ impl NodeFiles {
         let cert = read_certs(&self.node_ca_cert())?.remove(0);
         let pem = std::fs::read_to_string(self.node_ca_key()).map_err(io(&self.node_ca_key()))?;
         let key = KeyPair::from_pem(&pem)?;
-        let (_, parsed) = x509_parser::parse_x509_certificate(&cert)
-            .map_err(|e| PkiError::Invalid(format!("intermediate: {e}")))?;
-        if parsed.public_key().raw != key.subject_public_key_info().as_slice() {
+        if !key_matches(&cert, &key)? {
             return Err(PkiError::Invalid(format!(
                 "{} is not for the key in {} (signed from another CSR?)",
                 self.node_ca_cert().display(),
