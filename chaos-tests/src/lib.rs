@@ -45,8 +45,35 @@ pub fn authsec_bin() -> anyhow::Result<PathBuf> {
 }
 
 /// A port nobody listens on right now.
+///
+/// Picked below the kernel's ephemeral range and never twice in this process: a port taken
+/// from the ephemeral range and released could be handed to the next `bind(0)` (a proxy, a
+/// client socket) before the node that was meant to get it starts, and that node would then
+/// fail to bind.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    use rand::Rng;
+    static PICKED: std::sync::Mutex<BTreeSet<u16>> = std::sync::Mutex::new(BTreeSet::new());
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|x| x.parse::<u16>().ok())
+        })
+        .unwrap_or(32768);
+    let (from, to) = (10_000u16, low.max(12_000));
+    let mut picked = PICKED.lock().unwrap_or_else(|p| p.into_inner());
+    for _ in 0..10_000 {
+        let p = rand::thread_rng().gen_range(from..to);
+        if picked.contains(&p) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            picked.insert(p);
+            return Ok(p);
+        }
+    }
+    bail!("no free port between {from} and {to}")
 }
 
 #[derive(Debug, Clone)]

@@ -7,7 +7,7 @@ use std::io::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, Context};
+use anyhow::{anyhow, bail, Context};
 use authsec_api::v1;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -198,10 +198,17 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Summary> {
 
     let mut cluster = Cluster::start(cfg.nodes, opts)?;
     let ids: Vec<u64> = (1..=cfg.nodes).collect();
-    cluster
-        .wait_leader(&ids, Duration::from_secs(60))
-        .await
-        .context("the cluster elected no leader")?;
+    if let Err(e) = cluster.wait_leader(&ids, Duration::from_secs(60)).await {
+        let kept = cluster.keep_logs()?;
+        let mut tails = String::new();
+        for id in &ids {
+            tails += &format!("--- node {id}\n{}\n", cluster.log_tail(*id, 15));
+        }
+        bail!(
+            "the cluster elected no leader: {e:#}; logs kept in {}\n{tails}",
+            kept.display()
+        );
+    }
     let oracle = Oracle::new();
     let addrs: BTreeMap<u64, String> = ids
         .iter()
