@@ -148,6 +148,8 @@ async fn a_backup_taken_under_load_restores_with_the_same_digest_and_head() -> a
     // A fresh cluster from the backup.
     let mut fresh = empty_cluster_like(&c, 3)?;
     let restored = restore_and_start(&mut fresh, 1, &file)?;
+    println!("backup under load: {info}");
+    println!("restored: {restored}");
     assert_eq!(restored["last_log_index"].as_u64(), Some(index));
     fresh.wait_leader(&[1], T).await?;
     let s = fresh.status(1).await?;
@@ -165,6 +167,14 @@ async fn a_backup_taken_under_load_restores_with_the_same_digest_and_head() -> a
     assert!(
         s.applied_index >= index,
         "the new cluster goes on from the backup's index"
+    );
+    println!(
+        "fresh cluster: applied {}, digest {}, head #{} {}; {} writes acknowledged during the run",
+        s.applied_index,
+        s.projection_digest,
+        h.sequence,
+        h.hash,
+        acked.load(Ordering::Relaxed)
     );
     // The restored archive is the original's, record for record, up to the backup's head.
     let original = c.archive(leader).await?;
