@@ -135,6 +135,31 @@ async fn init_then_two_joins_over_mtls_with_single_use_expiring_tokens() -> anyh
     let all = c.wait_converged(&[1, 2, 3], before + 2 + n, T).await?;
     assert_eq!(all.len(), 3);
 
+    // Node 3 is removed (not revoked): its still-valid certificate neither readmits it nor
+    // gets renewed. Rejoining takes a new token.
+    let leader = c.wait_leader(&[1, 2, 3], T).await?;
+    v1::cluster_service_client::ClusterServiceClient::new(c.channel(leader).await?)
+        .remove_node(v1::RemoveNodeRequest {
+            node_id: 3,
+            revoke_keys: false,
+        })
+        .await?;
+    let former = node_transport(c.data_dir(3)?)?;
+    let leader_addr = c.addr(leader)?;
+    let s = v1::node_service_client::NodeServiceClient::new(former.channel(&leader_addr)?)
+        .admit(v1::AdmitRequest {
+            addr: c.addr(3)?,
+            learner_only: false,
+        })
+        .await
+        .expect_err("no pending admission");
+    assert_eq!(s.code(), tonic::Code::PermissionDenied, "{s:?}");
+    let s = v1::node_service_client::NodeServiceClient::new(former.channel(&leader_addr)?)
+        .renew(v1::RenewRequest::default())
+        .await
+        .expect_err("not a member");
+    assert_eq!(s.code(), tonic::Code::PermissionDenied, "{s:?}");
+
     // No secret in any readable output: logs, the event feed, snapshots.
     let mut secrets: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let kek = std::fs::read_to_string(c.kek_file())?;

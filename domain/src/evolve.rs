@@ -11,6 +11,7 @@ pub fn evolve(state: &mut State, event: &Event, time_ms: u64) {
             state.meta.trust_domain = Some(trust_domain.clone());
         }
         Event::NodeMemberRecorded { node_id, addr } => {
+            state.security.pending_admission.remove(node_id);
             state.nodes.insert(
                 *node_id,
                 NodeRecord {
@@ -87,8 +88,9 @@ pub fn evolve(state: &mut State, event: &Event, time_ms: u64) {
                 },
             );
         }
-        Event::JoinTokenConsumed { token_id, .. } => {
+        Event::JoinTokenConsumed { token_id, node_id } => {
             state.security.join_tokens.remove(token_id);
+            state.security.pending_admission.insert(*node_id);
         }
         Event::NodeRevoked { node_id } => {
             state.security.revoked_nodes.insert(*node_id);
@@ -101,6 +103,15 @@ pub fn evolve(state: &mut State, event: &Event, time_ms: u64) {
 }
 
 impl Event {
+    /// A second stored projection entry this event changes, if any.
+    pub fn also_touches(&self) -> Option<ProjectionKey> {
+        match self {
+            // Recording a member ends its pending admission.
+            Event::NodeMemberRecorded { .. } => Some(ProjectionKey::Security),
+            _ => None,
+        }
+    }
+
     /// The stored projection entry this event changes (besides [`ProjectionKey::Meta`], which
     /// holds the replicated clock and changes with every applied proposal).
     pub fn touches(&self) -> ProjectionKey {

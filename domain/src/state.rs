@@ -91,6 +91,9 @@ pub struct SecurityState {
     pub revoked_nodes: BTreeSet<u64>,
     /// Single certificates every node refuses (`sha256:<hex>`): rotated admin credentials.
     pub revoked_certs: BTreeSet<String>,
+    /// Nodes that spent a join token and may ask to be admitted once: a node certificate
+    /// alone (say, of a node removed without `--revoke-keys`) does not let its holder rejoin.
+    pub pending_admission: BTreeSet<u64>,
 }
 
 /// Which stored projection entry an event changes.

@@ -104,6 +104,7 @@ fn projections_v1() {
         .into(),
         revoked_nodes: [4u64].into(),
         revoked_certs: [format!("sha256:{}", "ab".repeat(32))].into(),
+        pending_admission: [5u64].into(),
     };
     check(
         "security_state_v1",

@@ -121,6 +121,27 @@ impl NodeService for Nodes {
         let node_id = self.caller_node(&req)?;
         let actor = self.0.actor(&req);
         let r = req.into_inner();
+        let already = {
+            let m = self.0.writer.raft().metrics().borrow().clone();
+            m.membership_config
+                .membership()
+                .get_node(&node_id)
+                .is_some()
+        };
+        let pending = self
+            .0
+            .reader
+            .security()
+            .map_err(|e| Status::internal(format!("read the security state: {e}")))?
+            .pending_admission
+            .contains(&node_id);
+        // A retry of an admission that went through is answered; anything else needs a spent
+        // join token for this node id.
+        if !pending && !already {
+            return Err(Status::permission_denied(format!(
+                "node {node_id} has no pending admission: spend a join token for it first (`authsec node join`)"
+            )));
+        }
         Ok(Response::new(
             self.0
                 .add_member(actor, node_id, r.addr, r.learner_only)
@@ -133,6 +154,19 @@ impl NodeService for Nodes {
         req: Request<v1::RenewRequest>,
     ) -> Result<Response<v1::RenewResponse>, Status> {
         let node_id = self.caller_node(&req)?;
+        // Only members renew: a removed node's certificate runs out instead of living on.
+        let member = {
+            let m = self.0.writer.raft().metrics().borrow().clone();
+            m.membership_config
+                .membership()
+                .get_node(&node_id)
+                .is_some()
+        };
+        if !member {
+            return Err(Status::permission_denied(format!(
+                "node {node_id} is not a member; its certificate is not renewed"
+            )));
+        }
         let r = req.into_inner();
         let sans = Sans::parse(&r.dns_names, &r.ip_addrs)
             .map_err(|e| Status::invalid_argument(format!("invalid request: {e}")))?;

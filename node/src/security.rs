@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use authsec_api::v1;
-use authsec_domain::{ArchiveHead, TrustDomain, SEALED_ROOT_KEY};
+use authsec_domain::{SecurityState, TrustDomain, SEALED_ROOT_KEY};
 use authsec_raft::tls::{self, TlsState};
 use authsec_raft::{Raft, Transport};
 use authsec_storage::Reader;
@@ -283,34 +283,24 @@ pub async fn renew_loop(sec: Arc<Security>, reader: Reader, raft: Raft) {
     }
 }
 
-/// Keep the TLS revocation list equal to the replicated one: every applied entry wakes it.
-pub async fn revocation_loop(
-    sec: Arc<Security>,
-    reader: Reader,
-    mut head: watch::Receiver<ArchiveHead>,
-) {
+/// Keep the TLS revocation lists equal to the replicated ones: the state machine publishes
+/// the security projection whenever an applied entry changes it.
+pub async fn revocation_loop(sec: Arc<Security>, mut rx: watch::Receiver<SecurityState>) {
     let Some(state) = sec.tls.clone() else {
         return;
     };
-    let mut current = None;
     loop {
-        let r = reader.clone();
-        match tokio::task::spawn_blocking(move || r.security()).await {
-            Ok(Ok(meta)) => {
-                let now = (meta.revoked_nodes, meta.revoked_certs);
-                if current.as_ref() != Some(&now) {
-                    if !now.0.is_empty() {
-                        tracing::info!(revoked = ?now.0, "revoked nodes refused from now on");
-                    }
-                    state.set_revoked(now.0.clone());
-                    state.set_revoked_certs(now.1.clone());
-                    current = Some(now);
-                }
-            }
-            Ok(Err(e)) => tracing::warn!(error = %e, "read the revocation list"),
-            Err(_) => return,
+        let s = rx.borrow_and_update().clone();
+        if !s.revoked_nodes.is_empty() || !s.revoked_certs.is_empty() {
+            tracing::info!(
+                revoked_nodes = ?s.revoked_nodes,
+                revoked_certificates = s.revoked_certs.len(),
+                "revocations in force"
+            );
         }
-        if head.changed().await.is_err() {
+        state.set_revoked(s.revoked_nodes);
+        state.set_revoked_certs(s.revoked_certs);
+        if rx.changed().await.is_err() {
             return;
         }
     }

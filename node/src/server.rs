@@ -122,6 +122,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
         archive_head = sm.head().sequence,
         "storage checked"
     );
+    let security_rx = sm.watch_security();
     let log = LogStore::new(store.clone());
     let transport = sec.transport().with_routes(cfg.peer_routes.clone());
     let raft = Raft::new(
@@ -220,8 +221,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
         )));
         tasks.push(tokio::spawn(security::revocation_loop(
             sec.clone(),
-            ctx.reader.clone(),
-            ctx.head_rx.clone(),
+            security_rx,
         )));
     }
 

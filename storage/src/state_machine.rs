@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use authsec_domain::codec::{self, Tag};
 use authsec_domain::{
     apply_proposal, chain_next, Applied, ArchiveHead, AuditRecord, BatchOutcome, Command,
-    ProjectionKey, State,
+    ProjectionKey, SecurityState, State,
 };
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, RaftSnapshotBuilder, SnapshotMeta, StorageIOError};
@@ -29,6 +29,9 @@ pub struct StateMachine {
     membership: StoredMembership,
     head: ArchiveHead,
     head_tx: watch::Sender<ArchiveHead>,
+    /// The cluster's security projection (revocations, root), published when it changes so
+    /// the TLS layer follows it without reading storage on every applied entry.
+    security_tx: watch::Sender<SecurityState>,
     /// Serializes changes to the snapshot folder (builds run beside applies).
     snapshot_lock: Arc<Mutex<()>>,
     /// The file a snapshot from the leader is being received into.
@@ -170,6 +173,7 @@ impl StateMachine {
         }
         head_tx.send_replace(head);
         let snapshot_lock = store.snapshot_lock.clone();
+        let (security_tx, _) = watch::channel(state.security.clone());
         Ok(Self {
             store,
             state,
@@ -177,6 +181,7 @@ impl StateMachine {
             membership,
             head,
             head_tx,
+            security_tx,
             snapshot_lock,
             receiving: None,
             drop_record: None,
@@ -185,6 +190,12 @@ impl StateMachine {
 
     pub fn head(&self) -> ArchiveHead {
         self.head
+    }
+
+    /// The security projection as it is applied: changes with every revocation, root
+    /// installation and join-token event (and with an installed snapshot).
+    pub fn watch_security(&self) -> watch::Receiver<SecurityState> {
+        self.security_tx.subscribe()
     }
 
     fn write_projection(&self, batch: &mut WriteBatch, key: &ProjectionKey) {
@@ -229,6 +240,7 @@ impl StateMachine {
         self.applied = fresh.applied;
         self.membership = fresh.membership;
         self.head = fresh.head;
+        self.security_tx.send_replace(self.state.security.clone());
         Ok(())
     }
 }
@@ -364,6 +376,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                     let dropped = self.drop_record == Some(self.head.sequence + 1);
                                     if !dropped {
                                         touched.insert(event.touches());
+                                        touched.extend(event.also_touches());
                                     }
                                     let record = AuditRecord {
                                         sequence: self.head.sequence + 1,
@@ -421,6 +434,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .write_opt(batch, &WriteOptions::default())
             .map_err(|e| StorageIOError::write_state_machine(&e))?;
         self.head_tx.send_replace(self.head);
+        if touched.contains(&ProjectionKey::Security) {
+            self.security_tx.send_replace(self.state.security.clone());
+        }
         Ok(replies)
     }
 
