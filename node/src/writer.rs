@@ -111,12 +111,13 @@ pub(crate) fn leader_hint(raft: &Raft) -> Option<(u64, String)> {
     let rx = raft.metrics();
     let m = rx.borrow();
     let id = m.current_leader?;
+    // A node that just joined can hear from the leader before it has applied the membership
+    // that names the leader's address: no address, no hint (the caller waits for one).
     let addr = m
         .membership_config
         .membership()
         .get_node(&id)
-        .map(|n| n.addr.clone())
-        .unwrap_or_default();
+        .map(|n| n.addr.clone())?;
     Some((id, addr))
 }
 
@@ -480,8 +481,12 @@ impl Writer {
             .wait(Some(remaining.min(Duration::from_millis(3000))));
         let _ = wait
             .metrics(
-                |m| m.current_leader.is_some() && m.current_leader != not,
-                "a leader is known",
+                |m| {
+                    m.current_leader.is_some_and(|l| {
+                        Some(l) != not && m.membership_config.membership().get_node(&l).is_some()
+                    })
+                },
+                "a leader with a known address",
             )
             .await;
         leader_hint(&self.raft)
