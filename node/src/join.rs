@@ -55,6 +55,19 @@ pub fn signer_status(e: SignerError) -> Status {
 }
 
 impl Nodes {
+    /// Whether `node_id` is a voter or learner in this node's membership view.
+    fn is_member(&self, node_id: u64) -> bool {
+        self.0
+            .writer
+            .raft()
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&node_id)
+            .is_some()
+    }
+
     /// The calling node's id, from its verified certificate.
     fn caller_node<T>(&self, req: &Request<T>) -> Result<u64, Status> {
         crate::authz::caller(req)
@@ -121,13 +134,7 @@ impl NodeService for Nodes {
         let node_id = self.caller_node(&req)?;
         let actor = self.0.actor(&req);
         let r = req.into_inner();
-        let already = {
-            let m = self.0.writer.raft().metrics().borrow().clone();
-            m.membership_config
-                .membership()
-                .get_node(&node_id)
-                .is_some()
-        };
+        let already = self.is_member(node_id);
         let pending = self
             .0
             .reader
@@ -155,14 +162,7 @@ impl NodeService for Nodes {
     ) -> Result<Response<v1::RenewResponse>, Status> {
         let node_id = self.caller_node(&req)?;
         // Only members renew: a removed node's certificate runs out instead of living on.
-        let member = {
-            let m = self.0.writer.raft().metrics().borrow().clone();
-            m.membership_config
-                .membership()
-                .get_node(&node_id)
-                .is_some()
-        };
-        if !member {
+        if !self.is_member(node_id) {
             return Err(Status::permission_denied(format!(
                 "node {node_id} is not a member; its certificate is not renewed"
             )));

@@ -300,6 +300,25 @@ fn leaf_params(id: &SpiffeId, sans: &Sans, ttl: Duration) -> Result<CertificateP
     Ok(p)
 }
 
+/// A node's transport certificate signed by `issuer` (the root, or the node's own
+/// intermediate), ending no later than `cap`.
+fn sign_node_leaf(
+    issuer: &Issuer<'_, &KeyPair>,
+    td: &TrustDomain,
+    node_id: u64,
+    subject: &impl PublicKeyData,
+    sans: &Sans,
+    ttl: Duration,
+    cap: Option<Duration>,
+) -> Result<CertificateDer<'static>, PkiError> {
+    let id = authsec_raft::tls::node_spiffe_id(td, node_id);
+    let mut p = leaf_params(&id, sans, ttl)?;
+    if let Some(cap) = cap.map(at).filter(|c| *c < p.not_after) {
+        p.not_after = cap;
+    }
+    Ok(p.signed_by(subject, issuer)?.der().clone())
+}
+
 /// `spiffe://<td>/authsec/admin/<name>`.
 pub fn admin_spiffe_id(td: &TrustDomain, name: &str) -> Result<SpiffeId, PkiError> {
     SpiffeId::parse(&format!("spiffe://{td}/authsec/admin/{name}"))
@@ -392,9 +411,7 @@ impl Root {
         sans: &Sans,
         ttl: Duration,
     ) -> Result<CertificateDer<'static>, PkiError> {
-        let id = authsec_raft::tls::node_spiffe_id(td, node_id);
-        let p = leaf_params(&id, sans, ttl)?;
-        Ok(p.signed_by(subject, &self.issuer()?)?.der().clone())
+        sign_node_leaf(&self.issuer()?, td, node_id, subject, sans, ttl, None)
     }
 
     /// An admin certificate for the public key `subject` (the admin made the key).
@@ -448,15 +465,10 @@ impl NodeCa {
         sans: &Sans,
         ttl: Duration,
     ) -> Result<CertificateDer<'static>, PkiError> {
-        let id = authsec_raft::tls::node_spiffe_id(td, node_id);
-        let mut p = leaf_params(&id, sans, ttl)?;
-        // Never outlive the intermediate.
-        let ca_end = not_after(&self.cert_der)?;
-        if at(ca_end) < p.not_after {
-            p.not_after = at(ca_end);
-        }
         let issuer = Issuer::from_ca_cert_der(&self.cert_der, &self.key)?;
-        Ok(p.signed_by(subject, &issuer)?.der().clone())
+        // Never outlive the intermediate.
+        let cap = not_after(&self.cert_der)?;
+        sign_node_leaf(&issuer, td, node_id, subject, sans, ttl, Some(cap))
     }
 }
 

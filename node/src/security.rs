@@ -248,6 +248,16 @@ impl Security {
         Err(last.context("no member could renew this node's certificate"))
     }
 
+    /// Refuse, from now on, what the security projection revokes (nodes and single
+    /// certificates). The revocation loop calls it on every change; a node that served a
+    /// revocation calls it before answering.
+    pub fn enforce(&self, s: &SecurityState) {
+        if let Some(tls) = &self.tls {
+            tls.set_revoked(s.revoked_nodes.clone());
+            tls.set_revoked_certs(s.revoked_certs.clone());
+        }
+    }
+
     /// How long until the current certificate is due for renewal.
     pub fn renew_in(&self) -> Option<Duration> {
         let state = self.tls.as_ref()?;
@@ -286,9 +296,9 @@ pub async fn renew_loop(sec: Arc<Security>, reader: Reader, raft: Raft) {
 /// Keep the TLS revocation lists equal to the replicated ones: the state machine publishes
 /// the security projection whenever an applied entry changes it.
 pub async fn revocation_loop(sec: Arc<Security>, mut rx: watch::Receiver<SecurityState>) {
-    let Some(state) = sec.tls.clone() else {
+    if sec.tls.is_none() {
         return;
-    };
+    }
     loop {
         let s = rx.borrow_and_update().clone();
         if !s.revoked_nodes.is_empty() || !s.revoked_certs.is_empty() {
@@ -298,8 +308,7 @@ pub async fn revocation_loop(sec: Arc<Security>, mut rx: watch::Receiver<Securit
                 "revocations in force"
             );
         }
-        state.set_revoked(s.revoked_nodes);
-        state.set_revoked_certs(s.revoked_certs);
+        sec.enforce(&s);
         if rx.changed().await.is_err() {
             return;
         }

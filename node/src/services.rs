@@ -277,9 +277,8 @@ impl ClusterService for Cluster {
                 .await?;
             // Applied here already (the write waits for it): refuse it on this node now, not
             // when the revocation watcher next runs.
-            if let (Some(tls), Ok(sec)) = (&self.0.sec.tls, self.0.reader.security()) {
-                tls.set_revoked(sec.revoked_nodes);
-                tls.set_revoked_certs(sec.revoked_certs);
+            if let Ok(s) = self.0.reader.security() {
+                self.0.sec.enforce(&s);
             }
             tracing::warn!(
                 node_id = r.node_id,
@@ -444,7 +443,7 @@ impl ClusterService for Cluster {
             )
             .await?;
         if let Ok(s) = self.0.reader.security() {
-            tls.set_revoked_certs(s.revoked_certs);
+            sec.enforce(&s);
         }
         tracing::info!(name = %r.name, rotate = r.rotate, "admin certificate issued");
         Ok(Response::new(v1::IssueAdminResponse {
