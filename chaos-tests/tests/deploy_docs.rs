@@ -29,7 +29,12 @@ struct Host {
 
 /// Load `docs/deploy/node<id>.toml` and move it onto loopback under `root`.
 fn host(root: &Path, id: u64, first_addr: &str, addr: &str) -> anyhow::Result<Host> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+    // At run time: test binaries are shared across clones through one target directory.
+    let src = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(
+            || std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+            std::path::PathBuf::from,
+        )
         .join("../docs/deploy")
         .join(format!("node{id}.toml"));
     let text = std::fs::read_to_string(&src).with_context(|| src.display().to_string())?;
