@@ -42,7 +42,19 @@ impl From<ApiError> for Status {
                     Rejection::ClientNotFound { .. } | Rejection::NodeNotFound { .. } => {
                         Code::NotFound
                     }
-                    Rejection::RevisionMismatch { .. } => Code::Aborted,
+                    Rejection::RevisionMismatch { .. } | Rejection::StaleRevision { .. } => {
+                        Code::FailedPrecondition
+                    }
+                    Rejection::NotFound { .. } => Code::NotFound,
+                    Rejection::AlreadyExists { .. } => Code::AlreadyExists,
+                    Rejection::Denied(
+                        authsec_domain::permissions::Denial::AdminScope { .. }
+                        | authsec_domain::permissions::Denial::WildcardScope { .. },
+                    ) => Code::InvalidArgument,
+                    Rejection::RoleInUse { .. }
+                    | Rejection::TrustDomainNotConfigured
+                    | Rejection::Denied(_) => Code::FailedPrecondition,
+                    Rejection::AgentBanned { .. } => Code::PermissionDenied,
                     Rejection::TrustDomainAlreadyConfigured { .. }
                     | Rejection::RootAlreadyInstalled { .. } => Code::FailedPrecondition,
                     Rejection::JoinTokenInvalid | Rejection::JoinTokenExpired { .. } => {

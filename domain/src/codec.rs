@@ -26,6 +26,15 @@ impl Tag {
     pub const BATCH: Tag = Tag(0x06);
     pub const BATCH_OUTCOME: Tag = Tag(0x07);
     pub const SECURITY_STATE: Tag = Tag(0x08);
+    pub const IDENTITY_META: Tag = Tag(0x09);
+    pub const CLIENT_AUTH: Tag = Tag(0x0a);
+    pub const ENTRY: Tag = Tag(0x0b);
+    pub const ROLE: Tag = Tag(0x0c);
+    pub const BINDING: Tag = Tag(0x0d);
+    pub const DELEGATION: Tag = Tag(0x0e);
+    pub const AGENT: Tag = Tag(0x0f);
+    pub const REVOKED_TOKEN: Tag = Tag(0x11);
+    pub const REVOKED_SUBJECT: Tag = Tag(0x12);
     // 0x40.. are the storage crate's own (raft log entries, votes, membership, ...).
 }
 

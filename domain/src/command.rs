@@ -6,7 +6,10 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{ClientId, Scope, TrustDomain};
+use crate::identity::{Delegator, PublicKey, SecretHash, Subject};
+use crate::ids::{
+    ClientId, DelegationId, EntryId, RoleName, Scope, Selector, SpiffeId, TrustDomain,
+};
 use crate::state::ClientKind;
 
 /// Who asked. Until mutual TLS arrives every caller is `Anonymous`; the node a write came
@@ -76,6 +79,93 @@ pub struct RegisterClient {
     pub allowed_scopes: BTreeSet<Scope>,
     pub default_scopes: BTreeSet<Scope>,
     pub default_audience: String,
+}
+
+/// A client with its credentials, and for an `ai_agent`, its workload entry, in one command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateClient {
+    pub client_id: ClientId,
+    pub kind: ClientKind,
+    pub display_name: String,
+    pub description: String,
+    pub owner: String,
+    pub allowed_scopes: BTreeSet<Scope>,
+    pub default_scopes: BTreeSet<Scope>,
+    pub default_audience: String,
+    /// Keyed hash of the generated secret (the secret itself never enters the log).
+    pub secret_hash: Option<SecretHash>,
+    pub public_keys: Vec<PublicKey>,
+    pub spiffe_id: Option<SpiffeId>,
+    /// For `ai_agent` clients: the entry to create, and the SPIFFE ID template
+    /// (`{trust_domain}`, `{client_id}`) that names it.
+    pub agent_entry: Option<(EntryId, String)>,
+}
+
+/// A workload entry to create.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntrySpec {
+    pub entry_id: EntryId,
+    pub spiffe_id: SpiffeId,
+    pub parent_id: Option<SpiffeId>,
+    pub selectors: BTreeSet<Selector>,
+    pub x509_ttl_s: u32,
+    pub jwt_ttl_s: u32,
+    pub dns_names: BTreeSet<String>,
+    pub client_id: Option<ClientId>,
+    pub federates_with: BTreeSet<TrustDomain>,
+}
+
+/// Changes to an entry; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryPatch {
+    pub parent_id: Option<Option<SpiffeId>>,
+    pub selectors: Option<BTreeSet<Selector>>,
+    pub x509_ttl_s: Option<u32>,
+    pub jwt_ttl_s: Option<u32>,
+    pub dns_names: Option<BTreeSet<String>>,
+    pub federates_with: Option<BTreeSet<TrustDomain>>,
+}
+
+/// A change to how a client authenticates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CredentialChange {
+    /// A new secret; the old one keeps working for `overlap_ms` (0: stops at once).
+    RotateSecret {
+        secret_hash: SecretHash,
+        overlap_ms: u64,
+    },
+    SetPublicKeys(Vec<PublicKey>),
+    SetSpiffeId(Option<SpiffeId>),
+}
+
+/// A delegation to grant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DelegationSpec {
+    pub delegation_id: DelegationId,
+    pub delegator: Delegator,
+    pub delegate: ClientId,
+    pub permissions: BTreeSet<Scope>,
+    pub max_token_ttl_s: u32,
+    pub max_depth: u8,
+    /// Lifetime from the commit time.
+    pub ttl_ms: u64,
+    /// Re-delegation: the delegation the delegator (its delegate) holds.
+    pub parent: Option<DelegationId>,
+}
+
+/// What a revocation covers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RevocationTarget {
+    /// One token by `jti`, remembered until it would have expired.
+    Token { jti: String, expires_at_ms: u64 },
+    /// Every credential of a subject (`client:<id>` or a SPIFFE ID) issued below this index.
+    Subject(Subject),
+    /// A delegation and everything derived from it.
+    Delegation(DelegationId),
+    /// A client: disabled, and every credential it holds revoked.
+    Client(ClientId),
+    /// An agent: banned, and every credential it holds revoked.
+    Agent(SpiffeId),
 }
 
 /// Secret bytes that are already encrypted (sealed under the KEK). They ride in the Raft log
@@ -150,6 +240,81 @@ pub enum Command {
         fingerprint: String,
         revokes: Option<String>,
     },
+    // Identity, roles and delegation. New variants go last: earlier ones keep their encoding.
+    CreateClient(CreateClient),
+    /// Change how a client authenticates (bumps its revision).
+    ChangeClientCredentials {
+        client_id: ClientId,
+        change: CredentialChange,
+        expected_revision: Option<u64>,
+    },
+    /// Remove a client at an expected revision (with its bindings, entries and delegations).
+    DeleteClient {
+        client_id: ClientId,
+        expected_revision: Option<u64>,
+    },
+    CreateEntry(EntrySpec),
+    UpdateEntry {
+        entry_id: EntryId,
+        patch: EntryPatch,
+        expected_revision: Option<u64>,
+    },
+    DeleteEntry {
+        entry_id: EntryId,
+        expected_revision: Option<u64>,
+    },
+    CreateRole {
+        name: RoleName,
+        description: String,
+        permissions: BTreeSet<Scope>,
+    },
+    UpdateRole {
+        name: RoleName,
+        description: Option<String>,
+        permissions: Option<BTreeSet<Scope>>,
+        expected_revision: Option<u64>,
+    },
+    DeleteRole {
+        name: RoleName,
+        expected_revision: Option<u64>,
+    },
+    Bind {
+        role: RoleName,
+        subject: Subject,
+    },
+    Unbind {
+        role: RoleName,
+        subject: Subject,
+    },
+    CreateDelegation(DelegationSpec),
+    Revoke(RevocationTarget),
+    /// A single-use agent join token; only the SHA-256 of its secret enters the log.
+    CreateAgentToken {
+        token_id: String,
+        secret_hash: [u8; 32],
+        ttl_ms: u64,
+    },
+    /// An agent attests with a join token: works once, before the token expires.
+    AttestAgent {
+        token_id: String,
+        secret_hash: [u8; 32],
+        agent_id: SpiffeId,
+    },
+    /// An agent's heartbeat.
+    RecordAgentSeen {
+        agent_id: SpiffeId,
+    },
+    SetAgentBanned {
+        agent_id: SpiffeId,
+        banned: bool,
+    },
+    DeleteAgent {
+        agent_id: SpiffeId,
+    },
+    /// The cluster's client-secret HMAC key, sealed under the KEK. Allowed once.
+    InstallClientSecretKey {
+        sealed_key: Sealed,
+    },
 }
 
 impl Command {
@@ -167,6 +332,25 @@ impl Command {
             Command::ConsumeJoinToken { .. } => "consume_join_token",
             Command::RevokeNode { .. } => "revoke_node",
             Command::RecordAdminIssued { .. } => "record_admin_issued",
+            Command::CreateClient(_) => "create_client",
+            Command::ChangeClientCredentials { .. } => "change_client_credentials",
+            Command::DeleteClient { .. } => "delete_client",
+            Command::CreateEntry(_) => "create_entry",
+            Command::UpdateEntry { .. } => "update_entry",
+            Command::DeleteEntry { .. } => "delete_entry",
+            Command::CreateRole { .. } => "create_role",
+            Command::UpdateRole { .. } => "update_role",
+            Command::DeleteRole { .. } => "delete_role",
+            Command::Bind { .. } => "bind",
+            Command::Unbind { .. } => "unbind",
+            Command::CreateDelegation(_) => "create_delegation",
+            Command::Revoke(_) => "revoke",
+            Command::CreateAgentToken { .. } => "create_agent_token",
+            Command::AttestAgent { .. } => "attest_agent",
+            Command::RecordAgentSeen { .. } => "record_agent_seen",
+            Command::SetAgentBanned { .. } => "set_agent_banned",
+            Command::DeleteAgent { .. } => "delete_agent",
+            Command::InstallClientSecretKey { .. } => "install_client_secret_key",
         }
     }
 
@@ -177,6 +361,9 @@ impl Command {
                 sealed_key: Some(k),
                 ..
             } => Some((SEALED_ROOT_KEY, &k.0)),
+            Command::InstallClientSecretKey { sealed_key } => {
+                Some((crate::identity::SEALED_CLIENT_SECRET_KEY, &sealed_key.0))
+            }
             _ => None,
         }
     }

@@ -19,7 +19,7 @@ pub enum Rejection {
     ClientAlreadyExists { client_id: String },
     #[error("client {client_id} does not exist")]
     ClientNotFound { client_id: String },
-    #[error("client {client_id} is at revision {actual}, not the expected {expected}")]
+    #[error("expected_revision: client {client_id} is at revision {actual}, not the expected {expected}")]
     RevisionMismatch {
         client_id: String,
         expected: u64,
@@ -42,6 +42,27 @@ pub enum Rejection {
     JoinTokenExpired { expires_at_ms: u64 },
     #[error("node {node_id} was revoked and can never rejoin; give the new node another id")]
     NodeRevoked { node_id: u64 },
+    // Identity, roles and delegation. New variants go last.
+    #[error("{kind} {id} does not exist")]
+    NotFound { kind: String, id: String },
+    #[error("{kind} {id} already exists")]
+    AlreadyExists { kind: String, id: String },
+    #[error("expected_revision: {kind} {id} is at revision {actual}, not the expected {expected}")]
+    StaleRevision {
+        kind: String,
+        id: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("role {role} is bound to {bindings} subject(s); unbind it first")]
+    RoleInUse { role: String, bindings: u64 },
+    #[error("the trust domain is not configured yet")]
+    TrustDomainNotConfigured,
+    #[error("agent {agent_id} is banned")]
+    AgentBanned { agent_id: String },
+    /// A delegation asked for more than the rules allow: refused, never cut.
+    #[error("{0}")]
+    Denied(crate::permissions::Denial),
 }
 
 /// What an accepted proposal did, as its caller is told.
@@ -62,7 +83,7 @@ pub struct BatchOutcome {
     pub outcomes: Vec<Outcome>,
 }
 
-fn text(field: &'static str, value: &str) -> Result<(), Rejection> {
+pub(crate) fn text(field: &'static str, value: &str) -> Result<(), Rejection> {
     if value.len() > limits::TEXT_BYTES_MAX {
         return Err(Rejection::InvalidField {
             field: field.into(),
@@ -72,7 +93,10 @@ fn text(field: &'static str, value: &str) -> Result<(), Rejection> {
     Ok(())
 }
 
-fn scopes(field: &'static str, set: &std::collections::BTreeSet<Scope>) -> Result<(), Rejection> {
+pub(crate) fn scopes(
+    field: &'static str,
+    set: &std::collections::BTreeSet<Scope>,
+) -> Result<(), Rejection> {
     if set.len() > limits::SCOPES_PER_CLIENT_MAX {
         return Err(Rejection::InvalidField {
             field: field.into(),
@@ -83,7 +107,7 @@ fn scopes(field: &'static str, set: &std::collections::BTreeSet<Scope>) -> Resul
 }
 
 /// Default scopes are concrete and each is covered by the allow-list.
-fn defaults_allowed(
+pub(crate) fn defaults_allowed(
     allowed: &std::collections::BTreeSet<Scope>,
     defaults: &std::collections::BTreeSet<Scope>,
 ) -> Result<(), Rejection> {
@@ -179,7 +203,7 @@ fn register(
 }
 
 /// Equality of two secret hashes in time that does not depend on where they differ.
-fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+pub(crate) fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -193,7 +217,7 @@ pub fn fingerprint(der: &[u8]) -> String {
     format!("sha256:{}", hex_lower(&Sha256::digest(der)))
 }
 
-fn token_id_valid(id: &str) -> Result<(), Rejection> {
+pub(crate) fn token_id_valid(id: &str) -> Result<(), Rejection> {
     if id.is_empty()
         || id.len() > limits::JOIN_TOKEN_ID_BYTES_MAX
         || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
@@ -358,7 +382,15 @@ fn cluster_rules(state: &State, c: &Command, time_ms: u64) -> Result<Vec<Event>,
 
 /// The rules: the events a proposal produces against `state`, or why it is rejected.
 /// `time_ms` is the replicated clock for this proposal (see [`apply_proposal`]).
-pub fn decide(state: &State, p: &Proposal, time_ms: u64) -> Result<Vec<Event>, Rejection> {
+pub fn decide(
+    state: &State,
+    p: &Proposal,
+    time_ms: u64,
+    log_index: u64,
+) -> Result<Vec<Event>, Rejection> {
+    if let Some(result) = crate::rules::decide_identity(state, &p.command, time_ms, log_index) {
+        return result;
+    }
     match &p.command {
         Command::ConfigureTrustDomain { trust_domain } => match &state.meta.trust_domain {
             Some(current) if current == trust_domain => Ok(vec![]),
@@ -453,24 +485,23 @@ pub fn decide(state: &State, p: &Proposal, time_ms: u64) -> Result<Vec<Event>, R
             }])
         }
         Command::RemoveClient { client_id } => {
-            if state.clients.contains_key(client_id) {
-                Ok(vec![Event::ClientRemoved {
-                    client_id: client_id.clone(),
-                }])
-            } else {
-                Err(Rejection::ClientNotFound {
-                    client_id: client_id.to_string(),
-                })
-            }
+            crate::rules::remove_client(state, client_id, log_index)
         }
+        _ => unreachable!("identity commands are decided by rules::decide_identity"),
     }
 }
 
 /// Decide a proposal and, if accepted, evolve the state with its events. Returns the events and
 /// the replicated time they happened at: `max(clock, stamp)`, so time never runs backwards.
-pub fn apply_proposal(state: &mut State, p: &Proposal) -> Result<(Vec<Event>, u64), Rejection> {
+/// `log_index` is the index of the entry that carries the proposal: revocations are ordered by
+/// it.
+pub fn apply_proposal(
+    state: &mut State,
+    p: &Proposal,
+    log_index: u64,
+) -> Result<(Vec<Event>, u64), Rejection> {
     let time_ms = state.meta.clock_ms.max(p.stamp.time_ms);
-    let events = decide(state, p, time_ms)?;
+    let events = decide(state, p, time_ms, log_index)?;
     state.meta.clock_ms = time_ms;
     for e in &events {
         evolve(state, e, time_ms);

@@ -4,7 +4,10 @@
 use serde::{Deserialize, Serialize};
 
 use crate::command::ClientPatch;
-use crate::ids::{ClientId, TrustDomain};
+use crate::identity::{
+    Agent, ClientAuth, Delegation, Entry, RevokedSubject, RevokedToken, Role, Subject,
+};
+use crate::ids::{ClientId, DelegationId, EntryId, RoleName, SpiffeId, TrustDomain};
 use crate::state::Client;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +59,78 @@ pub enum Event {
     CertificateRevoked {
         fingerprint: String,
     },
+    // Identity, roles and delegation. New variants go last: earlier ones keep their encoding.
+    /// A client and how it authenticates (a keyed secret hash at most, never a secret).
+    ClientCreated {
+        client: Client,
+        auth: ClientAuth,
+    },
+    ClientCredentialsChanged {
+        client_id: ClientId,
+        auth: ClientAuth,
+        revision: u64,
+    },
+    EntryCreated {
+        entry: Entry,
+    },
+    EntryUpdated {
+        entry: Entry,
+    },
+    EntryDeleted {
+        entry_id: EntryId,
+        spiffe_id: SpiffeId,
+    },
+    RoleCreated {
+        role: Role,
+    },
+    RoleUpdated {
+        role: Role,
+    },
+    RoleDeleted {
+        name: RoleName,
+    },
+    RoleBound {
+        role: RoleName,
+        subject: Subject,
+    },
+    RoleUnbound {
+        role: RoleName,
+        subject: Subject,
+    },
+    DelegationCreated {
+        delegation: Delegation,
+    },
+    /// Revoked itself (`cause` = its own id) or as part of revoking `cause`, an ancestor.
+    DelegationRevoked {
+        delegation_id: DelegationId,
+        cause: DelegationId,
+        at_index: u64,
+    },
+    TokenRevoked {
+        revoked: RevokedToken,
+    },
+    SubjectRevoked {
+        revoked: RevokedSubject,
+    },
+    AgentTokenCreated {
+        token_id: String,
+        secret_hash: [u8; 32],
+        expires_at_ms: u64,
+    },
+    AgentAttested {
+        agent: Agent,
+    },
+    AgentSeen {
+        agent_id: SpiffeId,
+    },
+    AgentBanned {
+        agent_id: SpiffeId,
+        banned: bool,
+    },
+    AgentDeleted {
+        agent_id: SpiffeId,
+    },
+    ClientSecretKeyInstalled,
 }
 
 impl Event {
@@ -74,6 +149,26 @@ impl Event {
             Event::NodeRevoked { .. } => "node.revoked",
             Event::AdminIssued { .. } => "admin.issued",
             Event::CertificateRevoked { .. } => "certificate.revoked",
+            Event::ClientCreated { .. } => "client.created",
+            Event::ClientCredentialsChanged { .. } => "client.credentials_changed",
+            Event::EntryCreated { .. } => "entry.created",
+            Event::EntryUpdated { .. } => "entry.updated",
+            Event::EntryDeleted { .. } => "entry.deleted",
+            Event::RoleCreated { .. } => "role.created",
+            Event::RoleUpdated { .. } => "role.updated",
+            Event::RoleDeleted { .. } => "role.deleted",
+            Event::RoleBound { .. } => "role.bound",
+            Event::RoleUnbound { .. } => "role.unbound",
+            Event::DelegationCreated { .. } => "delegation.created",
+            Event::DelegationRevoked { .. } => "delegation.revoked",
+            Event::TokenRevoked { .. } => "token.revoked",
+            Event::SubjectRevoked { .. } => "subject.revoked",
+            Event::AgentTokenCreated { .. } => "agent_token.created",
+            Event::AgentAttested { .. } => "agent.attested",
+            Event::AgentSeen { .. } => "agent.seen",
+            Event::AgentBanned { .. } => "agent.banned",
+            Event::AgentDeleted { .. } => "agent.deleted",
+            Event::ClientSecretKeyInstalled => "cluster.client_secret_key_installed",
         }
     }
 
@@ -96,6 +191,31 @@ impl Event {
             Event::NodeRevoked { node_id } => format!("node:{node_id}"),
             Event::AdminIssued { name, .. } => format!("admin:{name}"),
             Event::CertificateRevoked { fingerprint } => format!("certificate:{fingerprint}"),
+            Event::ClientCreated { client, .. } => format!("client:{}", client.client_id),
+            Event::ClientCredentialsChanged { client_id, .. } => format!("client:{client_id}"),
+            Event::EntryCreated { entry } | Event::EntryUpdated { entry } => {
+                format!("entry:{}", entry.entry_id)
+            }
+            Event::EntryDeleted { entry_id, .. } => format!("entry:{entry_id}"),
+            Event::RoleCreated { role } | Event::RoleUpdated { role } => {
+                format!("role:{}", role.name)
+            }
+            Event::RoleDeleted { name } => format!("role:{name}"),
+            Event::RoleBound { role, .. } | Event::RoleUnbound { role, .. } => {
+                format!("role:{role}")
+            }
+            Event::DelegationCreated { delegation } => {
+                format!("delegation:{}", delegation.delegation_id)
+            }
+            Event::DelegationRevoked { delegation_id, .. } => format!("delegation:{delegation_id}"),
+            Event::TokenRevoked { revoked } => format!("token:{}", revoked.jti),
+            Event::SubjectRevoked { revoked } => revoked.subject.clone(),
+            Event::AgentTokenCreated { token_id, .. } => format!("agent_token:{token_id}"),
+            Event::AgentAttested { agent } => agent.spiffe_id.to_string(),
+            Event::AgentSeen { agent_id }
+            | Event::AgentBanned { agent_id, .. }
+            | Event::AgentDeleted { agent_id } => agent_id.to_string(),
+            Event::ClientSecretKeyInstalled => "cluster:client_secret_key".into(),
         }
     }
 }

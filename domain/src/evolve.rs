@@ -2,7 +2,12 @@
 //! applies. A violated precondition here is a bug in `decide`, so it panics loudly.
 
 use crate::event::Event;
+use crate::identity::AgentToken;
 use crate::state::{JoinToken, NodeRecord, ProjectionKey, State};
+
+fn missing(what: &str, id: impl std::fmt::Display) -> ! {
+    panic!("evolve: {what} {id} does not exist: decide let the event through")
+}
 
 /// Apply one event at the replicated time `time_ms`.
 pub fn evolve(state: &mut State, event: &Event, time_ms: u64) {
@@ -65,6 +70,7 @@ pub fn evolve(state: &mut State, event: &Event, time_ms: u64) {
         }
         Event::ClientRemoved { client_id } => {
             state.clients.remove(client_id);
+            state.client_auth.remove(client_id);
         }
         Event::RootInstalled { cert_der, .. } => {
             state.security.root_cert = Some(cert_der.clone());
@@ -99,6 +105,134 @@ pub fn evolve(state: &mut State, event: &Event, time_ms: u64) {
         Event::CertificateRevoked { fingerprint } => {
             state.security.revoked_certs.insert(fingerprint.clone());
         }
+        Event::ClientCreated { client, auth } => {
+            state
+                .clients
+                .insert(client.client_id.clone(), client.clone());
+            state
+                .client_auth
+                .insert(client.client_id.clone(), auth.clone());
+        }
+        Event::ClientCredentialsChanged {
+            client_id,
+            auth,
+            revision,
+        } => {
+            let Some(c) = state.clients.get_mut(client_id) else {
+                missing("client", client_id)
+            };
+            c.revision = *revision;
+            c.updated_at_ms = time_ms;
+            state.client_auth.insert(client_id.clone(), auth.clone());
+        }
+        Event::EntryCreated { entry } | Event::EntryUpdated { entry } => {
+            if let Some(old) = state.entries.insert(entry.entry_id.clone(), entry.clone()) {
+                state.idx.remove_entry(&old);
+            }
+            state.idx.add_entry(entry);
+        }
+        Event::EntryDeleted { entry_id, .. } => {
+            let Some(old) = state.entries.remove(entry_id) else {
+                missing("entry", entry_id)
+            };
+            state.idx.remove_entry(&old);
+        }
+        Event::RoleCreated { role } | Event::RoleUpdated { role } => {
+            state.roles.insert(role.name.clone(), role.clone());
+        }
+        Event::RoleDeleted { name } => {
+            state.roles.remove(name);
+        }
+        Event::RoleBound { role, subject } => {
+            if state
+                .bindings
+                .entry(subject.clone())
+                .or_default()
+                .insert(role.clone())
+            {
+                *state.idx.role_bindings.entry(role.clone()).or_default() += 1;
+            }
+        }
+        Event::RoleUnbound { role, subject } => {
+            let removed = state
+                .bindings
+                .get_mut(subject)
+                .is_some_and(|r| r.remove(role));
+            if state.bindings.get(subject).is_some_and(|r| r.is_empty()) {
+                state.bindings.remove(subject);
+            }
+            if removed {
+                if let Some(n) = state.idx.role_bindings.get_mut(role) {
+                    *n -= 1;
+                    if *n == 0 {
+                        state.idx.role_bindings.remove(role);
+                    }
+                }
+            }
+        }
+        Event::DelegationCreated { delegation } => {
+            state.idx.add_delegation(delegation);
+            state
+                .delegations
+                .insert(delegation.delegation_id.clone(), delegation.clone());
+        }
+        Event::DelegationRevoked {
+            delegation_id,
+            at_index,
+            ..
+        } => {
+            let Some(d) = state.delegations.get_mut(delegation_id) else {
+                missing("delegation", delegation_id)
+            };
+            d.revoked_at_index = Some(*at_index);
+        }
+        Event::TokenRevoked { revoked } => {
+            state
+                .revoked_tokens
+                .insert(revoked.jti.clone(), revoked.clone());
+        }
+        Event::SubjectRevoked { revoked } => {
+            state
+                .revoked_subjects
+                .insert(revoked.subject.clone(), revoked.clone());
+        }
+        Event::AgentTokenCreated {
+            token_id,
+            secret_hash,
+            expires_at_ms,
+        } => {
+            let tokens = &mut state.identity.agent_tokens;
+            tokens.retain(|_, t| t.expires_at_ms > time_ms);
+            tokens.insert(
+                token_id.clone(),
+                AgentToken {
+                    token_id: token_id.clone(),
+                    secret_hash: *secret_hash,
+                    created_at_ms: time_ms,
+                    expires_at_ms: *expires_at_ms,
+                },
+            );
+        }
+        Event::AgentAttested { agent } => {
+            state.identity.agent_tokens.remove(&agent.token_id);
+            state.agents.insert(agent.spiffe_id.clone(), agent.clone());
+        }
+        Event::AgentSeen { agent_id } => {
+            let Some(a) = state.agents.get_mut(agent_id) else {
+                missing("agent", agent_id)
+            };
+            a.last_seen_ms = time_ms;
+        }
+        Event::AgentBanned { agent_id, banned } => {
+            let Some(a) = state.agents.get_mut(agent_id) else {
+                missing("agent", agent_id)
+            };
+            a.banned = *banned;
+        }
+        Event::AgentDeleted { agent_id } => {
+            state.agents.remove(agent_id);
+        }
+        Event::ClientSecretKeyInstalled => state.identity.client_secret_key = true,
     }
 }
 
@@ -108,6 +242,15 @@ impl Event {
         match self {
             // Recording a member ends its pending admission.
             Event::NodeMemberRecorded { .. } => Some(ProjectionKey::Security),
+            Event::ClientRemoved { client_id }
+            | Event::ClientCredentialsChanged { client_id, .. } => {
+                Some(ProjectionKey::ClientAuth(client_id.clone()))
+            }
+            Event::ClientCreated { client, .. } => {
+                Some(ProjectionKey::ClientAuth(client.client_id.clone()))
+            }
+            // Attesting spends the token.
+            Event::AgentAttested { .. } => Some(ProjectionKey::Identity),
             _ => None,
         }
     }
@@ -130,6 +273,38 @@ impl Event {
             | Event::NodeRevoked { .. }
             | Event::AdminIssued { .. }
             | Event::CertificateRevoked { .. } => ProjectionKey::Security,
+            Event::ClientCreated { client, .. } => ProjectionKey::Client(client.client_id.clone()),
+            Event::ClientCredentialsChanged { client_id, .. } => {
+                ProjectionKey::Client(client_id.clone())
+            }
+            Event::EntryCreated { entry } | Event::EntryUpdated { entry } => {
+                ProjectionKey::Entry(entry.entry_id.clone())
+            }
+            Event::EntryDeleted { entry_id, .. } => ProjectionKey::Entry(entry_id.clone()),
+            Event::RoleCreated { role } | Event::RoleUpdated { role } => {
+                ProjectionKey::Role(role.name.clone())
+            }
+            Event::RoleDeleted { name } => ProjectionKey::Role(name.clone()),
+            Event::RoleBound { role, subject } | Event::RoleUnbound { role, subject } => {
+                ProjectionKey::Binding(subject.clone(), role.clone())
+            }
+            Event::DelegationCreated { delegation } => {
+                ProjectionKey::Delegation(delegation.delegation_id.clone())
+            }
+            Event::DelegationRevoked { delegation_id, .. } => {
+                ProjectionKey::Delegation(delegation_id.clone())
+            }
+            Event::TokenRevoked { revoked } => ProjectionKey::RevokedToken(revoked.jti.clone()),
+            Event::SubjectRevoked { revoked } => {
+                ProjectionKey::RevokedSubject(revoked.subject.clone())
+            }
+            Event::AgentTokenCreated { .. } | Event::ClientSecretKeyInstalled => {
+                ProjectionKey::Identity
+            }
+            Event::AgentAttested { agent } => ProjectionKey::Agent(agent.spiffe_id.clone()),
+            Event::AgentSeen { agent_id }
+            | Event::AgentBanned { agent_id, .. }
+            | Event::AgentDeleted { agent_id } => ProjectionKey::Agent(agent_id.clone()),
         }
     }
 }

@@ -235,6 +235,119 @@ impl Scope {
 }
 string_newtype!(Scope, Scope::parse);
 
+/// Letters, digits, `.`, `-`, `_`; 1 to `max` bytes; never `.` or `..`.
+fn simple_name(field: &'static str, s: &str, max: usize) -> Result<(), FieldError> {
+    if s.is_empty() {
+        return Err(FieldError::new(field, "must not be empty"));
+    }
+    if s.len() > max {
+        return Err(FieldError::new(field, format!("longer than {max} bytes")));
+    }
+    if s == "." || s == ".." {
+        return Err(FieldError::new(field, "must not be '.' or '..'"));
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')))
+    {
+        return Err(FieldError::new(
+            field,
+            format!("character {c:?} is not allowed (letters, digits, '.', '-', '_' only)"),
+        ));
+    }
+    Ok(())
+}
+
+macro_rules! simple_id {
+    ($(#[$doc:meta])* $name:ident, $field:literal, $max:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn parse(s: &str) -> Result<Self, FieldError> {
+                simple_name($field, s, $max)?;
+                Ok(Self(s.to_owned()))
+            }
+        }
+        string_newtype!($name, $name::parse);
+    };
+}
+
+simple_id!(
+    /// A workload entry's id.
+    EntryId,
+    "entry_id",
+    limits::ENTRY_ID_BYTES_MAX
+);
+simple_id!(
+    /// A role's name.
+    RoleName,
+    "role",
+    limits::ROLE_NAME_BYTES_MAX
+);
+simple_id!(
+    /// A delegation's id.
+    DelegationId,
+    "delegation_id",
+    limits::DELEGATION_ID_BYTES_MAX
+);
+
+/// A workload selector, `type:value` (`unix:uid:1000`, `k8s:ns:payments`): what an agent must
+/// observe about a process before it hands the process an identity.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Selector(String);
+
+impl Selector {
+    pub fn parse(s: &str) -> Result<Self, FieldError> {
+        const F: &str = "selectors";
+        if s.len() > limits::SELECTOR_BYTES_MAX {
+            return Err(FieldError::new(
+                F,
+                format!("{s:?} is longer than {} bytes", limits::SELECTOR_BYTES_MAX),
+            ));
+        }
+        let (kind, value) = s
+            .split_once(':')
+            .ok_or_else(|| FieldError::new(F, format!("{s:?} is not of the form type:value")))?;
+        if kind.is_empty()
+            || !kind
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        {
+            return Err(FieldError::new(
+                F,
+                format!("{s:?}: the type must be lowercase letters, digits, '_' or '-'"),
+            ));
+        }
+        if value.is_empty() || value.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(FieldError::new(
+                F,
+                format!("{s:?}: the value must be non-empty, without spaces or control characters"),
+            ));
+        }
+        Ok(Self(s.to_owned()))
+    }
+}
+string_newtype!(Selector, Selector::parse);
+
+/// A DNS name for an X.509-SVID's SAN: LDH labels, at most 253 bytes.
+pub fn dns_name(s: &str) -> Result<String, FieldError> {
+    const F: &str = "dns_names";
+    let ok_label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    let body = s.strip_prefix("*.").unwrap_or(s);
+    if s.len() > 253 || !body.split('.').all(ok_label) {
+        return Err(FieldError::new(F, format!("{s:?} is not a valid DNS name")));
+    }
+    Ok(s.to_ascii_lowercase())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

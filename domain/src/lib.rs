@@ -14,16 +14,23 @@ pub mod command;
 pub mod decide;
 pub mod event;
 pub mod evolve;
+pub mod identity;
 pub mod ids;
 pub mod limits;
+pub mod permissions;
+pub mod persist;
 pub mod record;
+mod rules;
 pub mod state;
 
 pub use command::{Actor, Batch, Command, Principal, Proposal, Sealed, Stamp, SEALED_ROOT_KEY};
 pub use decide::{apply_proposal, decide, fingerprint, Applied, BatchOutcome, Outcome, Rejection};
 pub use event::Event;
 pub use evolve::evolve;
-pub use ids::{ClientId, FieldError, Scope, SpiffeId, TrustDomain};
+pub use identity::{Agent, ClientAuth, Delegation, Delegator, Entry, EntryStatus, Role, Subject};
+pub use ids::{
+    ClientId, DelegationId, EntryId, FieldError, RoleName, Scope, Selector, SpiffeId, TrustDomain,
+};
 pub use record::{chain_next, ArchiveHead, AuditRecord, Hash32, GENESIS_HASH};
 pub use state::{
     Client, ClientKind, JoinToken, NodeRecord, ProjectionKey, SecurityState, State, StateMeta,

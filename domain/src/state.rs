@@ -4,7 +4,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{ClientId, Scope, TrustDomain};
+use crate::identity::{
+    Agent, ClientAuth, Delegation, Entry, IdentityMeta, RevokedSubject, RevokedToken, Role, Subject,
+};
+use crate::ids::{ClientId, DelegationId, EntryId, RoleName, Scope, SpiffeId, TrustDomain};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum ClientKind {
@@ -103,6 +106,15 @@ pub enum ProjectionKey {
     Security,
     Node(u64),
     Client(ClientId),
+    Identity,
+    ClientAuth(ClientId),
+    Entry(EntryId),
+    Role(RoleName),
+    Binding(Subject, RoleName),
+    Delegation(DelegationId),
+    Agent(SpiffeId),
+    RevokedToken(String),
+    RevokedSubject(String),
 }
 
 /// All projections. Ordered maps only, so iteration (and so the digest) is deterministic.
@@ -112,4 +124,97 @@ pub struct State {
     pub security: SecurityState,
     pub nodes: BTreeMap<u64, NodeRecord>,
     pub clients: BTreeMap<ClientId, Client>,
+    pub identity: IdentityMeta,
+    /// How each client authenticates; kept apart from [`Client`] so listings never carry it.
+    pub client_auth: BTreeMap<ClientId, ClientAuth>,
+    pub entries: BTreeMap<EntryId, Entry>,
+    pub roles: BTreeMap<RoleName, Role>,
+    /// Roles bound to each subject.
+    pub bindings: BTreeMap<Subject, BTreeSet<RoleName>>,
+    pub delegations: BTreeMap<DelegationId, Delegation>,
+    pub agents: BTreeMap<SpiffeId, Agent>,
+    pub revoked_tokens: BTreeMap<String, RevokedToken>,
+    pub revoked_subjects: BTreeMap<String, RevokedSubject>,
+    /// Derived lookups, rebuilt from the rows above on load; never stored.
+    pub idx: Indexes,
+}
+
+/// Lookups derived from the projections (rebuilt by [`State::rebuild_indexes`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Indexes {
+    pub entries_by_spiffe: BTreeMap<SpiffeId, BTreeSet<EntryId>>,
+    pub entries_by_client: BTreeMap<ClientId, BTreeSet<EntryId>>,
+    /// How many subjects each role is bound to.
+    pub role_bindings: BTreeMap<RoleName, usize>,
+    pub delegation_children: BTreeMap<DelegationId, BTreeSet<DelegationId>>,
+    /// Delegations by delegate and by client delegator.
+    pub delegations_by_client: BTreeMap<ClientId, BTreeSet<DelegationId>>,
+}
+
+impl Indexes {
+    pub fn add_entry(&mut self, e: &Entry) {
+        self.entries_by_spiffe
+            .entry(e.spiffe_id.clone())
+            .or_default()
+            .insert(e.entry_id.clone());
+        if let Some(c) = &e.client_id {
+            self.entries_by_client
+                .entry(c.clone())
+                .or_default()
+                .insert(e.entry_id.clone());
+        }
+    }
+
+    pub fn remove_entry(&mut self, e: &Entry) {
+        fn drop_from<K: Ord, V: Ord>(m: &mut BTreeMap<K, BTreeSet<V>>, k: &K, v: &V) {
+            if let Some(set) = m.get_mut(k) {
+                set.remove(v);
+                if set.is_empty() {
+                    m.remove(k);
+                }
+            }
+        }
+        drop_from(&mut self.entries_by_spiffe, &e.spiffe_id, &e.entry_id);
+        if let Some(c) = &e.client_id {
+            drop_from(&mut self.entries_by_client, c, &e.entry_id);
+        }
+    }
+
+    pub fn add_delegation(&mut self, d: &Delegation) {
+        if let Some(p) = &d.parent {
+            self.delegation_children
+                .entry(p.clone())
+                .or_default()
+                .insert(d.delegation_id.clone());
+        }
+        self.delegations_by_client
+            .entry(d.delegate.clone())
+            .or_default()
+            .insert(d.delegation_id.clone());
+        if let crate::identity::Delegator::Client(c) = &d.delegator {
+            self.delegations_by_client
+                .entry(c.clone())
+                .or_default()
+                .insert(d.delegation_id.clone());
+        }
+    }
+}
+
+impl State {
+    /// Recompute every derived lookup from the projections.
+    pub fn rebuild_indexes(&mut self) {
+        let mut idx = Indexes::default();
+        for e in self.entries.values() {
+            idx.add_entry(e);
+        }
+        for roles in self.bindings.values() {
+            for r in roles {
+                *idx.role_bindings.entry(r.clone()).or_default() += 1;
+            }
+        }
+        for d in self.delegations.values() {
+            idx.add_delegation(d);
+        }
+        self.idx = idx;
+    }
 }

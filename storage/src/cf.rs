@@ -16,6 +16,13 @@ pub const PROJ_META: &str = "proj_meta";
 pub const PROJ_NODES: &str = "proj_nodes";
 /// Projection: the client registry, `client id -> Client`.
 pub const PROJ_CLIENTS: &str = "proj_clients";
+// The identity projections (`authsec_domain::persist` owns their rows).
+pub use authsec_domain::persist::{
+    FAMILY_AGENTS as PROJ_AGENTS, FAMILY_BINDINGS as PROJ_BINDINGS,
+    FAMILY_CLIENT_AUTH as PROJ_CLIENT_AUTH, FAMILY_DELEGATIONS as PROJ_DELEGATIONS,
+    FAMILY_ENTRIES as PROJ_ENTRIES, FAMILY_REVOCATIONS as PROJ_REVOCATIONS,
+    FAMILY_ROLES as PROJ_ROLES,
+};
 /// Replicated secret material (sealed keys); never archived or exported.
 pub const SEALED_SECRETS: &str = "sealed_secrets";
 /// Node-local metadata (snapshot installation marker); never replicated.
@@ -37,6 +44,13 @@ pub const ALL: &[&str] = &[
     LOCAL_META,
     LOCAL_KEYS,
     LOCAL_OUTBOX,
+    PROJ_CLIENT_AUTH,
+    PROJ_ENTRIES,
+    PROJ_ROLES,
+    PROJ_BINDINGS,
+    PROJ_DELEGATIONS,
+    PROJ_AGENTS,
+    PROJ_REVOCATIONS,
 ];
 
 /// What a snapshot carries, in this order. Index in this list is the frame's family byte.
@@ -47,10 +61,29 @@ pub const REPLICATED: &[&str] = &[
     PROJ_NODES,
     PROJ_CLIENTS,
     SEALED_SECRETS,
+    // Appended: a family's byte is its place here, so earlier snapshots keep their meaning.
+    PROJ_CLIENT_AUTH,
+    PROJ_ENTRIES,
+    PROJ_ROLES,
+    PROJ_BINDINGS,
+    PROJ_DELEGATIONS,
+    PROJ_AGENTS,
+    PROJ_REVOCATIONS,
 ];
 
 /// The projection families the digest covers.
-pub const PROJECTIONS: &[&str] = &[PROJ_META, PROJ_NODES, PROJ_CLIENTS];
+pub const PROJECTIONS: &[&str] = &[
+    PROJ_META,
+    PROJ_NODES,
+    PROJ_CLIENTS,
+    PROJ_CLIENT_AUTH,
+    PROJ_ENTRIES,
+    PROJ_ROLES,
+    PROJ_BINDINGS,
+    PROJ_DELEGATIONS,
+    PROJ_AGENTS,
+    PROJ_REVOCATIONS,
+];
 
 pub const KEY_VOTE: &[u8] = b"vote";
 pub const KEY_COMMITTED: &[u8] = b"committed";

@@ -95,6 +95,25 @@ impl Reader {
             }
             state.clients.insert(c.client_id.clone(), c);
         }
+        if let Some(v) = db
+            .get_cf(self.store.cf(cf::PROJ_META), authsec_domain::persist::KEY_IDENTITY)
+            .map_err(StoreError::rocks("read identity"))?
+        {
+            state
+                .load_row(cf::PROJ_META, authsec_domain::persist::KEY_IDENTITY, &v)
+                .map_err(|e| {
+                    StoreError::damaged(cf::PROJ_META, authsec_domain::persist::KEY_IDENTITY, e)
+                })?;
+        }
+        for family in authsec_domain::persist::FAMILIES {
+            for item in db.iterator_cf(self.store.cf(family), rocksdb::IteratorMode::Start) {
+                let (k, v) = item.map_err(StoreError::rocks(format!("scan {family}")))?;
+                state
+                    .load_row(family, &k, &v)
+                    .map_err(|e| StoreError::damaged(family, &k, e))?;
+            }
+        }
+        state.rebuild_indexes();
         Ok(state)
     }
 
@@ -261,6 +280,60 @@ impl Reader {
             );
         }
         Ok(out)
+    }
+
+    /// One stored row of a projection family.
+    pub fn row(&self, family: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.store
+            .db
+            .get_cf(self.store.cf(family), key)
+            .map_err(StoreError::rocks(format!("read {family}")))
+    }
+
+    /// Rows of a projection family whose keys start with `prefix`, in key order, strictly
+    /// after `after` (a full key), until `keep` has accepted `limit` rows or `scan_max` rows
+    /// were looked at. Returns the rows kept and the last key looked at (the next page's
+    /// token when the scan stopped early).
+    #[allow(clippy::type_complexity)]
+    pub fn scan<T>(
+        &self,
+        family: &'static str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+        scan_max: usize,
+        mut keep: impl FnMut(&[u8], &[u8]) -> Result<Option<T>, StoreError>,
+    ) -> Result<(Vec<T>, Option<Vec<u8>>), StoreError> {
+        let handle = self.store.cf(family);
+        let start = match after {
+            Some(a) if a >= prefix => a.to_vec(),
+            _ => prefix.to_vec(),
+        };
+        let iter = self.store.db.iterator_cf(
+            handle,
+            rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward),
+        );
+        let mut out = Vec::new();
+        let mut last = None;
+        let mut looked = 0;
+        for item in iter {
+            let (k, v) = item.map_err(StoreError::rocks(format!("scan {family}")))?;
+            if !k.starts_with(prefix) {
+                return Ok((out, None));
+            }
+            if after.is_some_and(|a| a == &*k) {
+                continue;
+            }
+            if out.len() >= limit || looked >= scan_max {
+                return Ok((out, last));
+            }
+            looked += 1;
+            if let Some(t) = keep(&k, &v)? {
+                out.push(t);
+            }
+            last = Some(k.to_vec());
+        }
+        Ok((out, None))
     }
 
     /// Archived records from `from` on, at most `limit` of them and about `max_bytes`.

@@ -230,6 +230,16 @@ impl StateMachine {
                     None => batch.delete_cf(handle, id.as_str().as_bytes()),
                 }
             }
+            other => {
+                let Some(row) = self.state.row(other) else {
+                    unreachable!("State::row covers every key but the four above")
+                };
+                let handle = self.store.cf(row.family);
+                match row.value {
+                    Some(v) => batch.put_cf(handle, row.key, v),
+                    None => batch.delete_cf(handle, row.key),
+                }
+            }
         }
     }
 
@@ -354,7 +364,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Normal(proposals) => {
                     for p in &proposals.proposals {
                         let outcome =
-                            apply_proposal(&mut self.state, p).map(|(events, time_ms)| {
+                            apply_proposal(&mut self.state, p, log_index).map(|(events, time_ms)| {
                                 touched.insert(ProjectionKey::Meta);
                                 // Secret material goes to its own family, in the same batch,
                                 // and never into an event or the archive.

@@ -1,0 +1,191 @@
+//! How the identity projections are stored: one row per entity, in one column family per
+//! projection. The storage crate writes [`State::row`] for each key an event touches and feeds
+//! every stored row back through [`State::load_row`] on open, so a new projection is a change
+//! to this file (and a family name), not to the storage engine.
+
+use crate::codec::{self, CodecError, Tag};
+use crate::identity::{
+    Agent, ClientAuth, Delegation, Entry, IdentityMeta, RevokedSubject, RevokedToken, Role, Subject,
+};
+use crate::ids::{ClientId, RoleName};
+use crate::state::{ProjectionKey, State};
+
+/// `proj_meta`: the identity settings live beside the trust domain, under their own key.
+pub const FAMILY_META: &str = "proj_meta";
+pub const KEY_IDENTITY: &[u8] = b"identity";
+pub const FAMILY_CLIENT_AUTH: &str = "proj_client_auth";
+pub const FAMILY_ENTRIES: &str = "proj_entries";
+pub const FAMILY_ROLES: &str = "proj_roles";
+pub const FAMILY_BINDINGS: &str = "proj_bindings";
+pub const FAMILY_DELEGATIONS: &str = "proj_delegations";
+pub const FAMILY_AGENTS: &str = "proj_agents";
+pub const FAMILY_REVOCATIONS: &str = "proj_revocations";
+
+/// The row families this module owns, in a fixed order (snapshots and digests follow it).
+pub const FAMILIES: &[&str] = &[
+    FAMILY_CLIENT_AUTH,
+    FAMILY_ENTRIES,
+    FAMILY_ROLES,
+    FAMILY_BINDINGS,
+    FAMILY_DELEGATIONS,
+    FAMILY_AGENTS,
+    FAMILY_REVOCATIONS,
+];
+
+/// One stored row: where it lives and its bytes (`None`: delete it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub family: &'static str,
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+}
+
+fn prefixed(prefix: &[u8], rest: &str) -> Vec<u8> {
+    let mut k = prefix.to_vec();
+    k.extend_from_slice(rest.as_bytes());
+    k
+}
+
+/// The bindings-family key of `(subject, role)`: all of a subject's roles are adjacent.
+pub fn binding_key(subject: &Subject, role: &RoleName) -> Vec<u8> {
+    let mut k = subject.key().into_bytes();
+    k.push(0);
+    k.extend_from_slice(role.as_str().as_bytes());
+    k
+}
+
+/// The bindings-family key prefix of all of `subject`'s roles.
+pub fn binding_prefix(subject: &Subject) -> Vec<u8> {
+    let mut k = subject.key().into_bytes();
+    k.push(0);
+    k
+}
+
+pub const AGENT_PREFIX: &[u8] = b"a\0";
+pub const REVOKED_TOKEN_PREFIX: &[u8] = b"t\0";
+pub const REVOKED_SUBJECT_PREFIX: &[u8] = b"s\0";
+
+fn put<T: serde::Serialize>(family: &'static str, key: Vec<u8>, tag: Tag, v: Option<&T>) -> Row {
+    Row {
+        family,
+        key,
+        value: v.map(|v| codec::encode(tag, v)),
+    }
+}
+
+impl State {
+    /// The row for `key` as the state holds it now, for the keys this module owns (`None` for
+    /// the storage crate's own: meta, security, nodes, clients).
+    pub fn row(&self, key: &ProjectionKey) -> Option<Row> {
+        Some(match key {
+            ProjectionKey::Meta
+            | ProjectionKey::Security
+            | ProjectionKey::Node(_)
+            | ProjectionKey::Client(_) => return None,
+            ProjectionKey::Identity => put(
+                FAMILY_META,
+                KEY_IDENTITY.to_vec(),
+                Tag::IDENTITY_META,
+                Some(&self.identity),
+            ),
+            ProjectionKey::ClientAuth(id) => put(
+                FAMILY_CLIENT_AUTH,
+                id.as_str().as_bytes().to_vec(),
+                Tag::CLIENT_AUTH,
+                self.client_auth.get(id).map(|a| (id, a)).as_ref(),
+            ),
+            ProjectionKey::Entry(id) => put(
+                FAMILY_ENTRIES,
+                id.as_str().as_bytes().to_vec(),
+                Tag::ENTRY,
+                self.entries.get(id),
+            ),
+            ProjectionKey::Role(name) => put(
+                FAMILY_ROLES,
+                name.as_str().as_bytes().to_vec(),
+                Tag::ROLE,
+                self.roles.get(name),
+            ),
+            ProjectionKey::Binding(subject, role) => {
+                let bound = self
+                    .bindings
+                    .get(subject)
+                    .is_some_and(|roles| roles.contains(role));
+                put(
+                    FAMILY_BINDINGS,
+                    binding_key(subject, role),
+                    Tag::BINDING,
+                    bound.then_some(&(subject, role)),
+                )
+            }
+            ProjectionKey::Delegation(id) => put(
+                FAMILY_DELEGATIONS,
+                id.as_str().as_bytes().to_vec(),
+                Tag::DELEGATION,
+                self.delegations.get(id),
+            ),
+            ProjectionKey::Agent(id) => put(
+                FAMILY_AGENTS,
+                prefixed(AGENT_PREFIX, id.as_str()),
+                Tag::AGENT,
+                self.agents.get(id),
+            ),
+            ProjectionKey::RevokedToken(jti) => put(
+                FAMILY_REVOCATIONS,
+                prefixed(REVOKED_TOKEN_PREFIX, jti),
+                Tag::REVOKED_TOKEN,
+                self.revoked_tokens.get(jti),
+            ),
+            ProjectionKey::RevokedSubject(s) => put(
+                FAMILY_REVOCATIONS,
+                prefixed(REVOKED_SUBJECT_PREFIX, s),
+                Tag::REVOKED_SUBJECT,
+                self.revoked_subjects.get(s),
+            ),
+        })
+    }
+
+    /// Load one stored row of a family this module owns. Call [`State::rebuild_indexes`]
+    /// after the last one.
+    pub fn load_row(&mut self, family: &str, key: &[u8], value: &[u8]) -> Result<(), CodecError> {
+        match family {
+            FAMILY_META if key == KEY_IDENTITY => {
+                self.identity = codec::decode::<IdentityMeta>(Tag::IDENTITY_META, value)?;
+            }
+            FAMILY_CLIENT_AUTH => {
+                let (id, auth): (ClientId, ClientAuth) = codec::decode(Tag::CLIENT_AUTH, value)?;
+                self.client_auth.insert(id, auth);
+            }
+            FAMILY_ENTRIES => {
+                let e: Entry = codec::decode(Tag::ENTRY, value)?;
+                self.entries.insert(e.entry_id.clone(), e);
+            }
+            FAMILY_ROLES => {
+                let r: Role = codec::decode(Tag::ROLE, value)?;
+                self.roles.insert(r.name.clone(), r);
+            }
+            FAMILY_BINDINGS => {
+                let (s, r): (Subject, RoleName) = codec::decode(Tag::BINDING, value)?;
+                self.bindings.entry(s).or_default().insert(r);
+            }
+            FAMILY_DELEGATIONS => {
+                let d: Delegation = codec::decode(Tag::DELEGATION, value)?;
+                self.delegations.insert(d.delegation_id.clone(), d);
+            }
+            FAMILY_AGENTS => {
+                let a: Agent = codec::decode(Tag::AGENT, value)?;
+                self.agents.insert(a.spiffe_id.clone(), a);
+            }
+            FAMILY_REVOCATIONS if key.starts_with(REVOKED_TOKEN_PREFIX) => {
+                let t: RevokedToken = codec::decode(Tag::REVOKED_TOKEN, value)?;
+                self.revoked_tokens.insert(t.jti.clone(), t);
+            }
+            FAMILY_REVOCATIONS => {
+                let s: RevokedSubject = codec::decode(Tag::REVOKED_SUBJECT, value)?;
+                self.revoked_subjects.insert(s.subject.clone(), s);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
