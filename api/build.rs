@@ -3,6 +3,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure().compile_protos(
         &[
             "proto/authsec/v1/authsec.proto",
+            "proto/authsec/v1/identity.proto",
             "proto/authsec/internal/v1/peer.proto",
         ],
         &["proto"],

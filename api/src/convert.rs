@@ -30,7 +30,7 @@ pub fn kind_to_wire(k: ClientKind) -> v1::ClientKind {
     }
 }
 
-fn text(field: &'static str, s: String) -> Result<String, FieldError> {
+pub fn text(field: &'static str, s: String) -> Result<String, FieldError> {
     if s.len() > limits::TEXT_BYTES_MAX {
         return Err(FieldError::new(
             field,
@@ -50,7 +50,7 @@ fn text(field: &'static str, s: String) -> Result<String, FieldError> {
     Ok(s)
 }
 
-fn scopes(field: &'static str, list: Vec<String>) -> Result<BTreeSet<Scope>, FieldError> {
+pub fn scopes(field: &'static str, list: Vec<String>) -> Result<BTreeSet<Scope>, FieldError> {
     if list.len() > limits::SCOPES_PER_CLIENT_MAX {
         return Err(FieldError::new(
             field,

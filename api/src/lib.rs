@@ -16,5 +16,6 @@ pub mod internal {
 
 pub mod convert;
 pub mod error;
+pub mod identity;
 
 pub use error::ApiError;

@@ -891,7 +891,7 @@ impl Cluster {
                 .list_clients(v1::ListClientsRequest {
                     page_size: 1000,
                     page_token: token,
-                    consistency: 0,
+                    ..Default::default()
                 })
                 .await?
                 .into_inner();

@@ -431,6 +431,37 @@ async fn a_second_admin_is_issued_and_a_rotated_credential_is_refused() -> anyho
         String::from_utf8_lossy(&out.stderr)
     );
     let ops_t = authsec_chaos_tests::admin_transport(&ops)?;
+    // A new admin holds no admin permission until a role grants it.
+    let denied = register(ops_t.clone(), "by-ops-too-early").await;
+    assert!(
+        denied
+            .as_ref()
+            .err()
+            .and_then(|e| e.downcast_ref::<tonic::Status>())
+            .is_some_and(|s| s.code() == tonic::Code::PermissionDenied),
+        "{denied:?}"
+    );
+    for args in [
+        vec![
+            "role",
+            "create",
+            "ops-admins",
+            "--permission",
+            "authsec.admin:*",
+        ],
+        vec![
+            "bind",
+            "ops-admins",
+            "spiffe://test.authsec/authsec/admin/ops",
+        ],
+    ] {
+        let out = cli(&args, &c.admin_dir())?;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     register(ops_t.clone(), "by-ops").await?;
 
     // Rotate the first admin's credential in place; keep a copy of the old one.

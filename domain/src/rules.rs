@@ -882,7 +882,8 @@ pub(crate) fn decide_identity(
         })(),
         Command::Bind { role, subject } => (|| {
             if !state.roles.contains_key(role) {
-                return Err(not_found("role", role));
+                // Bad input, not a missing resource: the call names a role that is not there.
+                return Err(invalid("role", format!("no role is named {role}")));
             }
             subject_exists(state, subject)?;
             let held = state.bindings.get(subject);

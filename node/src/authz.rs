@@ -3,7 +3,10 @@
 //! - Raft traffic and forwarding (`authsec.internal.v1.PeerService`) and node renewal and
 //!   admission (`authsec.v1.NodeService`): nodes of the trust domain, `.../authsec/node/<id>`.
 //! - `NodeService/Join`: anyone; the join token authenticates it.
-//! - Everything else (the admin API): admins, `.../authsec/admin/<name>`.
+//! - Everything else (the admin API): admins, `.../authsec/admin/<name>`, holding the admin
+//!   permission the call needs (`authsec.admin:clients.write`, ...) through the roles bound to
+//!   their SPIFFE ID. The bootstrap admin, `.../authsec/admin/root`, holds every admin
+//!   permission: it is the break-glass credential `node init` hands the operator.
 //!
 //! A revoked node is refused here too, so revocation applies at once to requests on
 //! connections opened before it. With `--insecure` there is no identity and no check.
@@ -11,8 +14,110 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use authsec_domain::SpiffeId;
+use authsec_domain::codec::{self, Tag};
+use authsec_domain::permissions::PermissionSet;
+use authsec_domain::{Role, RoleName, Scope, SpiffeId, Subject};
 use authsec_raft::tls::{node_id_of, PeerInfo, TlsState};
+use authsec_storage::{cf, Reader};
+
+/// The admin permission (after `authsec.admin:`) a call of the admin API needs.
+pub fn admin_permission(path: &str) -> String {
+    let (service, method) = path
+        .trim_start_matches('/')
+        .split_once('/')
+        .unwrap_or((path, ""));
+    let area = match service.trim_start_matches("authsec.v1.") {
+        "ClientService" => "clients",
+        "EntryService" => "entries",
+        "RoleService" if matches!(method, "Bind" | "Unbind") => "bindings",
+        "RoleService" => "roles",
+        "DelegationService" => "delegations",
+        "RevocationService" => "revocations",
+        "AgentService" => "agents",
+        "EventService" => "audit",
+        "ClusterService" if method == "IssueAdmin" => "admins",
+        "ClusterService" if method == "SaveSnapshot" => "backup",
+        "ClusterService" => "cluster",
+        _ => "other",
+    };
+    let read = [
+        "Get",
+        "List",
+        "Describe",
+        "Status",
+        "Check",
+        "Feed",
+        "SaveSnapshot",
+    ]
+    .iter()
+    .any(|p| method.starts_with(p));
+    format!("{area}.{}", if read { "read" } else { "write" })
+}
+
+/// Who holds which admin permissions: the roles bound to an admin's SPIFFE ID, read from this
+/// node's projections per request (two point reads and a short prefix scan).
+#[derive(Debug, Clone)]
+pub struct AdminPolicy {
+    pub reader: Reader,
+}
+
+impl AdminPolicy {
+    /// The admin permissions `id` holds through its roles.
+    pub fn permissions(&self, id: &SpiffeId) -> Result<PermissionSet, authsec_storage::StoreError> {
+        let prefix = authsec_domain::persist::binding_prefix(&Subject::Spiffe(id.clone()));
+        let (roles, _) = self.reader.scan(
+            cf::PROJ_BINDINGS,
+            &prefix,
+            None,
+            authsec_domain::limits::ROLES_PER_SUBJECT_MAX,
+            authsec_domain::limits::ROLES_PER_SUBJECT_MAX,
+            |k, v| {
+                codec::decode::<(Subject, RoleName)>(Tag::BINDING, v)
+                    .map(|(_, r)| Some(r))
+                    .map_err(|e| authsec_storage::StoreError::damaged(cf::PROJ_BINDINGS, k, e))
+            },
+        )?;
+        let mut set = PermissionSet::default();
+        for r in roles {
+            let key = r.as_str().as_bytes();
+            if let Some(v) = self.reader.row(cf::PROJ_ROLES, key)? {
+                let role: Role = codec::decode(Tag::ROLE, &v)
+                    .map_err(|e| authsec_storage::StoreError::damaged(cf::PROJ_ROLES, key, e))?;
+                for p in &role.permissions {
+                    set.insert(p);
+                }
+            }
+        }
+        Ok(set)
+    }
+
+    /// `Ok(())` when `id` may make a call that needs `authsec.admin:<perm>`.
+    pub fn check(
+        &self,
+        td: &authsec_domain::TrustDomain,
+        id: &SpiffeId,
+        perm: &str,
+    ) -> Result<(), tonic::Status> {
+        if crate::pki::admin_name_of(td, id) == Some(crate::init::BOOTSTRAP_ADMIN) {
+            return Ok(());
+        }
+        let want = format!("{}:{perm}", authsec_domain::permissions::ADMIN_RESOURCE);
+        let held = self.permissions(id).map_err(|e| {
+            tracing::error!(error = %e, "reading admin bindings failed");
+            tonic::Status::internal("reading the caller's roles failed; see the node's log")
+        })?;
+        let ok = Scope::parse(&want)
+            .map(|s| held.covers(&s))
+            .unwrap_or(false);
+        if ok {
+            Ok(())
+        } else {
+            Err(tonic::Status::permission_denied(format!(
+                "{id} lacks the admin permission {want}; bind it a role that grants it (authsec bind <role> {id})"
+            )))
+        }
+    }
+}
 
 /// What a path needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +147,12 @@ pub fn caller<B>(req: &tonic::Request<B>) -> Option<SpiffeId> {
 }
 
 /// Check one request; `Err` is the status to answer.
-pub fn check(tls: &TlsState, path: &str, peer: Option<&PeerInfo>) -> Result<(), tonic::Status> {
+pub fn check(
+    tls: &TlsState,
+    policy: &AdminPolicy,
+    path: &str,
+    peer: Option<&PeerInfo>,
+) -> Result<(), tonic::Status> {
     let need = need(path);
     if need == Need::Anyone {
         return Ok(());
@@ -61,7 +171,9 @@ pub fn check(tls: &TlsState, path: &str, peer: Option<&PeerInfo>) -> Result<(), 
         Need::Admin => crate::pki::admin_name_of(td, id).is_some(),
         Need::Anyone => true,
     };
-    if ok {
+    if ok && need == Need::Admin {
+        policy.check(td, id, &admin_permission(path))
+    } else if ok {
         Ok(())
     } else {
         let want = match need {
@@ -75,7 +187,7 @@ pub fn check(tls: &TlsState, path: &str, peer: Option<&PeerInfo>) -> Result<(), 
 }
 
 #[derive(Debug, Clone)]
-pub struct AuthzLayer(pub Option<Arc<TlsState>>);
+pub struct AuthzLayer(pub Option<(Arc<TlsState>, AdminPolicy)>);
 
 impl<S> tower::Layer<S> for AuthzLayer {
     type Service = Authz<S>;
@@ -91,7 +203,7 @@ impl<S> tower::Layer<S> for AuthzLayer {
 #[derive(Debug, Clone)]
 pub struct Authz<S> {
     inner: S,
-    tls: Option<Arc<TlsState>>,
+    tls: Option<(Arc<TlsState>, AdminPolicy)>,
 }
 
 impl<S, B> tower::Service<http::Request<B>> for Authz<S>
@@ -111,9 +223,9 @@ where
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        if let Some(tls) = &self.tls {
+        if let Some((tls, policy)) = &self.tls {
             let peer = req.extensions().get::<PeerInfo>();
-            if let Err(status) = check(tls, req.uri().path(), peer) {
+            if let Err(status) = check(tls, policy, req.uri().path(), peer) {
                 tracing::info!(
                     path = req.uri().path(),
                     caller = ?peer.and_then(|p| p.spiffe_id.as_ref()).map(|i| i.as_str()),

@@ -7,9 +7,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context};
 use authsec_api::error::LEADER_ADDR_HEADER;
 use authsec_api::v1::event_service_client::EventServiceClient;
-use authsec_api::v1::{
-    self, client_service_client::ClientServiceClient, cluster_service_client::ClusterServiceClient,
-};
+use authsec_api::v1::{self, cluster_service_client::ClusterServiceClient};
 use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
 
@@ -384,10 +382,6 @@ pub async fn membership(
         }
         Err(s) => Err(status_err(s)),
     }
-}
-
-pub async fn clients(eps: &[String]) -> anyhow::Result<ClientServiceClient<Channel>> {
-    Ok(ClientServiceClient::new(connect(eps).await?.1))
 }
 
 pub async fn cluster(eps: &[String]) -> anyhow::Result<ClusterServiceClient<Channel>> {

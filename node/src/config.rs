@@ -99,6 +99,10 @@ pub struct NodeConfig {
     pub kek_file: Option<PathBuf>,
     #[serde(default)]
     pub tls: TlsSection,
+    /// SPIFFE ID template of an AI agent's workload entry (`{trust_domain}`, `{client_id}`);
+    /// default `spiffe://{trust_domain}/agent/{client_id}`.
+    #[serde(default)]
+    pub agent_spiffe_template: Option<String>,
     /// A deliberate defect for proving the chaos checkers (debug builds only; never from TOML).
     #[serde(skip)]
     pub planted_bug: crate::planted::PlantedBug,

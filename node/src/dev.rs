@@ -65,6 +65,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
                 insecure: a.insecure,
                 kek_file: Some(dir.join("kek")),
                 tls: Default::default(),
+                agent_spiffe_template: None,
                 planted_bug: Default::default(),
             })
         })

@@ -4,15 +4,18 @@
 mod authz;
 mod backup;
 mod cli;
+mod cli_identity;
 mod config;
 mod dev;
 #[cfg(test)]
 mod fuzz;
 mod http;
+mod identity_api;
 mod init;
 mod join;
 mod pki;
 mod planted;
+mod secrets;
 mod security;
 mod server;
 mod services;
@@ -49,9 +52,29 @@ enum Cmd {
     /// Cluster status and membership.
     #[command(subcommand)]
     Cluster(ClusterCmd),
-    /// Register and manage OAuth clients.
+    /// OAuth clients and AI agents: create (onboard), list, get, update, disable, delete,
+    /// rotate-secret.
     #[command(subcommand)]
-    Client(ClientCmd),
+    Client(cli_identity::ClientCmd),
+    /// Workload entries: who a workload is and how an agent recognizes it.
+    #[command(subcommand)]
+    Entry(cli_identity::EntryCmd),
+    /// Roles: named sets of permissions (resource:action).
+    #[command(subcommand)]
+    Role(cli_identity::RoleCmd),
+    /// Give a role to a client, entry, SPIFFE ID or person.
+    Bind(cli_identity::BindArgs),
+    /// Take a role back.
+    Unbind(cli_identity::BindArgs),
+    /// Delegations: what an AI agent may do on someone's behalf.
+    #[command(subcommand)]
+    Delegation(cli_identity::DelegationCmd),
+    /// Revoke a token, a subject's credentials, a delegation, a client or an agent.
+    #[command(subcommand)]
+    Revoke(cli_identity::RevokeCmd),
+    /// Node agents: join tokens, listing, banning.
+    #[command(subcommand)]
+    Agent(cli_identity::AgentCmd),
     /// Read the audit event feed.
     #[command(subcommand)]
     Events(EventsCmd),
@@ -270,55 +293,6 @@ fn parse_ttl(s: &str) -> anyhow::Result<u64> {
 }
 
 #[derive(Debug, Subcommand)]
-enum ClientCmd {
-    Register {
-        #[command(flatten)]
-        target: Target,
-        /// Client id; generated when omitted.
-        #[arg(long)]
-        id: Option<String>,
-        /// service, ai-agent, ci or device.
-        #[arg(long)]
-        kind: String,
-        #[arg(long, default_value = "")]
-        name: String,
-        #[arg(long, default_value = "")]
-        description: String,
-        #[arg(long, default_value = "")]
-        owner: String,
-        /// Allowed scope (repeatable).
-        #[arg(long = "scope")]
-        scopes: Vec<String>,
-        /// Default scope (repeatable).
-        #[arg(long = "default-scope")]
-        default_scopes: Vec<String>,
-        #[arg(long, default_value = "")]
-        audience: String,
-    },
-    Get {
-        #[command(flatten)]
-        target: Target,
-        id: String,
-        #[arg(long)]
-        linearizable: bool,
-    },
-    List {
-        #[command(flatten)]
-        target: Target,
-    },
-    Disable {
-        #[command(flatten)]
-        target: Target,
-        id: String,
-    },
-    Remove {
-        #[command(flatten)]
-        target: Target,
-        id: String,
-    },
-}
-
-#[derive(Debug, Subcommand)]
 enum EventsCmd {
     /// Print archived records as JSON lines.
     Tail {
@@ -360,13 +334,6 @@ pub(crate) async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {},
         _ = term => {},
     }
-}
-
-fn kind_to_wire(s: &str) -> anyhow::Result<i32> {
-    let k = authsec_domain::ClientKind::parse(s).ok_or_else(|| {
-        anyhow::anyhow!("--kind must be service, ai-agent, ci or device, not {s:?}")
-    })?;
-    Ok(authsec_api::convert::kind_to_wire(k) as i32)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -595,7 +562,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 eps.join(",")
             );
         }
-        Cmd::Client(c) => client_cmd(c).await?,
+        Cmd::Client(c) => cli_identity::client(c).await?,
+        Cmd::Entry(c) => cli_identity::entry(c).await?,
+        Cmd::Role(c) => cli_identity::role(c).await?,
+        Cmd::Bind(a) => cli_identity::bind(a, true).await?,
+        Cmd::Unbind(a) => cli_identity::bind(a, false).await?,
+        Cmd::Delegation(c) => cli_identity::delegation(c).await?,
+        Cmd::Revoke(c) => cli_identity::revoke(c).await?,
+        Cmd::Agent(c) => cli_identity::agent(c).await?,
         Cmd::Admin(AdminCmd::Issue { target, name, out }) => {
             let eps = cli::endpoints(&target)?;
             if out.join("admin.key").exists() {
@@ -670,129 +644,6 @@ async fn run_until_stopped(node: server::RunningNode) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn client_cmd(c: ClientCmd) -> anyhow::Result<()> {
-    let print = |c: &v1::Client| {
-        println!(
-            "{}",
-            serde_json::json!({
-                "client_id": c.client_id, "kind": v1::ClientKind::try_from(c.kind).map(|k| k.as_str_name()).unwrap_or("?"),
-                "display_name": c.display_name, "owner": c.owner, "description": c.description,
-                "allowed_scopes": c.allowed_scopes, "default_scopes": c.default_scopes,
-                "default_audience": c.default_audience, "enabled": c.enabled, "revision": c.revision,
-            })
-        )
-    };
-    match c {
-        ClientCmd::Register {
-            target,
-            id,
-            kind,
-            name,
-            description,
-            owner,
-            scopes,
-            default_scopes,
-            audience,
-        } => {
-            let mut cl = cli::clients(&cli::endpoints(&target)?).await?;
-            let r = cl
-                .register_client(v1::RegisterClientRequest {
-                    client_id: id.unwrap_or_default(),
-                    kind: kind_to_wire(&kind)?,
-                    display_name: name,
-                    description,
-                    owner,
-                    allowed_scopes: scopes,
-                    default_scopes,
-                    default_audience: audience,
-                })
-                .await
-                .map_err(cli::status_error)?
-                .into_inner();
-            if let Some(rc) = r.receipt {
-                eprintln!(
-                    "committed at log index {} (audit sequence {})",
-                    rc.log_index, rc.sequence_first
-                );
-            }
-            if let Some(c) = r.client {
-                print(&c);
-            }
-        }
-        ClientCmd::Get {
-            target,
-            id,
-            linearizable,
-        } => {
-            let mut cl = cli::clients(&cli::endpoints(&target)?).await?;
-            let consistency = if linearizable {
-                v1::Consistency::Linearizable
-            } else {
-                v1::Consistency::Local
-            } as i32;
-            let c = cl
-                .get_client(v1::GetClientRequest {
-                    client_id: id,
-                    consistency,
-                })
-                .await
-                .map_err(cli::status_error)?;
-            print(&c.into_inner());
-        }
-        ClientCmd::List { target } => {
-            let mut cl = cli::clients(&cli::endpoints(&target)?).await?;
-            let mut token = String::new();
-            loop {
-                let r = cl
-                    .list_clients(v1::ListClientsRequest {
-                        page_size: 500,
-                        page_token: token,
-                        consistency: 0,
-                    })
-                    .await
-                    .map_err(cli::status_error)?
-                    .into_inner();
-                r.clients.iter().for_each(print);
-                if r.next_page_token.is_empty() {
-                    break;
-                }
-                token = r.next_page_token;
-            }
-        }
-        ClientCmd::Disable { target, id } => {
-            let mut cl = cli::clients(&cli::endpoints(&target)?).await?;
-            let r = cl
-                .update_client(v1::UpdateClientRequest {
-                    client_id: id.clone(),
-                    enabled: Some(false),
-                    ..Default::default()
-                })
-                .await
-                .map_err(cli::status_error)?
-                .into_inner();
-            println!(
-                "client {id} disabled at log index {}",
-                r.receipt.map_or(0, |r| r.log_index)
-            );
-        }
-        ClientCmd::Remove { target, id } => {
-            let mut cl = cli::clients(&cli::endpoints(&target)?).await?;
-            let r = cl
-                .remove_client(v1::RemoveClientRequest {
-                    client_id: id.clone(),
-                })
-                .await
-                .map_err(cli::status_error)?
-                .into_inner();
-            println!(
-                "client {id} removed at log index {}",
-                r.receipt.map_or(0, |r| r.log_index)
-            );
-        }
-    }
-    Ok(())
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let is_server = matches!(
@@ -817,7 +668,7 @@ fn main() -> ExitCode {
                 tracing::error!(error = format!("{e:#}"), "authsec stopped");
             }
             eprintln!("error: {e:#}");
-            ExitCode::from(1)
+            cli_identity::exit_code(&e)
         }
     }
 }

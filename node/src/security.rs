@@ -93,6 +93,11 @@ impl Security {
         }))
     }
 
+    /// Where this node's KEK is (it may not exist: a joined node holds none).
+    pub fn kek_path(&self) -> &std::path::Path {
+        &self.kek_path
+    }
+
     pub fn transport(&self) -> Transport {
         match &self.tls {
             Some(t) => Transport::mutual_tls(t.clone()),

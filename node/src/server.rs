@@ -7,10 +7,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use authsec_api::v1::agent_service_server::AgentServiceServer;
 use authsec_api::v1::client_service_server::ClientServiceServer;
 use authsec_api::v1::cluster_service_server::ClusterServiceServer;
+use authsec_api::v1::delegation_service_server::DelegationServiceServer;
+use authsec_api::v1::entry_service_server::EntryServiceServer;
 use authsec_api::v1::event_service_server::EventServiceServer;
 use authsec_api::v1::node_service_server::NodeServiceServer;
+use authsec_api::v1::revocation_service_server::RevocationServiceServer;
+use authsec_api::v1::role_service_server::RoleServiceServer;
 use authsec_domain::command::Command;
 use authsec_domain::{Actor, ArchiveHead, Principal, Rejection, TrustDomain};
 use authsec_raft::tls::ClientAuth;
@@ -24,6 +29,7 @@ use tokio::task::JoinHandle;
 use crate::authz::AuthzLayer;
 use crate::config::NodeConfig;
 use crate::http::{self, HttpState};
+use crate::identity_api::{Agents, Delegations, Entries, Revocations, Roles};
 use crate::join::Nodes;
 use crate::pki::NodeFiles;
 use crate::security::{self, Security};
@@ -148,6 +154,10 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
         reader: Reader::new(store.clone()),
         head_rx,
         sec: sec.clone(),
+        agent_template: cfg
+            .agent_spiffe_template
+            .clone()
+            .unwrap_or_else(|| authsec_domain::identity::AGENT_TEMPLATE_DEFAULT.to_owned()),
     });
 
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -164,7 +174,14 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
         .layer(tower::util::MapResponseLayer::new(
             oversized_is_invalid_argument,
         ))
-        .layer(AuthzLayer(sec.tls.clone()))
+        .layer(AuthzLayer(sec.tls.clone().map(|t| {
+            (
+                t,
+                crate::authz::AdminPolicy {
+                    reader: ctx.reader.clone(),
+                },
+            )
+        })))
         .add_service(PeerServer::new(raft.clone(), Arc::new(writer.clone())).into_service())
         .add_service(
             ClusterServiceServer::new(Cluster(ctx.clone()))
@@ -172,6 +189,26 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
         )
         .add_service(
             ClientServiceServer::new(Clients(ctx.clone()))
+                .max_decoding_message_size(API_MESSAGE_BYTES_MAX),
+        )
+        .add_service(
+            EntryServiceServer::new(Entries(ctx.clone()))
+                .max_decoding_message_size(API_MESSAGE_BYTES_MAX),
+        )
+        .add_service(
+            RoleServiceServer::new(Roles(ctx.clone()))
+                .max_decoding_message_size(API_MESSAGE_BYTES_MAX),
+        )
+        .add_service(
+            DelegationServiceServer::new(Delegations(ctx.clone()))
+                .max_decoding_message_size(API_MESSAGE_BYTES_MAX),
+        )
+        .add_service(
+            RevocationServiceServer::new(Revocations(ctx.clone()))
+                .max_decoding_message_size(API_MESSAGE_BYTES_MAX),
+        )
+        .add_service(
+            AgentServiceServer::new(Agents(ctx.clone()))
                 .max_decoding_message_size(API_MESSAGE_BYTES_MAX),
         )
         .add_service(
@@ -284,7 +321,16 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
             }
             let td = TrustDomain::parse(&cfg.trust_domain)?;
             let initial = b.members.clone();
-            let root = root_to_install(&NodeFiles::new(&cfg.data_dir))?;
+            let mut root: Vec<Command> = root_to_install(&NodeFiles::new(&cfg.data_dir))?
+                .into_iter()
+                .collect();
+            // The client-secret key, sealed under the KEK; refused (harmlessly) if the cluster
+            // has one already.
+            if let Ok(kek) = crate::pki::Kek::load(&cfg.kek_path()) {
+                root.push(Command::InstallClientSecretKey {
+                    sealed_key: authsec_domain::Sealed(crate::secrets::new_sealed_key(&kek, &td)),
+                });
+            }
             tasks.push(tokio::spawn(record_bootstrap(writer, td, root, initial)));
         }
     }
@@ -325,7 +371,7 @@ fn root_to_install(files: &NodeFiles) -> anyhow::Result<Option<Command>> {
 async fn record_bootstrap(
     writer: Writer,
     td: TrustDomain,
-    root: Option<Command>,
+    root: Vec<Command>,
     members: Vec<crate::config::Member>,
 ) {
     let actor = Actor {

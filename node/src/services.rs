@@ -29,6 +29,8 @@ pub struct Ctx {
     pub reader: Reader,
     pub head_rx: watch::Receiver<ArchiveHead>,
     pub sec: Arc<Security>,
+    /// SPIFFE ID template of an AI agent's workload entry.
+    pub agent_template: String,
 }
 
 fn internal(e: impl std::fmt::Display) -> Status {
@@ -82,7 +84,7 @@ impl Ctx {
         ))
     }
 
-    async fn read_point(&self, consistency: i32) -> Result<(), Status> {
+    pub async fn read_point(&self, consistency: i32) -> Result<(), Status> {
         match v1::Consistency::try_from(consistency) {
             Ok(v1::Consistency::Local) => Ok(()),
             Ok(v1::Consistency::Linearizable) => Ok(self.writer.linearize().await?),
@@ -504,10 +506,6 @@ pub struct Clients(pub Arc<Ctx>);
 /// Bytes per backup chunk.
 const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 
-/// Page sizes for listings.
-const PAGE_DEFAULT: usize = 100;
-const PAGE_MAX: usize = 1000;
-
 #[tonic::async_trait]
 impl ClientService for Clients {
     async fn register_client(
@@ -591,50 +589,44 @@ impl ClientService for Clients {
         &self,
         req: Request<v1::ListClientsRequest>,
     ) -> Result<Response<v1::ListClientsResponse>, Status> {
-        let r = req.into_inner();
-        let size = match r.page_size as usize {
-            0 => PAGE_DEFAULT,
-            n if n > PAGE_MAX => {
-                return Err(ApiError::from(authsec_domain::FieldError::new(
-                    "page_size",
-                    format!("at most {PAGE_MAX}"),
-                ))
-                .into())
-            }
-            n => n,
-        };
-        let after = if r.page_token.is_empty() {
-            None
-        } else {
-            Some(
-                convert::client_id(&r.page_token)
-                    .map_err(|e| ApiError::from(e.at("page_token")))?,
-            )
-        };
-        self.0.read_point(r.consistency).await?;
-        let page = self
-            .0
-            .reader
-            .clients(after.as_ref().map(|a| a.as_str()), size + 1)
-            .map_err(internal)?;
-        let more = page.len() > size;
-        let clients: Vec<_> = page
-            .iter()
-            .take(size)
-            .map(convert::client_to_wire)
-            .collect();
-        let next_page_token = if more {
-            clients
-                .last()
-                .map(|c| c.client_id.clone())
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
-        Ok(Response::new(v1::ListClientsResponse {
-            clients,
-            next_page_token,
-        }))
+        crate::identity_api::list_clients(&self.0, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn create_client(
+        &self,
+        req: Request<v1::CreateClientRequest>,
+    ) -> Result<Response<v1::CreateClientResponse>, Status> {
+        crate::identity_api::create_client(&self.0, req).await
+    }
+
+    async fn describe_client(
+        &self,
+        req: Request<v1::GetClientRequest>,
+    ) -> Result<Response<v1::ClientDetail>, Status> {
+        crate::identity_api::describe_client(&self.0, req).await
+    }
+
+    async fn rotate_secret(
+        &self,
+        req: Request<v1::RotateSecretRequest>,
+    ) -> Result<Response<v1::RotateSecretResponse>, Status> {
+        crate::identity_api::rotate_secret(&self.0, req).await
+    }
+
+    async fn set_credentials(
+        &self,
+        req: Request<v1::SetCredentialsRequest>,
+    ) -> Result<Response<v1::WriteResponse>, Status> {
+        crate::identity_api::set_credentials(&self.0, req).await
+    }
+
+    async fn delete_client(
+        &self,
+        req: Request<v1::DeleteClientRequest>,
+    ) -> Result<Response<v1::WriteResponse>, Status> {
+        crate::identity_api::delete_client(&self.0, req).await
     }
 }
 

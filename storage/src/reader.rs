@@ -96,7 +96,10 @@ impl Reader {
             state.clients.insert(c.client_id.clone(), c);
         }
         if let Some(v) = db
-            .get_cf(self.store.cf(cf::PROJ_META), authsec_domain::persist::KEY_IDENTITY)
+            .get_cf(
+                self.store.cf(cf::PROJ_META),
+                authsec_domain::persist::KEY_IDENTITY,
+            )
             .map_err(StoreError::rocks("read identity"))?
         {
             state
@@ -280,6 +283,17 @@ impl Reader {
             );
         }
         Ok(out)
+    }
+
+    /// The identity settings (client-secret key presence, unspent agent join tokens).
+    pub fn load_identity(&self) -> Result<authsec_domain::identity::IdentityMeta, StoreError> {
+        let key = authsec_domain::persist::KEY_IDENTITY;
+        let v = self
+            .store
+            .db
+            .get_cf(self.store.cf(cf::PROJ_META), key)
+            .map_err(StoreError::rocks("read identity"))?;
+        Ok(decode_at(cf::PROJ_META, key, Tag::IDENTITY_META, v)?.unwrap_or_default())
     }
 
     /// One stored row of a projection family.

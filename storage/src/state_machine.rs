@@ -363,8 +363,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
                 EntryPayload::Normal(proposals) => {
                     for p in &proposals.proposals {
-                        let outcome =
-                            apply_proposal(&mut self.state, p, log_index).map(|(events, time_ms)| {
+                        let outcome = apply_proposal(&mut self.state, p, log_index).map(
+                            |(events, time_ms)| {
                                 touched.insert(ProjectionKey::Meta);
                                 // Secret material goes to its own family, in the same batch,
                                 // and never into an event or the archive.
@@ -416,7 +416,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                     sequences,
                                     generated_client_id: generated,
                                 }
-                            });
+                            },
+                        );
                         reply.outcomes.push(outcome);
                     }
                 }
