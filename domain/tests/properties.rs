@@ -91,7 +91,7 @@ proptest! {
         let mut applied = State::default();
         let mut log = Vec::new();
         for p in &props {
-            if let Ok((events, time)) = apply_proposal(&mut applied, p) {
+            if let Ok((events, time)) = apply_proposal(&mut applied, p, 1) {
                 for e in events { log.push((e, time)); }
             }
         }
@@ -109,7 +109,7 @@ proptest! {
     fn deterministic(props in proposals()) {
         let run = || {
             let mut s = State::default();
-            let out: Vec<_> = props.iter().map(|p| apply_proposal(&mut s, p)).collect();
+            let out: Vec<_> = props.iter().map(|p| apply_proposal(&mut s, p, 1)).collect();
             (s, out)
         };
         prop_assert_eq!(run(), run());
@@ -120,7 +120,7 @@ proptest! {
         let mut s = State::default();
         let mut last = 0;
         for p in &props {
-            if let Ok((_, t)) = apply_proposal(&mut s, p) {
+            if let Ok((_, t)) = apply_proposal(&mut s, p, 1) {
                 prop_assert!(t >= last);
                 last = t;
             }
