@@ -140,7 +140,8 @@ pub fn subject(field: &'static str, s: &str) -> Result<Subject, FieldError> {
         return spiffe_id(field, s).map(Subject::Spiffe);
     }
     if let Some(p) = s.strip_prefix("person:") {
-        let (issuer, subject) = p.rsplit_once('#').ok_or_else(bad)?;
+        // The issuer is everything before the first '#': issuers carry no fragment.
+        let (issuer, subject) = p.split_once('#').ok_or_else(bad)?;
         for v in [issuer, subject] {
             if v.is_empty() || v.len() > limits::PERSON_BYTES_MAX || v.chars().any(char::is_control)
             {

@@ -183,6 +183,7 @@ fn register(
     text("default_audience", &r.default_audience)?;
     scopes("allowed_scopes", &r.allowed_scopes)?;
     scopes("default_scopes", &r.default_scopes)?;
+    crate::rules::no_admin_scopes("allowed_scopes", &r.allowed_scopes)?;
     defaults_allowed(&r.allowed_scopes, &r.default_scopes)?;
     Ok(vec![Event::ClientRegistered {
         client: Client {
@@ -462,6 +463,7 @@ pub fn decide(
             }
             if let Some(s) = &patch.allowed_scopes {
                 scopes("allowed_scopes", s)?;
+                crate::rules::no_admin_scopes("allowed_scopes", s)?;
             }
             if let Some(s) = &patch.default_scopes {
                 scopes("default_scopes", s)?;

@@ -249,6 +249,8 @@ pub enum Denial {
     DelegationRevoked(String),
     #[error("delegation {id} expired at {expires_at_ms} ms since the epoch")]
     DelegationExpired { id: String, expires_at_ms: u64 },
+    #[error("the chain of delegation {0} is deeper than any grant allows")]
+    ChainTooDeep(String),
 }
 
 /// What a delegator holds now: a client's roles cut by its allow-list (nothing if disabled or
@@ -324,8 +326,9 @@ pub fn chain<'a>(
         }
         out.push(d);
         cur = d.parent.as_ref();
-        if out.len() > usize::from(crate::limits::DELEGATION_DEPTH_MAX) + 1 {
-            break; // decide bounds depth; this only guards a damaged store
+        if cur.is_some() && out.len() > usize::from(crate::limits::DELEGATION_DEPTH_MAX) {
+            // decide bounds depth, so only a damaged store gets here: refuse, never truncate.
+            return Err(Denial::ChainTooDeep(id.to_string()));
         }
     }
     Ok(out)

@@ -64,12 +64,16 @@ fn revision(
     }
 }
 
-/// Admin permissions are never held by a client for its tokens: not in an allow-list either.
-fn no_admin_scopes(field: &str, set: &BTreeSet<Scope>) -> Result<(), Rejection> {
-    match set
-        .iter()
-        .find(|s| s.as_str().starts_with(permissions::ADMIN_RESOURCE))
-    {
+/// Admin permissions are never held by a client for its tokens: an allow-list does not name
+/// one (`authsec.admin:...` or `authsec.admin.<x>:...`). Wildcards such as `*:*` stay allowed:
+/// an allow-list is a cap, and `effective` refuses admin scopes whatever the cap says.
+pub(crate) fn no_admin_scopes(field: &str, set: &BTreeSet<Scope>) -> Result<(), Rejection> {
+    let admin = |s: &&Scope| {
+        let resource = s.as_str().split(':').next().unwrap_or("");
+        let mut segs = resource.split('.');
+        segs.next() == Some("authsec") && segs.next() == Some("admin")
+    };
+    match set.iter().find(admin) {
         Some(s) => Err(invalid(
             field,
             format!("{s} is an admin permission; admin permissions never appear in tokens"),
@@ -79,6 +83,14 @@ fn no_admin_scopes(field: &str, set: &BTreeSet<Scope>) -> Result<(), Rejection> 
 }
 
 fn person(field: &str, issuer: &str, subject: &str) -> Result<(), Rejection> {
+    // A person's key is `person:<issuer>#<subject>`: an issuer with a '#' would make two
+    // persons share one key (and one stored binding). OpenID issuers carry no fragment.
+    if issuer.contains('#') {
+        return Err(invalid(
+            field,
+            "the person's issuer must not contain '#' (an issuer URL has no fragment)",
+        ));
+    }
     for (what, v) in [("issuer", issuer), ("subject", subject)] {
         if v.is_empty() || v.len() > limits::PERSON_BYTES_MAX || v.chars().any(char::is_control) {
             return Err(invalid(
@@ -365,6 +377,64 @@ fn unbind_all(state: &State, subject: &Subject, out: &mut Vec<Event>) {
     }
 }
 
+/// Bindings to the SPIFFE IDs of `deleted` entries that no remaining entry carries: they go
+/// with the last entry that named the ID, so a new client of the same name does not inherit
+/// them.
+fn unbind_orphaned_spiffe_ids(state: &State, deleted: &BTreeSet<EntryId>, out: &mut Vec<Event>) {
+    let mut ids = BTreeSet::new();
+    for e in deleted {
+        if let Some(entry) = state.entries.get(e) {
+            ids.insert(entry.spiffe_id.clone());
+        }
+    }
+    for id in ids {
+        let others = state
+            .idx
+            .entries_by_spiffe
+            .get(&id)
+            .is_some_and(|set| set.iter().any(|e| !deleted.contains(e)));
+        if !others {
+            unbind_all(state, &Subject::Spiffe(id), out);
+        }
+    }
+}
+
+/// Revoke every delegation tree `who` granted.
+fn revoke_granted_by(
+    state: &State,
+    who: &Delegator,
+    log_index: u64,
+    out: &mut Vec<Event>,
+    seen: &mut BTreeSet<DelegationId>,
+) {
+    let roots: Vec<DelegationId> = match who {
+        Delegator::Client(c) => state
+            .idx
+            .delegations_by_client
+            .get(c)
+            .into_iter()
+            .flatten()
+            .filter(|d| {
+                state
+                    .delegations
+                    .get(*d)
+                    .is_some_and(|d| d.delegator == *who)
+            })
+            .cloned()
+            .collect(),
+        // Rare (a person's revocation): a scan of the delegations.
+        Delegator::Person { .. } => state
+            .delegations
+            .values()
+            .filter(|d| d.delegator == *who)
+            .map(|d| d.delegation_id.clone())
+            .collect(),
+    };
+    for d in roots {
+        revoke_delegation_tree(state, &d, log_index, out, seen);
+    }
+}
+
 /// Removing a client takes its bindings, its workload entries and the delegations it gave or
 /// holds with it, each as its own event.
 pub(crate) fn remove_client(
@@ -385,6 +455,7 @@ pub(crate) fn remove_client(
         }
     }
     if let Some(entries) = state.idx.entries_by_client.get(client_id) {
+        unbind_orphaned_spiffe_ids(state, entries, &mut out);
         for e in entries {
             unbind_all(state, &Subject::Entry(e.clone()), &mut out);
             if let Some(entry) = state.entries.get(e) {
@@ -717,7 +788,21 @@ fn revoke(
         }
         RevocationTarget::Subject(s) => {
             subject_exists(state, s)?;
-            Ok(vec![subject_revoked(s.key())])
+            let mut out = vec![subject_revoked(s.key())];
+            // What the subject granted goes with it: a revoked person or client no longer
+            // stands behind its delegations.
+            let granted = match s {
+                Subject::Client(c) => Some(Delegator::Client(c.clone())),
+                Subject::Person { issuer, subject } => Some(Delegator::Person {
+                    issuer: issuer.clone(),
+                    subject: subject.clone(),
+                }),
+                _ => None,
+            };
+            if let Some(who) = granted {
+                revoke_granted_by(state, &who, log_index, &mut out, &mut BTreeSet::new());
+            }
+            Ok(out)
         }
         RevocationTarget::Delegation(id) => {
             if !state.delegations.contains_key(id) {
@@ -804,6 +889,7 @@ pub(crate) fn decide_identity(
                 .ok_or_else(|| not_found("entry", entry_id))?;
             revision("entry", entry_id, *expected_revision, e.revision)?;
             let mut out = Vec::new();
+            unbind_orphaned_spiffe_ids(state, &BTreeSet::from([entry_id.clone()]), &mut out);
             unbind_all(state, &Subject::Entry(entry_id.clone()), &mut out);
             out.push(Event::EntryDeleted {
                 entry_id: entry_id.clone(),
