@@ -150,6 +150,13 @@ const ALL_CFS: &[&str] = &[
     "local_meta",
     "local_keys",
     "local_outbox",
+    "proj_client_auth",
+    "proj_entries",
+    "proj_roles",
+    "proj_bindings",
+    "proj_delegations",
+    "proj_agents",
+    "proj_revocations",
 ];
 
 /// Write some clients on a one-node cluster, stop it, damage one value, and start it again.
