@@ -156,6 +156,64 @@ async fn onboarding_an_ai_agent_from_the_cli_on_three_nodes() -> anyhow::Result<
         "{table}"
     );
 
+    // The operator's next step: a parent agent and selectors make the entry active.
+    ok(&run(
+        &a1,
+        &admin,
+        &[
+            "entry",
+            "update",
+            &entry_id,
+            "--parent",
+            &format!("spiffe://{TRUST_DOMAIN}/authsec/agent/host-1"),
+            "--selector",
+            "unix:uid:1000",
+            "--expected-revision",
+            "1",
+        ],
+    )?)?;
+    let got = json_lines(&ok(&run(
+        &a1,
+        &admin,
+        &["entry", "get", &entry_id, "--output", "json"],
+    )?)?)?;
+    assert_eq!(got[0]["status"], "active", "{got:?}");
+    assert_eq!(got[0]["revision"], 2);
+
+    // Rotating the secret: a new one, the old one valid for the overlap.
+    let rotated = json_lines(&ok(&run(
+        &a1,
+        &admin,
+        &[
+            "client",
+            "rotate-secret",
+            "billing-agent",
+            "--overlap",
+            "1h",
+            "--output",
+            "json",
+        ],
+    )?)?)?;
+    let new_secret = rotated[0]["client_secret"].as_str().unwrap_or("");
+    assert!(
+        new_secret.starts_with("as_cs_") && new_secret != secret,
+        "{rotated:?}"
+    );
+    assert!(rotated[0]["previous_valid_until_ms"].as_u64().unwrap_or(0) > 0);
+    let detail = json_lines(&ok(&run(
+        &a1,
+        &admin,
+        &["client", "get", "billing-agent", "--output", "json"],
+    )?)?)?;
+    assert_eq!(
+        detail[0]["auth_methods"],
+        serde_json::json!(["client_secret"])
+    );
+    assert_eq!(
+        detail[0]["revision"], 2,
+        "a rotation bumps the client's revision"
+    );
+
     // Delegation as a user sets it up: roles, bindings, a grant, a check, a revocation.
     for args in [
         vec![

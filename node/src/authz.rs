@@ -241,3 +241,38 @@ where
         futures::future::Either::Left(self.inner.call(req))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::admin_permission;
+
+    #[test]
+    fn every_admin_call_maps_to_one_permission() {
+        for (path, want) in [
+            ("/authsec.v1.ClientService/CreateClient", "clients.write"),
+            ("/authsec.v1.ClientService/ListClients", "clients.read"),
+            ("/authsec.v1.ClientService/DescribeClient", "clients.read"),
+            ("/authsec.v1.ClientService/RotateSecret", "clients.write"),
+            ("/authsec.v1.EntryService/GetEntry", "entries.read"),
+            ("/authsec.v1.EntryService/UpdateEntry", "entries.write"),
+            ("/authsec.v1.RoleService/Bind", "bindings.write"),
+            ("/authsec.v1.RoleService/ListBindings", "roles.read"),
+            ("/authsec.v1.RoleService/CreateRole", "roles.write"),
+            ("/authsec.v1.DelegationService/Check", "delegations.read"),
+            (
+                "/authsec.v1.DelegationService/CreateDelegation",
+                "delegations.write",
+            ),
+            ("/authsec.v1.RevocationService/Revoke", "revocations.write"),
+            ("/authsec.v1.AgentService/CreateJoinToken", "agents.write"),
+            ("/authsec.v1.EventService/Feed", "audit.read"),
+            ("/authsec.v1.ClusterService/Status", "cluster.read"),
+            ("/authsec.v1.ClusterService/RemoveNode", "cluster.write"),
+            ("/authsec.v1.ClusterService/IssueAdmin", "admins.write"),
+            ("/authsec.v1.ClusterService/SaveSnapshot", "backup.read"),
+            ("/authsec.v1.Unknown/Thing", "other.write"),
+        ] {
+            assert_eq!(admin_permission(path), want, "{path}");
+        }
+    }
+}
