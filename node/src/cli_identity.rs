@@ -294,6 +294,22 @@ fn receipt(output: Output, what: &str, r: Option<&v1::WriteReceipt>) {
     }
 }
 
+/// Every item of a paged listing: `page(token)` until the next token is empty.
+async fn all_pages<T, Fut>(mut page: impl FnMut(String) -> Fut) -> anyhow::Result<Vec<T>>
+where
+    Fut: std::future::Future<Output = Result<(Vec<T>, String), tonic::Status>>,
+{
+    let (mut out, mut token) = (Vec::new(), String::new());
+    loop {
+        let (items, next) = page(token).await.map_err(call)?;
+        out.extend(items);
+        if next.is_empty() {
+            return Ok(out);
+        }
+        token = next;
+    }
+}
+
 fn consistency(linearizable: bool) -> i32 {
     if linearizable {
         v1::Consistency::Linearizable as i32
@@ -578,29 +594,26 @@ pub async fn client(c: ClientCmd) -> anyhow::Result<()> {
             kind,
             owner,
         } => {
-            let mut cl = C::new(channel(&common.target).await?);
+            let cl = C::new(channel(&common.target).await?);
             let kind = kind.map(|k| kind_arg(&k)).transpose()?.unwrap_or(0);
+            let items = all_pages(|page_token| {
+                let mut cl = cl.clone();
+                let req = v1::ListClientsRequest {
+                    page_size: 1000,
+                    page_token,
+                    consistency: 0,
+                    kind,
+                    owner: owner.clone().unwrap_or_default(),
+                };
+                async move {
+                    let r = cl.list_clients(req).await?.into_inner();
+                    Ok((r.clients, r.next_page_token))
+                }
+            })
+            .await?;
             let mut p = Printer::new(common.output, CLIENT_HEADERS);
-            let mut token = String::new();
-            loop {
-                let r = cl
-                    .list_clients(v1::ListClientsRequest {
-                        page_size: 1000,
-                        page_token: token,
-                        consistency: 0,
-                        kind,
-                        owner: owner.clone().unwrap_or_default(),
-                    })
-                    .await
-                    .map_err(call)?
-                    .into_inner();
-                for c in &r.clients {
-                    p.add(client_json(c), client_row(c));
-                }
-                if r.next_page_token.is_empty() {
-                    break;
-                }
-                token = r.next_page_token;
+            for c in &items {
+                p.add(client_json(c), client_row(c));
             }
             p.finish();
         }
@@ -895,30 +908,27 @@ pub async fn entry(c: EntryCmd) -> anyhow::Result<()> {
             client,
             status,
         } => {
-            let mut cl = EntryServiceClient::new(channel(&common.target).await?);
+            let cl = EntryServiceClient::new(channel(&common.target).await?);
+            let items = all_pages(|page_token| {
+                let mut cl = cl.clone();
+                let req = v1::ListEntriesRequest {
+                    page_size: 1000,
+                    page_token,
+                    consistency: 0,
+                    spiffe_id: spiffe_id.clone().unwrap_or_default(),
+                    parent_id: parent.clone().unwrap_or_default(),
+                    client_id: client.clone().unwrap_or_default(),
+                    status: status.clone().unwrap_or_default(),
+                };
+                async move {
+                    let r = cl.list_entries(req).await?.into_inner();
+                    Ok((r.entries, r.next_page_token))
+                }
+            })
+            .await?;
             let mut p = Printer::new(common.output, ENTRY_HEADERS);
-            let mut token = String::new();
-            loop {
-                let r = cl
-                    .list_entries(v1::ListEntriesRequest {
-                        page_size: 1000,
-                        page_token: token,
-                        consistency: 0,
-                        spiffe_id: spiffe_id.clone().unwrap_or_default(),
-                        parent_id: parent.clone().unwrap_or_default(),
-                        client_id: client.clone().unwrap_or_default(),
-                        status: status.clone().unwrap_or_default(),
-                    })
-                    .await
-                    .map_err(call)?
-                    .into_inner();
-                for e in &r.entries {
-                    p.add(entry_json(e), entry_row(e));
-                }
-                if r.next_page_token.is_empty() {
-                    break;
-                }
-                token = r.next_page_token;
+            for e in &items {
+                p.add(entry_json(e), entry_row(e));
             }
             p.finish();
         }
@@ -1084,26 +1094,23 @@ pub async fn role(c: RoleCmd) -> anyhow::Result<()> {
             );
         }
         RoleCmd::List { common } => {
-            let mut cl = RoleServiceClient::new(channel(&common.target).await?);
+            let cl = RoleServiceClient::new(channel(&common.target).await?);
+            let items = all_pages(|page_token| {
+                let mut cl = cl.clone();
+                let req = v1::ListRolesRequest {
+                    page_size: 1000,
+                    page_token,
+                    consistency: 0,
+                };
+                async move {
+                    let r = cl.list_roles(req).await?.into_inner();
+                    Ok((r.roles, r.next_page_token))
+                }
+            })
+            .await?;
             let mut p = Printer::new(common.output, ROLE_HEADERS);
-            let mut token = String::new();
-            loop {
-                let r = cl
-                    .list_roles(v1::ListRolesRequest {
-                        page_size: 1000,
-                        page_token: token,
-                        consistency: 0,
-                    })
-                    .await
-                    .map_err(call)?
-                    .into_inner();
-                for x in &r.roles {
-                    p.add(role_json(x), role_row(x));
-                }
-                if r.next_page_token.is_empty() {
-                    break;
-                }
-                token = r.next_page_token;
+            for x in &items {
+                p.add(role_json(x), role_row(x));
             }
             p.finish();
         }
@@ -1171,31 +1178,28 @@ pub async fn role(c: RoleCmd) -> anyhow::Result<()> {
             subject,
             role,
         } => {
-            let mut cl = RoleServiceClient::new(channel(&common.target).await?);
+            let cl = RoleServiceClient::new(channel(&common.target).await?);
+            let items = all_pages(|page_token| {
+                let mut cl = cl.clone();
+                let req = v1::ListBindingsRequest {
+                    page_size: 1000,
+                    page_token,
+                    consistency: 0,
+                    subject: subject.clone().unwrap_or_default(),
+                    role: role.clone().unwrap_or_default(),
+                };
+                async move {
+                    let r = cl.list_bindings(req).await?.into_inner();
+                    Ok((r.bindings, r.next_page_token))
+                }
+            })
+            .await?;
             let mut p = Printer::new(common.output, &["ROLE", "SUBJECT"]);
-            let mut token = String::new();
-            loop {
-                let r = cl
-                    .list_bindings(v1::ListBindingsRequest {
-                        page_size: 1000,
-                        page_token: token,
-                        consistency: 0,
-                        subject: subject.clone().unwrap_or_default(),
-                        role: role.clone().unwrap_or_default(),
-                    })
-                    .await
-                    .map_err(call)?
-                    .into_inner();
-                for b in &r.bindings {
-                    p.add(
-                        json!({"role": b.role, "subject": b.subject}),
-                        vec![b.role.clone(), b.subject.clone()],
-                    );
-                }
-                if r.next_page_token.is_empty() {
-                    break;
-                }
-                token = r.next_page_token;
+            for b in &items {
+                p.add(
+                    json!({"role": b.role, "subject": b.subject}),
+                    vec![b.role.clone(), b.subject.clone()],
+                );
             }
             p.finish();
         }
@@ -1332,28 +1336,25 @@ pub async fn delegation(c: DelegationCmd) -> anyhow::Result<()> {
             client,
             include_revoked,
         } => {
-            let mut cl = DelegationServiceClient::new(channel(&common.target).await?);
+            let cl = DelegationServiceClient::new(channel(&common.target).await?);
+            let items = all_pages(|page_token| {
+                let mut cl = cl.clone();
+                let req = v1::ListDelegationsRequest {
+                    page_size: 1000,
+                    page_token,
+                    consistency: 0,
+                    client_id: client.clone().unwrap_or_default(),
+                    include_revoked,
+                };
+                async move {
+                    let r = cl.list_delegations(req).await?.into_inner();
+                    Ok((r.delegations, r.next_page_token))
+                }
+            })
+            .await?;
             let mut p = Printer::new(common.output, DELEGATION_HEADERS);
-            let mut token = String::new();
-            loop {
-                let r = cl
-                    .list_delegations(v1::ListDelegationsRequest {
-                        page_size: 1000,
-                        page_token: token,
-                        consistency: 0,
-                        client_id: client.clone().unwrap_or_default(),
-                        include_revoked,
-                    })
-                    .await
-                    .map_err(call)?
-                    .into_inner();
-                for d in &r.delegations {
-                    p.add(delegation_json(d), delegation_row(d));
-                }
-                if r.next_page_token.is_empty() {
-                    break;
-                }
-                token = r.next_page_token;
+            for d in &items {
+                p.add(delegation_json(d), delegation_row(d));
             }
             p.finish();
         }
@@ -1455,29 +1456,26 @@ pub async fn revoke(c: RevokeCmd) -> anyhow::Result<()> {
     use v1::revoke_request::Target as T;
     let (common, target, what) = match c {
         RevokeCmd::List { common } => {
-            let mut cl = RevocationServiceClient::new(channel(&common.target).await?);
+            let cl = RevocationServiceClient::new(channel(&common.target).await?);
+            let items = all_pages(|page_token| {
+                let mut cl = cl.clone();
+                let req = v1::ListRevocationsRequest {
+                    page_size: 1000,
+                    page_token,
+                    consistency: 0,
+                };
+                async move {
+                    let r = cl.list_revocations(req).await?.into_inner();
+                    Ok((r.revocations, r.next_page_token))
+                }
+            })
+            .await?;
             let mut p = Printer::new(common.output, &["TARGET", "INDEX", "EXPIRES"]);
-            let mut token = String::new();
-            loop {
-                let r = cl
-                    .list_revocations(v1::ListRevocationsRequest {
-                        page_size: 1000,
-                        page_token: token,
-                        consistency: 0,
-                    })
-                    .await
-                    .map_err(call)?
-                    .into_inner();
-                for x in &r.revocations {
-                    p.add(
-                        json!({"target": x.target, "index": x.index, "expires_at_ms": x.expires_at_ms}),
-                        vec![x.target.clone(), x.index.to_string(), ms(x.expires_at_ms)],
-                    );
-                }
-                if r.next_page_token.is_empty() {
-                    break;
-                }
-                token = r.next_page_token;
+            for x in &items {
+                p.add(
+                    json!({"target": x.target, "index": x.index, "expires_at_ms": x.expires_at_ms}),
+                    vec![x.target.clone(), x.index.to_string(), ms(x.expires_at_ms)],
+                );
             }
             p.finish();
             return Ok(());
@@ -1607,27 +1605,24 @@ pub async fn agent(c: AgentCmd) -> anyhow::Result<()> {
             }
         }
         AgentCmd::List { common } => {
-            let mut cl = AgentServiceClient::new(channel(&common.target).await?);
+            let cl = AgentServiceClient::new(channel(&common.target).await?);
+            let items = all_pages(|page_token| {
+                let mut cl = cl.clone();
+                let req = v1::ListAgentsRequest {
+                    page_size: 1000,
+                    page_token,
+                    consistency: 0,
+                };
+                async move {
+                    let r = cl.list_agents(req).await?.into_inner();
+                    Ok((r.agents, r.next_page_token))
+                }
+            })
+            .await?;
             let mut p = Printer::new(common.output, AGENT_HEADERS);
-            let mut token = String::new();
-            loop {
-                let r = cl
-                    .list_agents(v1::ListAgentsRequest {
-                        page_size: 1000,
-                        page_token: token,
-                        consistency: 0,
-                    })
-                    .await
-                    .map_err(call)?
-                    .into_inner();
-                for a in &r.agents {
-                    let (j, row) = agent_out(a);
-                    p.add(j, row);
-                }
-                if r.next_page_token.is_empty() {
-                    break;
-                }
-                token = r.next_page_token;
+            for a in &items {
+                let (j, row) = agent_out(a);
+                p.add(j, row);
             }
             p.finish();
         }
