@@ -60,6 +60,21 @@ async fn init_then_two_joins_over_mtls_with_single_use_expiring_tokens() -> anyh
     c.prepare(2, None)?;
     c.spawn_join(2, &token, std::slice::from_ref(&first))?;
     c.wait_voter(1, 2, T).await?;
+    // The admission's audit record is written after the membership change commits: wait for
+    // it, so that it is not counted as a write of what follows.
+    let deadline = Instant::now() + T;
+    while !c
+        .records(1)
+        .await?
+        .iter()
+        .any(|r| r.kind == "node.member_recorded" && r.subject == "node:2")
+    {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "node 2's admission was never recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     c.wait_converged(&[1, 2], 0, T).await?;
     let before = head(&c, 1).await?;
 
@@ -94,10 +109,17 @@ async fn init_then_two_joins_over_mtls_with_single_use_expiring_tokens() -> anyh
         after_create,
         "refused joins write nothing"
     );
+    let since: Vec<String> = c
+        .records(1)
+        .await?
+        .into_iter()
+        .filter(|r| r.sequence > before)
+        .map(|r| format!("#{} {} {}", r.sequence, r.kind, r.subject))
+        .collect();
     assert_eq!(
         after_create,
         before + 1,
-        "only the token creation was recorded"
+        "only the token creation was recorded: {since:?}"
     );
     assert!(
         !c.data_dir(3)?.join("tls").join("node.crt").exists(),
