@@ -181,3 +181,288 @@ fn batch_v1() {
         batch
     );
 }
+
+mod identity {
+    //! The identity model's rows, commands and events (issue 5).
+
+    use super::*;
+    use authsec_domain::command::{
+        CreateClient, CredentialChange, DelegationSpec, EntryPatch, EntrySpec, RevocationTarget,
+    };
+    use authsec_domain::identity::{
+        Agent, AgentToken, ClientAuth, ClientSecret, Delegation, Delegator, Entry, IdentityMeta,
+        PublicKey, RevokedSubject, RevokedToken, Role, SecretHash, Subject,
+    };
+    use authsec_domain::{DelegationId, EntryId, RoleName, Selector, SpiffeId};
+
+    fn spiffe(s: &str) -> SpiffeId {
+        SpiffeId::parse(s).expect("valid")
+    }
+
+    fn entry() -> Entry {
+        Entry {
+            entry_id: EntryId::parse("e-0123456789abcdef0123").expect("valid"),
+            spiffe_id: spiffe("spiffe://example.org/agent/billing-agent"),
+            parent_id: Some(spiffe("spiffe://example.org/authsec/agent/host-1")),
+            selectors: [Selector::parse("unix:uid:1000").expect("valid")].into(),
+            x509_ttl_s: 3600,
+            jwt_ttl_s: 300,
+            dns_names: ["billing.example.org".to_owned()].into(),
+            client_id: Some(ClientId::parse("billing-agent").expect("valid")),
+            federates_with: [TrustDomain::parse("partner.org").expect("valid")].into(),
+            revision: 2,
+            created_at_ms: 10,
+            updated_at_ms: 20,
+        }
+    }
+
+    fn auth() -> ClientAuth {
+        ClientAuth {
+            secret: Some(ClientSecret {
+                current: SecretHash([0x21; 32]),
+                created_at_ms: 30,
+                previous: Some((SecretHash([0x22; 32]), 40)),
+            }),
+            public_keys: vec![PublicKey {
+                kid: "k1".into(),
+                key: "{\"kty\":\"EC\"}".into(),
+            }],
+            spiffe_id: Some(spiffe("spiffe://example.org/svc")),
+        }
+    }
+
+    fn delegation() -> Delegation {
+        Delegation {
+            delegation_id: DelegationId::parse("d-1").expect("valid"),
+            delegator: Delegator::Person {
+                issuer: "https://idp.example".into(),
+                subject: "alice".into(),
+            },
+            delegate: ClientId::parse("billing-agent").expect("valid"),
+            permissions: scopes(&["orders:read"]),
+            max_token_ttl_s: 300,
+            max_depth: 1,
+            depth: 0,
+            parent: None,
+            expires_at_ms: 50,
+            created_at_ms: 5,
+            revoked_at_index: Some(77),
+        }
+    }
+
+    #[test]
+    fn identity_rows_v1() {
+        let role = Role {
+            name: RoleName::parse("order-reader").expect("valid"),
+            description: "reads orders".into(),
+            permissions: scopes(&["orders:read", "orders.archive:*"]),
+            revision: 3,
+            created_at_ms: 1,
+            updated_at_ms: 2,
+        };
+        let binding = (
+            Subject::Client(ClientId::parse("billing-agent").expect("valid")),
+            role.name.clone(),
+        );
+        let agent = Agent {
+            spiffe_id: spiffe("spiffe://example.org/authsec/agent/host-1"),
+            token_id: "0123456789abcdef".into(),
+            attested_at_ms: 6,
+            last_seen_ms: 7,
+            banned: false,
+        };
+        let meta = IdentityMeta {
+            client_secret_key: true,
+            agent_tokens: [(
+                "0123456789abcdef".to_owned(),
+                AgentToken {
+                    token_id: "0123456789abcdef".into(),
+                    secret_hash: [0x33; 32],
+                    created_at_ms: 8,
+                    expires_at_ms: 9,
+                },
+            )]
+            .into(),
+        };
+        let id = ClientId::parse("billing-agent").expect("valid");
+        check(
+            "client_auth_v1",
+            &codec::encode(Tag::CLIENT_AUTH, &(&id, &auth())),
+        );
+        check("entry_v1", &codec::encode(Tag::ENTRY, &entry()));
+        check("role_v1", &codec::encode(Tag::ROLE, &role));
+        check("binding_v1", &codec::encode(Tag::BINDING, &binding));
+        check(
+            "delegation_v1",
+            &codec::encode(Tag::DELEGATION, &delegation()),
+        );
+        check("agent_v1", &codec::encode(Tag::AGENT, &agent));
+        check(
+            "identity_meta_v1",
+            &codec::encode(Tag::IDENTITY_META, &meta),
+        );
+        check(
+            "revoked_token_v1",
+            &codec::encode(
+                Tag::REVOKED_TOKEN,
+                &RevokedToken {
+                    jti: "jti-1".into(),
+                    expires_at_ms: 11,
+                    revoked_at_index: 12,
+                },
+            ),
+        );
+        check(
+            "revoked_subject_v1",
+            &codec::encode(
+                Tag::REVOKED_SUBJECT,
+                &RevokedSubject {
+                    subject: "client:billing-agent".into(),
+                    below_index: 13,
+                },
+            ),
+        );
+    }
+
+    #[test]
+    fn identity_commands_v1() {
+        let id = ClientId::parse("billing-agent").expect("valid");
+        let commands = vec![
+            Command::CreateClient(CreateClient {
+                client_id: id.clone(),
+                kind: ClientKind::AiAgent,
+                display_name: "Billing agent".into(),
+                description: String::new(),
+                owner: "team".into(),
+                allowed_scopes: scopes(&["orders:*"]),
+                default_scopes: scopes(&["orders:read"]),
+                default_audience: "https://api".into(),
+                secret_hash: Some(SecretHash([0x44; 32])),
+                public_keys: Vec::new(),
+                spiffe_id: None,
+                agent_entry: Some((
+                    EntryId::parse("e-1").expect("valid"),
+                    "spiffe://{trust_domain}/agent/{client_id}".into(),
+                )),
+            }),
+            Command::ChangeClientCredentials {
+                client_id: id.clone(),
+                change: CredentialChange::RotateSecret {
+                    secret_hash: SecretHash([0x45; 32]),
+                    overlap_ms: 3_600_000,
+                },
+                expected_revision: Some(1),
+            },
+            Command::CreateEntry(EntrySpec {
+                entry_id: EntryId::parse("e-2").expect("valid"),
+                spiffe_id: spiffe("spiffe://example.org/w"),
+                parent_id: None,
+                selectors: BTreeSet::new(),
+                x509_ttl_s: 3600,
+                jwt_ttl_s: 300,
+                dns_names: BTreeSet::new(),
+                client_id: None,
+                federates_with: BTreeSet::new(),
+            }),
+            Command::UpdateEntry {
+                entry_id: EntryId::parse("e-2").expect("valid"),
+                patch: EntryPatch {
+                    parent_id: Some(None),
+                    ..Default::default()
+                },
+                expected_revision: None,
+            },
+            Command::CreateRole {
+                name: RoleName::parse("r").expect("valid"),
+                description: String::new(),
+                permissions: scopes(&["a:b"]),
+            },
+            Command::Bind {
+                role: RoleName::parse("r").expect("valid"),
+                subject: Subject::Spiffe(spiffe("spiffe://example.org/authsec/admin/alice")),
+            },
+            Command::CreateDelegation(DelegationSpec {
+                delegation_id: DelegationId::parse("d-1").expect("valid"),
+                delegator: Delegator::Client(ClientId::parse("svc").expect("valid")),
+                delegate: id.clone(),
+                permissions: scopes(&["a:b"]),
+                max_token_ttl_s: 300,
+                max_depth: 2,
+                ttl_ms: 86_400_000,
+                parent: None,
+            }),
+            Command::Revoke(RevocationTarget::Token {
+                jti: "j".into(),
+                expires_at_ms: 99,
+            }),
+            Command::Revoke(RevocationTarget::Delegation(
+                DelegationId::parse("d-1").expect("valid"),
+            )),
+            Command::CreateAgentToken {
+                token_id: "0123456789abcdef".into(),
+                secret_hash: [0x55; 32],
+                ttl_ms: 60_000,
+            },
+        ];
+        let batch = Batch {
+            proposals: commands
+                .into_iter()
+                .map(|command| Proposal {
+                    stamp: Stamp {
+                        time_ms: 1_700_000_000_000,
+                        seed: [9; 16],
+                    },
+                    actor: Actor {
+                        principal: Principal::Named(
+                            "spiffe://example.org/authsec/admin/root".into(),
+                        ),
+                        via_node: 2,
+                    },
+                    command,
+                })
+                .collect(),
+        };
+        let bytes = codec::encode(Tag::BATCH, &batch);
+        check("identity_batch_v1", &bytes);
+        assert_eq!(
+            codec::decode::<Batch>(Tag::BATCH, &bytes).expect("decodes"),
+            batch
+        );
+    }
+
+    #[test]
+    fn identity_audit_record_v1() {
+        let r = AuditRecord {
+            sequence: 8,
+            log_index: 43,
+            time_ms: 1_700_000_000_456,
+            actor: Actor {
+                principal: Principal::Named("spiffe://example.org/authsec/admin/root".into()),
+                via_node: 1,
+            },
+            kind: "client.created".into(),
+            subject: "client:billing-agent".into(),
+            event: Event::ClientCreated {
+                client: client(),
+                auth: auth(),
+            },
+        };
+        let bytes = r.to_bytes();
+        check("identity_audit_record_v1", &bytes);
+        assert_eq!(AuditRecord::from_bytes(&bytes).expect("decodes"), r);
+        let r2 = AuditRecord {
+            kind: "delegation.created".into(),
+            event: Event::DelegationCreated {
+                delegation: delegation(),
+            },
+            ..r.clone()
+        };
+        check("identity_audit_record_delegation_v1", &r2.to_bytes());
+        let r3 = AuditRecord {
+            kind: "entry.created".into(),
+            event: Event::EntryCreated { entry: entry() },
+            ..r
+        };
+        check("identity_audit_record_entry_v1", &r3.to_bytes());
+    }
+}
