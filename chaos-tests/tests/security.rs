@@ -157,6 +157,34 @@ async fn init_then_two_joins_over_mtls_with_single_use_expiring_tokens() -> anyh
     let all = c.wait_converged(&[1, 2, 3], before + 2 + n, T).await?;
     assert_eq!(all.len(), 3);
 
+    // Joined nodes got the client-secret key with their certificate (0600, beside node.key),
+    // so they onboard clients with secrets without the KEK.
+    let key_of = |id: u64| -> anyhow::Result<String> {
+        let path = c.data_dir(id)?.join("tls").join("client-secret.key");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path)?.permissions().mode() & 0o777,
+            0o600
+        );
+        Ok(std::fs::read_to_string(path)?)
+    };
+    assert_eq!(key_of(2)?, key_of(3)?, "one cluster key");
+    for id in [2, 3] {
+        let r = c
+            .clients(id)
+            .await?
+            .create_client(v1::CreateClientRequest {
+                client_id: format!("agent-via-{id}"),
+                kind: v1::ClientKind::AiAgent as i32,
+                generate_secret: true,
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("onboard through node {id}"))?
+            .into_inner();
+        assert!(r.client_secret.starts_with("as_cs_") && r.entry.is_some());
+    }
+
     // Node 3 is removed (not revoked): its still-valid certificate neither readmits it nor
     // gets renewed. Rejoining takes a new token.
     let leader = c.wait_leader(&[1, 2, 3], T).await?;

@@ -190,8 +190,13 @@ pub async fn create_client(
     let actor = ctx.actor(&req);
     let r = req.into_inner();
     let secret = if r.generate_secret {
-        let key = SecretKey::load(&ctx.reader, ctx.sec.kek_path(), &ctx.sec.td)
-            .map_err(secret_key_status)?;
+        let key = SecretKey::load(
+            &ctx.reader,
+            ctx.sec.kek_path(),
+            &ctx.sec.td,
+            ctx.sec.tls_dir(),
+        )
+        .map_err(secret_key_status)?;
         let s = NewSecret::generate();
         let h = key.hash(s.reveal());
         Some((s, h))
@@ -271,8 +276,13 @@ pub async fn rotate_secret(
         .overlap_seconds
         .checked_mul(1000)
         .ok_or_else(|| invalid(FieldError::new("overlap_seconds", "too large")))?;
-    let key =
-        SecretKey::load(&ctx.reader, ctx.sec.kek_path(), &ctx.sec.td).map_err(secret_key_status)?;
+    let key = SecretKey::load(
+        &ctx.reader,
+        ctx.sec.kek_path(),
+        &ctx.sec.td,
+        ctx.sec.tls_dir(),
+    )
+    .map_err(secret_key_status)?;
     let s = NewSecret::generate();
     let (receipt, _) = ctx
         .write(

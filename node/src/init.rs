@@ -155,6 +155,7 @@ pub async fn join_pki(
                 }
                 files.write_bundle(&bundle)?;
                 files.write_identity(&chain[..1], &key)?;
+                crate::secrets::store_local_key(&files.dir, &r.client_secret_key)?;
                 return Ok(r.members);
             }
             Err(s) => {

@@ -107,6 +107,22 @@ impl NodeService for Nodes {
             .sec
             .sign_for(&self.0.reader, r.node_id, &r.csr_der, &sans)
             .map_err(signer_status)?;
+        // The client-secret key goes with the certificate, so the new node can hash and verify
+        // client secrets without holding the KEK.
+        let client_secret_key = match crate::secrets::SecretKey::raw(
+            &self.0.reader,
+            self.0.sec.kek_path(),
+            &self.0.sec.td,
+        ) {
+            Ok(k) => k.0.clone(),
+            Err(crate::secrets::SecretKeyError::NotInstalled) => Vec::new(),
+            Err(e) => {
+                tracing::error!(error = %e, "the client-secret key could not be unsealed");
+                return Err(Status::internal(
+                    "the client-secret key could not be unsealed; see the node's log",
+                ));
+            }
+        };
         tracing::info!(node_id = r.node_id, token_id = %token.id, "join token spent; node certificate issued");
         let m = self.0.writer.raft().metrics().borrow().clone();
         let members = m
@@ -124,6 +140,7 @@ impl NodeService for Nodes {
             bundle_der,
             trust_domain: self.0.sec.td.to_string(),
             members,
+            client_secret_key,
         }))
     }
 

@@ -68,7 +68,7 @@ impl fmt::Debug for SecretKey {
 pub enum SecretKeyError {
     #[error("the cluster has no client-secret key yet (it is installed when the cluster is bootstrapped with a KEK)")]
     NotInstalled,
-    #[error("this node holds no KEK ({0}) and cannot hash client secrets; send the request to a node that does")]
+    #[error("this node holds no KEK ({0}) and no client-secret key from its join; send the request to a node that does")]
     NoKek(String),
     #[error(transparent)]
     Pki(#[from] PkiError),
@@ -76,12 +76,52 @@ pub enum SecretKeyError {
     Store(#[from] authsec_storage::StoreError),
 }
 
+/// The raw key bytes; zeroed when dropped.
+pub struct RawKey(pub Vec<u8>);
+
+impl Drop for RawKey {
+    fn drop(&mut self) {
+        self.0.iter_mut().for_each(|b| *b = 0);
+    }
+}
+
+impl fmt::Debug for RawKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RawKey(<redacted>)")
+    }
+}
+
+/// Where a node without the KEK keeps the key it received when it joined (0600, hex), beside
+/// its own TLS key.
+pub fn local_key_path(tls_dir: &std::path::Path) -> std::path::PathBuf {
+    tls_dir.join("client-secret.key")
+}
+
+/// Keep the key a join handed over; nothing to do for an empty one.
+pub fn store_local_key(tls_dir: &std::path::Path, key: &[u8]) -> Result<(), PkiError> {
+    if key.is_empty() {
+        return Ok(());
+    }
+    if key.len() != 32 {
+        return Err(PkiError::Invalid(format!(
+            "the client-secret key from the cluster is {} bytes, not 32",
+            key.len()
+        )));
+    }
+    crate::pki::write_file(
+        &local_key_path(tls_dir),
+        format!("{}\n", hex::encode(key)).as_bytes(),
+        0o600,
+    )
+}
+
 impl SecretKey {
-    pub fn load(
+    /// The cluster's key unsealed with this node's KEK: what a joining node is handed.
+    pub fn raw(
         reader: &Reader,
         kek_path: &std::path::Path,
         td: &TrustDomain,
-    ) -> Result<Self, SecretKeyError> {
+    ) -> Result<RawKey, SecretKeyError> {
         let sealed = reader
             .sealed(SEALED_CLIENT_SECRET_KEY)?
             .ok_or(SecretKeyError::NotInstalled)?;
@@ -92,10 +132,47 @@ impl SecretKey {
             }
             Err(e) => return Err(e.into()),
         };
-        let mut plain = kek.open(&aad(td), &sealed)?;
-        let key = hmac::Key::new(hmac::HMAC_SHA256, &plain);
-        plain.iter_mut().for_each(|b| *b = 0);
-        Ok(Self(key))
+        Ok(RawKey(kek.open(&aad(td), &sealed)?))
+    }
+
+    /// The key: unsealed with this node's KEK, or, on a node without one, the copy it was
+    /// handed when it joined (`<tls_dir>/client-secret.key`).
+    pub fn load(
+        reader: &Reader,
+        kek_path: &std::path::Path,
+        td: &TrustDomain,
+        tls_dir: &std::path::Path,
+    ) -> Result<Self, SecretKeyError> {
+        let raw = match Self::raw(reader, kek_path, td) {
+            Ok(k) => k,
+            Err(SecretKeyError::NoKek(kek)) => {
+                let path = local_key_path(tls_dir);
+                let text = match std::fs::read_to_string(&path) {
+                    Ok(t) => t,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Err(SecretKeyError::NoKek(kek))
+                    }
+                    Err(e) => {
+                        return Err(
+                            PkiError::Invalid(format!("read {}: {e}", path.display())).into()
+                        )
+                    }
+                };
+                RawKey(
+                    hex::decode(text.trim())
+                        .ok()
+                        .filter(|k| k.len() == 32)
+                        .ok_or_else(|| {
+                            PkiError::Invalid(format!(
+                                "{} is not a 32-byte hex key",
+                                path.display()
+                            ))
+                        })?,
+                )
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(Self(hmac::Key::new(hmac::HMAC_SHA256, &raw.0)))
     }
 
     pub fn hash(&self, secret: &str) -> SecretHash {

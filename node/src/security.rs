@@ -93,6 +93,11 @@ impl Security {
         }))
     }
 
+    /// This node's TLS directory (`<data_dir>/tls`).
+    pub fn tls_dir(&self) -> &std::path::Path {
+        &self.files.dir
+    }
+
     /// Where this node's KEK is (it may not exist: a joined node holds none).
     pub fn kek_path(&self) -> &std::path::Path {
         &self.kek_path
