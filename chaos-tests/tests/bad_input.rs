@@ -157,6 +157,7 @@ const ALL_CFS: &[&str] = &[
     "proj_delegations",
     "proj_agents",
     "proj_revocations",
+    "proj_keys",
 ];
 
 /// Write some clients on a one-node cluster, stop it, damage one value, and start it again.

@@ -35,6 +35,8 @@ impl Tag {
     pub const AGENT: Tag = Tag(0x0f);
     pub const REVOKED_TOKEN: Tag = Tag(0x11);
     pub const REVOKED_SUBJECT: Tag = Tag(0x12);
+    pub const NODE_KEY: Tag = Tag(0x13);
+    pub const KEYS_META: Tag = Tag(0x14);
     // 0x40.. are the storage crate's own (raft log entries, votes, membership, ...).
 }
 

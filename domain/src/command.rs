@@ -315,6 +315,17 @@ pub enum Command {
     InstallClientSecretKey {
         sealed_key: Sealed,
     },
+    // Node signing keys (issue 6). New variants go last.
+    /// Publish a node's public key material (state and times are set by the rules).
+    PublishNodeKey {
+        key: crate::keys::NodeKey,
+    },
+    ActivateNodeKey {
+        kid: String,
+    },
+    RetireNodeKey {
+        kid: String,
+    },
 }
 
 impl Command {
@@ -351,6 +362,9 @@ impl Command {
             Command::SetAgentBanned { .. } => "set_agent_banned",
             Command::DeleteAgent { .. } => "delete_agent",
             Command::InstallClientSecretKey { .. } => "install_client_secret_key",
+            Command::PublishNodeKey { .. } => "publish_node_key",
+            Command::ActivateNodeKey { .. } => "activate_node_key",
+            Command::RetireNodeKey { .. } => "retire_node_key",
         }
     }
 

@@ -323,11 +323,12 @@ fn cluster_rules(state: &State, c: &Command, time_ms: u64) -> Result<Vec<Event>,
             }])
         }
         Command::RevokeNode { node_id } => {
-            if state.security.revoked_nodes.contains(node_id) {
-                Ok(vec![])
-            } else {
-                Ok(vec![Event::NodeRevoked { node_id: *node_id }])
+            // Its signing keys leave the bundle in the same commit.
+            let mut out = crate::keys::retire_all_of(state, *node_id);
+            if !state.security.revoked_nodes.contains(node_id) {
+                out.push(Event::NodeRevoked { node_id: *node_id });
             }
+            Ok(out)
         }
         Command::RecordAdminIssued {
             name,

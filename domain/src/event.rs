@@ -131,6 +131,19 @@ pub enum Event {
         agent_id: SpiffeId,
     },
     ClientSecretKeyInstalled,
+    // Node signing keys (issue 6). New variants go last.
+    NodeKeyPublished {
+        key: crate::keys::NodeKey,
+    },
+    NodeKeyActivated {
+        kid: String,
+    },
+    NodeKeySuperseded {
+        kid: String,
+    },
+    NodeKeyRetired {
+        kid: String,
+    },
 }
 
 impl Event {
@@ -169,6 +182,10 @@ impl Event {
             Event::AgentBanned { .. } => "agent.banned",
             Event::AgentDeleted { .. } => "agent.deleted",
             Event::ClientSecretKeyInstalled => "cluster.client_secret_key_installed",
+            Event::NodeKeyPublished { .. } => "node_key.published",
+            Event::NodeKeyActivated { .. } => "node_key.activated",
+            Event::NodeKeySuperseded { .. } => "node_key.superseded",
+            Event::NodeKeyRetired { .. } => "node_key.retired",
         }
     }
 
@@ -216,6 +233,10 @@ impl Event {
             | Event::AgentBanned { agent_id, .. }
             | Event::AgentDeleted { agent_id } => agent_id.to_string(),
             Event::ClientSecretKeyInstalled => "cluster:client_secret_key".into(),
+            Event::NodeKeyPublished { key } => format!("node_key:{}", key.kid),
+            Event::NodeKeyActivated { kid }
+            | Event::NodeKeySuperseded { kid }
+            | Event::NodeKeyRetired { kid } => format!("node_key:{kid}"),
         }
     }
 }

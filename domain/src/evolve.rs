@@ -3,7 +3,16 @@
 
 use crate::event::Event;
 use crate::identity::AgentToken;
+use crate::keys::KeyState;
 use crate::state::{JoinToken, NodeRecord, ProjectionKey, State};
+
+fn set_key_state(state: &mut State, kid: &str, to: KeyState, time_ms: u64) {
+    let Some(k) = state.keys.get_mut(kid) else {
+        missing("key", kid)
+    };
+    k.state = to;
+    k.changed_at_ms = time_ms;
+}
 
 fn missing(what: &str, id: impl std::fmt::Display) -> ! {
     panic!("evolve: {what} {id} does not exist: decide let the event through")
@@ -74,6 +83,7 @@ pub fn evolve(state: &mut State, event: &Event, time_ms: u64) {
         }
         Event::RootInstalled { cert_der, .. } => {
             state.security.root_cert = Some(cert_der.clone());
+            state.keys_meta.bundle_sequence += 1;
         }
         Event::JoinTokenCreated {
             token_id,
@@ -233,6 +243,18 @@ pub fn evolve(state: &mut State, event: &Event, time_ms: u64) {
             state.agents.remove(agent_id);
         }
         Event::ClientSecretKeyInstalled => state.identity.client_secret_key = true,
+        Event::NodeKeyPublished { key } => {
+            state.keys.insert(key.kid.clone(), key.clone());
+            state.keys_meta.bundle_sequence += 1;
+        }
+        Event::NodeKeyActivated { kid } => set_key_state(state, kid, KeyState::Active, time_ms),
+        Event::NodeKeySuperseded { kid } => {
+            set_key_state(state, kid, KeyState::Superseded, time_ms)
+        }
+        Event::NodeKeyRetired { kid } => {
+            set_key_state(state, kid, KeyState::Retired, time_ms);
+            state.keys_meta.bundle_sequence += 1;
+        }
     }
 }
 
@@ -251,6 +273,10 @@ impl Event {
             }
             // Attesting spends the token.
             Event::AgentAttested { .. } => Some(ProjectionKey::Identity),
+            // The bundle's content changes: its sequence grows.
+            Event::RootInstalled { .. }
+            | Event::NodeKeyPublished { .. }
+            | Event::NodeKeyRetired { .. } => Some(ProjectionKey::KeysMeta),
             _ => None,
         }
     }
@@ -302,6 +328,10 @@ impl Event {
                 ProjectionKey::Identity
             }
             Event::AgentAttested { agent } => ProjectionKey::Agent(agent.spiffe_id.clone()),
+            Event::NodeKeyPublished { key } => ProjectionKey::NodeKey(key.kid.clone()),
+            Event::NodeKeyActivated { kid }
+            | Event::NodeKeySuperseded { kid }
+            | Event::NodeKeyRetired { kid } => ProjectionKey::NodeKey(kid.clone()),
             Event::AgentSeen { agent_id }
             | Event::AgentBanned { agent_id, .. }
             | Event::AgentDeleted { agent_id } => ProjectionKey::Agent(agent_id.clone()),

@@ -16,6 +16,7 @@ pub mod event;
 pub mod evolve;
 pub mod identity;
 pub mod ids;
+pub mod keys;
 pub mod limits;
 pub mod permissions;
 pub mod persist;

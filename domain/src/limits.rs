@@ -87,6 +87,10 @@ pub const REVOKED_TOKENS_MAX: usize = 10_000_000;
 pub const PERSON_BYTES_MAX: usize = 512;
 /// Longest SPIFFE ID template.
 pub const TEMPLATE_BYTES_MAX: usize = 512;
+/// Largest public key material of a node key (a CA certificate or an SPKI).
+pub const NODE_KEY_BYTES_MAX: usize = 16 * 1024;
+/// Most keys of one kind one node keeps in the bundle (published, active or superseded).
+pub const NODE_KEYS_PER_KIND_MAX: usize = 4;
 /// Largest page a list call returns.
 pub const PAGE_SIZE_MAX: u32 = 1000;
 /// Page size when a list call names none.

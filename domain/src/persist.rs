@@ -20,6 +20,11 @@ pub const FAMILY_BINDINGS: &str = "proj_bindings";
 pub const FAMILY_DELEGATIONS: &str = "proj_delegations";
 pub const FAMILY_AGENTS: &str = "proj_agents";
 pub const FAMILY_REVOCATIONS: &str = "proj_revocations";
+pub const FAMILY_KEYS: &str = "proj_keys";
+/// In `proj_meta`: the bundle's sequence.
+pub const KEY_KEYS_META: &[u8] = b"keys";
+/// The `proj_meta` keys this module owns.
+pub const META_KEYS: &[&[u8]] = &[KEY_IDENTITY, KEY_KEYS_META];
 
 /// The row families this module owns, in a fixed order (snapshots and digests follow it).
 pub const FAMILIES: &[&str] = &[
@@ -30,6 +35,7 @@ pub const FAMILIES: &[&str] = &[
     FAMILY_DELEGATIONS,
     FAMILY_AGENTS,
     FAMILY_REVOCATIONS,
+    FAMILY_KEYS,
 ];
 
 /// One stored row: where it lives and its bytes (`None`: delete it).
@@ -136,6 +142,18 @@ impl State {
                 Tag::REVOKED_TOKEN,
                 self.revoked_tokens.get(jti),
             ),
+            ProjectionKey::NodeKey(kid) => put(
+                FAMILY_KEYS,
+                kid.as_bytes().to_vec(),
+                Tag::NODE_KEY,
+                self.keys.get(kid),
+            ),
+            ProjectionKey::KeysMeta => put(
+                FAMILY_META,
+                KEY_KEYS_META.to_vec(),
+                Tag::KEYS_META,
+                Some(&self.keys_meta),
+            ),
             ProjectionKey::RevokedSubject(s) => put(
                 FAMILY_REVOCATIONS,
                 prefixed(REVOKED_SUBJECT_PREFIX, s),
@@ -151,6 +169,13 @@ impl State {
         match family {
             FAMILY_META if key == KEY_IDENTITY => {
                 self.identity = codec::decode::<IdentityMeta>(Tag::IDENTITY_META, value)?;
+            }
+            FAMILY_META if key == KEY_KEYS_META => {
+                self.keys_meta = codec::decode(Tag::KEYS_META, value)?;
+            }
+            FAMILY_KEYS => {
+                let k: crate::keys::NodeKey = codec::decode(Tag::NODE_KEY, value)?;
+                self.keys.insert(k.kid.clone(), k);
             }
             FAMILY_CLIENT_AUTH => {
                 let (id, auth): (ClientId, ClientAuth) = codec::decode(Tag::CLIENT_AUTH, value)?;

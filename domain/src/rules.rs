@@ -1103,6 +1103,9 @@ pub(crate) fn decide_identity(
                 Ok(vec![Event::ClientSecretKeyInstalled])
             }
         }
+        Command::PublishNodeKey { key } => crate::keys::publish(state, key, time_ms),
+        Command::ActivateNodeKey { kid } => crate::keys::activate(state, kid, time_ms),
+        Command::RetireNodeKey { kid } => crate::keys::retire(state, kid),
         _ => return None,
     })
 }

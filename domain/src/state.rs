@@ -115,6 +115,8 @@ pub enum ProjectionKey {
     Agent(SpiffeId),
     RevokedToken(String),
     RevokedSubject(String),
+    NodeKey(String),
+    KeysMeta,
 }
 
 /// All projections. Ordered maps only, so iteration (and so the digest) is deterministic.
@@ -135,6 +137,9 @@ pub struct State {
     pub agents: BTreeMap<SpiffeId, Agent>,
     pub revoked_tokens: BTreeMap<String, RevokedToken>,
     pub revoked_subjects: BTreeMap<String, RevokedSubject>,
+    /// Node signing keys by kid, and the bundle's sequence.
+    pub keys: BTreeMap<String, crate::keys::NodeKey>,
+    pub keys_meta: crate::keys::KeysMeta,
     /// Derived lookups, rebuilt from the rows above on load; never stored.
     pub idx: Indexes,
 }

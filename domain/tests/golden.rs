@@ -466,3 +466,37 @@ mod identity {
         check("identity_audit_record_entry_v1", &r3.to_bytes());
     }
 }
+
+#[test]
+fn node_keys_v1() {
+    use authsec_domain::keys::{KeyKind, KeyState, KeysMeta, NodeKey};
+    let key = NodeKey {
+        kid: "n1-jwt-1".into(),
+        node_id: 1,
+        kind: KeyKind::Jwt,
+        public: vec![0x30, 0x59, 0x30, 0x13],
+        not_after_ms: 1_800_000_000_000,
+        state: KeyState::Superseded,
+        published_at_ms: 1,
+        changed_at_ms: 2,
+    };
+    check("node_key_v1", &codec::encode(Tag::NODE_KEY, &key));
+    check(
+        "keys_meta_v1",
+        &codec::encode(Tag::KEYS_META, &KeysMeta { bundle_sequence: 7 }),
+    );
+    let batch = Batch {
+        proposals: vec![Proposal {
+            stamp: Stamp {
+                time_ms: 1_700_000_000_000,
+                seed: [1; 16],
+            },
+            actor: Actor {
+                principal: Principal::System,
+                via_node: 1,
+            },
+            command: Command::PublishNodeKey { key },
+        }],
+    };
+    check("node_key_batch_v1", &codec::encode(Tag::BATCH, &batch));
+}

@@ -20,8 +20,8 @@ pub const PROJ_CLIENTS: &str = "proj_clients";
 pub use authsec_domain::persist::{
     FAMILY_AGENTS as PROJ_AGENTS, FAMILY_BINDINGS as PROJ_BINDINGS,
     FAMILY_CLIENT_AUTH as PROJ_CLIENT_AUTH, FAMILY_DELEGATIONS as PROJ_DELEGATIONS,
-    FAMILY_ENTRIES as PROJ_ENTRIES, FAMILY_REVOCATIONS as PROJ_REVOCATIONS,
-    FAMILY_ROLES as PROJ_ROLES,
+    FAMILY_ENTRIES as PROJ_ENTRIES, FAMILY_KEYS as PROJ_KEYS,
+    FAMILY_REVOCATIONS as PROJ_REVOCATIONS, FAMILY_ROLES as PROJ_ROLES,
 };
 /// Replicated secret material (sealed keys); never archived or exported.
 pub const SEALED_SECRETS: &str = "sealed_secrets";
@@ -51,6 +51,7 @@ pub const ALL: &[&str] = &[
     PROJ_DELEGATIONS,
     PROJ_AGENTS,
     PROJ_REVOCATIONS,
+    PROJ_KEYS,
 ];
 
 /// What a snapshot carries, in this order. Index in this list is the frame's family byte.
@@ -69,6 +70,7 @@ pub const REPLICATED: &[&str] = &[
     PROJ_DELEGATIONS,
     PROJ_AGENTS,
     PROJ_REVOCATIONS,
+    PROJ_KEYS,
 ];
 
 /// The projection families the digest covers.
@@ -83,6 +85,7 @@ pub const PROJECTIONS: &[&str] = &[
     PROJ_DELEGATIONS,
     PROJ_AGENTS,
     PROJ_REVOCATIONS,
+    PROJ_KEYS,
 ];
 
 pub const KEY_VOTE: &[u8] = b"vote";

@@ -95,18 +95,15 @@ impl Reader {
             }
             state.clients.insert(c.client_id.clone(), c);
         }
-        if let Some(v) = db
-            .get_cf(
-                self.store.cf(cf::PROJ_META),
-                authsec_domain::persist::KEY_IDENTITY,
-            )
-            .map_err(StoreError::rocks("read identity"))?
-        {
-            state
-                .load_row(cf::PROJ_META, authsec_domain::persist::KEY_IDENTITY, &v)
-                .map_err(|e| {
-                    StoreError::damaged(cf::PROJ_META, authsec_domain::persist::KEY_IDENTITY, e)
-                })?;
+        for key in authsec_domain::persist::META_KEYS {
+            if let Some(v) = db
+                .get_cf(self.store.cf(cf::PROJ_META), key)
+                .map_err(StoreError::rocks("read proj_meta"))?
+            {
+                state
+                    .load_row(cf::PROJ_META, key, &v)
+                    .map_err(|e| StoreError::damaged(cf::PROJ_META, key, e))?;
+            }
         }
         for family in authsec_domain::persist::FAMILIES {
             for item in db.iterator_cf(self.store.cf(family), rocksdb::IteratorMode::Start) {
