@@ -128,7 +128,8 @@ pub enum Need {
 }
 
 pub fn need(path: &str) -> Need {
-    if path == "/authsec.v1.NodeService/Join" {
+    // Joining is authenticated by the token; the trust bundle is public.
+    if path == "/authsec.v1.NodeService/Join" || path.starts_with("/authsec.v1.BundleService/") {
         Need::Anyone
     } else if path.starts_with("/authsec.internal.v1.PeerService/")
         || path.starts_with("/authsec.v1.NodeService/")

@@ -1677,3 +1677,47 @@ async fn set_banned(common: Common, spiffe_id: String, banned: bool) -> anyhow::
     );
     Ok(())
 }
+
+// ---- bundle ----
+
+#[derive(Debug, Subcommand)]
+pub enum BundleCmd {
+    /// The trust bundle: SPIFFE JSON (default), or the X.509 authorities as PEM for
+    /// `openssl verify -CAfile`.
+    Show {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, value_enum, default_value_t)]
+        format: BundleFormat,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum BundleFormat {
+    #[default]
+    Spiffe,
+    Pem,
+}
+
+pub async fn bundle(c: BundleCmd) -> anyhow::Result<()> {
+    let BundleCmd::Show { common, format } = c;
+    let b = authsec_api::v1::bundle_service_client::BundleServiceClient::new(
+        channel(&common.target).await?,
+    )
+    .get_bundle(v1::GetBundleRequest {})
+    .await
+    .map_err(call)?
+    .into_inner();
+    match format {
+        BundleFormat::Spiffe => println!("{}", b.spiffe_bundle_json),
+        BundleFormat::Pem => {
+            let certs: Vec<rustls::pki_types::CertificateDer<'static>> = b
+                .x509_authorities_der
+                .into_iter()
+                .map(rustls::pki_types::CertificateDer::from)
+                .collect();
+            print!("{}", crate::pki::pem_certs(&certs));
+        }
+    }
+    Ok(())
+}

@@ -3,6 +3,7 @@
 
 mod authz;
 mod backup;
+mod bundle;
 mod cli;
 mod cli_identity;
 mod config;
@@ -75,6 +76,9 @@ enum Cmd {
     /// Node agents: join tokens, listing, banning.
     #[command(subcommand)]
     Agent(cli_identity::AgentCmd),
+    /// The trust domain's trust bundle.
+    #[command(subcommand)]
+    Bundle(cli_identity::BundleCmd),
     /// Read the audit event feed.
     #[command(subcommand)]
     Events(EventsCmd),
@@ -570,6 +574,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Delegation(c) => cli_identity::delegation(c).await?,
         Cmd::Revoke(c) => cli_identity::revoke(c).await?,
         Cmd::Agent(c) => cli_identity::agent(c).await?,
+        Cmd::Bundle(c) => cli_identity::bundle(c).await?,
         Cmd::Admin(AdminCmd::Issue { target, name, out }) => {
             let eps = cli::endpoints(&target)?;
             if out.join("admin.key").exists() {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use authsec_api::v1::agent_service_server::AgentServiceServer;
+use authsec_api::v1::bundle_service_server::BundleServiceServer;
 use authsec_api::v1::client_service_server::ClientServiceServer;
 use authsec_api::v1::cluster_service_server::ClusterServiceServer;
 use authsec_api::v1::delegation_service_server::DelegationServiceServer;
@@ -207,6 +208,9 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
             RevocationServiceServer::new(Revocations(ctx.clone()))
                 .max_decoding_message_size(API_MESSAGE_BYTES_MAX),
         )
+        .add_service(BundleServiceServer::new(crate::bundle::Bundles(
+            ctx.clone(),
+        )))
         .add_service(
             AgentServiceServer::new(Agents(ctx.clone()))
                 .max_decoding_message_size(API_MESSAGE_BYTES_MAX),

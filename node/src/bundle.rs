@@ -1,0 +1,150 @@
+//! The trust bundle in the SPIFFE bundle format, from this node's projections: the root CA
+//! certificates as `x509-svid` keys and the nodes' JWT-SVID keys as `jwt-svid` keys, with
+//! `spiffe_sequence` from the log (so every node at the same index serves the same bundle).
+
+use std::sync::Arc;
+
+use authsec_api::v1::{self, bundle_service_server::BundleService};
+use authsec_api::ApiError;
+use authsec_domain::codec::{self, Tag};
+use authsec_domain::keys::{KeyKind, KeysMeta, NodeKey};
+use authsec_storage::cf;
+use base64::Engine;
+use serde_json::{json, Value};
+use tonic::{Request, Response, Status};
+use x509_parser::prelude::FromDer;
+
+use crate::services::Ctx;
+
+/// How often holders should fetch the bundle again: SPIRE's default.
+pub const REFRESH_HINT_S: u32 = 300;
+
+/// `(x, y)` of an uncompressed P-256 point (`04 || x || y`), base64url.
+fn ec_point(point: &[u8]) -> Result<(String, String), String> {
+    if point.len() != 65 || point[0] != 0x04 {
+        return Err(format!(
+            "not an uncompressed P-256 point ({} bytes)",
+            point.len()
+        ));
+    }
+    let b = |s: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    Ok((b(&point[1..33]), b(&point[33..])))
+}
+
+/// The SPIFFE JWK of an X.509 authority.
+pub fn x509_jwk(cert_der: &[u8]) -> Result<Value, String> {
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(cert_der).map_err(|e| format!("certificate: {e}"))?;
+    let (x, y) = ec_point(&cert.public_key().subject_public_key.data)?;
+    Ok(json!({
+        "use": "x509-svid",
+        "kty": "EC",
+        "crv": "P-256",
+        "x": x,
+        "y": y,
+        "x5c": [base64::engine::general_purpose::STANDARD.encode(cert_der)],
+    }))
+}
+
+/// The SPIFFE JWK of a JWT authority (its SubjectPublicKeyInfo).
+pub fn jwt_jwk(kid: &str, spki_der: &[u8]) -> Result<Value, String> {
+    let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(spki_der)
+        .map_err(|e| format!("public key {kid}: {e}"))?;
+    let (x, y) = ec_point(&spki.subject_public_key.data)?;
+    Ok(json!({ "use": "jwt-svid", "kty": "EC", "crv": "P-256", "kid": kid, "x": x, "y": y }))
+}
+
+/// The bundle as this node's projections hold it.
+pub fn current(ctx: &Ctx) -> Result<v1::Bundle, Status> {
+    let internal = |e: String| {
+        tracing::error!(error = %e, "building the trust bundle failed");
+        Status::from(ApiError::Internal(
+            "building the trust bundle failed; see the node's log".into(),
+        ))
+    };
+    let security = ctx.reader.security().map_err(|e| internal(e.to_string()))?;
+    let meta: KeysMeta = match ctx
+        .reader
+        .row(cf::PROJ_META, authsec_domain::persist::KEY_KEYS_META)
+        .map_err(|e| internal(e.to_string()))?
+    {
+        Some(v) => codec::decode(Tag::KEYS_META, &v).map_err(|e| internal(e.to_string()))?,
+        None => KeysMeta::default(),
+    };
+    let (keys, _) = ctx
+        .reader
+        .scan(cf::PROJ_KEYS, b"", None, usize::MAX, usize::MAX, |k, v| {
+            codec::decode::<NodeKey>(Tag::NODE_KEY, v)
+                .map(Some)
+                .map_err(|e| authsec_storage::StoreError::damaged(cf::PROJ_KEYS, k, e))
+        })
+        .map_err(|e| internal(e.to_string()))?;
+    let mut jwks = Vec::new();
+    let roots: Vec<Vec<u8>> = security.root_cert.into_iter().collect();
+    for r in &roots {
+        jwks.push(x509_jwk(r).map_err(internal)?);
+    }
+    for k in keys
+        .iter()
+        .filter(|k| k.kind == KeyKind::Jwt && k.state.in_bundle())
+    {
+        jwks.push(jwt_jwk(&k.kid, &k.public).map_err(internal)?);
+    }
+    let doc = json!({
+        "keys": jwks,
+        "spiffe_sequence": meta.bundle_sequence,
+        "spiffe_refresh_hint": REFRESH_HINT_S,
+    });
+    Ok(v1::Bundle {
+        trust_domain: ctx.sec.td.to_string(),
+        sequence: meta.bundle_sequence,
+        spiffe_bundle_json: doc.to_string(),
+        x509_authorities_der: roots,
+        refresh_hint_seconds: REFRESH_HINT_S,
+    })
+}
+
+#[derive(Debug, Clone)]
+pub struct Bundles(pub Arc<Ctx>);
+
+#[tonic::async_trait]
+impl BundleService for Bundles {
+    async fn get_bundle(
+        &self,
+        _req: Request<v1::GetBundleRequest>,
+    ) -> Result<Response<v1::Bundle>, Status> {
+        current(&self.0).map(Response::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_root_becomes_a_spiffe_x509_jwk() {
+        let td = authsec_domain::TrustDomain::parse("example.org").expect("valid");
+        let root = crate::pki::Root::generate(&td).expect("root");
+        let jwk = x509_jwk(&root.cert_der).expect("jwk");
+        assert_eq!(jwk["use"], "x509-svid");
+        assert_eq!(jwk["kty"], "EC");
+        assert_eq!(jwk["crv"], "P-256");
+        assert_eq!(jwk["x"].as_str().map(str::len), Some(43));
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(jwk["x5c"][0].as_str().expect("x5c"))
+            .expect("base64");
+        assert_eq!(der, root.cert_der.to_vec());
+        assert!(x509_jwk(b"not a certificate").is_err());
+    }
+
+    #[test]
+    fn a_jwt_key_becomes_a_spiffe_jwt_jwk() {
+        use rcgen::PublicKeyData;
+        let key = rcgen::KeyPair::generate().expect("key");
+        let jwk = jwt_jwk("n1-abc", &key.subject_public_key_info()).expect("jwk");
+        assert_eq!(jwk["use"], "jwt-svid");
+        assert_eq!(jwk["kid"], "n1-abc");
+        assert_eq!(jwk["y"].as_str().map(str::len), Some(43));
+        assert!(jwt_jwk("bad", &[1, 2, 3]).is_err());
+    }
+}
