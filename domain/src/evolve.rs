@@ -4,6 +4,7 @@
 use crate::event::Event;
 use crate::identity::AgentToken;
 use crate::keys::KeyState;
+use crate::permissions::PermissionSet;
 use crate::state::{JoinToken, NodeRecord, ProjectionKey, State};
 
 fn set_key_state(state: &mut State, kid: &str, to: KeyState, time_ms: u64) {
@@ -39,6 +40,10 @@ pub fn evolve(state: &mut State, event: &Event, time_ms: u64) {
             state.nodes.remove(node_id);
         }
         Event::ClientRegistered { client } => {
+            state.idx.allow_sets.insert(
+                client.client_id.clone(),
+                PermissionSet::new(&client.allowed_scopes),
+            );
             state
                 .clients
                 .insert(client.client_id.clone(), client.clone());
@@ -64,6 +69,10 @@ pub fn evolve(state: &mut State, event: &Event, time_ms: u64) {
             }
             if let Some(v) = &patch.allowed_scopes {
                 c.allowed_scopes = v.clone();
+                state
+                    .idx
+                    .allow_sets
+                    .insert(client_id.clone(), PermissionSet::new(v));
             }
             if let Some(v) = &patch.default_scopes {
                 c.default_scopes = v.clone();
@@ -80,6 +89,7 @@ pub fn evolve(state: &mut State, event: &Event, time_ms: u64) {
         Event::ClientRemoved { client_id } => {
             state.clients.remove(client_id);
             state.client_auth.remove(client_id);
+            state.idx.allow_sets.remove(client_id);
         }
         Event::RootInstalled { cert_der, .. } => {
             state.security.root_cert = Some(cert_der.clone());
@@ -116,6 +126,10 @@ pub fn evolve(state: &mut State, event: &Event, time_ms: u64) {
             state.security.revoked_certs.insert(fingerprint.clone());
         }
         Event::ClientCreated { client, auth } => {
+            state.idx.allow_sets.insert(
+                client.client_id.clone(),
+                PermissionSet::new(&client.allowed_scopes),
+            );
             state
                 .clients
                 .insert(client.client_id.clone(), client.clone());
@@ -148,10 +162,15 @@ pub fn evolve(state: &mut State, event: &Event, time_ms: u64) {
             state.idx.remove_entry(&old);
         }
         Event::RoleCreated { role } | Event::RoleUpdated { role } => {
+            state
+                .idx
+                .role_sets
+                .insert(role.name.clone(), PermissionSet::new(&role.permissions));
             state.roles.insert(role.name.clone(), role.clone());
         }
         Event::RoleDeleted { name } => {
             state.roles.remove(name);
+            state.idx.role_sets.remove(name);
         }
         Event::RoleBound { role, subject } => {
             if state

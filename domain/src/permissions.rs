@@ -180,6 +180,61 @@ impl PermissionSet {
     }
 }
 
+impl PartialEq for PermissionSet {
+    fn eq(&self, other: &Self) -> bool {
+        self.all == other.all
+    }
+}
+
+impl Eq for PermissionSet {}
+
+/// What some subjects hold through their roles: the roles' compiled sets, as the state keeps
+/// them (no set is built per call).
+#[derive(Debug, Clone, Default)]
+pub struct Held<'a>(Vec<&'a PermissionSet>);
+
+impl Held<'_> {
+    /// Does some role cover the concrete scope `s`?
+    pub fn allows(&self, s: &str) -> bool {
+        self.0.iter().any(|p| p.allows(s))
+    }
+
+    /// Does some single permission of some role cover `scope` (which may be a pattern)?
+    pub fn covers(&self, scope: &Scope) -> bool {
+        self.0.iter().any(|p| p.covers(scope))
+    }
+}
+
+/// The roles bound to any of `subjects`, as compiled sets.
+pub fn held_by<'a>(state: &'a State, subjects: &[Subject]) -> Held<'a> {
+    let mut out = Vec::new();
+    for s in subjects {
+        if let Some(roles) = state.bindings.get(s) {
+            for name in roles {
+                if let Some(set) = state.idx.role_sets.get(name) {
+                    out.push(set);
+                }
+            }
+        }
+    }
+    Held(out)
+}
+
+/// A client's roles, as compiled sets.
+pub fn client_held<'a>(state: &'a State, client_id: &ClientId) -> Held<'a> {
+    held_by(state, &client_subjects(state, client_id))
+}
+
+/// A client's allow-list, compiled (empty for an unknown client).
+fn allow_list<'a>(state: &'a State, client_id: &ClientId) -> &'a PermissionSet {
+    static EMPTY: std::sync::OnceLock<PermissionSet> = std::sync::OnceLock::new();
+    state
+        .idx
+        .allow_sets
+        .get(client_id)
+        .unwrap_or_else(|| EMPTY.get_or_init(PermissionSet::default))
+}
+
 /// Union of the permissions of every role bound to any of `subjects`, as roles are now.
 pub fn role_permissions(state: &State, subjects: &[Subject]) -> PermissionSet {
     let mut set = PermissionSet::default();
@@ -253,21 +308,18 @@ pub enum Denial {
     ChainTooDeep(String),
 }
 
-/// What a delegator holds now: a client's roles cut by its allow-list (nothing if disabled or
-/// gone); a person's roles.
-fn delegator_permissions(state: &State, d: &Delegator) -> Option<(PermissionSet, PermissionSet)> {
+/// What a delegator holds now: a client's roles and its allow-list (nothing if disabled or
+/// gone); a person's roles, with no allow-list.
+fn delegator_permissions<'a>(
+    state: &'a State,
+    d: &Delegator,
+) -> Option<(Held<'a>, Option<&'a PermissionSet>)> {
     match d {
         Delegator::Client(c) => {
-            let client = state.clients.get(c).filter(|c| c.enabled)?;
-            Some((
-                client_role_permissions(state, c),
-                PermissionSet::new(&client.allowed_scopes),
-            ))
+            state.clients.get(c).filter(|c| c.enabled)?;
+            Some((client_held(state, c), Some(allow_list(state, c))))
         }
-        Delegator::Person { .. } => {
-            let roles = role_permissions(state, &[d.subject()]);
-            Some((roles.clone(), roles))
-        }
+        Delegator::Person { .. } => Some((held_by(state, &[d.subject()]), None)),
     }
 }
 
@@ -281,7 +333,8 @@ fn not_allowed(scope: &Scope, reason: impl Into<String>) -> Denial {
 /// Check one link of a delegation chain against `scope` (a concrete scope at issuance, or a
 /// pattern when a re-delegation is granted).
 fn link_confers(state: &State, d: &Delegation, scope: &Scope) -> Result<(), Denial> {
-    if !PermissionSet::new(&d.permissions).covers(scope) {
+    let granted = state.idx.grant_sets.get(&d.delegation_id);
+    if !granted.is_some_and(|g| g.covers(scope)) {
         return Err(not_allowed(
             scope,
             format!("delegation {} does not grant it", d.delegation_id),
@@ -293,7 +346,7 @@ fn link_confers(state: &State, d: &Delegation, scope: &Scope) -> Result<(), Deni
             format!("the delegator of {} is disabled or gone", d.delegation_id),
         ));
     };
-    if !roles.covers(scope) || !allow.covers(scope) {
+    if !roles.covers(scope) || allow.is_some_and(|a| !a.covers(scope)) {
         return Err(not_allowed(
             scope,
             format!("the delegator of {} no longer holds it", d.delegation_id),
@@ -352,8 +405,8 @@ pub fn effective(
     if !client.enabled {
         return Err(Denial::ClientDisabled(client_id.to_string()));
     }
-    let roles = client_role_permissions(state, client_id);
-    let allow = PermissionSet::new(&client.allowed_scopes);
+    let roles = client_held(state, client_id);
+    let allow = allow_list(state, client_id);
     let links = match delegation {
         Some(id) => {
             let links = chain(state, id, time_ms)?;
@@ -391,12 +444,12 @@ pub fn effective(
         for link in &links {
             // Each delegate up the chain must still hold it through its own roles too.
             if link.delegate != *client_id {
-                let d_roles = client_role_permissions(state, &link.delegate);
+                let d_roles = client_held(state, &link.delegate);
                 let d_allow = state
                     .clients
                     .get(&link.delegate)
                     .filter(|c| c.enabled)
-                    .map(|c| PermissionSet::new(&c.allowed_scopes));
+                    .map(|_| allow_list(state, &link.delegate));
                 if !d_roles.allows(s.as_str()) || !d_allow.is_some_and(|a| a.allows(s.as_str())) {
                     return Err(not_allowed(
                         s,
@@ -432,8 +485,8 @@ pub fn check_grant(
             }
             Delegator::Person { .. } => Denial::UnknownClient(String::new()),
         })?;
-    let d_roles = client_role_permissions(state, &delegate.client_id);
-    let d_allow = PermissionSet::new(&delegate.allowed_scopes);
+    let d_roles = client_held(state, &delegate.client_id);
+    let d_allow = allow_list(state, &delegate.client_id);
     let links = match parent {
         Some(p) => chain(state, p, time_ms)?,
         None => Vec::new(),
@@ -444,7 +497,7 @@ pub fn check_grant(
                 scope: s.to_string(),
             });
         }
-        if !g_roles.covers(s) || !g_allow.covers(s) {
+        if !g_roles.covers(s) || g_allow.is_some_and(|a| !a.covers(s)) {
             return Err(not_allowed(s, "the delegator does not hold it"));
         }
         if !d_roles.covers(s) {

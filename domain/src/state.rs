@@ -8,6 +8,7 @@ use crate::identity::{
     Agent, ClientAuth, Delegation, Entry, IdentityMeta, RevokedSubject, RevokedToken, Role, Subject,
 };
 use crate::ids::{ClientId, DelegationId, EntryId, RoleName, Scope, SpiffeId, TrustDomain};
+use crate::permissions::PermissionSet;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum ClientKind {
@@ -154,6 +155,11 @@ pub struct Indexes {
     pub delegation_children: BTreeMap<DelegationId, BTreeSet<DelegationId>>,
     /// Delegations by delegate and by client delegator.
     pub delegations_by_client: BTreeMap<ClientId, BTreeSet<DelegationId>>,
+    /// Compiled permission sets, so deciding a scope never builds one: each role's
+    /// permissions, each client's allow-list, each delegation's grant.
+    pub role_sets: BTreeMap<RoleName, PermissionSet>,
+    pub allow_sets: BTreeMap<ClientId, PermissionSet>,
+    pub grant_sets: BTreeMap<DelegationId, PermissionSet>,
 }
 
 impl Indexes {
@@ -192,6 +198,8 @@ impl Indexes {
                 .or_default()
                 .insert(d.delegation_id.clone());
         }
+        self.grant_sets
+            .insert(d.delegation_id.clone(), PermissionSet::new(&d.permissions));
         self.delegations_by_client
             .entry(d.delegate.clone())
             .or_default()
@@ -219,6 +227,14 @@ impl State {
         }
         for d in self.delegations.values() {
             idx.add_delegation(d);
+        }
+        for (name, r) in &self.roles {
+            idx.role_sets
+                .insert(name.clone(), PermissionSet::new(&r.permissions));
+        }
+        for (id, c) in &self.clients {
+            idx.allow_sets
+                .insert(id.clone(), PermissionSet::new(&c.allowed_scopes));
         }
         self.idx = idx;
     }
