@@ -1,5 +1,7 @@
 //! Column families and keys.
 
+use std::sync::LazyLock;
+
 use authsec_domain::codec::Tag;
 
 /// The Raft log: `index (u64 BE) -> Entry`.
@@ -32,7 +34,8 @@ pub const LOCAL_KEYS: &str = "local_keys";
 /// This node's issuance outbox; never replicated.
 pub const LOCAL_OUTBOX: &str = "local_outbox";
 
-pub const ALL: &[&str] = &[
+/// The families storage itself owns, in their fixed order.
+const OWN: &[&str] = &[
     RAFT_LOG,
     RAFT_META,
     SM_META,
@@ -44,49 +47,36 @@ pub const ALL: &[&str] = &[
     LOCAL_META,
     LOCAL_KEYS,
     LOCAL_OUTBOX,
-    PROJ_CLIENT_AUTH,
-    PROJ_ENTRIES,
-    PROJ_ROLES,
-    PROJ_BINDINGS,
-    PROJ_DELEGATIONS,
-    PROJ_AGENTS,
-    PROJ_REVOCATIONS,
-    PROJ_KEYS,
 ];
 
-/// What a snapshot carries, in this order. Index in this list is the frame's family byte.
-pub const REPLICATED: &[&str] = &[
-    SM_META,
-    ARCHIVE,
-    PROJ_META,
-    PROJ_NODES,
-    PROJ_CLIENTS,
-    SEALED_SECRETS,
-    // Appended: a family's byte is its place here, so earlier snapshots keep their meaning.
-    PROJ_CLIENT_AUTH,
-    PROJ_ENTRIES,
-    PROJ_ROLES,
-    PROJ_BINDINGS,
-    PROJ_DELEGATIONS,
-    PROJ_AGENTS,
-    PROJ_REVOCATIONS,
-    PROJ_KEYS,
-];
+/// Storage's own replicated families, then the projection rows `authsec_domain::persist` owns:
+/// a new projection family is added there once and reaches every list here.
+fn with_domain_families(own: &[&'static str]) -> Vec<&'static str> {
+    own.iter()
+        .chain(authsec_domain::persist::FAMILIES)
+        .copied()
+        .collect()
+}
+
+/// Every column family.
+pub static ALL: LazyLock<Vec<&'static str>> = LazyLock::new(|| with_domain_families(OWN));
+
+/// What a snapshot carries, in this order. Index in this list is the frame's family byte, so
+/// families are only ever appended (the domain's after storage's own).
+pub static REPLICATED: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
+    with_domain_families(&[
+        SM_META,
+        ARCHIVE,
+        PROJ_META,
+        PROJ_NODES,
+        PROJ_CLIENTS,
+        SEALED_SECRETS,
+    ])
+});
 
 /// The projection families the digest covers.
-pub const PROJECTIONS: &[&str] = &[
-    PROJ_META,
-    PROJ_NODES,
-    PROJ_CLIENTS,
-    PROJ_CLIENT_AUTH,
-    PROJ_ENTRIES,
-    PROJ_ROLES,
-    PROJ_BINDINGS,
-    PROJ_DELEGATIONS,
-    PROJ_AGENTS,
-    PROJ_REVOCATIONS,
-    PROJ_KEYS,
-];
+pub static PROJECTIONS: LazyLock<Vec<&'static str>> =
+    LazyLock::new(|| with_domain_families(&[PROJ_META, PROJ_NODES, PROJ_CLIENTS]));
 
 pub const KEY_VOTE: &[u8] = b"vote";
 pub const KEY_COMMITTED: &[u8] = b"committed";
@@ -112,4 +102,40 @@ pub fn u64_key(n: u64) -> [u8; 8] {
 
 pub fn key_u64(k: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(k.try_into().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Snapshot files name families by their place in `REPLICATED`: it only ever grows at the end.
+    #[test]
+    fn replicated_order_is_stable() {
+        assert_eq!(
+            *REPLICATED,
+            [
+                "sm_meta",
+                "archive",
+                "proj_meta",
+                "proj_nodes",
+                "proj_clients",
+                "sealed_secrets",
+                "proj_client_auth",
+                "proj_entries",
+                "proj_roles",
+                "proj_bindings",
+                "proj_delegations",
+                "proj_agents",
+                "proj_revocations",
+                "proj_keys",
+            ]
+        );
+        assert!(PROJECTIONS
+            .iter()
+            .all(|p| REPLICATED.contains(p) && ALL.contains(p)));
+        assert_eq!(
+            ALL.len(),
+            OWN.len() + authsec_domain::persist::FAMILIES.len()
+        );
+    }
 }

@@ -390,7 +390,7 @@ pub(crate) fn projection_digest(
     snap: &rocksdb::Snapshot<'_>,
 ) -> Result<[u8; 32], StoreError> {
     let mut h = Sha256::new();
-    for name in cf::PROJECTIONS {
+    for name in cf::PROJECTIONS.iter() {
         h.update((name.len() as u32).to_le_bytes());
         h.update(name.as_bytes());
         for item in snap.iterator_cf(store.cf(name), rocksdb::IteratorMode::Start) {

@@ -210,7 +210,7 @@ pub fn verify(path: &Path) -> Result<u64, StoreError> {
 /// half-way is finished from the same file at the next start.
 pub fn install(store: &Store, path: &Path) -> Result<u64, StoreError> {
     let mut batch = WriteBatch::default();
-    for name in cf::REPLICATED {
+    for name in cf::REPLICATED.iter() {
         let handle = store.cf(name);
         // Every key we write is shorter than 4 KiB, so this range covers the whole family.
         batch.delete_range_cf(handle, &[][..], &[0xFFu8; KEY_BYTES_MAX as usize + 1][..]);
