@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "proto/authsec/v1/authsec.proto",
             "proto/authsec/v1/identity.proto",
             "proto/authsec/v1/bundle.proto",
+            "proto/authsec/v1/svid.proto",
             "proto/authsec/internal/v1/peer.proto",
         ],
         &["proto"],

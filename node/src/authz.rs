@@ -35,6 +35,7 @@ pub fn admin_permission(path: &str) -> String {
         "RevocationService" => "revocations",
         "AgentService" => "agents",
         "EventService" => "audit",
+        "SvidService" => "svids",
         "ClusterService" if method == "IssueAdmin" => "admins",
         "ClusterService" if method == "SaveSnapshot" => "backup",
         "ClusterService" => "cluster",
@@ -125,12 +126,17 @@ pub enum Need {
     Anyone,
     Node,
     Admin,
+    /// Any identity of the trust domain (an agent, a workload, a node, an admin); the service
+    /// decides what it may do.
+    Identity,
 }
 
 pub fn need(path: &str) -> Need {
     // Joining is authenticated by the token; the trust bundle is public.
     if path == "/authsec.v1.NodeService/Join" || path.starts_with("/authsec.v1.BundleService/") {
         Need::Anyone
+    } else if path.starts_with("/authsec.v1.SvidService/") {
+        Need::Identity
     } else if path.starts_with("/authsec.internal.v1.PeerService/")
         || path.starts_with("/authsec.v1.NodeService/")
     {
@@ -170,7 +176,7 @@ pub fn check(
     let ok = match need {
         Need::Node => node_id_of(td, id).is_some(),
         Need::Admin => crate::pki::admin_name_of(td, id).is_some(),
-        Need::Anyone => true,
+        Need::Anyone | Need::Identity => true,
     };
     if ok && need == Need::Admin {
         policy.check(td, id, &admin_permission(path))

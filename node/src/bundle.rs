@@ -7,7 +7,7 @@ use std::sync::Arc;
 use authsec_api::v1::{self, bundle_service_server::BundleService};
 use authsec_api::ApiError;
 use authsec_domain::codec::{self, Tag};
-use authsec_domain::keys::{KeyKind, KeysMeta, NodeKey};
+use authsec_domain::keys::{KeyKind, KeysMeta};
 use authsec_storage::cf;
 use base64::Engine;
 use serde_json::{json, Value};
@@ -71,14 +71,7 @@ pub fn current(ctx: &Ctx) -> Result<v1::Bundle, Status> {
         Some(v) => codec::decode(Tag::KEYS_META, &v).map_err(|e| internal(e.to_string()))?,
         None => KeysMeta::default(),
     };
-    let (keys, _) = ctx
-        .reader
-        .scan(cf::PROJ_KEYS, b"", None, usize::MAX, usize::MAX, |k, v| {
-            codec::decode::<NodeKey>(Tag::NODE_KEY, v)
-                .map(Some)
-                .map_err(|e| authsec_storage::StoreError::damaged(cf::PROJ_KEYS, k, e))
-        })
-        .map_err(|e| internal(e.to_string()))?;
+    let keys = crate::keymgr::load_keys(&ctx.reader).map_err(|e| internal(e.to_string()))?;
     let mut jwks = Vec::new();
     let roots: Vec<Vec<u8>> = security.root_cert.into_iter().collect();
     for r in &roots {

@@ -67,6 +67,30 @@ impl Default for TlsSection {
     }
 }
 
+/// SVID issuance on this node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IssuerSection {
+    /// The freshness bound: beyond it (no quorum acknowledged this node's leader for that
+    /// long) the node refuses to issue, and resumes by itself.
+    pub max_staleness_ms: u64,
+    /// Lifetime of the node's intermediate CA; a successor is prepared at half of it and
+    /// activated at a sixth remaining (as SPIRE does). SVIDs never outlive their issuer.
+    pub ca_ttl_s: u64,
+    /// Lifetime of the node's JWT-SVID signing key, rotated like the CA.
+    pub jwt_key_ttl_s: u64,
+}
+
+impl Default for IssuerSection {
+    fn default() -> Self {
+        Self {
+            max_staleness_ms: 30_000,
+            ca_ttl_s: 24 * 3600,
+            jwt_key_ttl_s: 24 * 3600,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
@@ -103,6 +127,8 @@ pub struct NodeConfig {
     /// default `spiffe://{trust_domain}/agent/{client_id}`.
     #[serde(default)]
     pub agent_spiffe_template: Option<String>,
+    #[serde(default)]
+    pub issuer: IssuerSection,
     /// A deliberate defect for proving the chaos checkers (debug builds only; never from TOML).
     #[serde(skip)]
     pub planted_bug: crate::planted::PlantedBug,
@@ -137,6 +163,12 @@ pub struct Overrides {
     /// Lifetime of the node certificate, in seconds.
     #[arg(long, env = "AUTHSEC_CERT_TTL_S")]
     pub cert_ttl_s: Option<u64>,
+    /// The freshness bound for issuing credentials, in milliseconds.
+    #[arg(long, env = "AUTHSEC_MAX_STALENESS_MS")]
+    pub max_staleness_ms: Option<u64>,
+    /// Lifetime of the node's intermediate CA and JWT key, in seconds.
+    #[arg(long, env = "AUTHSEC_ISSUER_KEY_TTL_S")]
+    pub issuer_key_ttl_s: Option<u64>,
 }
 
 impl NodeConfig {
@@ -181,6 +213,13 @@ impl NodeConfig {
         if let Some(v) = o.cert_ttl_s {
             self.tls.cert_ttl_s = v;
         }
+        if let Some(v) = o.max_staleness_ms {
+            self.issuer.max_staleness_ms = v;
+        }
+        if let Some(v) = o.issuer_key_ttl_s {
+            self.issuer.ca_ttl_s = v;
+            self.issuer.jwt_key_ttl_s = v;
+        }
     }
 
     pub fn kek_path(&self) -> PathBuf {
@@ -218,6 +257,12 @@ impl NodeConfig {
             );
         }
         self.sans()?;
+        if self.issuer.max_staleness_ms < 1_000 {
+            bail!("issuer.max_staleness_ms must be 1000 or more");
+        }
+        if self.issuer.ca_ttl_s < 120 || self.issuer.jwt_key_ttl_s < 120 {
+            bail!("issuer.ca_ttl_s and issuer.jwt_key_ttl_s must be 120 or more");
+        }
         if self.raft.snapshot_logs_since_last == 0 {
             bail!("raft.snapshot_logs_since_last must be 1 or more");
         }

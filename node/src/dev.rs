@@ -66,6 +66,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
                 kek_file: Some(dir.join("kek")),
                 tls: Default::default(),
                 agent_spiffe_template: None,
+                issuer: Default::default(),
                 planted_bug: Default::default(),
             })
         })

@@ -173,6 +173,36 @@ impl NodeService for Nodes {
         ))
     }
 
+    async fn sign_node_ca(
+        &self,
+        req: Request<v1::SignNodeCaRequest>,
+    ) -> Result<Response<v1::SignNodeCaResponse>, Status> {
+        let node_id = self.caller_node(&req)?;
+        if !self.is_member(node_id) {
+            return Err(Status::permission_denied(format!(
+                "node {node_id} is not a member; it gets no intermediate CA"
+            )));
+        }
+        let r = req.into_inner();
+        let ttl = std::time::Duration::from_secs(r.ttl_seconds);
+        if !(crate::issuer::CA_TTL_MIN..=crate::issuer::CA_TTL_MAX).contains(&ttl) {
+            return Err(Status::invalid_argument(format!(
+                "ttl_seconds must be {} to {}",
+                crate::issuer::CA_TTL_MIN.as_secs(),
+                crate::issuer::CA_TTL_MAX.as_secs()
+            )));
+        }
+        let pk = pki::csr_public_key(&r.csr_der)
+            .map_err(|e| Status::invalid_argument(format!("invalid request: {e}")))?;
+        let (cert_der, root_der) = self
+            .0
+            .sec
+            .sign_node_ca(&self.0.reader, node_id, &pk, ttl)
+            .map_err(signer_status)?;
+        tracing::info!(node_id, "signed a peer's intermediate CA");
+        Ok(Response::new(v1::SignNodeCaResponse { cert_der, root_der }))
+    }
+
     async fn renew(
         &self,
         req: Request<v1::RenewRequest>,

@@ -13,13 +13,16 @@ mod fuzz;
 mod http;
 mod identity_api;
 mod init;
+mod issuer;
 mod join;
+mod keymgr;
 mod pki;
 mod planted;
 mod secrets;
 mod security;
 mod server;
 mod services;
+mod svid_api;
 mod writer;
 
 use std::path::PathBuf;

@@ -335,6 +335,10 @@ pub fn admin_name_of<'a>(td: &TrustDomain, id: &'a SpiffeId) -> Option<&'a str> 
 }
 
 /// True when `key` is the key `cert` certifies.
+pub fn certifies(cert: &CertificateDer<'_>, key: &KeyPair) -> Result<bool, PkiError> {
+    key_matches(cert, key)
+}
+
 fn key_matches(cert: &CertificateDer<'_>, key: &KeyPair) -> Result<bool, PkiError> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert)
         .map_err(|e| PkiError::Invalid(format!("certificate: {e}")))?;
@@ -457,6 +461,14 @@ impl fmt::Debug for NodeCa {
 }
 
 impl NodeCa {
+    /// The kid this intermediate has as the node's SVID issuer, and its key (PEM), for the
+    /// issuer's own files on this node.
+    pub fn svid_kid_and_key(&self, node_id: u64) -> Result<(String, String), PkiError> {
+        let spki = self.key.subject_public_key_info();
+        let h = hex::encode(&Sha256::digest(&spki)[..8]);
+        Ok((format!("n{node_id}-x509-{h}"), self.key.serialize_pem()))
+    }
+
     pub fn sign_node(
         &self,
         td: &TrustDomain,
@@ -536,7 +548,10 @@ impl Root {
         subject: &impl PublicKeyData,
         ttl: Duration,
     ) -> Result<CertificateDer<'static>, PkiError> {
-        let id = authsec_raft::tls::node_spiffe_id(td, node_id);
+        // SPIFFE: a signing certificate carries the trust domain's ID, without a path; the
+        // node shows in the subject.
+        let id = SpiffeId::parse(&format!("spiffe://{td}"))
+            .map_err(|e| PkiError::Invalid(format!("trust domain ID: {e}")))?;
         let mut p = CertificateParams::default();
         p.distinguished_name = dn(&format!("authsec node {node_id} CA"));
         p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));

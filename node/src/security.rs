@@ -163,6 +163,59 @@ impl Security {
         Ok((vec![leaf.to_vec(), root_der.clone()], vec![root_der]))
     }
 
+    /// Sign an intermediate CA (pathLen 0) for `node_id`'s SVID signing key: `(certificate,
+    /// root)`, DER.
+    pub fn sign_node_ca(
+        &self,
+        reader: &Reader,
+        node_id: u64,
+        subject: &impl rcgen::PublicKeyData,
+        ttl: Duration,
+    ) -> Result<(Vec<u8>, Vec<u8>), SignerError> {
+        let root = self.signer(reader)?;
+        let cert = root.sign_intermediate(&self.td, node_id, subject, ttl)?;
+        Ok((cert.to_vec(), root.cert_der.to_vec()))
+    }
+
+    /// Have a member that holds the KEK sign this node's intermediate CA.
+    pub async fn sign_node_ca_remotely(
+        &self,
+        raft: &Raft,
+        csr: &[u8],
+        ttl: Duration,
+    ) -> anyhow::Result<Vec<u8>> {
+        let members: Vec<(u64, String)> = {
+            let m = raft.metrics().borrow().clone();
+            m.membership_config
+                .membership()
+                .nodes()
+                .filter(|(id, _)| **id != self.node_id)
+                .map(|(id, n)| (*id, n.addr.clone()))
+                .collect()
+        };
+        let transport = self.transport();
+        let mut last = anyhow::anyhow!("no other member to ask");
+        for (peer, addr) in members {
+            let ch = transport.channel_to(&addr, tls::Expect::Node(peer))?;
+            let mut c = v1::node_service_client::NodeServiceClient::new(ch);
+            let mut req = tonic::Request::new(v1::SignNodeCaRequest {
+                csr_der: csr.to_vec(),
+                ttl_seconds: ttl.as_secs(),
+            });
+            req.set_timeout(Duration::from_secs(5));
+            match c.sign_node_ca(req).await {
+                Ok(r) => return Ok(r.into_inner().cert_der),
+                Err(s) => last = anyhow::anyhow!("node {peer}: {}", s.message()),
+            }
+        }
+        Err(last.context("no member could sign this node's intermediate CA"))
+    }
+
+    /// Offline-root mode: this node's operator-signed intermediate, if any.
+    pub fn offline_node_ca(&self) -> Result<Option<pki::NodeCa>, PkiError> {
+        self.files.node_ca()
+    }
+
     /// Sign an admin certificate for a CSR's key: `(certificate, root)`, DER.
     pub fn sign_admin(
         &self,

@@ -17,6 +17,7 @@ use authsec_api::v1::event_service_server::EventServiceServer;
 use authsec_api::v1::node_service_server::NodeServiceServer;
 use authsec_api::v1::revocation_service_server::RevocationServiceServer;
 use authsec_api::v1::role_service_server::RoleServiceServer;
+use authsec_api::v1::svid_service_server::SvidServiceServer;
 use authsec_domain::command::Command;
 use authsec_domain::{Actor, ArchiveHead, Principal, Rejection, TrustDomain};
 use authsec_raft::tls::ClientAuth;
@@ -132,12 +133,14 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
     let security_rx = sm.watch_security();
     let log = LogStore::new(store.clone());
     let transport = sec.transport().with_routes(cfg.peer_routes.clone());
+    let freshness = Arc::new(authsec_raft::Freshness::default());
     let raft = Raft::new(
         node_id,
         raft_config(&cfg.tuning())?,
         PeerNetwork {
             node_id,
             transport: transport.clone(),
+            freshness: freshness.clone(),
         },
         log,
         sm,
@@ -161,6 +164,13 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
             .unwrap_or_else(|| authsec_domain::identity::AGENT_TEMPLATE_DEFAULT.to_owned()),
     });
 
+    let issuer = Arc::new(crate::issuer::SvidIssuer::new(
+        node_id,
+        &cfg.data_dir,
+        freshness.clone(),
+        &cfg.issuer,
+    ));
+
     let (shutdown, shutdown_rx) = watch::channel(false);
     let stop = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -183,7 +193,10 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
                 },
             )
         })))
-        .add_service(PeerServer::new(raft.clone(), Arc::new(writer.clone())).into_service())
+        .add_service(
+            PeerServer::new(raft.clone(), Arc::new(writer.clone()), freshness.clone())
+                .into_service(),
+        )
         .add_service(
             ClusterServiceServer::new(Cluster(ctx.clone()))
                 .max_decoding_message_size(API_MESSAGE_BYTES_MAX),
@@ -222,6 +235,13 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
         .add_service(
             NodeServiceServer::new(Nodes(ctx.clone()))
                 .max_decoding_message_size(API_MESSAGE_BYTES_MAX),
+        )
+        .add_service(
+            SvidServiceServer::new(crate::svid_api::Svids {
+                ctx: ctx.clone(),
+                issuer: issuer.clone(),
+            })
+            .max_decoding_message_size(API_MESSAGE_BYTES_MAX),
         );
     let grpc_stop = stop(shutdown_rx.clone());
     let server_tls = match &sec.tls {
@@ -283,6 +303,33 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
             tracing::error!(error = %e, "HTTP server failed");
         }
     }));
+
+    // The leader's own freshness, from openraft's metrics (stamped on its AppendEntries).
+    let mut leading = raft.metrics();
+    let fresh = freshness.clone();
+    tasks.push(tokio::spawn(async move {
+        loop {
+            {
+                let m = leading.borrow_and_update();
+                fresh.observe_leader(if m.state == openraft::ServerState::Leader {
+                    m.millis_since_quorum_ack
+                } else {
+                    None
+                });
+            }
+            if leading.changed().await.is_err() {
+                return;
+            }
+        }
+    }));
+    if sec.tls.is_some() {
+        tasks.push(tokio::spawn(crate::keymgr::run(
+            ctx.clone(),
+            issuer.clone(),
+            raft.clone(),
+            shutdown_rx.clone(),
+        )));
+    }
 
     // A storage error stops Raft for good (openraft #285): surface it so the process exits.
     let (fatal_tx, fatal) = watch::channel(None);

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod freshness;
 pub mod messages;
 pub mod network;
 pub mod service;
@@ -13,6 +14,7 @@ pub mod service;
 pub use authsec_storage::{NodeId, TypeConfig};
 pub use authsec_tls::{tls, transport, Transport};
 pub use config::{raft_config, RaftTuning};
+pub use freshness::Freshness;
 pub use messages::{ForwardError, ForwardRequest, ForwardResponse};
 pub use network::{PeerClient, PeerNetwork};
 pub use service::{LeaderHandler, PeerServer};

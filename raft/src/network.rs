@@ -24,13 +24,17 @@ use authsec_tls::{Transport, PEER_MESSAGE_BYTES_MAX};
 pub struct PeerNetwork {
     pub node_id: NodeId,
     pub transport: Transport,
+    /// This node's freshness, stamped on every AppendEntries it sends as leader.
+    pub freshness: std::sync::Arc<crate::Freshness>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerClient {
-        PeerClient::new(self.node_id, target, &node.addr, &self.transport)
+        let mut c = PeerClient::new(self.node_id, target, &node.addr, &self.transport);
+        c.freshness = Some(self.freshness.clone());
+        c
     }
 }
 
@@ -41,6 +45,7 @@ pub struct PeerClient {
     target: NodeId,
     addr: String,
     client: Option<PeerServiceClient<Channel>>,
+    freshness: Option<std::sync::Arc<crate::Freshness>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +67,7 @@ impl PeerClient {
             target,
             addr: addr.to_owned(),
             client,
+            freshness: None,
         }
     }
 
@@ -84,7 +90,15 @@ impl PeerClient {
         data: Vec<u8>,
     ) -> Result<Vec<u8>, RPCError<NodeId, BasicNode, E>> {
         let mut c = self.client()?;
-        let req = tonic::Request::new(Payload { data });
+        let mut req = tonic::Request::new(Payload { data });
+        if kind == RPCTypes::AppendEntries {
+            if let Some(ms) = self.freshness.as_ref().and_then(|f| f.leader_age_ms()) {
+                if let Ok(v) = ms.to_string().parse() {
+                    req.metadata_mut()
+                        .insert(crate::freshness::QUORUM_AGE_HEADER, v);
+                }
+            }
+        }
         let fut = async {
             match kind {
                 RPCTypes::AppendEntries => c.append_entries(req).await,

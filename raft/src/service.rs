@@ -24,6 +24,7 @@ pub trait LeaderHandler: Send + Sync + 'static {
 pub struct PeerServer {
     raft: Raft,
     leader: Arc<dyn LeaderHandler>,
+    freshness: Arc<crate::Freshness>,
 }
 
 impl std::fmt::Debug for PeerServer {
@@ -33,8 +34,16 @@ impl std::fmt::Debug for PeerServer {
 }
 
 impl PeerServer {
-    pub fn new(raft: Raft, leader: Arc<dyn LeaderHandler>) -> Self {
-        Self { raft, leader }
+    pub fn new(
+        raft: Raft,
+        leader: Arc<dyn LeaderHandler>,
+        freshness: Arc<crate::Freshness>,
+    ) -> Self {
+        Self {
+            raft,
+            leader,
+            freshness,
+        }
     }
 
     pub fn into_service(self) -> PeerServiceServer<Self> {
@@ -51,8 +60,22 @@ fn bad(e: impl std::fmt::Display) -> Status {
 #[tonic::async_trait]
 impl PeerService for PeerServer {
     async fn append_entries(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
-        let rpc = messages::decode(TAG_APPEND_REQ, &req.into_inner().data).map_err(bad)?;
+        let stamped: Option<u64> = req
+            .metadata()
+            .get(crate::freshness::QUORUM_AGE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let rpc: openraft::raft::AppendEntriesRequest<crate::TypeConfig> =
+            messages::decode(TAG_APPEND_REQ, &req.into_inner().data).map_err(bad)?;
+        let from = rpc.vote.leader_id().voted_for();
         let res = self.raft.append_entries(rpc).await;
+        // Accepted from the leader this node recognises (not refused for a higher vote): its
+        // stamp is this node's freshness from now on.
+        if let (Some(age), Some(leader), Ok(r)) = (stamped, from, &res) {
+            if !matches!(r, openraft::raft::AppendEntriesResponse::HigherVote(_)) {
+                self.freshness.heard(leader, age);
+            }
+        }
         Ok(Response::new(Payload {
             data: messages::encode(TAG_APPEND_RES, &res),
         }))

@@ -1,0 +1,245 @@
+//! Keeps this node's SVID signing keys: makes them, has the intermediate signed (here if this
+//! node holds the KEK, else by a member that does, or by the offline root's operator), publishes
+//! them through the log, activates them, rotates them on SPIRE's schedule and retires them.
+//!
+//! It acts only on what the local projections show, one command at a time, so a crash at any
+//! point is picked up on the next pass: a key file without a published key is never used; a
+//! published key whose private half is gone is retired.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use authsec_domain::codec::{self, Tag};
+use authsec_domain::command::Command;
+use authsec_domain::keys::{KeyKind, KeyState, NodeKey};
+use authsec_domain::{Actor, Principal};
+use authsec_raft::Raft;
+use authsec_storage::{cf, Reader};
+use tokio::sync::watch;
+
+use crate::issuer::{self, SvidIssuer};
+use crate::security::SignerError;
+use crate::services::Ctx;
+
+/// Every node key in the local projection.
+pub fn load_keys(reader: &Reader) -> Result<Vec<NodeKey>, authsec_storage::StoreError> {
+    let (keys, _) = reader.scan(cf::PROJ_KEYS, b"", None, usize::MAX, usize::MAX, |k, v| {
+        codec::decode::<NodeKey>(Tag::NODE_KEY, v)
+            .map(Some)
+            .map_err(|e| authsec_storage::StoreError::damaged(cf::PROJ_KEYS, k, e))
+    })?;
+    Ok(keys)
+}
+
+/// What one pass did.
+#[derive(Debug, PartialEq, Eq)]
+enum Pass {
+    /// Wrote a command; look again at once.
+    Acted,
+    /// Nothing to do until time passes or the state changes.
+    Idle,
+    /// The cluster is not ready for this node's keys yet (no root, not a member).
+    Waiting,
+}
+
+/// Run until shutdown.
+pub async fn run(
+    ctx: Arc<Ctx>,
+    issuer: Arc<SvidIssuer>,
+    raft: Raft,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut changes = ctx.head_rx.clone();
+    let mut failures = 0u32;
+    loop {
+        let wait = match reconcile(&ctx, &issuer, &raft).await {
+            Ok(Pass::Acted) => {
+                failures = 0;
+                continue;
+            }
+            Ok(Pass::Idle) => {
+                failures = 0;
+                Duration::from_secs(10)
+            }
+            Ok(Pass::Waiting) => Duration::from_millis(500),
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(
+                    node_id = issuer.node_id,
+                    error = format!("{e:#}"),
+                    failures,
+                    "keeping the node's signing keys failed; retrying"
+                );
+                Duration::from_millis(500 * u64::from(failures.min(10)))
+            }
+        };
+        let changed = tokio::select! {
+            _ = tokio::time::sleep(wait) => false,
+            // A change of the log (a key activated or retired elsewhere, this node revoked):
+            // look again soon, without running a pass per applied entry under load.
+            r = changes.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                true
+            }
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
+        if changed {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+async fn reconcile(ctx: &Ctx, issuer: &SvidIssuer, raft: &Raft) -> anyhow::Result<Pass> {
+    let me = issuer.node_id;
+    let security = ctx.reader.security()?;
+    if security.revoked_nodes.contains(&me) {
+        issuer.uninstall(KeyKind::X509Ca);
+        issuer.uninstall(KeyKind::Jwt);
+        return Ok(Pass::Waiting);
+    }
+    if security.root_cert.is_none() || !ctx.reader.nodes()?.iter().any(|n| n.node_id == me) {
+        return Ok(Pass::Waiting);
+    }
+    let keys: Vec<NodeKey> = load_keys(&ctx.reader)?
+        .into_iter()
+        .filter(|k| k.node_id == me)
+        .collect();
+    let now = issuer::now_ms();
+    for kind in [KeyKind::X509Ca, KeyKind::Jwt] {
+        let ttl = match kind {
+            KeyKind::X509Ca => issuer.ca_ttl,
+            KeyKind::Jwt => issuer.jwt_key_ttl,
+        };
+        let mine: Vec<&NodeKey> = keys.iter().filter(|k| k.kind == kind).collect();
+        let active = mine
+            .iter()
+            .find(|k| k.state == KeyState::Active && issuer.holds(k) && k.not_after_ms > now);
+        match active {
+            Some(k) => issuer.install(k)?,
+            None => issuer.uninstall(kind),
+        }
+        let pending = mine
+            .iter()
+            .filter(|k| k.state == KeyState::Published && issuer.holds(k) && k.not_after_ms > now)
+            .max_by_key(|k| k.published_at_ms);
+        let (prepare, activate) = active.map_or((true, true), |a| issuer::schedule(a, ttl, now));
+        match pending {
+            Some(p) if activate => {
+                submit(ctx, Command::ActivateNodeKey { kid: p.kid.clone() }).await?;
+                return Ok(Pass::Acted);
+            }
+            None if prepare => {
+                if let Some(key) = prepare_key(ctx, issuer, raft, kind, &mine).await? {
+                    tracing::info!(node_id = me, kid = %key.kid, kind = kind.as_str(), "publishing a new signing key");
+                    submit(ctx, Command::PublishNodeKey { key }).await?;
+                    return Ok(Pass::Acted);
+                }
+            }
+            _ => {}
+        }
+        for k in &mine {
+            let expired = k.not_after_ms <= now;
+            let retire = match k.state {
+                KeyState::Superseded => expired,
+                // Never to be used: its private half is gone, or it ran out unused.
+                KeyState::Published => expired || !issuer.holds(k),
+                KeyState::Active | KeyState::Retired => false,
+            };
+            if retire {
+                submit(ctx, Command::RetireNodeKey { kid: k.kid.clone() }).await?;
+                return Ok(Pass::Acted);
+            }
+            if k.state == KeyState::Retired {
+                issuer.forget(&k.kid);
+            }
+        }
+    }
+    Ok(Pass::Idle)
+}
+
+async fn submit(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
+    let actor = Actor {
+        principal: Principal::Named(
+            authsec_raft::tls::node_spiffe_id(&ctx.sec.td, ctx.node_id).to_string(),
+        ),
+        via_node: ctx.node_id,
+    };
+    let what = command.name();
+    ctx.write(actor, command)
+        .await
+        .map_err(|s| anyhow::anyhow!("{what}: {}", s.message()))?;
+    Ok(())
+}
+
+/// A new key of `kind`, its private half on disk, ready to publish; `None` if this node cannot
+/// make one by itself (offline-root mode, whose operator signs the intermediate).
+async fn prepare_key(
+    ctx: &Ctx,
+    issuer: &SvidIssuer,
+    raft: &Raft,
+    kind: KeyKind,
+    mine: &[&NodeKey],
+) -> anyhow::Result<Option<NodeKey>> {
+    let node_id = issuer.node_id;
+    let key = |kid: String, public: Vec<u8>, not_after_ms: u64| NodeKey {
+        kid,
+        node_id,
+        kind,
+        public,
+        not_after_ms,
+        state: KeyState::Published,
+        published_at_ms: 0,
+        changed_at_ms: 0,
+    };
+    match kind {
+        KeyKind::Jwt => {
+            let (kid, kp) = issuer.new_key(kind)?;
+            let not_after = issuer::now_ms() + issuer.jwt_key_ttl.as_millis() as u64;
+            Ok(Some(key(kid, issuer::spki(&kp), not_after)))
+        }
+        KeyKind::X509Ca => {
+            if let Some(ca) = ctx.sec.offline_node_ca()? {
+                // Offline root: the operator-signed intermediate is this node's SVID issuer.
+                let (kid, pem) = ca.svid_kid_and_key(node_id)?;
+                if mine.iter().any(|k| k.kid == kid) {
+                    tracing::warn!(
+                        node_id,
+                        kid = %kid,
+                        "offline-root mode: the intermediate is due for rotation; have the operator sign a new one (authsec ca sign-intermediate)"
+                    );
+                    return Ok(None);
+                }
+                issuer.store_key_pem(&kid, &pem)?;
+                issuer.store_cert(&kid, &ca.cert_der)?;
+                let not_after = crate::pki::not_after(&ca.cert_der)?.as_millis() as u64;
+                return Ok(Some(key(kid, ca.cert_der.to_vec(), not_after)));
+            }
+            let (kid, kp) = issuer.new_key(kind)?;
+            let cert = match ctx
+                .sec
+                .sign_node_ca(&ctx.reader, node_id, &kp, issuer.ca_ttl)
+            {
+                Ok((cert, _root)) => cert,
+                Err(SignerError::NoKek(..)) => {
+                    let csr = rcgen::CertificateParams::default()
+                        .serialize_request(&kp)
+                        .context("CSR for the intermediate")?;
+                    ctx.sec
+                        .sign_node_ca_remotely(raft, csr.der(), issuer.ca_ttl)
+                        .await?
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let der = rustls::pki_types::CertificateDer::from(cert.clone());
+            if !crate::pki::certifies(&der, &kp)? {
+                anyhow::bail!("the signed intermediate is not for this node's new key");
+            }
+            issuer.store_cert(&kid, &cert)?;
+            let not_after = crate::pki::not_after(&der)?.as_millis() as u64;
+            Ok(Some(key(kid, cert, not_after)))
+        }
+    }
+}

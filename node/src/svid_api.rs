@@ -1,0 +1,174 @@
+//! `SvidService`: X.509-SVIDs and JWT-SVIDs, minted by the answering node from its own
+//! projections and keys (see [`crate::issuer`]). Nothing here writes to the log.
+//!
+//! Checks, in order: the node is within its freshness bound (UNAVAILABLE), the entry exists
+//! (NOT_FOUND), the caller is the entry's parent agent or an admin holding
+//! `authsec.admin:svids.write` (PERMISSION_DENIED), the request is well formed
+//! (INVALID_ARGUMENT).
+
+use std::sync::Arc;
+
+use authsec_api::v1::{self, svid_service_server::SvidService};
+use authsec_api::ApiError;
+use authsec_domain::codec::{self, Tag};
+use authsec_domain::identity::Entry;
+use authsec_storage::cf;
+use tonic::{Request, Response, Status};
+
+use crate::issuer::SvidIssuer;
+use crate::services::Ctx;
+
+#[derive(Debug, Clone)]
+pub struct Svids {
+    pub ctx: Arc<Ctx>,
+    pub issuer: Arc<SvidIssuer>,
+}
+
+impl Svids {
+    fn entry(&self, id: &str) -> Result<Entry, Status> {
+        let id =
+            authsec_api::identity::entry_id(id).map_err(|e| Status::from(ApiError::from(e)))?;
+        let row = self
+            .ctx
+            .reader
+            .row(cf::PROJ_ENTRIES, id.as_str().as_bytes())
+            .map_err(|e| {
+                tracing::error!(error = %e, "reading an entry failed");
+                Status::internal("storage read failed; see the node's log")
+            })?;
+        match row {
+            Some(v) => codec::decode(Tag::ENTRY, &v).map_err(|e| {
+                tracing::error!(error = %e, "decoding an entry failed");
+                Status::internal("storage read failed; see the node's log")
+            }),
+            None => Err(Status::not_found(format!("entry {id} does not exist"))),
+        }
+    }
+
+    /// The entry's parent agent, or an admin allowed to mint for any entry.
+    fn authorize<T>(&self, req: &Request<T>, entry: &Entry) -> Result<(), Status> {
+        let Some(tls) = &self.ctx.sec.tls else {
+            return Ok(()); // --insecure: anyone who reaches the port controls the cluster
+        };
+        let Some(caller) = crate::authz::caller(req) else {
+            return Err(Status::unauthenticated(
+                "minting an SVID needs a client certificate of the trust domain",
+            ));
+        };
+        if entry.parent_id.as_ref() == Some(&caller) {
+            return Ok(());
+        }
+        let td = tls.trust_domain();
+        if crate::pki::admin_name_of(td, &caller).is_some() {
+            return crate::authz::AdminPolicy {
+                reader: self.ctx.reader.clone(),
+            }
+            .check(td, &caller, "svids.write");
+        }
+        Err(Status::permission_denied(format!(
+            "{caller} may not mint SVIDs for entry {} ({}): only its parent ({}) or an admin with authsec.admin:svids.write may",
+            entry.entry_id,
+            entry.spiffe_id,
+            entry
+                .parent_id
+                .as_ref()
+                .map_or("none yet".to_owned(), |p| p.to_string())
+        )))
+    }
+
+    fn applied_index(&self) -> u64 {
+        self.ctx
+            .writer
+            .raft()
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |l| l.index)
+    }
+}
+
+#[tonic::async_trait]
+impl SvidService for Svids {
+    async fn mint_x509_svid(
+        &self,
+        req: Request<v1::MintX509SvidRequest>,
+    ) -> Result<Response<v1::MintX509SvidResponse>, Status> {
+        self.issuer.check_fresh()?;
+        let entry = self.entry(&req.get_ref().entry_id)?;
+        self.authorize(&req, &entry)?;
+        let r = req.into_inner();
+        let issued_at_index = self.applied_index();
+        let svid = self.issuer.mint_x509(&entry, &r.csr_der, r.ttl_seconds)?;
+        let bundle = self.ctx.reader.security().map_err(|e| {
+            tracing::error!(error = %e, "reading the trust bundle failed");
+            Status::internal("storage read failed; see the node's log")
+        })?;
+        tracing::debug!(
+            node_id = self.issuer.node_id,
+            entry_id = %entry.entry_id,
+            spiffe_id = %entry.spiffe_id,
+            serial = %hex::encode(svid.serial),
+            "minted an X.509-SVID"
+        );
+        Ok(Response::new(v1::MintX509SvidResponse {
+            spiffe_id: entry.spiffe_id.to_string(),
+            cert_chain_der: svid.chain,
+            bundle_der: bundle.root_cert.into_iter().collect(),
+            expires_at_unix: svid.not_after.as_secs() as i64,
+            serial_hex: hex::encode(svid.serial),
+            issuer_node_id: self.issuer.node_id,
+            issued_at_index,
+            federated_bundles: Default::default(),
+        }))
+    }
+
+    async fn mint_jwt_svid(
+        &self,
+        req: Request<v1::MintJwtSvidRequest>,
+    ) -> Result<Response<v1::MintJwtSvidResponse>, Status> {
+        self.issuer.check_fresh()?;
+        let entry = self.entry(&req.get_ref().entry_id)?;
+        self.authorize(&req, &entry)?;
+        let r = req.into_inner();
+        let issued_at_index = self.applied_index();
+        let svid = self.issuer.mint_jwt(&entry, &r.audience, r.ttl_seconds)?;
+        Ok(Response::new(v1::MintJwtSvidResponse {
+            spiffe_id: entry.spiffe_id.to_string(),
+            token: svid.token,
+            expires_at_unix: svid.expires_at.as_secs() as i64,
+            kid: svid.kid,
+            issuer_node_id: self.issuer.node_id,
+            issued_at_index,
+        }))
+    }
+
+    async fn issuer_status(
+        &self,
+        _req: Request<v1::IssuerStatusRequest>,
+    ) -> Result<Response<v1::IssuerStatusResponse>, Status> {
+        let fresh = self.issuer.check_fresh();
+        let ca = self.issuer.active_ca();
+        let jwt = self.issuer.active_jwt();
+        let reason = match (&fresh, &ca, &jwt) {
+            (Err(e), _, _) => e.to_string(),
+            (_, None, _) => "no active intermediate CA yet".to_owned(),
+            (_, _, None) => "no active JWT-SVID key yet".to_owned(),
+            _ => String::new(),
+        };
+        let m = self.ctx.writer.raft().metrics().borrow().clone();
+        Ok(Response::new(v1::IssuerStatusResponse {
+            node_id: self.issuer.node_id,
+            issuing: reason.is_empty(),
+            reason,
+            freshness_ms: self
+                .issuer
+                .freshness
+                .age()
+                .map(|(a, _)| a.as_millis() as u64),
+            max_staleness_ms: self.issuer.max_staleness.as_millis() as u64,
+            x509_kid: ca.map(|c| c.kid.clone()).unwrap_or_default(),
+            jwt_kid: jwt.map(|k| k.kid.clone()).unwrap_or_default(),
+            raft_role: format!("{:?}", m.state).to_lowercase(),
+        }))
+    }
+}
