@@ -21,3 +21,23 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
 fi
+
+# The SVID acceptance script checks our credentials with other people's verifiers: openssl
+# for X.509-SVIDs, PyJWT (in its own virtualenv, outside the clone) for JWT-SVIDs.
+need=()
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+python3 -c "import venv, ensurepip" >/dev/null 2>&1 || need+=(python3-venv)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "setup: installing ${need[*]}" >&2
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+py="${AUTHSEC_PY:-$HOME/.cache/authsec-py}"
+if ! "$py/bin/python" -c "import jwt, cryptography" >/dev/null 2>&1; then
+  echo "setup: making a Python virtualenv with PyJWT in $py" >&2
+  python3 -m venv "$py"
+  "$py/bin/pip" install --quiet --disable-pip-version-check "PyJWT[crypto]==2.10.1"
+fi

@@ -296,6 +296,8 @@ pub fn print_status(all: &[Result<v1::StatusResponse, String>], json: bool) {
                     "projection_digest": s.projection_digest,
                     "archive_head": s.archive_head.as_ref().map(|h| serde_json::json!({"sequence": h.sequence, "hash": h.hash})),
                     "trust_domain": s.trust_domain, "snapshot_index": s.snapshot_index, "purged_index": s.purged_index,
+                    "freshness_ms": s.freshness_ms, "max_staleness_ms": s.max_staleness_ms,
+                    "issuing": s.issuing, "issuing_reason": s.issuing_reason,
                     "members": s.members.iter().map(|m| serde_json::json!({"node_id": m.node_id, "addr": m.addr, "role": m.role})).collect::<Vec<_>>(),
                 }),
                 Err(e) => serde_json::json!({ "error": e }),
@@ -322,8 +324,8 @@ pub fn print_status(all: &[Result<v1::StatusResponse, String>], json: bool) {
         );
     }
     println!(
-        "{:<5} {:<22} {:<8} {:<10} {:>5} {:>9} {:>9}  {:<16} ARCHIVE HEAD",
-        "NODE", "ADDR", "ROLE", "STATE", "TERM", "LOG", "APPLIED", "DIGEST"
+        "{:<5} {:<22} {:<8} {:<10} {:>5} {:>9} {:>9} {:>9} {:<7}  {:<16} ARCHIVE HEAD",
+        "NODE", "ADDR", "ROLE", "STATE", "TERM", "LOG", "APPLIED", "FRESH", "ISSUING", "DIGEST"
     );
     for r in all {
         match r {
@@ -334,8 +336,11 @@ pub fn print_status(all: &[Result<v1::StatusResponse, String>], json: bool) {
                     .find(|m| m.node_id == s.node_id)
                     .map_or("-", |m| m.role.as_str());
                 let head = s.archive_head.clone().unwrap_or_default();
+                let fresh = s
+                    .freshness_ms
+                    .map_or("-".to_owned(), |ms| format!("{ms}ms"));
                 println!(
-                    "{:<5} {:<22} {:<8} {:<10} {:>5} {:>9} {:>9}  {:<16} #{} {}",
+                    "{:<5} {:<22} {:<8} {:<10} {:>5} {:>9} {:>9} {:>9} {:<7}  {:<16} #{} {}",
                     s.node_id,
                     s.addr,
                     role,
@@ -343,6 +348,8 @@ pub fn print_status(all: &[Result<v1::StatusResponse, String>], json: bool) {
                     s.term,
                     s.last_log_index,
                     s.applied_index,
+                    fresh,
+                    if s.issuing { "yes" } else { "no" },
                     &s.projection_digest[..16.min(s.projection_digest.len())],
                     head.sequence,
                     &head.hash[..16.min(head.hash.len())]
@@ -350,6 +357,9 @@ pub fn print_status(all: &[Result<v1::StatusResponse, String>], json: bool) {
             }
             Err(e) => println!("unreachable: {e}"),
         }
+    }
+    for s in all.iter().flatten().filter(|s| !s.issuing) {
+        println!("node {} does not issue: {}", s.node_id, s.issuing_reason);
     }
 }
 

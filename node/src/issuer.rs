@@ -343,6 +343,18 @@ impl SvidIssuer {
         }
     }
 
+    /// `Ok` when this node issues now; else why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        self.check_fresh().map_err(|e| e.to_string())?;
+        if self.active_ca().is_none() {
+            return Err("no active intermediate CA yet".into());
+        }
+        if self.active_jwt().is_none() {
+            return Err("no active JWT-SVID key yet".into());
+        }
+        Ok(())
+    }
+
     /// Mint an X.509-SVID for `entry` from a CSR. `ttl_s` 0 means the entry's TTL; a larger
     /// request is refused. The leaf never outlives the intermediate.
     pub fn mint_x509(

@@ -6,6 +6,7 @@ mod backup;
 mod bundle;
 mod cli;
 mod cli_identity;
+mod cli_svid;
 mod config;
 mod dev;
 #[cfg(test)]
@@ -82,6 +83,9 @@ enum Cmd {
     /// The trust domain's trust bundle.
     #[command(subcommand)]
     Bundle(cli_identity::BundleCmd),
+    /// SPIFFE credentials: mint X.509- and JWT-SVIDs from any node; see whether it issues.
+    #[command(subcommand)]
+    Svid(cli_svid::SvidCmd),
     /// Read the audit event feed.
     #[command(subcommand)]
     Events(EventsCmd),
@@ -578,6 +582,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Revoke(c) => cli_identity::revoke(c).await?,
         Cmd::Agent(c) => cli_identity::agent(c).await?,
         Cmd::Bundle(c) => cli_identity::bundle(c).await?,
+        Cmd::Svid(c) => cli_svid::svid(c).await?,
         Cmd::Admin(AdminCmd::Issue { target, name, out }) => {
             let eps = cli::endpoints(&target)?;
             if out.join("admin.key").exists() {

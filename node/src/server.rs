@@ -151,6 +151,13 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
     let writes = Arc::new(WriteMetrics::default());
     let proposer = Proposer::start(raft.clone(), writes.clone(), cfg.planted_bug);
     let writer = Writer::new(node_id, raft.clone(), proposer, transport, writes.clone());
+    let issuer = Arc::new(crate::issuer::SvidIssuer::new(
+        node_id,
+        &cfg.data_dir,
+        freshness.clone(),
+        &cfg.issuer,
+    ));
+
     let ctx = Arc::new(Ctx {
         node_id,
         addr: cfg.advertise(),
@@ -162,14 +169,8 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
             .agent_spiffe_template
             .clone()
             .unwrap_or_else(|| authsec_domain::identity::AGENT_TEMPLATE_DEFAULT.to_owned()),
+        issuer: issuer.clone(),
     });
-
-    let issuer = Arc::new(crate::issuer::SvidIssuer::new(
-        node_id,
-        &cfg.data_dir,
-        freshness.clone(),
-        &cfg.issuer,
-    ));
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let stop = |mut rx: watch::Receiver<bool>| async move {

@@ -31,6 +31,8 @@ pub struct Ctx {
     pub sec: Arc<Security>,
     /// SPIFFE ID template of an AI agent's workload entry.
     pub agent_template: String,
+    /// This node's SVID issuer.
+    pub issuer: Arc<crate::issuer::SvidIssuer>,
 }
 
 fn internal(e: impl std::fmt::Display) -> Status {
@@ -158,6 +160,7 @@ impl Ctx {
 
     pub async fn status(&self) -> Result<v1::StatusResponse, Status> {
         let m = self.writer.raft().metrics().borrow().clone();
+        let issuing = self.issuer.readiness();
         let reader = self.reader.clone();
         let (view, meta) = tokio::task::spawn_blocking(move || {
             Ok::<_, authsec_storage::StoreError>((reader.status_view()?, reader.meta()?))
@@ -197,6 +200,14 @@ impl Ctx {
             trust_domain: meta.trust_domain.map(|t| t.to_string()).unwrap_or_default(),
             snapshot_index: m.snapshot.map_or(0, |l| l.index),
             purged_index: m.purged.map_or(0, |l| l.index),
+            freshness_ms: self
+                .issuer
+                .freshness
+                .age()
+                .map(|(a, _)| a.as_millis() as u64),
+            max_staleness_ms: self.issuer.max_staleness.as_millis() as u64,
+            issuing: issuing.is_ok(),
+            issuing_reason: issuing.err().unwrap_or_default(),
         })
     }
 }

@@ -146,15 +146,9 @@ impl SvidService for Svids {
         &self,
         _req: Request<v1::IssuerStatusRequest>,
     ) -> Result<Response<v1::IssuerStatusResponse>, Status> {
-        let fresh = self.issuer.check_fresh();
         let ca = self.issuer.active_ca();
         let jwt = self.issuer.active_jwt();
-        let reason = match (&fresh, &ca, &jwt) {
-            (Err(e), _, _) => e.to_string(),
-            (_, None, _) => "no active intermediate CA yet".to_owned(),
-            (_, _, None) => "no active JWT-SVID key yet".to_owned(),
-            _ => String::new(),
-        };
+        let reason = self.issuer.readiness().err().unwrap_or_default();
         let m = self.ctx.writer.raft().metrics().borrow().clone();
         Ok(Response::new(v1::IssuerStatusResponse {
             node_id: self.issuer.node_id,

@@ -1,0 +1,342 @@
+//! `authsec svid x509|jwt|status`: mint SPIFFE credentials from any node, and see whether a
+//! node issues. Also `authsec svid bench`, the in-process minting benchmark.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use authsec_api::v1::{self, svid_service_client::SvidServiceClient};
+use clap::{Args, Subcommand};
+use rustls::pki_types::CertificateDer;
+use serde_json::json;
+
+use crate::cli;
+use crate::cli_identity::{CallError, Common, Output};
+
+#[derive(Debug, Subcommand)]
+pub enum SvidCmd {
+    /// Mint an X.509-SVID for an entry. Without --csr a P-256 key is made here and written
+    /// beside the certificate (0600); it never leaves this machine.
+    X509 {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        entry: String,
+        /// A PKCS#10 CSR (PEM or DER) for a key you already hold.
+        #[arg(long)]
+        csr: Option<PathBuf>,
+        /// Seconds; default the entry's X.509 TTL.
+        #[arg(long, default_value_t = 0)]
+        ttl: u32,
+        /// Where to write svid.pem (leaf then intermediate), svid.key and bundle.pem.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Mint a JWT-SVID for an entry; prints the token.
+    Jwt {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        entry: String,
+        /// Repeat for several audiences.
+        #[arg(long = "audience", required = true)]
+        audience: Vec<String>,
+        /// Seconds; default the entry's JWT TTL.
+        #[arg(long, default_value_t = 0)]
+        ttl: u32,
+    },
+    /// Whether the node issues now: its freshness and active keys.
+    Status {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// In-process benchmark: X.509-SVIDs minted per second by one issuer with `threads`
+    /// threads, from pre-made CSRs, against one ECDSA P-256 signature on this machine.
+    #[command(hide = true)]
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    #[arg(long, default_value_t = 5)]
+    pub seconds: u64,
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+}
+
+async fn client(common: &Common) -> anyhow::Result<SvidServiceClient<tonic::transport::Channel>> {
+    Ok(SvidServiceClient::new(
+        cli::connect(&cli::endpoints(&common.target)?).await?.1,
+    ))
+}
+
+fn read_csr(path: &PathBuf) -> anyhow::Result<Vec<u8>> {
+    use rustls::pki_types::pem::PemObject;
+    let bytes = std::fs::read(path).map_err(|e| anyhow::anyhow!("read {}: {e}", path.display()))?;
+    if bytes.starts_with(b"-----BEGIN") {
+        Ok(
+            rustls::pki_types::CertificateSigningRequestDer::from_pem_slice(&bytes)
+                .map_err(|e| anyhow::anyhow!("{}: not a PEM CSR: {e}", path.display()))?
+                .as_ref()
+                .to_vec(),
+        )
+    } else {
+        Ok(bytes)
+    }
+}
+
+pub async fn svid(c: SvidCmd) -> anyhow::Result<()> {
+    match c {
+        SvidCmd::X509 {
+            common,
+            entry,
+            csr,
+            ttl,
+            out,
+        } => {
+            let (key, csr_der) = match &csr {
+                Some(p) => (None, read_csr(p)?),
+                None => {
+                    let key = rcgen::KeyPair::generate()?;
+                    let csr = rcgen::CertificateParams::default().serialize_request(&key)?;
+                    (Some(key), csr.der().to_vec())
+                }
+            };
+            let r = client(&common)
+                .await?
+                .mint_x509_svid(v1::MintX509SvidRequest {
+                    entry_id: entry,
+                    csr_der,
+                    ttl_seconds: ttl,
+                })
+                .await
+                .map_err(CallError)?
+                .into_inner();
+            let chain: Vec<CertificateDer<'static>> = r
+                .cert_chain_der
+                .iter()
+                .map(|d| CertificateDer::from(d.clone()))
+                .collect();
+            let bundle: Vec<CertificateDer<'static>> = r
+                .bundle_der
+                .iter()
+                .map(|d| CertificateDer::from(d.clone()))
+                .collect();
+            std::fs::create_dir_all(&out)?;
+            if let Some(k) = &key {
+                crate::pki::write_file(&out.join("svid.key"), k.serialize_pem().as_bytes(), 0o600)?;
+            }
+            crate::pki::write_file(
+                &out.join("svid.pem"),
+                crate::pki::pem_certs(&chain).as_bytes(),
+                0o644,
+            )?;
+            crate::pki::write_file(
+                &out.join("bundle.pem"),
+                crate::pki::pem_certs(&bundle).as_bytes(),
+                0o644,
+            )?;
+            let v = json!({
+                "spiffe_id": r.spiffe_id, "serial": r.serial_hex, "expires_at_unix": r.expires_at_unix,
+                "issuer_node_id": r.issuer_node_id, "issued_at_index": r.issued_at_index,
+                "out": out.display().to_string(),
+            });
+            match common.output {
+                Output::Json => println!("{v}"),
+                Output::Table => println!(
+                    "minted {} on node {} (serial {}, expires at {}); wrote {}/svid.pem{} and bundle.pem",
+                    r.spiffe_id,
+                    r.issuer_node_id,
+                    r.serial_hex,
+                    r.expires_at_unix,
+                    out.display(),
+                    if key.is_some() { ", svid.key" } else { "" }
+                ),
+            }
+        }
+        SvidCmd::Jwt {
+            common,
+            entry,
+            audience,
+            ttl,
+        } => {
+            let r = client(&common)
+                .await?
+                .mint_jwt_svid(v1::MintJwtSvidRequest {
+                    entry_id: entry,
+                    audience,
+                    ttl_seconds: ttl,
+                })
+                .await
+                .map_err(CallError)?
+                .into_inner();
+            match common.output {
+                Output::Json => println!(
+                    "{}",
+                    json!({"spiffe_id": r.spiffe_id, "token": r.token, "kid": r.kid,
+                        "expires_at_unix": r.expires_at_unix, "issuer_node_id": r.issuer_node_id,
+                        "issued_at_index": r.issued_at_index})
+                ),
+                Output::Table => println!("{}", r.token),
+            }
+        }
+        SvidCmd::Status { common } => {
+            let r = client(&common)
+                .await?
+                .issuer_status(v1::IssuerStatusRequest {})
+                .await
+                .map_err(CallError)?
+                .into_inner();
+            match common.output {
+                Output::Json => println!(
+                    "{}",
+                    json!({"node_id": r.node_id, "issuing": r.issuing, "reason": r.reason,
+                        "freshness_ms": r.freshness_ms, "max_staleness_ms": r.max_staleness_ms,
+                        "x509_kid": r.x509_kid, "jwt_kid": r.jwt_kid, "raft_role": r.raft_role})
+                ),
+                Output::Table => {
+                    println!(
+                        "node {} ({}): {}",
+                        r.node_id,
+                        r.raft_role,
+                        if r.issuing {
+                            "issuing".to_owned()
+                        } else {
+                            format!("not issuing: {}", r.reason)
+                        }
+                    );
+                    println!(
+                        "freshness: {} (max {} ms)",
+                        r.freshness_ms
+                            .map_or("unknown".to_owned(), |m| format!("{m} ms")),
+                        r.max_staleness_ms
+                    );
+                    println!("intermediate CA: {}", or_dash(&r.x509_kid));
+                    println!("JWT key: {}", or_dash(&r.jwt_kid));
+                }
+            }
+        }
+        SvidCmd::Bench(a) => bench(a)?,
+    }
+    Ok(())
+}
+
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() {
+        "-"
+    } else {
+        s
+    }
+}
+
+/// Mint X.509-SVIDs in process for `seconds` on `threads` threads, then sign as many P-256
+/// digests for the same time: the ratio is the cost of one SVID in signatures.
+fn bench(a: BenchArgs) -> anyhow::Result<()> {
+    use authsec_domain::keys::{KeyKind, KeyState, NodeKey};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let td = authsec_domain::TrustDomain::parse("bench.example")?;
+    let dir = tempfile_dir()?;
+    let issuer = Arc::new(crate::issuer::SvidIssuer::new(
+        1,
+        &dir,
+        Arc::new(authsec_raft::Freshness::default()),
+        &Default::default(),
+    ));
+    let root = crate::pki::Root::generate(&td)?;
+    let (kid, kp) = issuer.new_key(KeyKind::X509Ca)?;
+    let cert = root.sign_intermediate(&td, 1, &kp, Duration::from_secs(3600))?;
+    issuer.store_cert(&kid, &cert)?;
+    issuer.install(&NodeKey {
+        kid,
+        node_id: 1,
+        kind: KeyKind::X509Ca,
+        public: cert.to_vec(),
+        not_after_ms: crate::issuer::now_ms() + 3_600_000,
+        state: KeyState::Active,
+        published_at_ms: 0,
+        changed_at_ms: 0,
+    })?;
+    let entry = Arc::new(authsec_domain::identity::Entry {
+        entry_id: authsec_domain::EntryId::parse("e-bench")?,
+        spiffe_id: authsec_domain::SpiffeId::parse("spiffe://bench.example/workload")?,
+        parent_id: None,
+        selectors: Default::default(),
+        x509_ttl_s: 3600,
+        jwt_ttl_s: 300,
+        dns_names: Default::default(),
+        client_id: None,
+        federates_with: Default::default(),
+        revision: 1,
+        created_at_ms: 0,
+        updated_at_ms: 0,
+    });
+    // Workloads make a new key per SVID; making them is the workload's cost, not ours.
+    let csrs: Arc<Vec<Vec<u8>>> = Arc::new(
+        (0..256)
+            .map(|_| {
+                let k = rcgen::KeyPair::generate()?;
+                Ok(rcgen::CertificateParams::default()
+                    .serialize_request(&k)?
+                    .der()
+                    .to_vec())
+            })
+            .collect::<anyhow::Result<_>>()?,
+    );
+    let run = |work: Arc<dyn Fn(usize) + Send + Sync>| -> f64 {
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicU64::new(0));
+        let start = Instant::now();
+        let handles: Vec<_> = (0..a.threads)
+            .map(|t| {
+                let (stop, done, work) = (stop.clone(), done.clone(), work.clone());
+                std::thread::spawn(move || {
+                    let mut i = t;
+                    while !stop.load(Ordering::Relaxed) {
+                        work(i);
+                        i += 1;
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_secs(a.seconds));
+        stop.store(true, Ordering::Relaxed);
+        for h in handles {
+            let _ = h.join();
+        }
+        done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+    };
+    let (i2, e2, c2) = (issuer.clone(), entry.clone(), csrs.clone());
+    let svids = run(Arc::new(move |i| {
+        if let Err(e) = i2.mint_x509(&e2, &c2[i % c2.len()], 0) {
+            eprintln!("mint failed: {e}");
+        }
+    }));
+    let sign_key = aws_lc_rs::signature::EcdsaKeyPair::generate(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+    )
+    .map_err(|_| anyhow::anyhow!("P-256 key"))?;
+    let sign_key = Arc::new(sign_key);
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let sigs = run(Arc::new(move |i| {
+        let _ = sign_key.sign(&rng, &(i as u64).to_be_bytes());
+    }));
+    println!(
+        "{}",
+        json!({
+            "threads": a.threads, "seconds": a.seconds,
+            "svids_per_s": svids.round(), "p256_signatures_per_s": sigs.round(),
+            "signatures_per_svid": (sigs / svids * 100.0).round() / 100.0,
+        })
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let mut b = [0u8; 8];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut b);
+    let d = std::env::temp_dir().join(format!("authsec-svid-bench-{}", hex::encode(b)));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}
