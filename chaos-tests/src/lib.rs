@@ -773,6 +773,27 @@ impl Cluster {
         self.wait_voter(via, id, timeout).await
     }
 
+    /// Wait until every node in `ids` issues credentials: its signing keys are published and
+    /// active, and it is within its freshness bound. Key publication writes to the log, so
+    /// tests that count records wait for this first.
+    pub async fn wait_issuing(&self, ids: &[u64], timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        for id in ids {
+            loop {
+                let last = match self.status(*id).await {
+                    Ok(s) if s.issuing => break,
+                    Ok(s) => s.issuing_reason,
+                    Err(e) => e.to_string(),
+                };
+                if Instant::now() > deadline {
+                    bail!("node {id} does not issue within {timeout:?}: {last}");
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(())
+    }
+
     /// Wait until the given nodes agree on a leader; returns it.
     pub async fn wait_leader(&self, ids: &[u64], timeout: Duration) -> anyhow::Result<u64> {
         let deadline = Instant::now() + timeout;

@@ -1,0 +1,443 @@
+//! Credentials from any node, against real clusters over mutual TLS: X.509- and JWT-SVIDs from
+//! every node that verify with any node's bundle; an agent that mints for the entries it
+//! parents and nothing else; bad input that is refused with a reason and writes nothing;
+//! issuance that goes on while the leader is killed; and the freshness bound, which stops a
+//! node cut off from the quorum (and a deposed leader with the follower it still reaches) and
+//! lets it resume by itself.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use authsec_api::v1::{self, svid_service_client::SvidServiceClient};
+use authsec_chaos_tests::{Cluster, Options, TRUST_DOMAIN};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tonic::transport::Channel;
+
+const T: Duration = Duration::from_secs(60);
+
+fn csr() -> anyhow::Result<(rcgen::KeyPair, Vec<u8>)> {
+    let key = rcgen::KeyPair::generate()?;
+    let csr = rcgen::CertificateParams::default().serialize_request(&key)?;
+    Ok((key, csr.der().to_vec()))
+}
+
+async fn svids(c: &Cluster, id: u64) -> anyhow::Result<SvidServiceClient<Channel>> {
+    Ok(SvidServiceClient::new(c.channel(id).await?))
+}
+
+async fn create_entry(
+    c: &Cluster,
+    via: u64,
+    path: &str,
+    parent: Option<&str>,
+) -> anyhow::Result<String> {
+    let r = v1::entry_service_client::EntryServiceClient::new(c.channel(via).await?)
+        .create_entry(v1::CreateEntryRequest {
+            spiffe_id: format!("spiffe://{TRUST_DOMAIN}/{path}"),
+            parent_id: parent
+                .map(|p| format!("spiffe://{TRUST_DOMAIN}/{p}"))
+                .unwrap_or_default(),
+            selectors: if parent.is_some() {
+                vec!["unix:uid:1000".into()]
+            } else {
+                vec![]
+            },
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    Ok(r.entry.map(|e| e.entry_id).unwrap_or_default())
+}
+
+async fn mint(
+    client: &mut SvidServiceClient<Channel>,
+    entry: &str,
+    csr: &[u8],
+) -> Result<v1::MintX509SvidResponse, tonic::Status> {
+    let mut req = tonic::Request::new(v1::MintX509SvidRequest {
+        entry_id: entry.into(),
+        csr_der: csr.to_vec(),
+        ttl_seconds: 0,
+    });
+    req.set_timeout(Duration::from_secs(3));
+    client.mint_x509_svid(req).await.map(|r| r.into_inner())
+}
+
+/// `leaf` is signed by `chain[1]`, which is signed by one of `roots`.
+fn verify_chain(chain: &[Vec<u8>], roots: &[Vec<u8>]) -> anyhow::Result<String> {
+    let (_, leaf) = x509_parser::parse_x509_certificate(&chain[0])?;
+    let (_, ca) = x509_parser::parse_x509_certificate(&chain[1])?;
+    leaf.verify_signature(Some(ca.public_key()))
+        .map_err(|e| anyhow::anyhow!("leaf: {e}"))?;
+    let ok = roots.iter().any(|r| {
+        x509_parser::parse_x509_certificate(r)
+            .map(|(_, root)| ca.verify_signature(Some(root.public_key())).is_ok())
+            .unwrap_or(false)
+    });
+    anyhow::ensure!(ok, "the intermediate does not chain to the bundle's roots");
+    let uris: Vec<String> = leaf
+        .subject_alternative_name()?
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::URI(u) => Some(u.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    anyhow::ensure!(uris.len() == 1, "URI SANs: {uris:?}");
+    Ok(uris[0].clone())
+}
+
+/// The ES256 key of `kid` from a SPIFFE bundle document, and a check of `token` with it.
+fn verify_jwt(token: &str, bundle_json: &str, audience: &str) -> anyhow::Result<serde_json::Value> {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s);
+    let parts: Vec<&str> = token.split('.').collect();
+    anyhow::ensure!(parts.len() == 3, "not a compact JWS");
+    let header: serde_json::Value = serde_json::from_slice(&b64(parts[0])?)?;
+    let claims: serde_json::Value = serde_json::from_slice(&b64(parts[1])?)?;
+    let doc: serde_json::Value = serde_json::from_str(bundle_json)?;
+    let jwk = doc["keys"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|k| k["use"] == "jwt-svid" && k["kid"] == header["kid"])
+        .ok_or_else(|| anyhow::anyhow!("kid {} is not in the bundle", header["kid"]))?;
+    let mut point = vec![4u8];
+    point.extend(b64(jwk["x"].as_str().unwrap_or(""))?);
+    point.extend(b64(jwk["y"].as_str().unwrap_or(""))?);
+    aws_lc_rs::signature::UnparsedPublicKey::new(&aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED, point)
+        .verify(
+            format!("{}.{}", parts[0], parts[1]).as_bytes(),
+            &b64(parts[2])?,
+        )
+        .map_err(|_| anyhow::anyhow!("the signature does not verify"))?;
+    anyhow::ensure!(header["alg"] == "ES256", "{header}");
+    anyhow::ensure!(claims["aud"] == audience, "{claims}");
+    Ok(claims)
+}
+
+async fn bundle(c: &Cluster, id: u64) -> anyhow::Result<v1::Bundle> {
+    Ok(
+        v1::bundle_service_client::BundleServiceClient::new(c.channel(id).await?)
+            .get_bundle(v1::GetBundleRequest {})
+            .await?
+            .into_inner(),
+    )
+}
+
+/// Mutual TLS as the holder of an X.509-SVID.
+fn svid_transport(
+    chain: &[Vec<u8>],
+    key: &rcgen::KeyPair,
+    roots: &[Vec<u8>],
+) -> anyhow::Result<authsec_tls::Transport> {
+    let td = authsec_domain::TrustDomain::parse(TRUST_DOMAIN)?;
+    let key = PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let state = authsec_tls::tls::TlsState::new(
+        td,
+        roots.iter().map(|r| CertificateDer::from(r.clone())).collect(),
+        chain.iter().map(|c| CertificateDer::from(c.clone())).collect(),
+        key,
+    )?;
+    Ok(authsec_tls::Transport::mutual_tls(state))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn svids_from_every_node_verify_everywhere_and_bad_input_writes_nothing() -> anyhow::Result<()>
+{
+    authsec_chaos_tests::init_test_tracing();
+    let c = Cluster::start(3, Options::default())?;
+    c.wait_leader(&[1, 2, 3], T).await?;
+    c.wait_issuing(&[1, 2, 3], T).await?;
+    let agent_entry = create_entry(&c, 1, "agent/a1", None).await?;
+    let web = create_entry(&c, 1, "web", Some("agent/a1")).await?;
+    let other = create_entry(&c, 1, "db", Some("agent/a2")).await?;
+    c.wait_converged(&[1, 2, 3], 0, T).await?;
+
+    // An admin mints on every node; each chain verifies with another node's bundle.
+    for id in 1..=3u64 {
+        let (_, der) = csr()?;
+        let r = mint(&mut svids(&c, id).await?, &web, &der).await?;
+        assert_eq!(r.issuer_node_id, id);
+        let roots = bundle(&c, id % 3 + 1).await?.x509_authorities_der;
+        let uri = verify_chain(&r.cert_chain_der, &roots)?;
+        assert_eq!(uri, format!("spiffe://{TRUST_DOMAIN}/web"));
+        let jwt = svids(&c, id)
+            .await?
+            .mint_jwt_svid(v1::MintJwtSvidRequest {
+                entry_id: web.clone(),
+                audience: vec!["orders".into()],
+                ttl_seconds: 0,
+            })
+            .await?
+            .into_inner();
+        let claims = verify_jwt(
+            &jwt.token,
+            &bundle(&c, id % 3 + 1).await?.spiffe_bundle_json,
+            "orders",
+        )?;
+        assert_eq!(claims["sub"], format!("spiffe://{TRUST_DOMAIN}/web"));
+    }
+
+    // The agent, with its own SVID, mints for the entry it parents and for nothing else.
+    let (agent_key, der) = csr()?;
+    let a = mint(&mut svids(&c, 2).await?, &agent_entry, &der).await?;
+    let roots = bundle(&c, 2).await?.x509_authorities_der;
+    let as_agent = svid_transport(&a.cert_chain_der, &agent_key, &roots)?;
+    let mut agent =
+        SvidServiceClient::new(authsec_chaos_tests::channel(&as_agent, &c.addr(3)?).await?);
+    let (_, der) = csr()?;
+    let ok = mint(&mut agent, &web, &der).await?;
+    verify_chain(&ok.cert_chain_der, &roots)?;
+
+    let c = &c;
+    let head = |id| async move { c.status(id).await.map(|s| s.archive_head.unwrap_or_default()) };
+    let before = head(1).await?;
+    let denied = mint(&mut agent, &other, &der).await.expect_err("not its entry");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    assert!(denied.message().contains("only its parent"), "{}", denied.message());
+    // Nor may it use the admin API.
+    let admin_api = v1::entry_service_client::EntryServiceClient::new(
+        authsec_chaos_tests::channel(&as_agent, &c.addr(3)?).await?,
+    )
+    .list_entries(v1::ListEntriesRequest::default())
+    .await
+    .expect_err("an agent is no admin");
+    assert_eq!(admin_api.code(), tonic::Code::PermissionDenied);
+
+    let bad_csr = |edit: &dyn Fn(&mut rcgen::CertificateParams)| -> anyhow::Result<Vec<u8>> {
+        let key = rcgen::KeyPair::generate()?;
+        let mut p = rcgen::CertificateParams::default();
+        edit(&mut p);
+        Ok(p.serialize_request(&key)?.der().to_vec())
+    };
+    let foreign = bad_csr(&|p| {
+        p.subject_alt_names = vec![rcgen::SanType::URI(
+            format!("spiffe://{TRUST_DOMAIN}/authsec/admin/root")
+                .as_str()
+                .try_into()
+                .expect("uri"),
+        )]
+    })?;
+    let ca = bad_csr(&|p| p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained))?;
+    let mut admin = svids(&c, 1).await?;
+    for (what, der, needle) in [
+        ("foreign ID", foreign, "authsec/admin/root"),
+        ("CA:true", ca, "CA:true"),
+        ("malformed", b"garbage".to_vec(), "PKCS#10"),
+        ("too large", vec![0x30; 9000], "8192"),
+    ] {
+        let e = mint(&mut admin, &web, &der).await.expect_err(what);
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{what}: {e:?}");
+        assert!(e.message().contains(needle), "{what}: {}", e.message());
+    }
+    let e = mint(&mut admin, "e-does-not-exist", &der).await.expect_err("no entry");
+    assert_eq!(e.code(), tonic::Code::NotFound);
+    let e = svids(&c, 1)
+        .await?
+        .mint_jwt_svid(v1::MintJwtSvidRequest {
+            entry_id: web.clone(),
+            audience: vec![],
+            ttl_seconds: 0,
+        })
+        .await
+        .expect_err("no audience");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("audience"), "{}", e.message());
+    assert_eq!(head(1).await?, before, "refused requests wrote nothing");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn svids_keep_coming_from_the_others_while_the_leader_is_killed() -> anyhow::Result<()> {
+    authsec_chaos_tests::init_test_tracing();
+    let mut c = Cluster::start(3, Options::default())?;
+    let leader = c.wait_leader(&[1, 2, 3], T).await?;
+    c.wait_issuing(&[1, 2, 3], T).await?;
+    let web = create_entry(&c, leader, "web", None).await?;
+    c.wait_converged(&[1, 2, 3], 0, T).await?;
+    let others: Vec<u64> = (1..=3).filter(|i| *i != leader).collect();
+    let csrs: Arc<Vec<Vec<u8>>> = Arc::new((0..16).map(|_| csr().map(|c| c.1)).collect::<Result<_, _>>()?);
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for id in others.clone() {
+        let mut client = svids(&c, id).await?;
+        let (stop, ok, csrs, web) = (stop.clone(), ok.clone(), csrs.clone(), web.clone());
+        workers.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                match mint(&mut client, &web, &csrs[i % csrs.len()]).await {
+                    Ok(_) => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => failures.push(format!("node {id}: {e:?}")),
+                }
+                i += 1;
+            }
+            failures
+        }));
+    }
+    // Some issuance before, then the leader dies with SIGKILL mid-stream.
+    let deadline = Instant::now() + T;
+    while ok.load(Ordering::Relaxed) < 50 {
+        anyhow::ensure!(Instant::now() < deadline, "no SVIDs before the kill");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before_kill = ok.load(Ordering::Relaxed);
+    let killed_at = Instant::now();
+    c.kill9(leader)?;
+    let new_leader = c.wait_leader(&others, T).await?;
+    let failover = killed_at.elapsed();
+    // Keep minting well past the failover.
+    let at_failover = ok.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut failures = Vec::new();
+    for w in workers {
+        failures.extend(w.await?);
+    }
+    let total = ok.load(Ordering::Relaxed);
+    eprintln!(
+        "leader {leader} killed; node {new_leader} leads after {failover:?}; SVIDs: {before_kill} before the kill, {} during the failover, {} after; failed requests: {}",
+        at_failover - before_kill,
+        total - at_failover,
+        failures.len()
+    );
+    assert!(failures.is_empty(), "failed requests: {failures:?}");
+    assert!(at_failover > before_kill, "issuance went on during the failover");
+    Ok(())
+}
+
+fn staleness_env(ids: &[u64], ms: u64) -> std::collections::BTreeMap<u64, Vec<(String, String)>> {
+    ids.iter()
+        .map(|id| {
+            (
+                *id,
+                vec![("AUTHSEC_MAX_STALENESS_MS".to_owned(), ms.to_string())],
+            )
+        })
+        .collect()
+}
+
+/// Poll `id` until it refuses to issue; the reason it gives and when.
+async fn wait_refusal(c: &Cluster, id: u64, entry: &str, csr: &[u8]) -> anyhow::Result<(Instant, String)> {
+    let deadline = Instant::now() + T;
+    let mut client = svids(c, id).await?;
+    loop {
+        match mint(&mut client, entry, csr).await {
+            Err(e) if e.code() == tonic::Code::Unavailable && e.message().contains("freshness bound") => {
+                return Ok((Instant::now(), e.message().to_owned()))
+            }
+            _ => {}
+        }
+        anyhow::ensure!(Instant::now() < deadline, "node {id} never stopped issuing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_issues(c: &Cluster, id: u64, entry: &str, csr: &[u8]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + T;
+    let mut client = svids(c, id).await?;
+    loop {
+        let r = mint(&mut client, entry, csr).await;
+        if r.is_ok() {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "node {id} does not issue: {r:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_stops_issuing_beyond_the_bound_and_resumes() -> anyhow::Result<()> {
+    authsec_chaos_tests::init_test_tracing();
+    const BOUND_MS: u64 = 3_000;
+    let c = Cluster::start(
+        3,
+        Options {
+            proxied: true,
+            env: staleness_env(&[1, 2, 3], BOUND_MS),
+            ..Options::default()
+        },
+    )?;
+    let leader = c.wait_leader(&[1, 2, 3], T).await?;
+    c.wait_issuing(&[1, 2, 3], T).await?;
+    let web = create_entry(&c, leader, "web", None).await?;
+    c.wait_converged(&[1, 2, 3], 0, T).await?;
+    let cut = (1..=3).find(|i| *i != leader).unwrap_or(3);
+    let rest: Vec<u64> = (1..=3).filter(|i| *i != cut).collect();
+    let (_, der) = csr()?;
+    wait_issues(&c, cut, &web, &der).await?;
+
+    let cut_at = Instant::now();
+    c.net()?.partition(&[cut], &rest);
+    let (stopped_at, reason) = wait_refusal(&c, cut, &web, &der).await?;
+    let after = stopped_at.duration_since(cut_at);
+    eprintln!("node {cut} stopped issuing {after:?} after the cut: {reason}");
+    assert!(after >= Duration::from_millis(BOUND_MS - 500), "not before the bound: {after:?}");
+    assert!(after <= Duration::from_millis(BOUND_MS + 3_000), "soon after the bound: {after:?}");
+    assert!(reason.contains(&format!("max_staleness {BOUND_MS} ms")), "{reason}");
+    // The majority keeps issuing.
+    for id in &rest {
+        wait_issues(&c, *id, &web, &der).await?;
+    }
+    // Healed, it resumes by itself.
+    c.net()?.heal();
+    wait_issues(&c, cut, &web, &der).await?;
+    Ok(())
+}
+
+/// The chaos scenario of the freshness bound: in five nodes, the leader and one follower are
+/// cut off from the other three. The old leader still reaches its follower, so the follower
+/// keeps hearing from it; but no quorum acknowledges the old leader any more, so both stop
+/// within the bound, while the three elect a leader and go on issuing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leader_cut_off_with_one_follower_stops_both() -> anyhow::Result<()> {
+    authsec_chaos_tests::init_test_tracing();
+    const BOUND_MS: u64 = 3_000;
+    let ids = [1, 2, 3, 4, 5];
+    let c = Cluster::start(
+        5,
+        Options {
+            proxied: true,
+            env: staleness_env(&ids, BOUND_MS),
+            ..Options::default()
+        },
+    )?;
+    let leader = c.wait_leader(&ids, T).await?;
+    c.wait_issuing(&ids, T).await?;
+    let web = create_entry(&c, leader, "web", None).await?;
+    c.wait_converged(&ids, 0, T).await?;
+    let follower = ids.iter().copied().find(|i| *i != leader).unwrap_or(1);
+    let minority = [leader, follower];
+    let majority: Vec<u64> = ids.iter().copied().filter(|i| !minority.contains(i)).collect();
+    let (_, der) = csr()?;
+
+    let cut_at = Instant::now();
+    c.net()?.partition(&minority, &majority);
+    for id in minority {
+        let (at, reason) = wait_refusal(&c, id, &web, &der).await?;
+        let after = at.duration_since(cut_at);
+        eprintln!("node {id} (of the cut-off pair) stopped {after:?} after the cut: {reason}");
+        assert!(after <= Duration::from_millis(BOUND_MS + 3_000), "node {id}: {after:?}");
+    }
+    let new_leader = c.wait_leader(&majority, T).await?;
+    assert!(majority.contains(&new_leader));
+    for id in &majority {
+        wait_issues(&c, *id, &web, &der).await?;
+    }
+    c.net()?.heal();
+    for id in minority {
+        wait_issues(&c, id, &web, &der).await?;
+    }
+    Ok(())
+}
