@@ -17,6 +17,8 @@ async fn every_node_serves_the_same_spiffe_bundle() -> anyhow::Result<()> {
     authsec_chaos_tests::init_test_tracing();
     let c = Cluster::start(3, Options::default())?;
     c.wait_leader(&[1, 2, 3], T).await?;
+    // Every node has published its signing keys before it signs: the JWT keys are in.
+    c.wait_issuing(&[1, 2, 3], T).await?;
     c.wait_converged(&[1, 2, 3], 0, T).await?;
     let root: Vec<CertificateDer<'static>> =
         CertificateDer::pem_file_iter(c.admin_dir().join("ca.crt"))?.collect::<Result<_, _>>()?;
@@ -31,16 +33,34 @@ async fn every_node_serves_the_same_spiffe_bundle() -> anyhow::Result<()> {
         assert_eq!(b.x509_authorities_der, vec![root[0].to_vec()]);
         let doc: serde_json::Value = serde_json::from_str(&b.spiffe_bundle_json)?;
         assert_eq!(doc["spiffe_sequence"].as_u64(), Some(b.sequence));
-        assert!(b.sequence >= 1, "installing the root made the first bundle");
+        assert!(
+            b.sequence >= 7,
+            "the root, then each node's JWT key published and activated: {}",
+            b.sequence
+        );
         assert_eq!(doc["spiffe_refresh_hint"].as_u64(), Some(300));
         let keys = doc["keys"].as_array().cloned().unwrap_or_default();
-        assert_eq!(keys.len(), 1, "{doc}");
-        assert_eq!(keys[0]["use"], "x509-svid");
-        assert_eq!(keys[0]["kty"], "EC");
-        assert_eq!(keys[0]["crv"], "P-256");
+        let (x509, jwt): (Vec<_>, Vec<_>) = keys.iter().partition(|k| k["use"] == "x509-svid");
+        assert_eq!(x509.len(), 1, "the root: {doc}");
+        assert!(
+            x509[0].get("kid").is_none(),
+            "X.509 authorities have no kid"
+        );
+        assert_eq!(x509[0]["kty"], "EC");
+        assert_eq!(x509[0]["crv"], "P-256");
         let x5c = base64::engine::general_purpose::STANDARD
-            .decode(keys[0]["x5c"][0].as_str().unwrap_or(""))?;
+            .decode(x509[0]["x5c"][0].as_str().unwrap_or(""))?;
         assert_eq!(x5c, root[0].to_vec(), "x5c holds the root certificate");
+        // One ES256 key per node, each with a kid.
+        assert_eq!(jwt.len(), 3, "{doc}");
+        let mut kids: Vec<&str> = jwt.iter().filter_map(|k| k["kid"].as_str()).collect();
+        kids.sort();
+        kids.dedup();
+        assert_eq!(kids.len(), 3);
+        for k in &jwt {
+            assert_eq!(k["use"], "jwt-svid");
+            assert_eq!(k["crv"], "P-256");
+        }
         seen.push(b.spiffe_bundle_json);
     }
     assert!(

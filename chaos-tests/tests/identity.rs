@@ -407,6 +407,8 @@ async fn admin_permissions_and_bad_input_are_refused_and_write_nothing() -> anyh
         &admin,
         &["client", "create", "--kind", "service", "--id", "existing"],
     )?)?;
+    // The nodes' own key publications are done before counting.
+    c.wait_issuing(&[1, 2, 3], T).await?;
     c.wait_converged(&[1, 2, 3], 0, T).await?;
 
     let before = head(&c, leader).await?;

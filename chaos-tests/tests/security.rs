@@ -75,6 +75,8 @@ async fn init_then_two_joins_over_mtls_with_single_use_expiring_tokens() -> anyh
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Node 2 publishes its signing keys once it is a member: let it finish first.
+    c.wait_issuing(&[1, 2], T).await?;
     c.wait_converged(&[1, 2], 0, T).await?;
     let before = head(&c, 1).await?;
 
@@ -285,6 +287,7 @@ async fn strangers_and_wrong_roles_are_refused_and_nothing_is_written() -> anyho
         .await?
         .register_client(register_req("first"))
         .await?;
+    c.wait_issuing(&[1, 2, 3], T).await?;
     let all = c.wait_converged(&[1, 2, 3], 1, T).await?;
     let head0 = all[0].archive_head.clone();
     let addr = c.addr(1)?;

@@ -134,17 +134,26 @@ async fn fourth_node_joins_through_a_snapshot() -> anyhow::Result<()> {
         .into_inner();
     let ids: Vec<u64> = r.members.iter().map(|m| m.node_id).collect();
     assert_eq!(ids, vec![1, 2, 3], "{r:?}");
-    let archive = cluster.archive(leader).await?;
-    let last = archive
-        .last()
-        .ok_or_else(|| anyhow::anyhow!("empty archive"))?;
+    let records = cluster.records(leader).await?;
+    let removal = records
+        .iter()
+        .rposition(|r| r.kind == "node.member_removed" && r.subject == "node:4")
+        .ok_or_else(|| anyhow::anyhow!("node 4's removal was not recorded"))?;
+    // In the same commit, the keys node 4 signed with leave the bundle; nothing else follows.
+    let after: Vec<(&str, &str)> = records[removal + 1..]
+        .iter()
+        .map(|r| (r.kind.as_str(), r.subject.as_str()))
+        .collect();
     assert!(
-        String::from_utf8_lossy(&last.2).contains("node:4"),
-        "the removal is the newest record"
+        after
+            .iter()
+            .all(|(k, s)| *k == "node_key.retired" && s.starts_with("node_key:n4-")),
+        "the removal is the newest record but for node 4's keys retired: {after:?}"
     );
     println!(
-        "node 4 removed; membership {ids:?}; newest record #{} is its removal",
-        last.0
+        "node 4 removed; membership {ids:?}; record #{} is its removal, then {} of its keys retired",
+        records[removal].sequence,
+        after.len()
     );
     Ok(())
 }

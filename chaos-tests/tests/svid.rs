@@ -111,12 +111,15 @@ fn verify_jwt(token: &str, bundle_json: &str, audience: &str) -> anyhow::Result<
     let mut point = vec![4u8];
     point.extend(b64(jwk["x"].as_str().unwrap_or(""))?);
     point.extend(b64(jwk["y"].as_str().unwrap_or(""))?);
-    aws_lc_rs::signature::UnparsedPublicKey::new(&aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED, point)
-        .verify(
-            format!("{}.{}", parts[0], parts[1]).as_bytes(),
-            &b64(parts[2])?,
-        )
-        .map_err(|_| anyhow::anyhow!("the signature does not verify"))?;
+    aws_lc_rs::signature::UnparsedPublicKey::new(
+        &aws_lc_rs::signature::ECDSA_P256_SHA256_FIXED,
+        point,
+    )
+    .verify(
+        format!("{}.{}", parts[0], parts[1]).as_bytes(),
+        &b64(parts[2])?,
+    )
+    .map_err(|_| anyhow::anyhow!("the signature does not verify"))?;
     anyhow::ensure!(header["alg"] == "ES256", "{header}");
     anyhow::ensure!(claims["aud"] == audience, "{claims}");
     Ok(claims)
@@ -141,8 +144,14 @@ fn svid_transport(
     let key = PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let state = authsec_tls::tls::TlsState::new(
         td,
-        roots.iter().map(|r| CertificateDer::from(r.clone())).collect(),
-        chain.iter().map(|c| CertificateDer::from(c.clone())).collect(),
+        roots
+            .iter()
+            .map(|r| CertificateDer::from(r.clone()))
+            .collect(),
+        chain
+            .iter()
+            .map(|c| CertificateDer::from(c.clone()))
+            .collect(),
         key,
     )?;
     Ok(authsec_tls::Transport::mutual_tls(state))
@@ -197,11 +206,21 @@ async fn svids_from_every_node_verify_everywhere_and_bad_input_writes_nothing() 
     verify_chain(&ok.cert_chain_der, &roots)?;
 
     let c = &c;
-    let head = |id| async move { c.status(id).await.map(|s| s.archive_head.unwrap_or_default()) };
+    let head = |id| async move {
+        c.status(id)
+            .await
+            .map(|s| s.archive_head.unwrap_or_default())
+    };
     let before = head(1).await?;
-    let denied = mint(&mut agent, &other, &der).await.expect_err("not its entry");
+    let denied = mint(&mut agent, &other, &der)
+        .await
+        .expect_err("not its entry");
     assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
-    assert!(denied.message().contains("only its parent"), "{}", denied.message());
+    assert!(
+        denied.message().contains("only its parent"),
+        "{}",
+        denied.message()
+    );
     // Nor may it use the admin API.
     let admin_api = v1::entry_service_client::EntryServiceClient::new(
         authsec_chaos_tests::channel(&as_agent, &c.addr(3)?).await?,
@@ -237,7 +256,9 @@ async fn svids_from_every_node_verify_everywhere_and_bad_input_writes_nothing() 
         assert_eq!(e.code(), tonic::Code::InvalidArgument, "{what}: {e:?}");
         assert!(e.message().contains(needle), "{what}: {}", e.message());
     }
-    let e = mint(&mut admin, "e-does-not-exist", &der).await.expect_err("no entry");
+    let e = mint(&mut admin, "e-does-not-exist", &der)
+        .await
+        .expect_err("no entry");
     assert_eq!(e.code(), tonic::Code::NotFound);
     let e = svids(&c, 1)
         .await?
@@ -263,7 +284,11 @@ async fn svids_keep_coming_from_the_others_while_the_leader_is_killed() -> anyho
     let web = create_entry(&c, leader, "web", None).await?;
     c.wait_converged(&[1, 2, 3], 0, T).await?;
     let others: Vec<u64> = (1..=3).filter(|i| *i != leader).collect();
-    let csrs: Arc<Vec<Vec<u8>>> = Arc::new((0..16).map(|_| csr().map(|c| c.1)).collect::<Result<_, _>>()?);
+    let csrs: Arc<Vec<Vec<u8>>> = Arc::new(
+        (0..16)
+            .map(|_| csr().map(|c| c.1))
+            .collect::<Result<_, _>>()?,
+    );
 
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let ok = Arc::new(AtomicU64::new(0));
@@ -313,7 +338,10 @@ async fn svids_keep_coming_from_the_others_while_the_leader_is_killed() -> anyho
         failures.len()
     );
     assert!(failures.is_empty(), "failed requests: {failures:?}");
-    assert!(at_failover > before_kill, "issuance went on during the failover");
+    assert!(
+        at_failover > before_kill,
+        "issuance went on during the failover"
+    );
     Ok(())
 }
 
@@ -329,12 +357,20 @@ fn staleness_env(ids: &[u64], ms: u64) -> std::collections::BTreeMap<u64, Vec<(S
 }
 
 /// Poll `id` until it refuses to issue; the reason it gives and when.
-async fn wait_refusal(c: &Cluster, id: u64, entry: &str, csr: &[u8]) -> anyhow::Result<(Instant, String)> {
+async fn wait_refusal(
+    c: &Cluster,
+    id: u64,
+    entry: &str,
+    csr: &[u8],
+) -> anyhow::Result<(Instant, String)> {
     let deadline = Instant::now() + T;
     let mut client = svids(c, id).await?;
     loop {
         match mint(&mut client, entry, csr).await {
-            Err(e) if e.code() == tonic::Code::Unavailable && e.message().contains("freshness bound") => {
+            Err(e)
+                if e.code() == tonic::Code::Unavailable
+                    && e.message().contains("freshness bound") =>
+            {
                 return Ok((Instant::now(), e.message().to_owned()))
             }
             _ => {}
@@ -383,9 +419,18 @@ async fn a_node_cut_off_stops_issuing_beyond_the_bound_and_resumes() -> anyhow::
     let (stopped_at, reason) = wait_refusal(&c, cut, &web, &der).await?;
     let after = stopped_at.duration_since(cut_at);
     eprintln!("node {cut} stopped issuing {after:?} after the cut: {reason}");
-    assert!(after >= Duration::from_millis(BOUND_MS - 500), "not before the bound: {after:?}");
-    assert!(after <= Duration::from_millis(BOUND_MS + 3_000), "soon after the bound: {after:?}");
-    assert!(reason.contains(&format!("max_staleness {BOUND_MS} ms")), "{reason}");
+    assert!(
+        after >= Duration::from_millis(BOUND_MS - 500),
+        "not before the bound: {after:?}"
+    );
+    assert!(
+        after <= Duration::from_millis(BOUND_MS + 3_000),
+        "soon after the bound: {after:?}"
+    );
+    assert!(
+        reason.contains(&format!("max_staleness {BOUND_MS} ms")),
+        "{reason}"
+    );
     // The majority keeps issuing.
     for id in &rest {
         wait_issues(&c, *id, &web, &der).await?;
@@ -419,7 +464,11 @@ async fn a_deposed_leader_cut_off_with_one_follower_stops_both() -> anyhow::Resu
     c.wait_converged(&ids, 0, T).await?;
     let follower = ids.iter().copied().find(|i| *i != leader).unwrap_or(1);
     let minority = [leader, follower];
-    let majority: Vec<u64> = ids.iter().copied().filter(|i| !minority.contains(i)).collect();
+    let majority: Vec<u64> = ids
+        .iter()
+        .copied()
+        .filter(|i| !minority.contains(i))
+        .collect();
     let (_, der) = csr()?;
 
     let cut_at = Instant::now();
@@ -428,7 +477,10 @@ async fn a_deposed_leader_cut_off_with_one_follower_stops_both() -> anyhow::Resu
         let (at, reason) = wait_refusal(&c, id, &web, &der).await?;
         let after = at.duration_since(cut_at);
         eprintln!("node {id} (of the cut-off pair) stopped {after:?} after the cut: {reason}");
-        assert!(after <= Duration::from_millis(BOUND_MS + 3_000), "node {id}: {after:?}");
+        assert!(
+            after <= Duration::from_millis(BOUND_MS + 3_000),
+            "node {id}: {after:?}"
+        );
     }
     let new_leader = c.wait_leader(&majority, T).await?;
     assert!(majority.contains(&new_leader));

@@ -420,7 +420,10 @@ pub fn decide(
         }
         Command::RecordNodeRemoved { node_id } => {
             if state.nodes.contains_key(node_id) {
-                Ok(vec![Event::NodeMemberRemoved { node_id: *node_id }])
+                // A node that left signs nothing more: its keys leave the bundle with it.
+                let mut events = vec![Event::NodeMemberRemoved { node_id: *node_id }];
+                events.extend(crate::keys::retire_all_of(state, *node_id));
+                Ok(events)
             } else {
                 Err(Rejection::NodeNotFound { node_id: *node_id })
             }

@@ -453,6 +453,41 @@ mod tests {
     }
 
     #[test]
+    fn a_removed_node_takes_its_keys_out_of_the_bundle() {
+        let mut s = cluster();
+        for (kid, node) in [("x", 2), ("y", 1)] {
+            propose(
+                &mut s,
+                60,
+                Command::PublishNodeKey {
+                    key: key(kid, node, KeyKind::Jwt),
+                },
+            )
+            .expect("publish");
+        }
+        propose(&mut s, 61, Command::ActivateNodeKey { kid: "x".into() }).expect("activate");
+        let seq = bundle(&s).sequence;
+        propose(&mut s, 62, Command::RecordNodeRemoved { node_id: 2 }).expect("remove");
+        assert_eq!(s.keys["x"].state, KeyState::Retired, "even the active one");
+        assert_eq!(
+            s.keys["y"].state,
+            KeyState::Published,
+            "node 1 keeps its own"
+        );
+        assert!(bundle(&s).sequence > seq, "the bundle changed");
+        assert!(matches!(
+            propose(
+                &mut s,
+                63,
+                Command::PublishNodeKey {
+                    key: key("z", 2, KeyKind::Jwt)
+                }
+            ),
+            Err(Rejection::NodeNotFound { node_id: 2 })
+        ));
+    }
+
+    #[test]
     fn rows_reload_to_the_same_state() {
         let mut s = cluster();
         propose(
