@@ -450,6 +450,18 @@ impl Cluster {
     /// through `peers`, starts, and asks to be admitted. It holds no KEK (its config names
     /// none), so it renews its certificate through the members that do.
     pub fn spawn_join(&mut self, id: u64, token: &str, peers: &[String]) -> anyhow::Result<()> {
+        self.spawn_join_as(id, token, peers, false)
+    }
+
+    /// [`Cluster::spawn_join`], as a learner (an issuer replica that does not vote) if
+    /// `learner`.
+    pub fn spawn_join_as(
+        &mut self,
+        id: u64,
+        token: &str,
+        peers: &[String],
+        learner: bool,
+    ) -> anyhow::Result<()> {
         let fingerprint = self.ca_fingerprint()?;
         let kek_line = format!("kek_file = {:?}\n", self.kek_file().display().to_string());
         let path = self
@@ -476,6 +488,7 @@ impl Cluster {
                 .into_iter()
                 .map(std::ffi::OsString::from),
             )
+            .chain(learner.then(|| std::ffi::OsString::from("--learner")))
             .collect();
         self.start_process(id, args)?;
         self.members.insert(id);

@@ -493,3 +493,71 @@ async fn a_deposed_leader_cut_off_with_one_follower_stops_both() -> anyhow::Resu
     }
     Ok(())
 }
+
+/// An issuer replica: a node that joins as a non-voting learner issues like any other node,
+/// its SVIDs verify with every node's bundle, and `cluster status` shows it as a learner with
+/// its freshness. Removing it takes its keys out of the bundle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_learner_issues_like_any_node_and_its_removal_retires_its_keys() -> anyhow::Result<()> {
+    authsec_chaos_tests::init_test_tracing();
+    let mut c = Cluster::start(
+        3,
+        Options {
+            spare: 1,
+            ..Options::default()
+        },
+    )?;
+    let leader = c.wait_leader(&[1, 2, 3], T).await?;
+    c.wait_issuing(&[1, 2, 3], T).await?;
+    let token = c.create_join_token(leader, 600).await?;
+    c.prepare(4, None)?;
+    let peer = c.addr(leader)?;
+    c.spawn_join_as(4, &token, &[peer], true)?;
+    c.wait_issuing(&[4], T).await?;
+    let s = c.status(4).await?;
+    let me = s.members.iter().find(|m| m.node_id == 4).cloned().unwrap_or_default();
+    assert_eq!(me.role, "learner", "{:?}", s.members);
+    assert!(s.freshness_ms.is_some_and(|ms| ms < 30_000), "{s:?}");
+    let web = create_entry(&c, leader, "web", None).await?;
+    c.wait_converged(&[1, 2, 3, 4], 0, T).await?;
+
+    let (_, der) = csr()?;
+    let r = mint(&mut svids(&c, 4).await?, &web, &der).await?;
+    assert_eq!(r.issuer_node_id, 4);
+    let jwt = svids(&c, 4)
+        .await?
+        .mint_jwt_svid(v1::MintJwtSvidRequest {
+            entry_id: web.clone(),
+            audience: vec!["orders".into()],
+            ttl_seconds: 0,
+        })
+        .await?
+        .into_inner();
+    for id in 1..=3 {
+        let b = bundle(&c, id).await?;
+        verify_chain(&r.cert_chain_der, &b.x509_authorities_der)?;
+        verify_jwt(&jwt.token, &b.spiffe_bundle_json, "orders")?;
+    }
+
+    // Removed, its JWT key leaves every bundle: its tokens no longer verify.
+    let leader = c.wait_leader(&[1, 2, 3], T).await?;
+    v1::cluster_service_client::ClusterServiceClient::new(c.channel(leader).await?)
+        .remove_node(v1::RemoveNodeRequest {
+            node_id: 4,
+            revoke_keys: false,
+        })
+        .await?;
+    let deadline = Instant::now() + T;
+    for id in 1..=3 {
+        loop {
+            let b = bundle(&c, id).await?;
+            if verify_jwt(&jwt.token, &b.spiffe_bundle_json, "orders").is_err() {
+                assert!(!b.spiffe_bundle_json.contains(&jwt.kid));
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "node {id} still trusts node 4's key");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}
