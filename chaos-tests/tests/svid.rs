@@ -515,7 +515,12 @@ async fn a_learner_issues_like_any_node_and_its_removal_retires_its_keys() -> an
     c.spawn_join_as(4, &token, &[peer], true)?;
     c.wait_issuing(&[4], T).await?;
     let s = c.status(4).await?;
-    let me = s.members.iter().find(|m| m.node_id == 4).cloned().unwrap_or_default();
+    let me = s
+        .members
+        .iter()
+        .find(|m| m.node_id == 4)
+        .cloned()
+        .unwrap_or_default();
     assert_eq!(me.role, "learner", "{:?}", s.members);
     assert!(s.freshness_ms.is_some_and(|ms| ms < 30_000), "{s:?}");
     let web = create_entry(&c, leader, "web", None).await?;
@@ -555,7 +560,10 @@ async fn a_learner_issues_like_any_node_and_its_removal_retires_its_keys() -> an
                 assert!(!b.spiffe_bundle_json.contains(&jwt.kid));
                 break;
             }
-            anyhow::ensure!(Instant::now() < deadline, "node {id} still trusts node 4's key");
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "node {id} still trusts node 4's key"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
