@@ -15,3 +15,5 @@ cargo test --locked --workspace -- --test-threads 2 --skip no_violation
 cargo test --locked --workspace -- --test-threads 1 --nocapture no_violation
 # SVIDs against other verifiers: openssl for X.509-SVIDs from every node, PyJWT for JWT-SVIDs.
 scripts/svid-acceptance.sh
+# Federation between two dev clusters with different trust domains.
+scripts/federation-acceptance.sh

@@ -158,6 +158,7 @@ const ALL_CFS: &[&str] = &[
     "proj_agents",
     "proj_revocations",
     "proj_keys",
+    "proj_federations",
 ];
 
 /// Write some clients on a one-node cluster, stop it, damage one value, and start it again.

@@ -245,7 +245,7 @@ async fn svids_from_every_node_verify_everywhere_and_bad_input_writes_nothing() 
         )]
     })?;
     let ca = bad_csr(&|p| p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained))?;
-    let mut admin = svids(&c, 1).await?;
+    let mut admin = svids(c, 1).await?;
     for (what, der, needle) in [
         ("foreign ID", foreign, "authsec/admin/root"),
         ("CA:true", ca, "CA:true"),
@@ -260,7 +260,7 @@ async fn svids_from_every_node_verify_everywhere_and_bad_input_writes_nothing() 
         .await
         .expect_err("no entry");
     assert_eq!(e.code(), tonic::Code::NotFound);
-    let e = svids(&c, 1)
+    let e = svids(c, 1)
         .await?
         .mint_jwt_svid(v1::MintJwtSvidRequest {
             entry_id: web.clone(),

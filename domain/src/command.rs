@@ -326,6 +326,19 @@ pub enum Command {
     RetireNodeKey {
         kid: String,
     },
+    // Federation (issue 6). New variants go last.
+    /// Register another trust domain whose bundle this cluster consumes.
+    CreateFederation {
+        federation: crate::federation::Federation,
+    },
+    DeleteFederation {
+        trust_domain: TrustDomain,
+    },
+    /// A bundle a node fetched from a federated domain's endpoint.
+    RecordFederatedBundle {
+        trust_domain: TrustDomain,
+        bundle: crate::federation::FederatedBundle,
+    },
 }
 
 impl Command {
@@ -365,6 +378,9 @@ impl Command {
             Command::PublishNodeKey { .. } => "publish_node_key",
             Command::ActivateNodeKey { .. } => "activate_node_key",
             Command::RetireNodeKey { .. } => "retire_node_key",
+            Command::CreateFederation { .. } => "create_federation",
+            Command::DeleteFederation { .. } => "delete_federation",
+            Command::RecordFederatedBundle { .. } => "record_federated_bundle",
         }
     }
 

@@ -144,6 +144,17 @@ pub enum Event {
     NodeKeyRetired {
         kid: String,
     },
+    // Federation (issue 6). New variants go last.
+    FederationCreated {
+        federation: crate::federation::Federation,
+    },
+    FederationDeleted {
+        trust_domain: TrustDomain,
+    },
+    FederatedBundleUpdated {
+        trust_domain: TrustDomain,
+        bundle: crate::federation::FederatedBundle,
+    },
 }
 
 impl Event {
@@ -186,6 +197,9 @@ impl Event {
             Event::NodeKeyActivated { .. } => "node_key.activated",
             Event::NodeKeySuperseded { .. } => "node_key.superseded",
             Event::NodeKeyRetired { .. } => "node_key.retired",
+            Event::FederationCreated { .. } => "federation.created",
+            Event::FederationDeleted { .. } => "federation.deleted",
+            Event::FederatedBundleUpdated { .. } => "federation.bundle_updated",
         }
     }
 
@@ -237,6 +251,13 @@ impl Event {
             Event::NodeKeyActivated { kid }
             | Event::NodeKeySuperseded { kid }
             | Event::NodeKeyRetired { kid } => format!("node_key:{kid}"),
+            Event::FederationCreated { federation } => {
+                format!("federation:{}", federation.trust_domain)
+            }
+            Event::FederationDeleted { trust_domain }
+            | Event::FederatedBundleUpdated { trust_domain, .. } => {
+                format!("federation:{trust_domain}")
+            }
         }
     }
 }

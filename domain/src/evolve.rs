@@ -274,6 +274,23 @@ pub fn evolve(state: &mut State, event: &Event, time_ms: u64) {
             set_key_state(state, kid, KeyState::Retired, time_ms);
             state.keys_meta.bundle_sequence += 1;
         }
+        Event::FederationCreated { federation } => {
+            state
+                .federations
+                .insert(federation.trust_domain.clone(), federation.clone());
+        }
+        Event::FederationDeleted { trust_domain } => {
+            state.federations.remove(trust_domain);
+        }
+        Event::FederatedBundleUpdated {
+            trust_domain,
+            bundle,
+        } => {
+            if let Some(f) = state.federations.get_mut(trust_domain) {
+                f.bundle = Some(bundle.clone());
+                f.bundle_at_ms = time_ms;
+            }
+        }
     }
 }
 
@@ -354,6 +371,13 @@ impl Event {
             Event::AgentSeen { agent_id }
             | Event::AgentBanned { agent_id, .. }
             | Event::AgentDeleted { agent_id } => ProjectionKey::Agent(agent_id.clone()),
+            Event::FederationCreated { federation } => {
+                ProjectionKey::Federation(federation.trust_domain.clone())
+            }
+            Event::FederationDeleted { trust_domain }
+            | Event::FederatedBundleUpdated { trust_domain, .. } => {
+                ProjectionKey::Federation(trust_domain.clone())
+            }
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod command;
 pub mod decide;
 pub mod event;
 pub mod evolve;
+pub mod federation;
 pub mod identity;
 pub mod ids;
 pub mod keys;

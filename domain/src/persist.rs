@@ -21,6 +21,7 @@ pub const FAMILY_DELEGATIONS: &str = "proj_delegations";
 pub const FAMILY_AGENTS: &str = "proj_agents";
 pub const FAMILY_REVOCATIONS: &str = "proj_revocations";
 pub const FAMILY_KEYS: &str = "proj_keys";
+pub const FAMILY_FEDERATIONS: &str = "proj_federations";
 /// In `proj_meta`: the bundle's sequence.
 pub const KEY_KEYS_META: &[u8] = b"keys";
 /// The `proj_meta` keys this module owns.
@@ -36,6 +37,7 @@ pub const FAMILIES: &[&str] = &[
     FAMILY_AGENTS,
     FAMILY_REVOCATIONS,
     FAMILY_KEYS,
+    FAMILY_FEDERATIONS,
 ];
 
 /// One stored row: where it lives and its bytes (`None`: delete it).
@@ -148,6 +150,12 @@ impl State {
                 Tag::NODE_KEY,
                 self.keys.get(kid),
             ),
+            ProjectionKey::Federation(td) => put(
+                FAMILY_FEDERATIONS,
+                td.as_str().as_bytes().to_vec(),
+                Tag::FEDERATION,
+                self.federations.get(td),
+            ),
             ProjectionKey::KeysMeta => put(
                 FAMILY_META,
                 KEY_KEYS_META.to_vec(),
@@ -172,6 +180,10 @@ impl State {
             }
             FAMILY_META if key == KEY_KEYS_META => {
                 self.keys_meta = codec::decode(Tag::KEYS_META, value)?;
+            }
+            FAMILY_FEDERATIONS => {
+                let f: crate::federation::Federation = codec::decode(Tag::FEDERATION, value)?;
+                self.federations.insert(f.trust_domain.clone(), f);
             }
             FAMILY_KEYS => {
                 let k: crate::keys::NodeKey = codec::decode(Tag::NODE_KEY, value)?;

@@ -1106,6 +1106,16 @@ pub(crate) fn decide_identity(
         Command::PublishNodeKey { key } => crate::keys::publish(state, key, time_ms),
         Command::ActivateNodeKey { kid } => crate::keys::activate(state, kid, time_ms),
         Command::RetireNodeKey { kid } => crate::keys::retire(state, kid),
+        Command::CreateFederation { federation } => {
+            crate::federation::create(state, federation, time_ms)
+        }
+        Command::DeleteFederation { trust_domain } => {
+            crate::federation::delete(state, trust_domain)
+        }
+        Command::RecordFederatedBundle {
+            trust_domain,
+            bundle,
+        } => crate::federation::record(state, trust_domain, bundle),
         _ => return None,
     })
 }

@@ -118,6 +118,7 @@ pub enum ProjectionKey {
     RevokedSubject(String),
     NodeKey(String),
     KeysMeta,
+    Federation(crate::TrustDomain),
 }
 
 /// All projections. Ordered maps only, so iteration (and so the digest) is deterministic.
@@ -141,6 +142,8 @@ pub struct State {
     /// Node signing keys by kid, and the bundle's sequence.
     pub keys: BTreeMap<String, crate::keys::NodeKey>,
     pub keys_meta: crate::keys::KeysMeta,
+    /// Federated trust domains and their bundles.
+    pub federations: BTreeMap<crate::TrustDomain, crate::federation::Federation>,
     /// Derived lookups, rebuilt from the rows above on load; never stored.
     pub idx: Indexes,
 }

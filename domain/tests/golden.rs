@@ -500,3 +500,55 @@ fn node_keys_v1() {
     };
     check("node_key_batch_v1", &codec::encode(Tag::BATCH, &batch));
 }
+
+#[test]
+fn federation_v1() {
+    use authsec_domain::federation::{FederatedBundle, Federation, Profile};
+    let td = authsec_domain::TrustDomain::parse("partner.example").expect("td");
+    let bundle = FederatedBundle {
+        sequence: 3,
+        refresh_hint_s: 300,
+        x509_authorities: vec![vec![0x30, 0x82, 0x01]],
+        jwt_authorities: vec![("k1".into(), vec![0x30, 0x59])],
+    };
+    let f = Federation {
+        trust_domain: td.clone(),
+        endpoint_url: "https://partner.example:8443/".into(),
+        profile: Profile::HttpsSpiffe {
+            endpoint_spiffe_id: authsec_domain::SpiffeId::parse(
+                "spiffe://partner.example/authsec/node/1",
+            )
+            .expect("id"),
+        },
+        bundle: Some(bundle.clone()),
+        bundle_at_ms: 5,
+        created_at_ms: 4,
+    };
+    check("federation_v1", &codec::encode(Tag::FEDERATION, &f));
+    let stamp = Stamp {
+        time_ms: 1_700_000_000_000,
+        seed: [2; 16],
+    };
+    let actor = Actor {
+        principal: Principal::System,
+        via_node: 2,
+    };
+    let batch = Batch {
+        proposals: [
+            Command::CreateFederation { federation: f },
+            Command::RecordFederatedBundle {
+                trust_domain: td.clone(),
+                bundle,
+            },
+            Command::DeleteFederation { trust_domain: td },
+        ]
+        .into_iter()
+        .map(|command| Proposal {
+            stamp: stamp.clone(),
+            actor: actor.clone(),
+            command,
+        })
+        .collect(),
+    };
+    check("federation_batch_v1", &codec::encode(Tag::BATCH, &batch));
+}

@@ -36,6 +36,7 @@ pub fn admin_permission(path: &str) -> String {
         "AgentService" => "agents",
         "EventService" => "audit",
         "SvidService" => "svids",
+        "FederationService" => "federation",
         "ClusterService" if method == "IssueAdmin" => "admins",
         "ClusterService" if method == "SaveSnapshot" => "backup",
         "ClusterService" => "cluster",

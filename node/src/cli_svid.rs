@@ -143,7 +143,21 @@ pub async fn svid(c: SvidCmd) -> anyhow::Result<()> {
                 crate::pki::pem_certs(&bundle).as_bytes(),
                 0o644,
             )?;
+            // Each federated trust domain's X.509 authorities, for verifying its peers.
+            let mut federated = Vec::new();
+            for (td, b) in &r.federated_bundles {
+                let name = td.trim_start_matches("spiffe://");
+                let certs: Vec<CertificateDer<'static>> = b
+                    .der
+                    .iter()
+                    .map(|d| CertificateDer::from(d.clone()))
+                    .collect();
+                let path = out.join(format!("federated-{name}.pem"));
+                crate::pki::write_file(&path, crate::pki::pem_certs(&certs).as_bytes(), 0o644)?;
+                federated.push(path.display().to_string());
+            }
             let v = json!({
+                "federated_bundles": federated,
                 "spiffe_id": r.spiffe_id, "serial": r.serial_hex, "expires_at_unix": r.expires_at_unix,
                 "issuer_node_id": r.issuer_node_id, "issued_at_index": r.issued_at_index,
                 "out": out.display().to_string(),
@@ -151,13 +165,17 @@ pub async fn svid(c: SvidCmd) -> anyhow::Result<()> {
             match common.output {
                 Output::Json => println!("{v}"),
                 Output::Table => println!(
-                    "minted {} on node {} (serial {}, expires at {}); wrote {}/svid.pem{} and bundle.pem",
+                    "minted {} on node {} (serial {}, expires at {}); wrote {}/svid.pem{}, bundle.pem{}",
                     r.spiffe_id,
                     r.issuer_node_id,
                     r.serial_hex,
                     r.expires_at_unix,
                     out.display(),
-                    if key.is_some() { ", svid.key" } else { "" }
+                    if key.is_some() { ", svid.key" } else { "" },
+                    federated
+                        .iter()
+                        .map(|p| format!(", {}", p.rsplit('/').next().unwrap_or(p)))
+                        .collect::<String>()
                 ),
             }
         }
@@ -225,6 +243,190 @@ pub async fn svid(c: SvidCmd) -> anyhow::Result<()> {
         }
         SvidCmd::Bench(a) if a.entry.is_some() => bench_api(a).await?,
         SvidCmd::Bench(a) => bench(a)?,
+    }
+    Ok(())
+}
+
+// ---- federation ----
+
+#[derive(Debug, Subcommand)]
+pub enum FederationCmd {
+    /// Trust another trust domain: its bundle is fetched from its endpoint and recorded.
+    Create {
+        #[command(flatten)]
+        common: Common,
+        /// The other trust domain, e.g. partner.example.
+        #[arg(long)]
+        trust_domain: String,
+        /// Its bundle endpoint, https://host:port/path.
+        #[arg(long)]
+        url: String,
+        /// https_web (a Web PKI certificate) or https_spiffe (an SVID of --endpoint-spiffe-id,
+        /// checked against --bundle until the first fetch).
+        #[arg(long, default_value = "https_web")]
+        profile: String,
+        #[arg(long)]
+        endpoint_spiffe_id: Option<String>,
+        /// The other domain's bundle (SPIFFE JSON), obtained out of band (https_spiffe).
+        #[arg(long)]
+        bundle: Option<PathBuf>,
+    },
+    /// The federated trust domains and their recorded bundles.
+    List {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// A federated domain's recorded bundle: SPIFFE JSON, or its X.509 authorities as PEM.
+    Bundle {
+        #[command(flatten)]
+        common: Common,
+        trust_domain: String,
+        #[arg(long, value_enum, default_value_t)]
+        format: crate::cli_identity::BundleFormat,
+    },
+    /// Stop trusting a trust domain (refused while an entry federates with it).
+    Delete {
+        #[command(flatten)]
+        common: Common,
+        trust_domain: String,
+    },
+}
+
+async fn federations(
+    common: &Common,
+) -> anyhow::Result<v1::federation_service_client::FederationServiceClient<tonic::transport::Channel>>
+{
+    Ok(v1::federation_service_client::FederationServiceClient::new(
+        cli::connect(&cli::endpoints(&common.target)?).await?.1,
+    ))
+}
+
+pub async fn federation(c: FederationCmd) -> anyhow::Result<()> {
+    match c {
+        FederationCmd::Create {
+            common,
+            trust_domain,
+            url,
+            profile,
+            endpoint_spiffe_id,
+            bundle,
+        } => {
+            let profile = match profile.as_str() {
+                "https_web" => v1::FederationProfile::HttpsWeb,
+                "https_spiffe" => v1::FederationProfile::HttpsSpiffe,
+                other => anyhow::bail!("--profile {other}: use https_web or https_spiffe"),
+            };
+            let bundle_json = match &bundle {
+                Some(p) => std::fs::read_to_string(p)
+                    .map_err(|e| anyhow::anyhow!("read {}: {e}", p.display()))?,
+                None => String::new(),
+            };
+            let r = federations(&common)
+                .await?
+                .create_federation(v1::CreateFederationRequest {
+                    trust_domain: trust_domain.clone(),
+                    endpoint_url: url,
+                    profile: profile as i32,
+                    endpoint_spiffe_id: endpoint_spiffe_id.unwrap_or_default(),
+                    bundle_json,
+                })
+                .await
+                .map_err(CallError)?
+                .into_inner();
+            let index = r.receipt.map_or(0, |r| r.log_index);
+            match common.output {
+                Output::Json => println!(
+                    "{}",
+                    json!({"trust_domain": trust_domain, "log_index": index})
+                ),
+                Output::Table => println!(
+                    "federating with {trust_domain} (log index {index}); the leader fetches its bundle now"
+                ),
+            }
+        }
+        FederationCmd::List { common } => {
+            let r = federations(&common)
+                .await?
+                .list_federations(v1::ListFederationsRequest {})
+                .await
+                .map_err(CallError)?
+                .into_inner();
+            for f in r.federations {
+                let profile = match v1::FederationProfile::try_from(f.profile) {
+                    Ok(v1::FederationProfile::HttpsSpiffe) => "https_spiffe",
+                    _ => "https_web",
+                };
+                match common.output {
+                    Output::Json => println!(
+                        "{}",
+                        json!({"trust_domain": f.trust_domain, "endpoint_url": f.endpoint_url,
+                            "profile": profile, "endpoint_spiffe_id": f.endpoint_spiffe_id,
+                            "bundle_sequence": f.bundle_sequence, "bundle_at_ms": f.bundle_at_ms,
+                            "x509_authorities": f.x509_authorities_der.len(), "jwt_kids": f.jwt_kids})
+                    ),
+                    Output::Table => println!(
+                        "{}  {}  {}  sequence {}  {} X.509 / {} JWT authorities",
+                        f.trust_domain,
+                        f.endpoint_url,
+                        profile,
+                        f.bundle_sequence,
+                        f.x509_authorities_der.len(),
+                        f.jwt_kids.len()
+                    ),
+                }
+            }
+        }
+        FederationCmd::Bundle {
+            common,
+            trust_domain,
+            format,
+        } => {
+            let r = federations(&common)
+                .await?
+                .list_federations(v1::ListFederationsRequest {})
+                .await
+                .map_err(CallError)?
+                .into_inner();
+            let f = r
+                .federations
+                .into_iter()
+                .find(|f| f.trust_domain == trust_domain)
+                .ok_or_else(|| {
+                    CallError(tonic::Status::not_found(format!(
+                        "no federation with {trust_domain}"
+                    )))
+                })?;
+            if f.spiffe_bundle_json.is_empty() {
+                return Err(CallError(tonic::Status::unavailable(format!(
+                    "no bundle of {trust_domain} recorded yet"
+                )))
+                .into());
+            }
+            match format {
+                crate::cli_identity::BundleFormat::Spiffe => println!("{}", f.spiffe_bundle_json),
+                crate::cli_identity::BundleFormat::Pem => {
+                    let certs: Vec<CertificateDer<'static>> = f
+                        .x509_authorities_der
+                        .into_iter()
+                        .map(CertificateDer::from)
+                        .collect();
+                    print!("{}", crate::pki::pem_certs(&certs));
+                }
+            }
+        }
+        FederationCmd::Delete {
+            common,
+            trust_domain,
+        } => {
+            federations(&common)
+                .await?
+                .delete_federation(v1::DeleteFederationRequest {
+                    trust_domain: trust_domain.clone(),
+                })
+                .await
+                .map_err(CallError)?;
+            println!("no longer federating with {trust_domain}");
+        }
     }
     Ok(())
 }

@@ -103,6 +103,10 @@ pub struct NodeConfig {
     pub advertise_addr: Option<String>,
     /// Where `/healthz`, `/readyz` and `/metrics` are served.
     pub http_addr: SocketAddr,
+    /// Where the federation bundle endpoint (HTTPS, no client certificate) listens; none by
+    /// default.
+    #[serde(default)]
+    pub federation_addr: Option<SocketAddr>,
     #[serde(default = "default_trust_domain")]
     pub trust_domain: String,
     #[serde(default)]
@@ -151,6 +155,8 @@ pub struct Overrides {
     pub advertise_addr: Option<String>,
     #[arg(long, env = "AUTHSEC_HTTP_ADDR")]
     pub http_addr: Option<SocketAddr>,
+    #[arg(long, env = "AUTHSEC_FEDERATION_ADDR")]
+    pub federation_addr: Option<SocketAddr>,
     #[arg(long, env = "AUTHSEC_TRUST_DOMAIN")]
     pub trust_domain: Option<String>,
     #[arg(long, env = "AUTHSEC_SNAPSHOT_LOGS_SINCE_LAST")]
@@ -197,6 +203,9 @@ impl NodeConfig {
         }
         if let Some(v) = o.http_addr {
             self.http_addr = v;
+        }
+        if let Some(v) = o.federation_addr {
+            self.federation_addr = Some(v);
         }
         if let Some(v) = &o.trust_domain {
             self.trust_domain = v.clone();

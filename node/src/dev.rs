@@ -13,7 +13,8 @@ pub struct DevArgs {
     /// Where the nodes keep their data (kept across runs unless --fresh).
     #[arg(long, env = "AUTHSEC_DEV_DIR")]
     pub dir: Option<PathBuf>,
-    /// First port: node N listens for gRPC on base+N and HTTP on base+100+N.
+    /// First port: node N listens for gRPC on base+N, HTTP on base+100+N and serves its
+    /// federation bundle endpoint on base+200+N.
     #[arg(long, default_value_t = 7100, env = "AUTHSEC_DEV_BASE_PORT")]
     pub base_port: u16,
     #[arg(long, default_value_t = 3)]
@@ -56,6 +57,9 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
                 grpc_addr: m.addr.parse()?,
                 advertise_addr: None,
                 http_addr: format!("127.0.0.1:{}", a.base_port as u64 + 100 + m.id).parse()?,
+                federation_addr: Some(
+                    format!("127.0.0.1:{}", a.base_port as u64 + 200 + m.id).parse()?,
+                ),
                 trust_domain: a.trust_domain.clone(),
                 bootstrap: Some(Bootstrap {
                     members: members.clone(),
@@ -119,8 +123,12 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     );
     for n in &nodes {
         println!(
-            "  node {}: gRPC {}  HTTP http://{}/metrics",
-            n.node_id, n.grpc_addr, n.http_addr
+            "  node {}: gRPC {}  HTTP http://{}/metrics  bundle endpoint {}",
+            n.node_id,
+            n.grpc_addr,
+            n.http_addr,
+            n.federation_addr
+                .map_or("-".to_owned(), |a| format!("https://{a}/"))
         );
     }
     println!("leader: node {leader}");

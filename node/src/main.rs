@@ -9,6 +9,7 @@ mod cli_identity;
 mod cli_svid;
 mod config;
 mod dev;
+mod federation;
 #[cfg(test)]
 mod fuzz;
 mod http;
@@ -86,6 +87,9 @@ enum Cmd {
     /// SPIFFE credentials: mint X.509- and JWT-SVIDs from any node; see whether it issues.
     #[command(subcommand)]
     Svid(cli_svid::SvidCmd),
+    /// Other trust domains this one trusts (SPIFFE federation).
+    #[command(subcommand)]
+    Federation(cli_svid::FederationCmd),
     /// Read the audit event feed.
     #[command(subcommand)]
     Events(EventsCmd),
@@ -154,6 +158,8 @@ enum AdminCmd {
     },
 }
 
+// Parsed once per process; boxing the config overrides would only move them.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum SnapshotCmd {
     /// Save a consistent, online backup from one node (no quorum needed).
@@ -583,6 +589,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Agent(c) => cli_identity::agent(c).await?,
         Cmd::Bundle(c) => cli_identity::bundle(c).await?,
         Cmd::Svid(c) => cli_svid::svid(c).await?,
+        Cmd::Federation(c) => cli_svid::federation(c).await?,
         Cmd::Admin(AdminCmd::Issue { target, name, out }) => {
             let eps = cli::endpoints(&target)?;
             if out.join("admin.key").exists() {

@@ -14,6 +14,7 @@ use authsec_api::v1::cluster_service_server::ClusterServiceServer;
 use authsec_api::v1::delegation_service_server::DelegationServiceServer;
 use authsec_api::v1::entry_service_server::EntryServiceServer;
 use authsec_api::v1::event_service_server::EventServiceServer;
+use authsec_api::v1::federation_service_server::FederationServiceServer;
 use authsec_api::v1::node_service_server::NodeServiceServer;
 use authsec_api::v1::revocation_service_server::RevocationServiceServer;
 use authsec_api::v1::role_service_server::RoleServiceServer;
@@ -66,6 +67,8 @@ pub struct RunningNode {
     pub raft: Raft,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// The federation bundle endpoint, if configured.
+    pub federation_addr: Option<SocketAddr>,
     /// How this node dials peers (mutual TLS with its own certificate, or plaintext).
     pub transport: authsec_raft::Transport,
     /// Becomes `Some(reason)` if Raft stops on a fatal (storage) error.
@@ -238,6 +241,10 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
                 .max_decoding_message_size(API_MESSAGE_BYTES_MAX),
         )
         .add_service(
+            FederationServiceServer::new(crate::federation::Federations(ctx.clone()))
+                .max_decoding_message_size(API_MESSAGE_BYTES_MAX),
+        )
+        .add_service(
             SvidServiceServer::new(crate::svid_api::Svids {
                 ctx: ctx.clone(),
                 issuer: issuer.clone(),
@@ -323,6 +330,25 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
             }
         }
     }));
+    let federation_addr = match cfg.federation_addr {
+        Some(a) if sec.tls.is_some() => {
+            let l = TcpListener::bind(a)
+                .await
+                .with_context(|| format!("bind the federation endpoint {a}"))?;
+            let bound = l.local_addr()?;
+            tasks.push(tokio::spawn(crate::federation::serve_endpoint(
+                l,
+                ctx.clone(),
+                shutdown_rx.clone(),
+            )));
+            Some(bound)
+        }
+        _ => None,
+    };
+    tasks.push(tokio::spawn(crate::federation::fetch_loop(
+        ctx.clone(),
+        shutdown_rx.clone(),
+    )));
     if sec.tls.is_some() {
         tasks.push(tokio::spawn(crate::keymgr::run(
             ctx.clone(),
@@ -393,6 +419,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
         raft,
         grpc_addr,
         http_addr,
+        federation_addr,
         transport: sec.transport(),
         fatal,
         shutdown,

@@ -76,6 +76,29 @@ impl Svids {
         )))
     }
 
+    /// The X.509 authorities of every trust domain the entry federates with, as recorded.
+    fn federated(
+        &self,
+        entry: &Entry,
+    ) -> Result<std::collections::HashMap<String, v1::BundleDer>, Status> {
+        let mut out = std::collections::HashMap::new();
+        for td in &entry.federates_with {
+            let f = crate::federation::get(&self.ctx.reader, td).map_err(|e| {
+                tracing::error!(error = %e, "reading a federation failed");
+                Status::internal("storage read failed; see the node's log")
+            })?;
+            if let Some(b) = f.and_then(|f| f.bundle) {
+                out.insert(
+                    format!("spiffe://{td}"),
+                    v1::BundleDer {
+                        der: b.x509_authorities,
+                    },
+                );
+            }
+        }
+        Ok(out)
+    }
+
     fn applied_index(&self) -> u64 {
         self.ctx
             .writer
@@ -118,7 +141,7 @@ impl SvidService for Svids {
             serial_hex: hex::encode(svid.serial),
             issuer_node_id: self.issuer.node_id,
             issued_at_index,
-            federated_bundles: Default::default(),
+            federated_bundles: self.federated(&entry)?,
         }))
     }
 

@@ -22,8 +22,8 @@ pub const PROJ_CLIENTS: &str = "proj_clients";
 pub use authsec_domain::persist::{
     FAMILY_AGENTS as PROJ_AGENTS, FAMILY_BINDINGS as PROJ_BINDINGS,
     FAMILY_CLIENT_AUTH as PROJ_CLIENT_AUTH, FAMILY_DELEGATIONS as PROJ_DELEGATIONS,
-    FAMILY_ENTRIES as PROJ_ENTRIES, FAMILY_KEYS as PROJ_KEYS,
-    FAMILY_REVOCATIONS as PROJ_REVOCATIONS, FAMILY_ROLES as PROJ_ROLES,
+    FAMILY_ENTRIES as PROJ_ENTRIES, FAMILY_FEDERATIONS as PROJ_FEDERATIONS,
+    FAMILY_KEYS as PROJ_KEYS, FAMILY_REVOCATIONS as PROJ_REVOCATIONS, FAMILY_ROLES as PROJ_ROLES,
 };
 /// Replicated secret material (sealed keys); never archived or exported.
 pub const SEALED_SECRETS: &str = "sealed_secrets";
@@ -128,6 +128,7 @@ mod tests {
                 "proj_agents",
                 "proj_revocations",
                 "proj_keys",
+                "proj_federations",
             ]
         );
         assert!(PROJECTIONS
