@@ -67,6 +67,21 @@ impl Default for TlsSection {
     }
 }
 
+/// The SPIFFE federation bundle endpoint, and how federated endpoints are trusted.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FederationSection {
+    /// Where this node serves its trust bundle (HTTPS, no client certificate); none by default.
+    pub addr: Option<SocketAddr>,
+    /// A Web PKI certificate chain and key (PEM) for the endpoint: it then serves the
+    /// `https_web` profile. Without them it presents the node's SVID (`https_spiffe`).
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Extra roots (PEM) trusted for `https_web` endpoints besides the Web PKI's, for a
+    /// private PKI.
+    pub web_ca_file: Option<PathBuf>,
+}
+
 /// SVID issuance on this node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -103,10 +118,8 @@ pub struct NodeConfig {
     pub advertise_addr: Option<String>,
     /// Where `/healthz`, `/readyz` and `/metrics` are served.
     pub http_addr: SocketAddr,
-    /// Where the federation bundle endpoint (HTTPS, no client certificate) listens; none by
-    /// default.
     #[serde(default)]
-    pub federation_addr: Option<SocketAddr>,
+    pub federation: FederationSection,
     #[serde(default = "default_trust_domain")]
     pub trust_domain: String,
     #[serde(default)]
@@ -157,6 +170,12 @@ pub struct Overrides {
     pub http_addr: Option<SocketAddr>,
     #[arg(long, env = "AUTHSEC_FEDERATION_ADDR")]
     pub federation_addr: Option<SocketAddr>,
+    #[arg(long, env = "AUTHSEC_FEDERATION_CERT_FILE")]
+    pub federation_cert_file: Option<PathBuf>,
+    #[arg(long, env = "AUTHSEC_FEDERATION_KEY_FILE")]
+    pub federation_key_file: Option<PathBuf>,
+    #[arg(long, env = "AUTHSEC_FEDERATION_WEB_CA_FILE")]
+    pub federation_web_ca_file: Option<PathBuf>,
     #[arg(long, env = "AUTHSEC_TRUST_DOMAIN")]
     pub trust_domain: Option<String>,
     #[arg(long, env = "AUTHSEC_SNAPSHOT_LOGS_SINCE_LAST")]
@@ -205,7 +224,16 @@ impl NodeConfig {
             self.http_addr = v;
         }
         if let Some(v) = o.federation_addr {
-            self.federation_addr = Some(v);
+            self.federation.addr = Some(v);
+        }
+        if let Some(v) = &o.federation_cert_file {
+            self.federation.cert_file = Some(v.clone());
+        }
+        if let Some(v) = &o.federation_key_file {
+            self.federation.key_file = Some(v.clone());
+        }
+        if let Some(v) = &o.federation_web_ca_file {
+            self.federation.web_ca_file = Some(v.clone());
         }
         if let Some(v) = &o.trust_domain {
             self.trust_domain = v.clone();
@@ -266,6 +294,9 @@ impl NodeConfig {
             );
         }
         self.sans()?;
+        if self.federation.cert_file.is_some() != self.federation.key_file.is_some() {
+            bail!("federation.cert_file and federation.key_file go together");
+        }
         if self.issuer.max_staleness_ms < 1_000 {
             bail!("issuer.max_staleness_ms must be 1000 or more");
         }

@@ -57,9 +57,10 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
                 grpc_addr: m.addr.parse()?,
                 advertise_addr: None,
                 http_addr: format!("127.0.0.1:{}", a.base_port as u64 + 100 + m.id).parse()?,
-                federation_addr: Some(
-                    format!("127.0.0.1:{}", a.base_port as u64 + 200 + m.id).parse()?,
-                ),
+                federation: crate::config::FederationSection {
+                    addr: Some(format!("127.0.0.1:{}", a.base_port as u64 + 200 + m.id).parse()?),
+                    ..Default::default()
+                },
                 trust_domain: a.trust_domain.clone(),
                 bootstrap: Some(Bootstrap {
                     members: members.clone(),

@@ -280,27 +280,70 @@ impl FederationService for Federations {
 
 // ---- the endpoint ----
 
-/// Serve this trust domain's bundle on `listener` until shutdown: `GET` any path answers the
-/// SPIFFE bundle JSON. HTTP/1.1, one request per connection, bounded, no client certificate.
+/// The endpoint's TLS: the operator's Web PKI certificate (`https_web`) when configured, else
+/// the node's own SVID (`https_spiffe`); `None` when there is neither (`--insecure`).
+pub fn endpoint_config(
+    cfg: &crate::config::FederationSection,
+    tls: Option<&Arc<authsec_raft::tls::TlsState>>,
+) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+    use anyhow::Context;
+    use rustls::pki_types::pem::PemObject;
+    let mut c = match (&cfg.cert_file, &cfg.key_file, tls) {
+        (Some(cert), Some(key), _) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                .with_context(|| format!("read {}", cert.display()))?
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("parse {}", cert.display()))?;
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key)
+                .with_context(|| format!("read {}", key.display()))?;
+            rustls::ServerConfig::builder_with_provider(authsec_raft::tls::provider())
+                .with_safe_default_protocol_versions()?
+                .with_no_client_auth()
+                .with_single_cert(chain, key)
+                .context("the federation endpoint's certificate and key")?
+        }
+        (_, _, Some(tls)) => (*tls.server_config(authsec_raft::tls::ClientAuth::Optional)?).clone(),
+        _ => return Ok(None),
+    };
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Some(Arc::new(c)))
+}
+
+/// Extra roots for `https_web` endpoints (a private PKI), from `web_ca_file`.
+pub fn web_roots(
+    cfg: &crate::config::FederationSection,
+) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    use anyhow::Context;
+    use rustls::pki_types::pem::PemObject;
+    match &cfg.web_ca_file {
+        None => Ok(Vec::new()),
+        Some(p) => Ok(CertificateDer::pem_file_iter(p)
+            .with_context(|| format!("read {}", p.display()))?
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("parse {}", p.display()))?),
+    }
+}
+
+/// The document the endpoint serves, or `None` when it cannot be built now.
+pub type BundleSource = Arc<dyn Fn() -> Option<String> + Send + Sync>;
+
+/// This trust domain's bundle, as the endpoint serves it.
+pub fn our_bundle(ctx: Arc<Ctx>) -> BundleSource {
+    Arc::new(move || {
+        crate::bundle::current(&ctx)
+            .ok()
+            .map(|b| b.spiffe_bundle_json)
+    })
+}
+
+/// Serve `bundle` on `listener` until shutdown: `GET` any path answers the SPIFFE bundle JSON.
+/// HTTP/1.1, one request per connection, bounded, no client certificate.
 pub async fn serve_endpoint(
     listener: TcpListener,
-    ctx: Arc<Ctx>,
+    config: Arc<rustls::ServerConfig>,
+    bundle: BundleSource,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let Some(tls) = ctx.sec.tls.clone() else {
-        return;
-    };
-    let config = match tls.server_config(authsec_raft::tls::ClientAuth::Optional) {
-        Ok(c) => {
-            let mut c = (*c).clone();
-            c.alpn_protocols = vec![b"http/1.1".to_vec()];
-            Arc::new(c)
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "federation endpoint: TLS configuration failed");
-            return;
-        }
-    };
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     loop {
         let accepted = tokio::select! {
@@ -315,7 +358,7 @@ pub async fn serve_endpoint(
                 continue;
             }
         };
-        let (acceptor, ctx) = (acceptor.clone(), ctx.clone());
+        let (acceptor, bundle) = (acceptor.clone(), bundle.clone());
         tokio::spawn(async move {
             let served = tokio::time::timeout(FETCH_TIMEOUT, async {
                 let mut tls = acceptor.accept(tcp).await?;
@@ -329,9 +372,9 @@ pub async fn serve_endpoint(
                     req.extend_from_slice(&buf[..n]);
                 }
                 let (status, body) = if req.starts_with(b"GET ") {
-                    match crate::bundle::current(&ctx) {
-                        Ok(b) => ("200 OK", b.spiffe_bundle_json),
-                        Err(_) => ("503 Service Unavailable", "{}".to_owned()),
+                    match bundle() {
+                        Some(b) => ("200 OK", b),
+                        None => ("503 Service Unavailable", "{}".to_owned()),
                     }
                 } else {
                     ("405 Method Not Allowed", "{}".to_owned())
@@ -426,15 +469,23 @@ impl ServerCertVerifier for SpiffeEndpointVerifier {
     }
 }
 
-fn client_config(f: &Federation) -> Result<Arc<rustls::ClientConfig>, String> {
+fn client_config(
+    f: &Federation,
+    web_roots: &[CertificateDer<'static>],
+) -> Result<Arc<rustls::ClientConfig>, String> {
     let provider = authsec_raft::tls::provider();
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
     let mut c = match &f.profile {
         Profile::HttpsWeb => {
-            let roots =
+            let mut roots =
                 rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            for r in web_roots {
+                roots
+                    .add(r.clone())
+                    .map_err(|e| format!("federation.web_ca_file: {e}"))?;
+            }
             builder.with_root_certificates(roots).with_no_client_auth()
         }
         Profile::HttpsSpiffe { endpoint_spiffe_id } => {
@@ -504,9 +555,12 @@ fn unchunk(mut body: &[u8]) -> Result<Vec<u8>, String> {
 }
 
 /// Fetch and parse the bundle of `f` from its endpoint.
-pub async fn fetch(f: &Federation) -> Result<FederatedBundle, String> {
+pub async fn fetch(
+    f: &Federation,
+    web_roots: &[CertificateDer<'static>],
+) -> Result<FederatedBundle, String> {
     let (host, port, path) = split_url(&f.endpoint_url)?;
-    let config = client_config(f)?;
+    let config = client_config(f, web_roots)?;
     let name = ServerName::try_from(host.clone()).map_err(|e| format!("host {host}: {e}"))?;
     let work = async {
         let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
@@ -563,7 +617,11 @@ pub async fn fetch(f: &Federation) -> Result<FederatedBundle, String> {
 }
 
 /// On the leader, keep every federated bundle current; elsewhere, idle.
-pub async fn fetch_loop(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
+pub async fn fetch_loop(
+    ctx: Arc<Ctx>,
+    web_roots: Vec<CertificateDer<'static>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut retry_after: std::collections::BTreeMap<TrustDomain, tokio::time::Instant> =
         Default::default();
     let mut fetched: std::collections::BTreeSet<TrustDomain> = Default::default();
@@ -605,7 +663,7 @@ pub async fn fetch_loop(ctx: Arc<Ctx>, mut shutdown: watch::Receiver<bool>) {
             if !due {
                 continue;
             }
-            match fetch(&f).await {
+            match fetch(&f, &web_roots).await {
                 Ok(bundle) => {
                     retry_after.remove(&f.trust_domain);
                     fetched.insert(f.trust_domain.clone());
@@ -708,5 +766,123 @@ mod tests {
             1,
         );
         assert_eq!(parse_spiffe_bundle(&with_unknown).expect("parse"), b);
+    }
+
+    /// A CA and a leaf it signs for `san`.
+    fn pki(san: rcgen::SanType) -> (CertificateDer<'static>, Arc<rustls::ServerConfig>) {
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let mut ca = rcgen::CertificateParams::default();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_cert = ca.self_signed(&ca_key).expect("ca");
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let leaf_key = rcgen::KeyPair::generate().expect("key");
+        let mut leaf = rcgen::CertificateParams::default();
+        leaf.subject_alt_names = vec![san];
+        leaf.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        let leaf = leaf.signed_by(&leaf_key, &issuer).expect("leaf");
+        let key =
+            rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).expect("key");
+        let mut c = rustls::ServerConfig::builder_with_provider(authsec_raft::tls::provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(vec![leaf.der().clone()], key)
+            .expect("config");
+        c.alpn_protocols = vec![b"http/1.1".to_vec()];
+        (ca_cert.der().clone(), Arc::new(c))
+    }
+
+    async fn endpoint(
+        config: Arc<rustls::ServerConfig>,
+        doc: String,
+    ) -> (u16, watch::Sender<bool>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(serve_endpoint(
+            l,
+            config,
+            Arc::new(move || Some(doc.clone())),
+            rx,
+        ));
+        (port, tx)
+    }
+
+    fn partner(url: String, profile: Profile, bundle: Option<FederatedBundle>) -> Federation {
+        Federation {
+            trust_domain: TrustDomain::parse("partner.example").expect("td"),
+            endpoint_url: url,
+            profile,
+            bundle,
+            bundle_at_ms: 0,
+            created_at_ms: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn bundles_are_fetched_over_both_profiles_and_only_from_the_right_server() {
+        let key = rcgen::KeyPair::generate().expect("key");
+        use rcgen::PublicKeyData;
+        let (web_ca, web) = pki(rcgen::SanType::IpAddress("127.0.0.1".parse().expect("ip")));
+        let served = FederatedBundle {
+            sequence: 4,
+            refresh_hint_s: 60,
+            x509_authorities: vec![web_ca.to_vec()],
+            jwt_authorities: vec![("k9".into(), key.subject_public_key_info())],
+        };
+        let doc = bundle_json(&served).expect("json");
+
+        // https_web: only with a root that certifies the server for the URL's host.
+        let (port, _stop) = endpoint(web, doc.clone()).await;
+        let f = partner(
+            format!("https://127.0.0.1:{port}/bundle"),
+            Profile::HttpsWeb,
+            None,
+        );
+        let e = fetch(&f, &[]).await.expect_err("not a Web PKI certificate");
+        assert!(e.contains("TLS"), "{e}");
+        assert_eq!(fetch(&f, &[web_ca.clone()]).await.expect("fetched"), served);
+
+        // https_spiffe: an SVID of exactly the registered ID, chained to the domain's bundle.
+        let id = "spiffe://partner.example/bundle-endpoint";
+        let (spiffe_ca, spiffe) = pki(rcgen::SanType::URI(id.try_into().expect("uri")));
+        let (port, _stop2) = endpoint(spiffe, doc).await;
+        let url = format!("https://127.0.0.1:{port}/");
+        let known = FederatedBundle {
+            x509_authorities: vec![spiffe_ca.to_vec()],
+            ..served.clone()
+        };
+        let ok = partner(
+            url.clone(),
+            Profile::HttpsSpiffe {
+                endpoint_spiffe_id: SpiffeId::parse(id).expect("id"),
+            },
+            Some(known.clone()),
+        );
+        assert_eq!(fetch(&ok, &[]).await.expect("fetched"), served);
+        let other_id = partner(
+            url.clone(),
+            Profile::HttpsSpiffe {
+                endpoint_spiffe_id: SpiffeId::parse("spiffe://partner.example/other").expect("id"),
+            },
+            Some(known),
+        );
+        assert!(fetch(&other_id, &[])
+            .await
+            .expect_err("wrong ID")
+            .contains("TLS"));
+        let other_roots = partner(
+            url,
+            Profile::HttpsSpiffe {
+                endpoint_spiffe_id: SpiffeId::parse(id).expect("id"),
+            },
+            Some(served.clone()), // the web CA, which did not sign this server
+        );
+        assert!(fetch(&other_roots, &[]).await.is_err(), "unknown issuer");
     }
 }

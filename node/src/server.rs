@@ -330,15 +330,19 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
             }
         }
     }));
-    let federation_addr = match cfg.federation_addr {
-        Some(a) if sec.tls.is_some() => {
+    let federation_addr = match (
+        cfg.federation.addr,
+        crate::federation::endpoint_config(&cfg.federation, sec.tls.as_ref())?,
+    ) {
+        (Some(a), Some(config)) => {
             let l = TcpListener::bind(a)
                 .await
                 .with_context(|| format!("bind the federation endpoint {a}"))?;
             let bound = l.local_addr()?;
             tasks.push(tokio::spawn(crate::federation::serve_endpoint(
                 l,
-                ctx.clone(),
+                config,
+                crate::federation::our_bundle(ctx.clone()),
                 shutdown_rx.clone(),
             )));
             Some(bound)
@@ -347,6 +351,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
     };
     tasks.push(tokio::spawn(crate::federation::fetch_loop(
         ctx.clone(),
+        crate::federation::web_roots(&cfg.federation)?,
         shutdown_rx.clone(),
     )));
     if sec.tls.is_some() {
