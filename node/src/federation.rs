@@ -846,7 +846,12 @@ mod tests {
         );
         let e = fetch(&f, &[]).await.expect_err("not a Web PKI certificate");
         assert!(e.contains("TLS"), "{e}");
-        assert_eq!(fetch(&f, std::slice::from_ref(&web_ca)).await.expect("fetched"), served);
+        assert_eq!(
+            fetch(&f, std::slice::from_ref(&web_ca))
+                .await
+                .expect("fetched"),
+            served
+        );
 
         // https_spiffe: an SVID of exactly the registered ID, chained to the domain's bundle.
         let id = "spiffe://partner.example/bundle-endpoint";
