@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use authsec_api::v1::{self, svid_service_client::SvidServiceClient};
 use authsec_chaos_tests::{Cluster, Options, TRUST_DOMAIN};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -566,6 +567,114 @@ async fn a_learner_issues_like_any_node_and_its_removal_retires_its_keys() -> an
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+    Ok(())
+}
+
+/// Revocation as verifiers see it: a subscriber to `WatchRevocations` gets the full set at
+/// once and again on every change; an SVID revoked by serial shows up by its serial, and a
+/// subject revocation names the log index below which that subject's credentials are refused,
+/// which the serial number of every SVID carries (so one minted after it is not refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocations_stream_to_subscribers_by_serial_and_by_index() -> anyhow::Result<()> {
+    authsec_chaos_tests::init_test_tracing();
+    let c = Cluster::start(3, Options::default())?;
+    let leader = c.wait_leader(&[1, 2, 3], T).await?;
+    c.wait_issuing(&[1, 2, 3], T).await?;
+    let web = create_entry(&c, leader, "web", None).await?;
+    c.wait_converged(&[1, 2, 3], 0, T).await?;
+
+    let mut stream = svids(&c, 3)
+        .await?
+        .watch_revocations(v1::WatchRevocationsRequest {})
+        .await?
+        .into_inner();
+    let first = tokio::time::timeout(T, stream.message())
+        .await??
+        .context("first set")?;
+    assert!(
+        first.credentials.is_empty() && first.subjects.is_empty(),
+        "{first:?}"
+    );
+
+    let (_, der) = csr()?;
+    let old = mint(&mut svids(&c, 1).await?, &web, &der).await?;
+    let index_of = |serial_hex: &str| -> anyhow::Result<u64> {
+        let b = hex::decode(serial_hex)?;
+        anyhow::ensure!(
+            b.len() == 20 && b[0] == 1,
+            "not an authsec serial: {serial_hex}"
+        );
+        Ok(u64::from_be_bytes(b[5..13].try_into()?))
+    };
+    assert_eq!(index_of(&old.serial_hex)?, old.issued_at_index);
+
+    let revocations = || async {
+        Ok::<_, anyhow::Error>(v1::revocation_service_client::RevocationServiceClient::new(
+            c.channel(2).await?,
+        ))
+    };
+    revocations()
+        .await?
+        .revoke(v1::RevokeRequest {
+            target: Some(v1::revoke_request::Target::Token(v1::TokenRef {
+                jti: format!("x509:{}", old.serial_hex),
+                expires_at_ms: old.expires_at_unix as u64 * 1000,
+            })),
+        })
+        .await?;
+    let next = async {
+        loop {
+            let m = stream.message().await?.context("stream ended")?;
+            if !m.credentials.is_empty() {
+                return Ok::<_, anyhow::Error>(m);
+            }
+        }
+    };
+    let set = tokio::time::timeout(T, next).await??;
+    assert_eq!(set.credentials[0].id, format!("x509:{}", old.serial_hex));
+
+    let r = revocations()
+        .await?
+        .revoke(v1::RevokeRequest {
+            target: Some(v1::revoke_request::Target::Subject(format!(
+                "spiffe://{TRUST_DOMAIN}/web"
+            ))),
+        })
+        .await?
+        .into_inner();
+    let next = async {
+        loop {
+            let m = stream.message().await?.context("stream ended")?;
+            if !m.subjects.is_empty() {
+                return Ok::<_, anyhow::Error>(m);
+            }
+        }
+    };
+    let set = tokio::time::timeout(T, next).await??;
+    let below = set.subjects[0].below_index;
+    assert_eq!(
+        set.subjects[0].subject,
+        format!("spiffe://{TRUST_DOMAIN}/web")
+    );
+    assert_eq!(below, r.revoked_at_index);
+    assert!(
+        index_of(&old.serial_hex)? < below,
+        "the old SVID is refused by index"
+    );
+    // Minted once the node applied the revocation: carries an index at or above it.
+    let deadline = Instant::now() + T;
+    loop {
+        let (_, der) = csr()?;
+        let new = mint(&mut svids(&c, 3).await?, &web, &der).await?;
+        if index_of(&new.serial_hex)? >= below {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "node 3 never applied the revocation"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
 }

@@ -1421,6 +1421,15 @@ pub enum RevokeCmd {
         #[arg(long)]
         expires_at_ms: u64,
     },
+    /// One X.509-SVID, by its serial number (hex, as `authsec svid x509` prints it).
+    Svid {
+        #[command(flatten)]
+        common: Common,
+        serial: String,
+        /// The SVID's notAfter, in seconds since the epoch (the revocation is kept until then).
+        #[arg(long)]
+        expires_at_unix: u64,
+    },
     /// Every credential of a subject issued below this commit.
     Subject {
         #[command(flatten)]
@@ -1492,6 +1501,21 @@ pub async fn revoke(c: RevokeCmd) -> anyhow::Result<()> {
             }),
             format!("token {jti}"),
         ),
+        RevokeCmd::Svid {
+            common,
+            serial,
+            expires_at_unix,
+        } => {
+            let serial = serial.trim().to_ascii_lowercase().replace(':', "");
+            (
+                common,
+                T::Token(v1::TokenRef {
+                    jti: format!("x509:{serial}"),
+                    expires_at_ms: expires_at_unix.saturating_mul(1000),
+                }),
+                format!("X.509-SVID {serial}"),
+            )
+        }
         RevokeCmd::Subject { common, subject } => (common, T::Subject(subject.clone()), subject),
         RevokeCmd::Delegation { common, id } => (
             common,

@@ -519,7 +519,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
     };
     let (i2, e2, c2) = (issuer.clone(), entry.clone(), csrs.clone());
     let svids = run(Arc::new(move |i| {
-        if let Err(e) = i2.mint_x509(&e2, &c2[i % c2.len()], 0) {
+        if let Err(e) = i2.mint_x509(&e2, &c2[i % c2.len()], 0, 1) {
             eprintln!("mint failed: {e}");
         }
     }));

@@ -278,8 +278,11 @@ impl NodeConfig {
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
-        if self.node_id == 0 {
-            bail!("node_id must be 1 or more");
+        if self.node_id == 0 || self.node_id > u64::from(u32::MAX) {
+            bail!(
+                "node_id must be 1 to {} (it is part of every SVID serial number)",
+                u32::MAX
+            );
         }
         TrustDomain::parse(&self.trust_domain).context("trust_domain")?;
         if self.raft.election_timeout_min_ms <= self.raft.heartbeat_ms

@@ -224,31 +224,46 @@ fn csr_key(der: &[u8], want: &SpiffeId) -> Result<CsrKey, IssueError> {
     })
 }
 
-/// Serial numbers unique cluster-wide without coordination: `0x01 || node_id (8 bytes) ||
-/// counter (8 bytes) || 3 random bytes`. The counter starts at the wall clock in nanoseconds
-/// when the node starts and only grows, so a restart does not reuse a value unless the clock
-/// went back by more than the node's lifetime of issuance.
+/// Serial numbers unique cluster-wide without coordination, carrying the issuing node's applied
+/// log index (DESIGN.md: every credential carries it, so "revoke everything of this subject
+/// issued below index R" can be judged from the certificate alone):
+/// `0x01 || node_id (4 bytes) || applied index (8 bytes) || counter (7 bytes)`. The counter
+/// starts at the wall clock in nanoseconds (mod 2^56) when the node starts and only grows, so
+/// a restart at the same index does not reuse a value unless the clock went back.
 #[derive(Debug)]
 struct Serials {
-    node_id: u64,
+    node_id: u32,
     next: AtomicU64,
+}
+
+/// The issuing node and its applied index, from an authsec serial number (what a verifier
+/// reads to apply a subject revocation; the SDK will carry the same).
+#[cfg(test)]
+pub fn serial_origin(serial: &[u8]) -> Option<(u32, u64)> {
+    if serial.len() != 20 || serial[0] != 0x01 {
+        return None;
+    }
+    let node = u32::from_be_bytes(serial[1..5].try_into().ok()?);
+    let index = u64::from_be_bytes(serial[5..13].try_into().ok()?);
+    Some((node, index))
 }
 
 impl Serials {
     fn new(node_id: u64) -> Self {
         Self {
-            node_id,
+            // Config validation keeps node ids within 32 bits.
+            node_id: u32::try_from(node_id).unwrap_or(u32::MAX),
             next: AtomicU64::new(unix_now().as_nanos() as u64),
         }
     }
 
-    fn next(&self) -> [u8; 20] {
+    fn next(&self, applied_index: u64) -> [u8; 20] {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let mut s = [0u8; 20];
         s[0] = 0x01;
-        s[1..9].copy_from_slice(&self.node_id.to_be_bytes());
-        s[9..17].copy_from_slice(&n.to_be_bytes());
-        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut s[17..]);
+        s[1..5].copy_from_slice(&self.node_id.to_be_bytes());
+        s[5..13].copy_from_slice(&applied_index.to_be_bytes());
+        s[13..20].copy_from_slice(&n.to_be_bytes()[1..]);
         s
     }
 }
@@ -265,6 +280,7 @@ pub struct X509Svid {
 /// An issued JWT-SVID.
 #[derive(Debug, Clone)]
 pub struct JwtSvid {
+    pub jti: String,
     pub token: String,
     pub kid: String,
     pub expires_at: Duration,
@@ -362,6 +378,7 @@ impl SvidIssuer {
         entry: &Entry,
         csr_der: &[u8],
         ttl_s: u32,
+        applied_index: u64,
     ) -> Result<X509Svid, IssueError> {
         let ca = self.active_ca().ok_or_else(|| {
             IssueError::Unavailable(format!(
@@ -379,7 +396,7 @@ impl SvidIssuer {
                 self.node_id
             )));
         }
-        let serial = self.serials.next();
+        let serial = self.serials.next(applied_index);
         let mut p = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, "authsec");
@@ -423,6 +440,7 @@ impl SvidIssuer {
         entry: &Entry,
         audience: &[String],
         ttl_s: u32,
+        applied_index: u64,
     ) -> Result<JwtSvid, IssueError> {
         let key = self.active_jwt().ok_or_else(|| {
             IssueError::Unavailable(format!(
@@ -457,11 +475,17 @@ impl SvidIssuer {
         } else {
             serde_json::json!(audience)
         };
+        let mut jti = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut jti);
+        let jti = hex::encode(jti);
         let claims = serde_json::json!({
             "sub": entry.spiffe_id.as_str(),
             "aud": aud,
             "exp": exp.as_secs(),
             "iat": now.as_secs(),
+            // For revocation: by this id, or by the issuing node's applied index.
+            "jti": jti,
+            "authsec_index": applied_index,
         });
         let signing_input = format!(
             "{}.{}",
@@ -473,6 +497,7 @@ impl SvidIssuer {
             .sign(&SystemRandom::new(), signing_input.as_bytes())
             .map_err(|_| IssueError::Internal("ES256 signing failed".into()))?;
         Ok(JwtSvid {
+            jti,
             token: format!("{signing_input}.{}", b64url(sig.as_ref())),
             kid: key.kid.clone(),
             expires_at: Duration::from_secs(exp.as_secs()),
@@ -703,7 +728,10 @@ mod tests {
     #[test]
     fn a_leaf_is_spiffe_conformant_and_chains_to_the_root() {
         let f = fixture();
-        let svid = f.issuer.mint_x509(&f.entry, &csr(|_| {}), 0).expect("mint");
+        let svid = f
+            .issuer
+            .mint_x509(&f.entry, &csr(|_| {}), 0, 1)
+            .expect("mint");
         assert_eq!(svid.chain.len(), 2, "leaf and intermediate");
         let (_, leaf) = x509_parser::parse_x509_certificate(&svid.chain[0]).expect("leaf");
         let (_, ca) = x509_parser::parse_x509_certificate(&svid.chain[1]).expect("ca");
@@ -753,16 +781,28 @@ mod tests {
     #[test]
     fn serials_are_unique() {
         let f = fixture();
-        let a = f.issuer.mint_x509(&f.entry, &csr(|_| {}), 60).expect("a");
-        let b = f.issuer.mint_x509(&f.entry, &csr(|_| {}), 60).expect("b");
+        let a = f
+            .issuer
+            .mint_x509(&f.entry, &csr(|_| {}), 60, 77)
+            .expect("a");
+        let b = f
+            .issuer
+            .mint_x509(&f.entry, &csr(|_| {}), 60, 77)
+            .expect("b");
         assert_ne!(a.serial, b.serial);
-        assert_eq!(&a.serial[1..9], &3u64.to_be_bytes(), "the node id is in it");
+        assert_eq!(
+            serial_origin(&a.serial),
+            Some((3, 77)),
+            "node and index are in it"
+        );
+        let (_, leaf) = x509_parser::parse_x509_certificate(&a.chain[0]).expect("leaf");
+        assert_eq!(leaf.raw_serial(), &a.serial[..]);
     }
 
     #[test]
     fn bad_csrs_are_refused_with_a_reason() {
         let f = fixture();
-        let mint = |der: &[u8]| match f.issuer.mint_x509(&f.entry, der, 0) {
+        let mint = |der: &[u8]| match f.issuer.mint_x509(&f.entry, der, 0, 1) {
             Err(IssueError::Invalid(m)) => m,
             other => panic!("expected Invalid, got {other:?}"),
         };
@@ -788,8 +828,8 @@ mod tests {
             )];
             p.key_usages = vec![KeyUsagePurpose::KeyCertSign];
         });
-        f.issuer.mint_x509(&f.entry, &own, 0).expect("own id");
-        match f.issuer.mint_x509(&f.entry, &csr(|_| {}), 3601) {
+        f.issuer.mint_x509(&f.entry, &own, 0, 1).expect("own id");
+        match f.issuer.mint_x509(&f.entry, &csr(|_| {}), 3601, 1) {
             Err(IssueError::Invalid(m)) => assert!(m.contains("exceeds")),
             other => panic!("expected Invalid, got {other:?}"),
         }
@@ -799,7 +839,7 @@ mod tests {
     fn a_jwt_svid_verifies_with_the_published_key() {
         let f = fixture();
         let aud = vec!["https://api.example.org".to_owned()];
-        let t = f.issuer.mint_jwt(&f.entry, &aud, 0).expect("jwt");
+        let t = f.issuer.mint_jwt(&f.entry, &aud, 0, 42).expect("jwt");
         let parts: Vec<&str> = t.token.split('.').collect();
         assert_eq!(parts.len(), 3);
         let d = |s: &str| {
@@ -814,6 +854,8 @@ mod tests {
         let claims: serde_json::Value = serde_json::from_slice(&d(parts[1])).expect("claims");
         assert_eq!(claims["sub"], "spiffe://example.org/web");
         assert_eq!(claims["aud"], "https://api.example.org");
+        assert_eq!(claims["jti"], t.jti.as_str());
+        assert_eq!(claims["authsec_index"], 42);
         let exp = claims["exp"].as_u64().expect("exp");
         assert!(exp > unix_now().as_secs() && exp <= unix_now().as_secs() + 300);
         let jwt = f.issuer.active_jwt().expect("jwt key");
@@ -831,7 +873,7 @@ mod tests {
         .expect("signature verifies");
         for bad in [vec![], vec![String::new()], vec!["a".to_owned(); 17]] {
             assert!(matches!(
-                f.issuer.mint_jwt(&f.entry, &bad, 0),
+                f.issuer.mint_jwt(&f.entry, &bad, 0, 1),
                 Err(IssueError::Invalid(_))
             ));
         }
@@ -843,11 +885,11 @@ mod tests {
         f.issuer.uninstall(KeyKind::X509Ca);
         f.issuer.uninstall(KeyKind::Jwt);
         assert!(matches!(
-            f.issuer.mint_x509(&f.entry, &csr(|_| {}), 0),
+            f.issuer.mint_x509(&f.entry, &csr(|_| {}), 0, 1),
             Err(IssueError::Unavailable(_))
         ));
         assert!(matches!(
-            f.issuer.mint_jwt(&f.entry, &["a".to_owned()], 0),
+            f.issuer.mint_jwt(&f.entry, &["a".to_owned()], 0, 1),
             Err(IssueError::Unavailable(_))
         ));
     }

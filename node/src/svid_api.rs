@@ -110,8 +110,107 @@ impl Svids {
     }
 }
 
+/// The revocation set as this node's projections hold it (expired single credentials left
+/// out: nothing can present them any more).
+fn revocations(ctx: &Ctx) -> Result<v1::RevocationSet, authsec_storage::StoreError> {
+    use authsec_domain::identity::{RevokedSubject, RevokedToken};
+    use authsec_domain::persist::{REVOKED_SUBJECT_PREFIX, REVOKED_TOKEN_PREFIX};
+    let applied_index = ctx
+        .writer
+        .raft()
+        .metrics()
+        .borrow()
+        .last_applied
+        .map_or(0, |l| l.index);
+    let now = crate::issuer::now_ms();
+    let (credentials, _) = ctx.reader.scan(
+        cf::PROJ_REVOCATIONS,
+        REVOKED_TOKEN_PREFIX,
+        None,
+        usize::MAX,
+        usize::MAX,
+        |k, v| {
+            let t: RevokedToken = codec::decode(Tag::REVOKED_TOKEN, v)
+                .map_err(|e| authsec_storage::StoreError::damaged(cf::PROJ_REVOCATIONS, k, e))?;
+            Ok((t.expires_at_ms > now).then(|| v1::RevokedCredential {
+                id: t.jti,
+                expires_at_ms: t.expires_at_ms,
+                revoked_at_index: t.revoked_at_index,
+            }))
+        },
+    )?;
+    let (subjects, _) = ctx.reader.scan(
+        cf::PROJ_REVOCATIONS,
+        REVOKED_SUBJECT_PREFIX,
+        None,
+        usize::MAX,
+        usize::MAX,
+        |k, v| {
+            let s: RevokedSubject = codec::decode(Tag::REVOKED_SUBJECT, v)
+                .map_err(|e| authsec_storage::StoreError::damaged(cf::PROJ_REVOCATIONS, k, e))?;
+            Ok(Some(v1::RevokedSubjectSet {
+                subject: s.subject,
+                below_index: s.below_index,
+            }))
+        },
+    )?;
+    Ok(v1::RevocationSet {
+        applied_index,
+        credentials,
+        subjects,
+    })
+}
+
+type RevocationStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<v1::RevocationSet, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl SvidService for Svids {
+    type WatchRevocationsStream = RevocationStream;
+
+    async fn watch_revocations(
+        &self,
+        _req: Request<v1::WatchRevocationsRequest>,
+    ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
+        let ctx = self.ctx.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut changes = ctx.head_rx.clone();
+            let mut last: Option<(Vec<v1::RevokedCredential>, Vec<v1::RevokedSubjectSet>)> = None;
+            loop {
+                let set = match revocations(&ctx) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading revocations failed");
+                        let _ = tx
+                            .send(Err(Status::internal(
+                                "storage read failed; see the node's log",
+                            )))
+                            .await;
+                        return;
+                    }
+                };
+                let content = (set.credentials.clone(), set.subjects.clone());
+                if last.as_ref() != Some(&content) {
+                    if tx.send(Ok(set)).await.is_err() {
+                        return; // the subscriber left
+                    }
+                    last = Some(content);
+                }
+                // Wake on the next applied record, at most ten times a second; notice a
+                // subscriber that left even when nothing changes.
+                tokio::select! {
+                    r = changes.changed() => if r.is_err() { return },
+                    _ = tx.closed() => return,
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
     async fn mint_x509_svid(
         &self,
         req: Request<v1::MintX509SvidRequest>,
@@ -121,7 +220,9 @@ impl SvidService for Svids {
         self.authorize(&req, &entry)?;
         let r = req.into_inner();
         let issued_at_index = self.applied_index();
-        let svid = self.issuer.mint_x509(&entry, &r.csr_der, r.ttl_seconds)?;
+        let svid = self
+            .issuer
+            .mint_x509(&entry, &r.csr_der, r.ttl_seconds, issued_at_index)?;
         let bundle = self.ctx.reader.security().map_err(|e| {
             tracing::error!(error = %e, "reading the trust bundle failed");
             Status::internal("storage read failed; see the node's log")
@@ -154,7 +255,9 @@ impl SvidService for Svids {
         self.authorize(&req, &entry)?;
         let r = req.into_inner();
         let issued_at_index = self.applied_index();
-        let svid = self.issuer.mint_jwt(&entry, &r.audience, r.ttl_seconds)?;
+        let svid = self
+            .issuer
+            .mint_jwt(&entry, &r.audience, r.ttl_seconds, issued_at_index)?;
         Ok(Response::new(v1::MintJwtSvidResponse {
             spiffe_id: entry.spiffe_id.to_string(),
             token: svid.token,
@@ -162,6 +265,7 @@ impl SvidService for Svids {
             kid: svid.kid,
             issuer_node_id: self.issuer.node_id,
             issued_at_index,
+            jti: svid.jti,
         }))
     }
 
