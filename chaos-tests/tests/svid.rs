@@ -678,3 +678,114 @@ async fn revocations_stream_to_subscribers_by_serial_and_by_index() -> anyhow::R
     }
     Ok(())
 }
+
+/// Node keys rotate on SPIRE's schedule (30 s keys here: a successor published at 15 s left,
+/// activated at 5 s left, the old one retired when it expires) while workloads keep renewing:
+/// each fetches the bundle, then mints, and verifies what it got with the bundle it holds.
+/// No verification fails, and the keys did change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_keys_rotate_under_renewals_with_no_verification_failure() -> anyhow::Result<()> {
+    authsec_chaos_tests::init_test_tracing();
+    let ids = [1, 2, 3];
+    let c = Cluster::start(
+        3,
+        Options {
+            env: ids
+                .iter()
+                .map(|id| {
+                    (
+                        *id,
+                        vec![("AUTHSEC_ISSUER_KEY_TTL_S".to_owned(), "30".to_owned())],
+                    )
+                })
+                .collect(),
+            ..Options::default()
+        },
+    )?;
+    let leader = c.wait_leader(&ids, T).await?;
+    c.wait_issuing(&ids, T).await?;
+    let web = create_entry(&c, leader, "web", None).await?;
+    c.wait_converged(&ids, 0, T).await?;
+    let first_kids: std::collections::BTreeSet<String> = {
+        let doc: serde_json::Value =
+            serde_json::from_str(&bundle(&c, 1).await?.spiffe_bundle_json)?;
+        doc["keys"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|k| k["kid"].as_str().map(str::to_owned))
+            .collect()
+    };
+
+    let end = Instant::now() + Duration::from_secs(45);
+    let (mut renewals, mut failures, mut kids, mut issuers) = (
+        0u64,
+        Vec::new(),
+        std::collections::BTreeSet::new(),
+        std::collections::BTreeSet::new(),
+    );
+    let mut i = 0u64;
+    while Instant::now() < end {
+        let (held, from) = (bundle(&c, 1 + i % 3).await?, 1 + (i + 1) % 3);
+        let mut client = svids(&c, from).await?;
+        let (_, der) = csr()?;
+        match mint(&mut client, &web, &der).await {
+            Ok(x) => {
+                if let Err(e) = verify_chain(&x.cert_chain_der, &held.x509_authorities_der) {
+                    failures.push(format!("x509 from node {from}: {e}"));
+                }
+                let (_, ca) = x509_parser::parse_x509_certificate(&x.cert_chain_der[1])?;
+                issuers.insert(hex::encode(ca.raw_serial()));
+            }
+            Err(e) => failures.push(format!("mint x509 on node {from}: {e:?}")),
+        }
+        match client
+            .mint_jwt_svid(v1::MintJwtSvidRequest {
+                entry_id: web.clone(),
+                audience: vec!["orders".into()],
+                ttl_seconds: 0,
+            })
+            .await
+        {
+            Ok(r) => {
+                let r = r.into_inner();
+                kids.insert(r.kid.clone());
+                if let Err(e) = verify_jwt(&r.token, &held.spiffe_bundle_json, "orders") {
+                    failures.push(format!("jwt from node {from} ({}): {e}", r.kid));
+                }
+            }
+            Err(e) => failures.push(format!("mint jwt on node {from}: {e:?}")),
+        }
+        renewals += 1;
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rotated: Vec<&String> = kids.iter().filter(|k| !first_kids.contains(*k)).collect();
+    eprintln!(
+        "{renewals} renewals; {} JWT keys used ({} new since the start), {} intermediates; failures: {}",
+        kids.len(),
+        rotated.len(),
+        issuers.len(),
+        failures.len()
+    );
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert!(
+        !rotated.is_empty(),
+        "JWT keys rotated during the run: {kids:?}"
+    );
+    assert!(
+        issuers.len() > 3,
+        "intermediates rotated: {}",
+        issuers.len()
+    );
+    // Retired keys leave the bundle: it never grows without bound.
+    let doc: serde_json::Value = serde_json::from_str(&bundle(&c, 2).await?.spiffe_bundle_json)?;
+    let jwt_keys = doc["keys"]
+        .as_array()
+        .map_or(0, |k| k.iter().filter(|k| k["use"] == "jwt-svid").count());
+    assert!(
+        jwt_keys <= 6,
+        "at most an active and a successor or predecessor per node: {doc}"
+    );
+    Ok(())
+}

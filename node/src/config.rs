@@ -303,8 +303,9 @@ impl NodeConfig {
         if self.issuer.max_staleness_ms < 1_000 {
             bail!("issuer.max_staleness_ms must be 1000 or more");
         }
-        if self.issuer.ca_ttl_s < 120 || self.issuer.jwt_key_ttl_s < 120 {
-            bail!("issuer.ca_ttl_s and issuer.jwt_key_ttl_s must be 120 or more");
+        let min = crate::issuer::CA_TTL_MIN.as_secs();
+        if self.issuer.ca_ttl_s < min || self.issuer.jwt_key_ttl_s < min {
+            bail!("issuer.ca_ttl_s and issuer.jwt_key_ttl_s must be {min} or more");
         }
         if self.raft.snapshot_logs_since_last == 0 {
             bail!("raft.snapshot_logs_since_last must be 1 or more");

@@ -40,8 +40,9 @@ use crate::pki::{self, CSR_BYTES_MAX};
 
 /// Backdating of `notBefore`, for verifiers whose clocks run a little behind.
 const CLOCK_SKEW: Duration = Duration::from_secs(60);
-/// Bounds of a node intermediate's lifetime.
-pub const CA_TTL_MIN: Duration = Duration::from_secs(120);
+/// Bounds of a node intermediate's (and JWT key's) lifetime. The minimum is for tests of
+/// rotation; production keys live hours.
+pub const CA_TTL_MIN: Duration = Duration::from_secs(30);
 pub const CA_TTL_MAX: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Audiences per JWT-SVID, and bytes per audience.
 pub const AUDIENCES_MAX: usize = 16;

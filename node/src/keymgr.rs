@@ -60,7 +60,10 @@ pub async fn run(
             }
             Ok(Pass::Idle) => {
                 failures = 0;
-                Duration::from_secs(10)
+                // Often enough to hit the schedule's points (half and a sixth of the lifetime
+                // left) even for short-lived keys.
+                (issuer.ca_ttl.min(issuer.jwt_key_ttl) / 24)
+                    .clamp(Duration::from_millis(500), Duration::from_secs(10))
             }
             Ok(Pass::Waiting) => Duration::from_millis(500),
             Err(e) => {
