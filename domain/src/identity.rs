@@ -103,6 +103,19 @@ pub struct Entry {
     pub updated_at_ms: u64,
 }
 
+/// The first path segment reserved for authsec's own identities (nodes, admins).
+pub const RESERVED_PATH: &str = "authsec";
+
+/// Whether `id` is in the reserved namespace `spiffe://<td>/authsec` (or below it).
+pub fn is_reserved(id: &SpiffeId) -> bool {
+    let s = id.as_str();
+    let path = s
+        .strip_prefix("spiffe://")
+        .and_then(|rest| rest.find('/').map(|i| &rest[i..]))
+        .unwrap_or("");
+    path == "/authsec" || path.starts_with("/authsec/")
+}
+
 impl Entry {
     pub fn status(&self) -> EntryStatus {
         if self.parent_id.is_some() && !self.selectors.is_empty() {

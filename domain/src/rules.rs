@@ -168,6 +168,18 @@ fn in_trust_domain(state: &State, field: &str, id: &SpiffeId) -> Result<(), Reje
 /// Check an entry as it would be stored; `current` is its own id when it is an update.
 fn entry_valid(state: &State, e: &Entry, current: Option<&EntryId>) -> Result<(), Rejection> {
     in_trust_domain(state, "spiffe_id", &e.spiffe_id)?;
+    // `spiffe://<td>/authsec/...` names the cluster's own nodes and admins: an SVID for such an
+    // ID would be a node's or an admin's credential.
+    if crate::identity::is_reserved(&e.spiffe_id) {
+        return Err(invalid(
+            "spiffe_id",
+            format!(
+                "{} is reserved: paths under /{} name authsec's own nodes and admins",
+                e.spiffe_id,
+                crate::identity::RESERVED_PATH
+            ),
+        ));
+    }
     if let Some(p) = &e.parent_id {
         in_trust_domain(state, "parent_id", p)?;
         if *p == e.spiffe_id {

@@ -36,13 +36,22 @@ impl Svids {
                 tracing::error!(error = %e, "reading an entry failed");
                 Status::internal("storage read failed; see the node's log")
             })?;
-        match row {
+        let entry: Entry = match row {
             Some(v) => codec::decode(Tag::ENTRY, &v).map_err(|e| {
                 tracing::error!(error = %e, "decoding an entry failed");
                 Status::internal("storage read failed; see the node's log")
-            }),
-            None => Err(Status::not_found(format!("entry {id} does not exist"))),
+            })?,
+            None => return Err(Status::not_found(format!("entry {id} does not exist"))),
+        };
+        // Never a node's or an admin's credential, whatever the entry says (the rules refuse
+        // such entries; this holds for any written before they did).
+        if authsec_domain::identity::is_reserved(&entry.spiffe_id) {
+            return Err(Status::permission_denied(format!(
+                "{} is in the reserved namespace of authsec's nodes and admins",
+                entry.spiffe_id
+            )));
         }
+        Ok(entry)
     }
 
     /// The entry's parent agent, or an admin allowed to mint for any entry.
@@ -132,7 +141,7 @@ fn revocations(ctx: &Ctx) -> Result<v1::RevocationSet, authsec_storage::StoreErr
         |k, v| {
             let t: RevokedToken = codec::decode(Tag::REVOKED_TOKEN, v)
                 .map_err(|e| authsec_storage::StoreError::damaged(cf::PROJ_REVOCATIONS, k, e))?;
-            Ok((t.expires_at_ms > now).then(|| v1::RevokedCredential {
+            Ok((t.expires_at_ms > now).then_some(v1::RevokedCredential {
                 id: t.jti,
                 expires_at_ms: t.expires_at_ms,
                 revoked_at_index: t.revoked_at_index,
