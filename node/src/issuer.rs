@@ -610,6 +610,26 @@ impl SvidIssuer {
         Ok(())
     }
 
+    /// Remove the files of every key `known` does not accept.
+    pub fn sweep(&self, known: impl Fn(&str) -> bool) {
+        let Ok(dir) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for f in dir.flatten() {
+            let name = f.file_name().to_string_lossy().into_owned();
+            let Some(kid) = name
+                .strip_suffix(".key")
+                .or_else(|| name.strip_suffix(".crt"))
+            else {
+                continue;
+            };
+            if !known(kid) {
+                tracing::info!(node_id = self.node_id, kid, "removing an unpublished key");
+                self.forget(kid);
+            }
+        }
+    }
+
     /// Forget a retired key's private half.
     pub fn forget(&self, kid: &str) {
         for p in [self.key_path(kid), self.cert_path(kid)] {
@@ -910,6 +930,18 @@ mod tests {
             }
             other => panic!("expected Unavailable, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn unpublished_key_files_are_swept() {
+        let f = fixture();
+        let (kept, _) = f.issuer.new_key(KeyKind::Jwt).expect("key");
+        let (orphan, _) = f.issuer.new_key(KeyKind::X509Ca).expect("key");
+        f.issuer.store_cert(&orphan, b"not really").expect("cert");
+        f.issuer.sweep(|kid| kid != orphan);
+        assert!(f.issuer.key_path(&kept).exists());
+        assert!(!f.issuer.key_path(&orphan).exists());
+        assert!(!f.issuer.cert_path(&orphan).exists());
     }
 
     #[test]

@@ -110,6 +110,9 @@ async fn reconcile(ctx: &Ctx, issuer: &SvidIssuer, raft: &Raft) -> anyhow::Resul
         .into_iter()
         .filter(|k| k.node_id == me)
         .collect();
+    // Key files no log entry knows (a crash between making a key and publishing it): never
+    // used, so removed. Nothing else writes this directory, and no attempt is in flight.
+    issuer.sweep(|kid| keys.iter().any(|k| k.kid == kid));
     let now = issuer::now_ms();
     for kind in [KeyKind::X509Ca, KeyKind::Jwt] {
         let ttl = match kind {
@@ -137,7 +140,14 @@ async fn reconcile(ctx: &Ctx, issuer: &SvidIssuer, raft: &Raft) -> anyhow::Resul
             None if prepare => {
                 if let Some(key) = prepare_key(ctx, issuer, raft, kind, &mine).await? {
                     tracing::info!(node_id = me, kid = %key.kid, kind = kind.as_str(), "publishing a new signing key");
-                    submit(ctx, Command::PublishNodeKey { key }).await?;
+                    let kid = key.kid.clone();
+                    if let Err(e) = submit(ctx, Command::PublishNodeKey { key }).await {
+                        // Not published (or not known to be): drop the private half so failed
+                        // attempts leave nothing behind. Should the publication have committed
+                        // after all, the next pass retires the key it can no longer use.
+                        issuer.forget(&kid);
+                        return Err(e);
+                    }
                     return Ok(Pass::Acted);
                 }
             }
@@ -221,28 +231,37 @@ async fn prepare_key(
                 return Ok(Some(key(kid, ca.cert_der.to_vec(), not_after)));
             }
             let (kid, kp) = issuer.new_key(kind)?;
-            let cert = match ctx
-                .sec
-                .sign_node_ca(&ctx.reader, node_id, &kp, issuer.ca_ttl)
-            {
-                Ok((cert, _root)) => cert,
-                Err(SignerError::NoKek(..)) => {
-                    let csr = rcgen::CertificateParams::default()
-                        .serialize_request(&kp)
-                        .context("CSR for the intermediate")?;
-                    ctx.sec
-                        .sign_node_ca_remotely(raft, csr.der(), issuer.ca_ttl)
-                        .await?
+            let signed = async {
+                let cert = match ctx
+                    .sec
+                    .sign_node_ca(&ctx.reader, node_id, &kp, issuer.ca_ttl)
+                {
+                    Ok((cert, _root)) => cert,
+                    Err(SignerError::NoKek(..)) => {
+                        let csr = rcgen::CertificateParams::default()
+                            .serialize_request(&kp)
+                            .context("CSR for the intermediate")?;
+                        ctx.sec
+                            .sign_node_ca_remotely(raft, csr.der(), issuer.ca_ttl)
+                            .await?
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                let der = rustls::pki_types::CertificateDer::from(cert.clone());
+                if !crate::pki::certifies(&der, &kp)? {
+                    anyhow::bail!("the signed intermediate is not for this node's new key");
                 }
-                Err(e) => return Err(e.into()),
+                issuer.store_cert(&kid, &cert)?;
+                let not_after = crate::pki::not_after(&der)?.as_millis() as u64;
+                Ok((cert, not_after))
             };
-            let der = rustls::pki_types::CertificateDer::from(cert.clone());
-            if !crate::pki::certifies(&der, &kp)? {
-                anyhow::bail!("the signed intermediate is not for this node's new key");
+            match signed.await {
+                Ok((cert, not_after)) => Ok(Some(key(kid, cert, not_after))),
+                Err(e) => {
+                    issuer.forget(&kid); // no orphan key files from failed attempts
+                    Err(e)
+                }
             }
-            issuer.store_cert(&kid, &cert)?;
-            let not_after = crate::pki::not_after(&der)?.as_millis() as u64;
-            Ok(Some(key(kid, cert, not_after)))
         }
     }
 }
