@@ -789,3 +789,135 @@ async fn node_keys_rotate_under_renewals_with_no_verification_failure() -> anyho
     );
     Ok(())
 }
+
+/// Root rotation under renewals: workloads keep fetching the bundle, minting on every node and
+/// verifying what they got with the bundle they hold, while an admin prepares a new root (it
+/// joins every bundle), activates it (every node re-issues its intermediate from it) and
+/// retires the bootstrap root from the bundle. No verification fails, and at the end every
+/// node's SVIDs chain to the new root, which alone is in the bundle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_rotation_under_renewals_with_no_verification_failure() -> anyhow::Result<()> {
+    authsec_chaos_tests::init_test_tracing();
+    let ids = [1, 2, 3];
+    let c = Cluster::start(3, Options::default())?;
+    let leader = c.wait_leader(&ids, T).await?;
+    c.wait_issuing(&ids, T).await?;
+    let web = create_entry(&c, leader, "web", None).await?;
+    c.wait_converged(&ids, 0, T).await?;
+    let roots_api = || async {
+        Ok::<_, anyhow::Error>(v1::root_service_client::RootServiceClient::new(
+            c.channel(1).await?,
+        ))
+    };
+    let old_root = bundle(&c, 1).await?.x509_authorities_der;
+    assert_eq!(old_root.len(), 1);
+
+    #[derive(Debug, PartialEq)]
+    enum Phase {
+        Before,
+        Prepared,
+        Activated,
+        Retired,
+    }
+    let mut phase = Phase::Before;
+    let (mut renewals, mut failures) = (0u64, Vec::new());
+    let mut new_root: Vec<u8> = Vec::new();
+    let mut phase_at = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut i = 0u64;
+    loop {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "stuck in {phase:?}: {failures:?}"
+        );
+        // One renewal: the bundle first (what the workload holds), then a mint elsewhere.
+        let held = bundle(&c, 1 + i % 3).await?.x509_authorities_der;
+        let from = 1 + (i + 1) % 3;
+        let (_, der) = csr()?;
+        let minted = mint(&mut svids(&c, from).await?, &web, &der).await;
+        let mut chained_to_new = false;
+        match &minted {
+            Ok(x) => {
+                if let Err(e) = verify_chain(&x.cert_chain_der, &held) {
+                    failures.push(format!(
+                        "{phase:?}: node {from}'s SVID with the held bundle: {e}"
+                    ));
+                }
+                chained_to_new = !new_root.is_empty()
+                    && verify_chain(&x.cert_chain_der, &[new_root.clone()]).is_ok();
+            }
+            Err(e) => failures.push(format!("{phase:?}: mint on node {from}: {e:?}")),
+        }
+        renewals += 1;
+        i += 1;
+        let settled = phase_at.elapsed() > Duration::from_secs(2);
+        match phase {
+            Phase::Before if settled => {
+                let r = roots_api()
+                    .await?
+                    .prepare_root(v1::PrepareRootRequest {})
+                    .await?
+                    .into_inner();
+                new_root = r.root.context("the prepared root")?.cert_der;
+                phase = Phase::Prepared;
+                phase_at = Instant::now();
+            }
+            Phase::Prepared if settled => {
+                // Every node's bundle holds both before the switch.
+                for id in ids {
+                    let b = bundle(&c, id).await?.x509_authorities_der;
+                    anyhow::ensure!(
+                        b.contains(&new_root) && b.contains(&old_root[0]),
+                        "node {id}: {}",
+                        b.len()
+                    );
+                }
+                roots_api()
+                    .await?
+                    .activate_root(v1::ActivateRootRequest {
+                        fingerprint: authsec_domain::fingerprint(&new_root),
+                    })
+                    .await?;
+                phase = Phase::Activated;
+                phase_at = Instant::now();
+            }
+            Phase::Activated if chained_to_new => {
+                // Wait until every node signs under the new root, then retire the old one.
+                let mut all = true;
+                for id in ids {
+                    let (_, der) = csr()?;
+                    let x = mint(&mut svids(&c, id).await?, &web, &der).await?;
+                    all &= verify_chain(&x.cert_chain_der, &[new_root.clone()]).is_ok();
+                }
+                if all {
+                    roots_api()
+                        .await?
+                        .retire_root(v1::RetireRootRequest {
+                            fingerprint: authsec_domain::fingerprint(&old_root[0]),
+                        })
+                        .await?;
+                    phase = Phase::Retired;
+                    phase_at = Instant::now();
+                }
+            }
+            Phase::Retired if settled => break,
+            _ => {}
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "{renewals} renewals through prepare, activate and retire; failures: {}",
+        failures.len()
+    );
+    assert!(failures.is_empty(), "{failures:#?}");
+    for id in ids {
+        let b = bundle(&c, id).await?.x509_authorities_der;
+        assert_eq!(b, vec![new_root.clone()], "node {id}: only the new root");
+        let (_, der) = csr()?;
+        let x = mint(&mut svids(&c, id).await?, &web, &der).await?;
+        verify_chain(&x.cert_chain_der, &b)?;
+    }
+    // The cluster's own TLS still runs on the bootstrap root: the admin (and the nodes) go on.
+    c.wait_converged(&ids, 0, T).await?;
+    Ok(())
+}

@@ -38,6 +38,7 @@ impl Tag {
     pub const NODE_KEY: Tag = Tag(0x13);
     pub const KEYS_META: Tag = Tag(0x14);
     pub const FEDERATION: Tag = Tag(0x15);
+    pub const ROOTS_META: Tag = Tag(0x16);
     // 0x40.. are the storage crate's own (raft log entries, votes, membership, ...).
 }
 

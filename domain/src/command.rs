@@ -339,6 +339,23 @@ pub enum Command {
         trust_domain: TrustDomain,
         bundle: crate::federation::FederatedBundle,
     },
+    // SVID root rotation (issue 6). New variants go last.
+    /// A new root in the bundle, its key sealed under the KEK (stored apart, never archived).
+    PrepareRoot {
+        cert_der: Vec<u8>,
+        sealed_key: Sealed,
+    },
+    ActivateRoot {
+        fingerprint: String,
+    },
+    RetireRoot {
+        fingerprint: String,
+    },
+}
+
+/// Where a rotated root's sealed key is kept in `sealed_secrets`.
+pub fn svid_root_key(fingerprint: &str) -> Vec<u8> {
+    format!("svid_root:{fingerprint}").into_bytes()
 }
 
 impl Command {
@@ -381,19 +398,27 @@ impl Command {
             Command::CreateFederation { .. } => "create_federation",
             Command::DeleteFederation { .. } => "delete_federation",
             Command::RecordFederatedBundle { .. } => "record_federated_bundle",
+            Command::PrepareRoot { .. } => "prepare_root",
+            Command::ActivateRoot { .. } => "activate_root",
+            Command::RetireRoot { .. } => "retire_root",
         }
     }
 
     /// Sealed material an accepted command stores in `sealed_secrets` (key, sealed bytes).
-    pub fn sealed_material(&self) -> Option<(&'static [u8], &[u8])> {
+    pub fn sealed_material(&self) -> Option<(Vec<u8>, &[u8])> {
         match self {
             Command::InstallRoot {
                 sealed_key: Some(k),
                 ..
-            } => Some((SEALED_ROOT_KEY, &k.0)),
-            Command::InstallClientSecretKey { sealed_key } => {
-                Some((crate::identity::SEALED_CLIENT_SECRET_KEY, &sealed_key.0))
-            }
+            } => Some((SEALED_ROOT_KEY.to_vec(), &k.0)),
+            Command::InstallClientSecretKey { sealed_key } => Some((
+                crate::identity::SEALED_CLIENT_SECRET_KEY.to_vec(),
+                &sealed_key.0,
+            )),
+            Command::PrepareRoot {
+                cert_der,
+                sealed_key,
+            } => Some((svid_root_key(&crate::fingerprint(cert_der)), &sealed_key.0)),
             _ => None,
         }
     }
@@ -427,6 +452,9 @@ mod tests {
         let shown = format!("{c:?}");
         assert!(!shown.contains(&format!("{secret:?}")), "{shown}");
         assert!(shown.contains("redacted"), "{shown}");
-        assert_eq!(c.sealed_material(), Some((SEALED_ROOT_KEY, &secret[..])));
+        assert_eq!(
+            c.sealed_material(),
+            Some((SEALED_ROOT_KEY.to_vec(), &secret[..]))
+        );
     }
 }

@@ -155,6 +155,16 @@ pub enum Event {
         trust_domain: TrustDomain,
         bundle: crate::federation::FederatedBundle,
     },
+    // SVID root rotation (issue 6). New variants go last.
+    RootPrepared {
+        root: crate::roots::SvidRoot,
+    },
+    RootActivated {
+        fingerprint: String,
+    },
+    RootRetired {
+        fingerprint: String,
+    },
 }
 
 impl Event {
@@ -200,6 +210,9 @@ impl Event {
             Event::FederationCreated { .. } => "federation.created",
             Event::FederationDeleted { .. } => "federation.deleted",
             Event::FederatedBundleUpdated { .. } => "federation.bundle_updated",
+            Event::RootPrepared { .. } => "ca.root_prepared",
+            Event::RootActivated { .. } => "ca.root_activated",
+            Event::RootRetired { .. } => "ca.root_retired",
         }
     }
 
@@ -257,6 +270,10 @@ impl Event {
             Event::FederationDeleted { trust_domain }
             | Event::FederatedBundleUpdated { trust_domain, .. } => {
                 format!("federation:{trust_domain}")
+            }
+            Event::RootPrepared { root } => format!("root:{}", root.fingerprint),
+            Event::RootActivated { fingerprint } | Event::RootRetired { fingerprint } => {
+                format!("root:{fingerprint}")
             }
         }
     }

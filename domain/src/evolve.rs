@@ -291,6 +291,11 @@ pub fn evolve(state: &mut State, event: &Event, time_ms: u64) {
                 f.bundle_at_ms = time_ms;
             }
         }
+        e @ (Event::RootPrepared { .. } | Event::RootRetired { .. }) => {
+            crate::roots::evolve(state, e, time_ms);
+            state.keys_meta.bundle_sequence += 1;
+        }
+        e @ Event::RootActivated { .. } => crate::roots::evolve(state, e, time_ms),
     }
 }
 
@@ -312,7 +317,9 @@ impl Event {
             // The bundle's content changes: its sequence grows.
             Event::RootInstalled { .. }
             | Event::NodeKeyPublished { .. }
-            | Event::NodeKeyRetired { .. } => Some(ProjectionKey::KeysMeta),
+            | Event::NodeKeyRetired { .. }
+            | Event::RootPrepared { .. }
+            | Event::RootRetired { .. } => Some(ProjectionKey::KeysMeta),
             _ => None,
         }
     }
@@ -378,6 +385,9 @@ impl Event {
             | Event::FederatedBundleUpdated { trust_domain, .. } => {
                 ProjectionKey::Federation(trust_domain.clone())
             }
+            Event::RootPrepared { .. }
+            | Event::RootActivated { .. }
+            | Event::RootRetired { .. } => ProjectionKey::RootsMeta,
         }
     }
 }

@@ -91,7 +91,7 @@ pub struct BundleView<'a> {
 pub fn bundle(state: &State) -> BundleView<'_> {
     BundleView {
         sequence: state.keys_meta.bundle_sequence,
-        x509_authorities: state.security.root_cert.iter().map(Vec::as_slice).collect(),
+        x509_authorities: state.roots_meta.bundle(state),
         jwt_authorities: state
             .keys
             .values()

@@ -22,6 +22,7 @@ pub mod limits;
 pub mod permissions;
 pub mod persist;
 pub mod record;
+pub mod roots;
 mod rules;
 pub mod state;
 

@@ -24,8 +24,9 @@ pub const FAMILY_KEYS: &str = "proj_keys";
 pub const FAMILY_FEDERATIONS: &str = "proj_federations";
 /// In `proj_meta`: the bundle's sequence.
 pub const KEY_KEYS_META: &[u8] = b"keys";
+pub const KEY_ROOTS_META: &[u8] = b"roots";
 /// The `proj_meta` keys this module owns.
-pub const META_KEYS: &[&[u8]] = &[KEY_IDENTITY, KEY_KEYS_META];
+pub const META_KEYS: &[&[u8]] = &[KEY_IDENTITY, KEY_KEYS_META, KEY_ROOTS_META];
 
 /// The row families this module owns, in a fixed order (snapshots and digests follow it).
 pub const FAMILIES: &[&str] = &[
@@ -156,6 +157,12 @@ impl State {
                 Tag::FEDERATION,
                 self.federations.get(td),
             ),
+            ProjectionKey::RootsMeta => put(
+                FAMILY_META,
+                KEY_ROOTS_META.to_vec(),
+                Tag::ROOTS_META,
+                Some(&self.roots_meta),
+            ),
             ProjectionKey::KeysMeta => put(
                 FAMILY_META,
                 KEY_KEYS_META.to_vec(),
@@ -177,6 +184,9 @@ impl State {
         match family {
             FAMILY_META if key == KEY_IDENTITY => {
                 self.identity = codec::decode::<IdentityMeta>(Tag::IDENTITY_META, value)?;
+            }
+            FAMILY_META if key == KEY_ROOTS_META => {
+                self.roots_meta = codec::decode(Tag::ROOTS_META, value)?;
             }
             FAMILY_META if key == KEY_KEYS_META => {
                 self.keys_meta = codec::decode(Tag::KEYS_META, value)?;

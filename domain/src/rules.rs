@@ -1128,6 +1128,9 @@ pub(crate) fn decide_identity(
             trust_domain,
             bundle,
         } => crate::federation::record(state, trust_domain, bundle),
+        Command::PrepareRoot { cert_der, .. } => crate::roots::prepare(state, cert_der, time_ms),
+        Command::ActivateRoot { fingerprint } => crate::roots::activate(state, fingerprint),
+        Command::RetireRoot { fingerprint } => crate::roots::retire(state, fingerprint),
         _ => return None,
     })
 }

@@ -119,6 +119,7 @@ pub enum ProjectionKey {
     NodeKey(String),
     KeysMeta,
     Federation(crate::TrustDomain),
+    RootsMeta,
 }
 
 /// All projections. Ordered maps only, so iteration (and so the digest) is deterministic.
@@ -142,6 +143,8 @@ pub struct State {
     /// Node signing keys by kid, and the bundle's sequence.
     pub keys: BTreeMap<String, crate::keys::NodeKey>,
     pub keys_meta: crate::keys::KeysMeta,
+    /// Rotated SVID roots.
+    pub roots_meta: crate::roots::RootsMeta,
     /// Federated trust domains and their bundles.
     pub federations: BTreeMap<crate::TrustDomain, crate::federation::Federation>,
     /// Derived lookups, rebuilt from the rows above on load; never stored.

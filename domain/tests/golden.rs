@@ -552,3 +552,46 @@ fn federation_v1() {
     };
     check("federation_batch_v1", &codec::encode(Tag::BATCH, &batch));
 }
+
+#[test]
+fn roots_v1() {
+    use authsec_domain::roots::{RootState, RootsMeta, SvidRoot};
+    let meta = RootsMeta {
+        roots: vec![SvidRoot {
+            fingerprint: "sha256:00ff".into(),
+            cert_der: vec![0x30, 0x82, 0x02],
+            state: RootState::Superseded,
+            changed_at_ms: 9,
+        }],
+        bootstrap_retired: true,
+    };
+    check("roots_meta_v1", &codec::encode(Tag::ROOTS_META, &meta));
+    let batch = Batch {
+        proposals: [
+            Command::PrepareRoot {
+                cert_der: vec![0x30, 0x82, 0x02],
+                sealed_key: authsec_domain::Sealed(vec![7; 8]),
+            },
+            Command::ActivateRoot {
+                fingerprint: "sha256:00ff".into(),
+            },
+            Command::RetireRoot {
+                fingerprint: "sha256:00ff".into(),
+            },
+        ]
+        .into_iter()
+        .map(|command| Proposal {
+            stamp: Stamp {
+                time_ms: 1_700_000_000_000,
+                seed: [3; 16],
+            },
+            actor: Actor {
+                principal: Principal::System,
+                via_node: 3,
+            },
+            command,
+        })
+        .collect(),
+    };
+    check("roots_batch_v1", &codec::encode(Tag::BATCH, &batch));
+}

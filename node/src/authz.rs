@@ -37,6 +37,7 @@ pub fn admin_permission(path: &str) -> String {
         "EventService" => "audit",
         "SvidService" => "svids",
         "FederationService" => "federation",
+        "RootService" => "ca",
         "ClusterService" if method == "IssueAdmin" => "admins",
         "ClusterService" if method == "SaveSnapshot" => "backup",
         "ClusterService" => "cluster",

@@ -62,7 +62,6 @@ pub fn current(ctx: &Ctx) -> Result<v1::Bundle, Status> {
             "building the trust bundle failed; see the node's log".into(),
         ))
     };
-    let security = ctx.reader.security().map_err(|e| internal(e.to_string()))?;
     let meta: KeysMeta = match ctx
         .reader
         .row(cf::PROJ_META, authsec_domain::persist::KEY_KEYS_META)
@@ -73,7 +72,10 @@ pub fn current(ctx: &Ctx) -> Result<v1::Bundle, Status> {
     };
     let keys = crate::keymgr::load_keys(&ctx.reader).map_err(|e| internal(e.to_string()))?;
     let mut jwks = Vec::new();
-    let roots: Vec<Vec<u8>> = security.root_cert.into_iter().collect();
+    let roots: Vec<Vec<u8>> = ctx
+        .reader
+        .bundle_roots()
+        .map_err(|e| internal(e.to_string()))?;
     for r in &roots {
         jwks.push(x509_jwk(r).map_err(internal)?);
     }
@@ -107,6 +109,126 @@ impl BundleService for Bundles {
         _req: Request<v1::GetBundleRequest>,
     ) -> Result<Response<v1::Bundle>, Status> {
         current(&self.0).map(Response::new)
+    }
+}
+
+/// `RootService`: rotation of the root that signs node intermediates.
+#[derive(Debug, Clone)]
+pub struct Roots(pub Arc<Ctx>);
+
+fn store_err(e: authsec_storage::StoreError) -> Status {
+    tracing::error!(error = %e, "reading roots failed");
+    Status::internal("storage read failed; see the node's log")
+}
+
+impl Roots {
+    fn list(&self) -> Result<Vec<v1::TrustRoot>, Status> {
+        let bootstrap = self.0.reader.security().map_err(store_err)?.root_cert;
+        let meta = self.0.reader.load_roots().map_err(store_err)?;
+        let signing = meta.signing_with(bootstrap.as_deref()).map(<[u8]>::to_vec);
+        let in_bundle: Vec<Vec<u8>> = meta
+            .bundle_with(bootstrap.as_deref())
+            .into_iter()
+            .map(<[u8]>::to_vec)
+            .collect();
+        let mut out = Vec::new();
+        let mut push = |cert: &[u8], state: &str| {
+            out.push(v1::TrustRoot {
+                fingerprint: authsec_domain::fingerprint(cert),
+                cert_der: cert.to_vec(),
+                state: state.into(),
+                signing: signing.as_deref() == Some(cert),
+                in_bundle: in_bundle.iter().any(|b| b == cert),
+            })
+        };
+        if let Some(b) = &bootstrap {
+            push(b, "bootstrap");
+        }
+        for r in &meta.roots {
+            push(&r.cert_der, r.state.as_str());
+        }
+        Ok(out)
+    }
+}
+
+#[tonic::async_trait]
+impl v1::root_service_server::RootService for Roots {
+    async fn list_roots(
+        &self,
+        _req: Request<v1::ListRootsRequest>,
+    ) -> Result<Response<v1::ListRootsResponse>, Status> {
+        Ok(Response::new(v1::ListRootsResponse {
+            roots: self.list()?,
+        }))
+    }
+
+    async fn prepare_root(
+        &self,
+        req: Request<v1::PrepareRootRequest>,
+    ) -> Result<Response<v1::PrepareRootResponse>, Status> {
+        let actor = self.0.actor(&req);
+        let label = format!("{}", crate::issuer::now_ms() / 1000);
+        let (cert_der, sealed) = self
+            .0
+            .sec
+            .new_root(&label)
+            .map_err(crate::join::signer_status)?;
+        let fingerprint = authsec_domain::fingerprint(&cert_der);
+        let (receipt, _) = self
+            .0
+            .write(
+                actor,
+                authsec_domain::command::Command::PrepareRoot {
+                    cert_der,
+                    sealed_key: authsec_domain::Sealed(sealed),
+                },
+            )
+            .await?;
+        tracing::warn!(%fingerprint, "a new root is prepared: in every bundle now; activate it once holders have fetched it");
+        let root = self
+            .list()?
+            .into_iter()
+            .find(|r| r.fingerprint == fingerprint);
+        Ok(Response::new(v1::PrepareRootResponse {
+            receipt: Some(receipt),
+            root,
+        }))
+    }
+
+    async fn activate_root(
+        &self,
+        req: Request<v1::ActivateRootRequest>,
+    ) -> Result<Response<v1::RootWriteResponse>, Status> {
+        let actor = self.0.actor(&req);
+        let fingerprint = req.into_inner().fingerprint;
+        let (receipt, _) = self
+            .0
+            .write(
+                actor,
+                authsec_domain::command::Command::ActivateRoot { fingerprint },
+            )
+            .await?;
+        Ok(Response::new(v1::RootWriteResponse {
+            receipt: Some(receipt),
+        }))
+    }
+
+    async fn retire_root(
+        &self,
+        req: Request<v1::RetireRootRequest>,
+    ) -> Result<Response<v1::RootWriteResponse>, Status> {
+        let actor = self.0.actor(&req);
+        let fingerprint = req.into_inner().fingerprint;
+        let (receipt, _) = self
+            .0
+            .write(
+                actor,
+                authsec_domain::command::Command::RetireRoot { fingerprint },
+            )
+            .await?;
+        Ok(Response::new(v1::RootWriteResponse {
+            receipt: Some(receipt),
+        }))
     }
 }
 

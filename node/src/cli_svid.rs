@@ -431,6 +431,114 @@ pub async fn federation(c: FederationCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
+// ---- roots ----
+
+#[derive(Debug, Subcommand)]
+pub enum RootsCmd {
+    /// The trust domain's roots: which signs node intermediates, which are in the bundle.
+    List {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Make a new root (on a node holding the KEK) and put it in the bundle. Activate it once
+    /// every holder has fetched the bundle (at least its refresh hint later).
+    Prepare {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Sign node intermediates with the prepared root from now on.
+    Activate {
+        #[command(flatten)]
+        common: Common,
+        fingerprint: String,
+    },
+    /// Take a root out of the bundle, once nothing it signed is still in use.
+    Retire {
+        #[command(flatten)]
+        common: Common,
+        fingerprint: String,
+    },
+}
+
+pub async fn roots(c: RootsCmd) -> anyhow::Result<()> {
+    let client = |common: &Common| {
+        let t = common.target.clone();
+        async move {
+            Ok::<_, anyhow::Error>(v1::root_service_client::RootServiceClient::new(
+                cli::connect(&cli::endpoints(&t)?).await?.1,
+            ))
+        }
+    };
+    let print = |common: &Common, roots: &[v1::TrustRoot]| {
+        for r in roots {
+            match common.output {
+                Output::Json => println!(
+                    "{}",
+                    json!({"fingerprint": r.fingerprint, "state": r.state, "signing": r.signing, "in_bundle": r.in_bundle})
+                ),
+                Output::Table => println!(
+                    "{}  {:<10} {}{}",
+                    r.fingerprint,
+                    r.state,
+                    if r.signing { "signing " } else { "" },
+                    if r.in_bundle {
+                        "in bundle"
+                    } else {
+                        "retired from the bundle"
+                    }
+                ),
+            }
+        }
+    };
+    match c {
+        RootsCmd::List { common } => {
+            let r = client(&common)
+                .await?
+                .list_roots(v1::ListRootsRequest {})
+                .await
+                .map_err(CallError)?
+                .into_inner();
+            print(&common, &r.roots);
+        }
+        RootsCmd::Prepare { common } => {
+            let r = client(&common)
+                .await?
+                .prepare_root(v1::PrepareRootRequest {})
+                .await
+                .map_err(CallError)?
+                .into_inner();
+            print(&common, r.root.as_slice());
+        }
+        RootsCmd::Activate {
+            common,
+            fingerprint,
+        } => {
+            client(&common)
+                .await?
+                .activate_root(v1::ActivateRootRequest {
+                    fingerprint: fingerprint.clone(),
+                })
+                .await
+                .map_err(CallError)?;
+            println!("{fingerprint} signs node intermediates now; nodes re-issue theirs");
+        }
+        RootsCmd::Retire {
+            common,
+            fingerprint,
+        } => {
+            client(&common)
+                .await?
+                .retire_root(v1::RetireRootRequest {
+                    fingerprint: fingerprint.clone(),
+                })
+                .await
+                .map_err(CallError)?;
+            println!("{fingerprint} is out of the trust bundle");
+        }
+    }
+    Ok(())
+}
+
 fn or_dash(s: &str) -> &str {
     if s.is_empty() {
         "-"

@@ -106,6 +106,22 @@ async fn reconcile(ctx: &Ctx, issuer: &SvidIssuer, raft: &Raft) -> anyhow::Resul
     if security.root_cert.is_none() || !ctx.reader.nodes()?.iter().any(|n| n.node_id == me) {
         return Ok(Pass::Waiting);
     }
+    // Trust every root of the SPIFFE bundle at the handshake too (agents holding SVIDs under
+    // a rotated root call this node), and know which root signs intermediates now.
+    let roots = ctx.reader.load_roots()?;
+    let bootstrap = security.root_cert.clone();
+    if let Some(tls) = &ctx.sec.tls {
+        let extra = roots
+            .roots
+            .iter()
+            .map(|r| rustls::pki_types::CertificateDer::from(r.cert_der.clone()))
+            .collect();
+        tls.set_extra_roots(extra)?;
+    }
+    let signing_root = roots
+        .signing_with(bootstrap.as_deref())
+        .map(<[u8]>::to_vec)
+        .unwrap_or_default();
     let keys: Vec<NodeKey> = load_keys(&ctx.reader)?
         .into_iter()
         .filter(|k| k.node_id == me)
@@ -127,11 +143,27 @@ async fn reconcile(ctx: &Ctx, issuer: &SvidIssuer, raft: &Raft) -> anyhow::Resul
             Some(k) => issuer.install(k)?,
             None => issuer.uninstall(kind),
         }
+        // An intermediate of a root that no longer signs is never activated.
+        let current_root =
+            |k: &NodeKey| kind != KeyKind::X509Ca || signed_by(&k.public, &signing_root);
         let pending = mine
             .iter()
-            .filter(|k| k.state == KeyState::Published && issuer.holds(k) && k.not_after_ms > now)
+            .filter(|k| {
+                k.state == KeyState::Published
+                    && issuer.holds(k)
+                    && k.not_after_ms > now
+                    && current_root(k)
+            })
             .max_by_key(|k| k.published_at_ms);
-        let (prepare, activate) = active.map_or((true, true), |a| issuer::schedule(a, ttl, now));
+        let (prepare, activate) = match active {
+            // An intermediate of a root that no longer signs: replace it at once (the old
+            // root stays in the bundle through the overlap, so what it signed still verifies).
+            Some(a) if kind == KeyKind::X509Ca && !signed_by(&a.public, &signing_root) => {
+                (true, true)
+            }
+            Some(a) => issuer::schedule(a, ttl, now),
+            None => (true, true),
+        };
         match pending {
             Some(p) if activate => {
                 submit(ctx, Command::ActivateNodeKey { kid: p.kid.clone() }).await?;
@@ -158,7 +190,7 @@ async fn reconcile(ctx: &Ctx, issuer: &SvidIssuer, raft: &Raft) -> anyhow::Resul
             let retire = match k.state {
                 KeyState::Superseded => expired,
                 // Never to be used: its private half is gone, or it ran out unused.
-                KeyState::Published => expired || !issuer.holds(k),
+                KeyState::Published => expired || !issuer.holds(k) || !current_root(k),
                 KeyState::Active | KeyState::Retired => false,
             };
             if retire {
@@ -171,6 +203,17 @@ async fn reconcile(ctx: &Ctx, issuer: &SvidIssuer, raft: &Raft) -> anyhow::Resul
         }
     }
     Ok(Pass::Idle)
+}
+
+/// Whether `cert` (DER) is signed by the key of `root` (DER).
+fn signed_by(cert: &[u8], root: &[u8]) -> bool {
+    let (Ok((_, c)), Ok((_, r))) = (
+        x509_parser::parse_x509_certificate(cert),
+        x509_parser::parse_x509_certificate(root),
+    ) else {
+        return false;
+    };
+    c.verify_signature(Some(r.public_key())).is_ok()
 }
 
 async fn submit(ctx: &Ctx, command: Command) -> anyhow::Result<()> {

@@ -87,6 +87,9 @@ enum Cmd {
     /// SPIFFE credentials: mint X.509- and JWT-SVIDs from any node; see whether it issues.
     #[command(subcommand)]
     Svid(cli_svid::SvidCmd),
+    /// The trust domain's roots and their rotation (prepare, activate, retire).
+    #[command(subcommand)]
+    Roots(cli_svid::RootsCmd),
     /// Other trust domains this one trusts (SPIFFE federation).
     #[command(subcommand)]
     Federation(cli_svid::FederationCmd),
@@ -590,6 +593,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Bundle(c) => cli_identity::bundle(c).await?,
         Cmd::Svid(c) => cli_svid::svid(c).await?,
         Cmd::Federation(c) => cli_svid::federation(c).await?,
+        Cmd::Roots(c) => cli_svid::roots(c).await?,
         Cmd::Admin(AdminCmd::Issue { target, name, out }) => {
             let eps = cli::endpoints(&target)?;
             if out.join("admin.key").exists() {

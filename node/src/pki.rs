@@ -362,9 +362,18 @@ impl fmt::Debug for Root {
 impl Root {
     /// A new self-signed root CA (ECDSA P-256) for `td`.
     pub fn generate(td: &TrustDomain) -> Result<Self, PkiError> {
+        Self::generate_named(td, &format!("authsec root CA {td}"))
+    }
+
+    /// A root whose subject names `label` too, so that successive roots have distinct names.
+    pub fn generate_labelled(td: &TrustDomain, label: &str) -> Result<Self, PkiError> {
+        Self::generate_named(td, &format!("authsec root CA {td} {label}"))
+    }
+
+    fn generate_named(td: &TrustDomain, common_name: &str) -> Result<Self, PkiError> {
         let key = KeyPair::generate()?;
         let mut p = CertificateParams::default();
-        p.distinguished_name = dn(&format!("authsec root CA {td}"));
+        p.distinguished_name = dn(common_name);
         p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         p.subject_alt_names = vec![SanType::URI(format!("spiffe://{td}").as_str().try_into()?)];

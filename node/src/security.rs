@@ -148,6 +148,44 @@ impl Security {
         Ok(Root::unseal(&kek, &self.td, &cert, &sealed)?)
     }
 
+    /// The root that signs node intermediates: the active rotated root (its key sealed in
+    /// `sealed_secrets` under `svid_root:<fingerprint>`), else the bootstrap root.
+    pub fn svid_signer(&self, reader: &Reader) -> Result<Root, SignerError> {
+        let roots = reader.load_roots()?;
+        let Some(active) = roots.active() else {
+            return self.signer(reader);
+        };
+        let kek = match Kek::load(&self.kek_path) {
+            Ok(k) => k,
+            Err(PkiError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Err(SignerError::NoKek(self.node_id, self.kek_path.clone()))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let sealed = reader
+            .sealed(&authsec_domain::command::svid_root_key(&active.fingerprint))?
+            .ok_or(SignerError::NoRoot)?;
+        Ok(Root::unseal(&kek, &self.td, &active.cert_der, &sealed)?)
+    }
+
+    /// A new root for rotation, made here (this node must hold the KEK): the certificate and
+    /// its key sealed under the KEK.
+    pub fn new_root(&self, label: &str) -> Result<(Vec<u8>, Vec<u8>), SignerError> {
+        let kek = match Kek::load(&self.kek_path) {
+            Ok(k) => k,
+            Err(PkiError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Err(SignerError::NoKek(self.node_id, self.kek_path.clone()))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if self.files.node_ca()?.is_some() {
+            return Err(SignerError::Offline);
+        }
+        let root = Root::generate_labelled(&self.td, label)?;
+        let sealed = root.seal(&kek, &self.td);
+        Ok((root.cert_der.to_vec(), sealed))
+    }
+
     /// Sign a certificate for `node_id` from a CSR; answers the chain and the bundle.
     pub fn sign_for(
         &self,
@@ -172,7 +210,7 @@ impl Security {
         subject: &impl rcgen::PublicKeyData,
         ttl: Duration,
     ) -> Result<(Vec<u8>, Vec<u8>), SignerError> {
-        let root = self.signer(reader)?;
+        let root = self.svid_signer(reader)?;
         let cert = root.sign_intermediate(&self.td, node_id, subject, ttl)?;
         Ok((cert.to_vec(), root.cert_der.to_vec()))
     }

@@ -241,6 +241,12 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
                 .max_decoding_message_size(API_MESSAGE_BYTES_MAX),
         )
         .add_service(
+            authsec_api::v1::root_service_server::RootServiceServer::new(crate::bundle::Roots(
+                ctx.clone(),
+            ))
+            .max_decoding_message_size(API_MESSAGE_BYTES_MAX),
+        )
+        .add_service(
             FederationServiceServer::new(crate::federation::Federations(ctx.clone()))
                 .max_decoding_message_size(API_MESSAGE_BYTES_MAX),
         )

@@ -232,7 +232,7 @@ impl SvidService for Svids {
         let svid = self
             .issuer
             .mint_x509(&entry, &r.csr_der, r.ttl_seconds, issued_at_index)?;
-        let bundle = self.ctx.reader.security().map_err(|e| {
+        let bundle = self.ctx.reader.bundle_roots().map_err(|e| {
             tracing::error!(error = %e, "reading the trust bundle failed");
             Status::internal("storage read failed; see the node's log")
         })?;
@@ -246,7 +246,7 @@ impl SvidService for Svids {
         Ok(Response::new(v1::MintX509SvidResponse {
             spiffe_id: entry.spiffe_id.to_string(),
             cert_chain_der: svid.chain,
-            bundle_der: bundle.root_cert.into_iter().collect(),
+            bundle_der: bundle,
             expires_at_unix: svid.not_after.as_secs() as i64,
             serial_hex: hex::encode(svid.serial),
             issuer_node_id: self.issuer.node_id,

@@ -293,6 +293,28 @@ impl Reader {
         Ok(decode_at(cf::PROJ_META, key, Tag::IDENTITY_META, v)?.unwrap_or_default())
     }
 
+    /// The rotated SVID roots (empty before any rotation).
+    pub fn load_roots(&self) -> Result<authsec_domain::roots::RootsMeta, StoreError> {
+        let key = authsec_domain::persist::KEY_ROOTS_META;
+        let v = self
+            .store
+            .db
+            .get_cf(self.store.cf(cf::PROJ_META), key)
+            .map_err(StoreError::rocks("read roots"))?;
+        Ok(decode_at(cf::PROJ_META, key, Tag::ROOTS_META, v)?.unwrap_or_default())
+    }
+
+    /// The SPIFFE bundle's X.509 authorities (DER), the root that signs intermediates first.
+    pub fn bundle_roots(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        let bootstrap = self.security()?.root_cert;
+        let roots = self.load_roots()?;
+        Ok(roots
+            .bundle_with(bootstrap.as_deref())
+            .into_iter()
+            .map(<[u8]>::to_vec)
+            .collect())
+    }
+
     /// One stored row of a projection family.
     pub fn row(&self, family: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.store

@@ -369,7 +369,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                 // Secret material goes to its own family, in the same batch,
                                 // and never into an event or the archive.
                                 if let Some((key, sealed)) = p.command.sealed_material() {
-                                    batch.put_cf(self.store.cf(cf::SEALED_SECRETS), key, sealed);
+                                    batch.put_cf(self.store.cf(cf::SEALED_SECRETS), &key, sealed);
                                 }
                                 let first = self.head.sequence + 1;
                                 let mut generated = None;

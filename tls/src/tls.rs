@@ -138,6 +138,20 @@ pub fn svid_id(cert: &CertificateDer<'_>) -> Result<SpiffeId, TlsError> {
     Ok(id)
 }
 
+/// `a` then whatever of `b` it lacks.
+fn union(
+    a: &[CertificateDer<'static>],
+    b: &[CertificateDer<'static>],
+) -> Vec<CertificateDer<'static>> {
+    let mut out = a.to_vec();
+    for c in b {
+        if !out.contains(c) {
+            out.push(c.clone());
+        }
+    }
+    out
+}
+
 /// Which server a client accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Expect {
@@ -178,6 +192,9 @@ pub struct TlsState {
     trust_domain: TrustDomain,
     provider: Arc<CryptoProvider>,
     material: RwLock<Arc<Material>>,
+    /// The bundle as given by `new`/`replace`, and roots trusted besides it (rotated SVID
+    /// roots, so agents holding SVIDs under them can call); the material trusts both.
+    bundle: RwLock<(Vec<CertificateDer<'static>>, Vec<CertificateDer<'static>>)>,
     revoked: RwLock<Arc<BTreeSet<u64>>>,
     /// Fingerprints (`sha256:<hex>`) of single certificates refused (rotated admins).
     revoked_certs: RwLock<Arc<BTreeSet<String>>>,
@@ -201,11 +218,12 @@ impl TlsState {
         key: PrivateKeyDer<'static>,
     ) -> Result<Arc<Self>, TlsError> {
         let provider = provider();
-        let material = Self::material(&provider, roots, chain, key)?;
+        let material = Self::material(&provider, roots.clone(), chain, key)?;
         Ok(Arc::new(Self {
             trust_domain,
             provider,
             material: RwLock::new(Arc::new(material)),
+            bundle: RwLock::new((roots, Vec::new())),
             revoked: RwLock::new(Arc::new(BTreeSet::new())),
             revoked_certs: RwLock::new(Arc::new(BTreeSet::new())),
         }))
@@ -217,6 +235,19 @@ impl TlsState {
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
     ) -> Result<Material, TlsError> {
+        let leaf = chain
+            .first()
+            .ok_or_else(|| TlsError::NotSvid("empty chain".into()))?;
+        svid_id(leaf)?;
+        let identity = Arc::new(CertifiedKey::from_der(chain, key, provider)?);
+        Self::material_for(provider, roots, identity)
+    }
+
+    fn material_for(
+        provider: &Arc<CryptoProvider>,
+        roots: Vec<CertificateDer<'static>>,
+        identity: Arc<CertifiedKey>,
+    ) -> Result<Material, TlsError> {
         if roots.is_empty() {
             return Err(TlsError::EmptyBundle);
         }
@@ -225,11 +256,6 @@ impl TlsState {
             store.add(r)?;
         }
         let roots = Arc::new(store);
-        let leaf = chain
-            .first()
-            .ok_or_else(|| TlsError::NotSvid("empty chain".into()))?;
-        svid_id(leaf)?;
-        let identity = Arc::new(CertifiedKey::from_der(chain, key, provider)?);
         let client_verifier =
             WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
                 .allow_unauthenticated()
@@ -257,12 +283,36 @@ impl TlsState {
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
     ) -> Result<(), TlsError> {
-        let m = Arc::new(Self::material(&self.provider, roots, chain, key)?);
+        let mut g = self.bundle.write().unwrap_or_else(|p| p.into_inner());
+        let all = union(&roots, &g.1);
+        let m = Arc::new(Self::material(&self.provider, all, chain, key)?);
+        g.0 = roots;
+        self.set_material(m);
+        Ok(())
+    }
+
+    /// Trust `extra` besides the bundle (rotated SVID roots), from the next handshake on.
+    pub fn set_extra_roots(&self, extra: Vec<CertificateDer<'static>>) -> Result<(), TlsError> {
+        let mut g = self.bundle.write().unwrap_or_else(|p| p.into_inner());
+        if g.1 == extra {
+            return Ok(());
+        }
+        let all = union(&g.0, &extra);
+        let m = Arc::new(Self::material_for(
+            &self.provider,
+            all,
+            self.current().identity.clone(),
+        )?);
+        g.1 = extra;
+        self.set_material(m);
+        Ok(())
+    }
+
+    fn set_material(&self, m: Arc<Material>) {
         match self.material.write() {
             Ok(mut g) => *g = m,
             Err(p) => *p.into_inner() = m,
         }
-        Ok(())
     }
 
     /// Refuse these nodes from now on, on new handshakes (requests on open connections are
