@@ -85,6 +85,8 @@ async fn fourth_node_joins_through_a_snapshot() -> anyhow::Result<()> {
         "node 4 is a voter: {r:?}"
     );
     tracing::info!("phase: node 4 added as learner, then voter");
+    // A new member publishes its signing keys: let it finish before comparing archives.
+    cluster.wait_issuing(&[4], Duration::from_secs(60)).await?;
 
     let after = cluster
         .wait_converged(&[1, 2, 3, 4], head.sequence, Duration::from_secs(60))
