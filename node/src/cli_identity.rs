@@ -1734,14 +1734,7 @@ pub async fn bundle(c: BundleCmd) -> anyhow::Result<()> {
     .into_inner();
     match format {
         BundleFormat::Spiffe => println!("{}", b.spiffe_bundle_json),
-        BundleFormat::Pem => {
-            let certs: Vec<rustls::pki_types::CertificateDer<'static>> = b
-                .x509_authorities_der
-                .into_iter()
-                .map(rustls::pki_types::CertificateDer::from)
-                .collect();
-            print!("{}", crate::pki::pem_certs(&certs));
-        }
+        BundleFormat::Pem => print!("{}", crate::pki::pem_of_ders(b.x509_authorities_der)),
     }
     Ok(())
 }

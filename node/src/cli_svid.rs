@@ -405,12 +405,7 @@ pub async fn federation(c: FederationCmd) -> anyhow::Result<()> {
             match format {
                 crate::cli_identity::BundleFormat::Spiffe => println!("{}", f.spiffe_bundle_json),
                 crate::cli_identity::BundleFormat::Pem => {
-                    let certs: Vec<CertificateDer<'static>> = f
-                        .x509_authorities_der
-                        .into_iter()
-                        .map(CertificateDer::from)
-                        .collect();
-                    print!("{}", crate::pki::pem_certs(&certs));
+                    print!("{}", crate::pki::pem_of_ders(f.x509_authorities_der))
                 }
             }
         }
@@ -589,18 +584,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
         created_at_ms: 0,
         updated_at_ms: 0,
     });
-    // Workloads make a new key per SVID; making them is the workload's cost, not ours.
-    let csrs: Arc<Vec<Vec<u8>>> = Arc::new(
-        (0..256)
-            .map(|_| {
-                let k = rcgen::KeyPair::generate()?;
-                Ok(rcgen::CertificateParams::default()
-                    .serialize_request(&k)?
-                    .der()
-                    .to_vec())
-            })
-            .collect::<anyhow::Result<_>>()?,
-    );
+    let csrs = sample_csrs()?;
     let run = |work: Arc<dyn Fn(usize) + Send + Sync>| -> f64 {
         let stop = Arc::new(AtomicBool::new(false));
         let done = Arc::new(AtomicU64::new(0));
@@ -670,17 +654,7 @@ fn bench(a: BenchArgs) -> anyhow::Result<()> {
 async fn bench_api(a: BenchArgs) -> anyhow::Result<()> {
     let entry = a.entry.clone().unwrap_or_default();
     let ch = cli::connect(&cli::endpoints(&a.target)?).await?.1;
-    let csrs: std::sync::Arc<Vec<Vec<u8>>> = std::sync::Arc::new(
-        (0..256)
-            .map(|_| {
-                let k = rcgen::KeyPair::generate()?;
-                Ok(rcgen::CertificateParams::default()
-                    .serialize_request(&k)?
-                    .der()
-                    .to_vec())
-            })
-            .collect::<anyhow::Result<_>>()?,
-    );
+    let csrs = sample_csrs()?;
     let end = Instant::now() + Duration::from_secs(a.seconds);
     let mut tasks = Vec::new();
     for t in 0..a.concurrency {
@@ -728,6 +702,22 @@ async fn bench_api(a: BenchArgs) -> anyhow::Result<()> {
         })
     );
     Ok(())
+}
+
+/// 256 CSRs of fresh P-256 keys. Workloads make a new key per SVID; making them is the
+/// workload's cost, so the benchmarks make them before the clock starts.
+fn sample_csrs() -> anyhow::Result<std::sync::Arc<Vec<Vec<u8>>>> {
+    Ok(std::sync::Arc::new(
+        (0..256)
+            .map(|_| {
+                let k = rcgen::KeyPair::generate()?;
+                Ok(rcgen::CertificateParams::default()
+                    .serialize_request(&k)?
+                    .der()
+                    .to_vec())
+            })
+            .collect::<anyhow::Result<_>>()?,
+    ))
 }
 
 fn tempfile_dir() -> anyhow::Result<PathBuf> {

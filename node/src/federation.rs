@@ -440,12 +440,7 @@ impl ServerCertVerifier for SpiffeEndpointVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        authsec_raft::tls::signatures::tls12(&self.provider, message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -454,18 +449,11 @@ impl ServerCertVerifier for SpiffeEndpointVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        authsec_raft::tls::signatures::tls13(&self.provider, message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        authsec_raft::tls::signatures::schemes(&self.provider)
     }
 }
 

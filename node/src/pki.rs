@@ -752,6 +752,12 @@ impl NodeFiles {
     }
 }
 
+/// [`pem_certs`] of DER blobs as the API carries them.
+pub fn pem_of_ders(ders: Vec<Vec<u8>>) -> String {
+    let certs: Vec<CertificateDer<'static>> = ders.into_iter().map(CertificateDer::from).collect();
+    pem_certs(&certs)
+}
+
 pub fn pem_certs(certs: &[CertificateDer<'_>]) -> String {
     certs
         .iter()

@@ -683,7 +683,8 @@ impl ServerCertVerifier for PinnedVerifier {
 }
 
 /// Handshake signature checks with our provider's algorithms, for the server verifiers.
-mod signatures {
+/// Handshake signature checks with a provider's algorithms, for custom verifiers.
+pub mod signatures {
     use super::*;
 
     pub fn tls12(
