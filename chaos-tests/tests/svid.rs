@@ -872,10 +872,22 @@ async fn root_rotation_under_renewals_with_no_verification_failure() -> anyhow::
                         b.len()
                     );
                 }
+                // Too early for holders that refresh at the hint: refused unless forced.
+                let early = roots_api()
+                    .await?
+                    .activate_root(v1::ActivateRootRequest {
+                        fingerprint: authsec_domain::fingerprint(&new_root),
+                        force: false,
+                    })
+                    .await
+                    .expect_err("activation before a refresh hint");
+                assert_eq!(early.code(), tonic::Code::FailedPrecondition, "{early:?}");
+                assert!(early.message().contains("Wait"), "{}", early.message());
                 roots_api()
                     .await?
                     .activate_root(v1::ActivateRootRequest {
                         fingerprint: authsec_domain::fingerprint(&new_root),
+                        force: true,
                     })
                     .await?;
                 phase = Phase::Activated;
@@ -890,10 +902,26 @@ async fn root_rotation_under_renewals_with_no_verification_failure() -> anyhow::
                     all &= verify_chain(&x.cert_chain_der, &[new_root.clone()]).is_ok();
                 }
                 if all {
+                    // The old intermediates (superseded, not expired) still anchor SVIDs.
+                    let early = roots_api()
+                        .await?
+                        .retire_root(v1::RetireRootRequest {
+                            fingerprint: authsec_domain::fingerprint(&old_root[0]),
+                            force: false,
+                        })
+                        .await
+                        .expect_err("retiring a root that anchors live intermediates");
+                    assert_eq!(early.code(), tonic::Code::FailedPrecondition, "{early:?}");
+                    assert!(
+                        early.message().contains("still anchors"),
+                        "{}",
+                        early.message()
+                    );
                     roots_api()
                         .await?
                         .retire_root(v1::RetireRootRequest {
                             fingerprint: authsec_domain::fingerprint(&old_root[0]),
+                            force: true,
                         })
                         .await?;
                     phase = Phase::Retired;

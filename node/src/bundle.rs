@@ -200,12 +200,28 @@ impl v1::root_service_server::RootService for Roots {
         req: Request<v1::ActivateRootRequest>,
     ) -> Result<Response<v1::RootWriteResponse>, Status> {
         let actor = self.0.actor(&req);
-        let fingerprint = req.into_inner().fingerprint;
+        let r = req.into_inner();
+        let meta = self.0.reader.load_roots().map_err(store_err)?;
+        if let Some(p) = meta.roots.iter().find(|x| x.fingerprint == r.fingerprint) {
+            let age_s = crate::issuer::now_ms().saturating_sub(p.changed_at_ms) / 1000;
+            if p.state == authsec_domain::roots::RootState::Prepared
+                && age_s < u64::from(REFRESH_HINT_S)
+                && !r.force
+            {
+                return Err(Status::failed_precondition(format!(
+                    "{} was prepared {age_s} s ago; holders fetch the bundle every {REFRESH_HINT_S} s, so some may not trust it yet. Wait {} s more, or pass force",
+                    r.fingerprint,
+                    u64::from(REFRESH_HINT_S) - age_s
+                )));
+            }
+        }
         let (receipt, _) = self
             .0
             .write(
                 actor,
-                authsec_domain::command::Command::ActivateRoot { fingerprint },
+                authsec_domain::command::Command::ActivateRoot {
+                    fingerprint: r.fingerprint,
+                },
             )
             .await?;
         Ok(Response::new(v1::RootWriteResponse {
@@ -218,12 +234,43 @@ impl v1::root_service_server::RootService for Roots {
         req: Request<v1::RetireRootRequest>,
     ) -> Result<Response<v1::RootWriteResponse>, Status> {
         let actor = self.0.actor(&req);
-        let fingerprint = req.into_inner().fingerprint;
+        let r = req.into_inner();
+        if !r.force {
+            // Refuse while an intermediate it signed is still in use (not retired, not
+            // expired): the SVIDs under it would fail for holders that refetch the bundle.
+            let root = self
+                .list()?
+                .into_iter()
+                .find(|x| x.fingerprint == r.fingerprint);
+            if let Some(root) = root {
+                let now = crate::issuer::now_ms();
+                let live = crate::keymgr::load_keys(&self.0.reader)
+                    .map_err(store_err)?
+                    .into_iter()
+                    .filter(|k| {
+                        k.kind == authsec_domain::keys::KeyKind::X509Ca
+                            && k.state.in_bundle()
+                            && k.not_after_ms > now
+                            && crate::keymgr::signed_by(&k.public, &root.cert_der)
+                    })
+                    .map(|k| k.kid)
+                    .collect::<Vec<_>>();
+                if !live.is_empty() {
+                    return Err(Status::failed_precondition(format!(
+                        "{} still anchors intermediates in use ({}); their SVIDs would stop verifying. Wait until they expire, or pass force",
+                        r.fingerprint,
+                        live.join(", ")
+                    )));
+                }
+            }
+        }
         let (receipt, _) = self
             .0
             .write(
                 actor,
-                authsec_domain::command::Command::RetireRoot { fingerprint },
+                authsec_domain::command::Command::RetireRoot {
+                    fingerprint: r.fingerprint,
+                },
             )
             .await?;
         Ok(Response::new(v1::RootWriteResponse {

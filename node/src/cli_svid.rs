@@ -441,17 +441,23 @@ pub enum RootsCmd {
         #[command(flatten)]
         common: Common,
     },
-    /// Sign node intermediates with the prepared root from now on.
+    /// Sign node intermediates with the prepared root from now on. Refused until the root has
+    /// been in the bundle for a refresh hint (300 s), unless --force.
     Activate {
         #[command(flatten)]
         common: Common,
         fingerprint: String,
+        #[arg(long)]
+        force: bool,
     },
-    /// Take a root out of the bundle, once nothing it signed is still in use.
+    /// Take a root out of the bundle. Refused while intermediates it signed are in use, unless
+    /// --force.
     Retire {
         #[command(flatten)]
         common: Common,
         fingerprint: String,
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -507,11 +513,13 @@ pub async fn roots(c: RootsCmd) -> anyhow::Result<()> {
         RootsCmd::Activate {
             common,
             fingerprint,
+            force,
         } => {
             client(&common)
                 .await?
                 .activate_root(v1::ActivateRootRequest {
                     fingerprint: fingerprint.clone(),
+                    force,
                 })
                 .await
                 .map_err(CallError)?;
@@ -520,11 +528,13 @@ pub async fn roots(c: RootsCmd) -> anyhow::Result<()> {
         RootsCmd::Retire {
             common,
             fingerprint,
+            force,
         } => {
             client(&common)
                 .await?
                 .retire_root(v1::RetireRootRequest {
                     fingerprint: fingerprint.clone(),
+                    force,
                 })
                 .await
                 .map_err(CallError)?;

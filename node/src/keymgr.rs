@@ -206,7 +206,7 @@ async fn reconcile(ctx: &Ctx, issuer: &SvidIssuer, raft: &Raft) -> anyhow::Resul
 }
 
 /// Whether `cert` (DER) is signed by the key of `root` (DER).
-fn signed_by(cert: &[u8], root: &[u8]) -> bool {
+pub fn signed_by(cert: &[u8], root: &[u8]) -> bool {
     let (Ok((_, c)), Ok((_, r))) = (
         x509_parser::parse_x509_certificate(cert),
         x509_parser::parse_x509_certificate(root),
