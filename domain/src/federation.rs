@@ -217,22 +217,7 @@ pub(crate) fn record(
 mod tests {
     use super::*;
     use crate::command::Command;
-    use crate::{apply_proposal, Actor, Principal, Proposal, Stamp};
-
-    fn propose(s: &mut State, index: u64, command: Command) -> Result<Vec<Event>, Rejection> {
-        let p = Proposal {
-            stamp: Stamp {
-                time_ms: 1_000 + index,
-                seed: [0; 16],
-            },
-            actor: Actor {
-                principal: Principal::System,
-                via_node: 1,
-            },
-            command,
-        };
-        apply_proposal(s, &p, index).map(|(e, _)| e)
-    }
+    use crate::test_support::propose;
 
     fn td(s: &str) -> TrustDomain {
         TrustDomain::parse(s).expect("td")

@@ -253,22 +253,8 @@ pub(crate) fn retire_all_of(state: &State, node_id: u64) -> Vec<Event> {
 mod tests {
     use super::*;
     use crate::command::Command;
-    use crate::{apply_proposal, Actor, Principal, Proposal, Stamp, TrustDomain};
-
-    fn propose(s: &mut State, index: u64, command: Command) -> Result<Vec<Event>, Rejection> {
-        let p = Proposal {
-            stamp: Stamp {
-                time_ms: 1_000 + index,
-                seed: [0; 16],
-            },
-            actor: Actor {
-                principal: Principal::System,
-                via_node: 1,
-            },
-            command,
-        };
-        apply_proposal(s, &p, index).map(|(e, _)| e)
-    }
+    use crate::test_support::propose;
+    use crate::TrustDomain;
 
     fn key(kid: &str, node_id: u64, kind: KeyKind) -> NodeKey {
         NodeKey {

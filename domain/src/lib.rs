@@ -38,3 +38,27 @@ pub use record::{chain_next, ArchiveHead, AuditRecord, Hash32, GENESIS_HASH};
 pub use state::{
     Client, ClientKind, JoinToken, NodeRecord, ProjectionKey, SecurityState, State, StateMeta,
 };
+
+/// Helpers the rule modules' tests share.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use crate::{
+        apply_proposal, Actor, Command, Event, Principal, Proposal, Rejection, Stamp, State,
+    };
+
+    /// Apply `command` as proposal `index`, stamped `1000 + index` ms by the system actor.
+    pub fn propose(s: &mut State, index: u64, command: Command) -> Result<Vec<Event>, Rejection> {
+        let p = Proposal {
+            stamp: Stamp {
+                time_ms: 1_000 + index,
+                seed: [0; 16],
+            },
+            actor: Actor {
+                principal: Principal::System,
+                via_node: 1,
+            },
+            command,
+        };
+        apply_proposal(s, &p, index).map(|(e, _)| e)
+    }
+}

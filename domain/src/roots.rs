@@ -250,22 +250,9 @@ pub(crate) fn evolve(state: &mut State, event: &Event, time_ms: u64) {
 mod tests {
     use super::*;
     use crate::command::Command;
-    use crate::{apply_proposal, Actor, Principal, Proposal, Sealed, Stamp, TrustDomain};
-
-    fn propose(s: &mut State, index: u64, command: Command) -> Result<Vec<Event>, Rejection> {
-        let p = Proposal {
-            stamp: Stamp {
-                time_ms: 1_000 + index,
-                seed: [0; 16],
-            },
-            actor: Actor {
-                principal: Principal::System,
-                via_node: 1,
-            },
-            command,
-        };
-        apply_proposal(s, &p, index).map(|(e, _)| e)
-    }
+    use crate::test_support::propose;
+    use crate::Sealed;
+    use crate::TrustDomain;
 
     fn cluster() -> State {
         let mut s = State::default();
