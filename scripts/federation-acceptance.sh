@@ -16,54 +16,10 @@ py="${AUTHSEC_PY:-$HOME/.cache/authsec-py}/bin/python"
 [ -x "$py" ] || { echo "federation-acceptance: run scripts/setup.sh first" >&2; exit 1; }
 
 work="$(mktemp -d)"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-unset AUTHSEC_ENDPOINT AUTHSEC_ADMIN_DIR AUTHSEC_OUTPUT
+. scripts/dev-cluster.sh
 
-free_base() {
-  "$py" - <<'PY'
-import random, socket
-for _ in range(500):
-    b = random.randrange(20000, 60000)
-    socks = []
-    try:
-        for p in [b + i for i in (1, 2, 3, 101, 102, 103, 201, 202, 203)]:
-            s = socket.socket(); s.bind(("127.0.0.1", p)); socks.append(s)
-        print(b); break
-    except OSError:
-        pass
-    finally:
-        for s in socks: s.close()
-PY
-}
-# Cluster X: `cx NAME args...` runs the CLI against it (its own CLI config).
-cx() { local n="$1"; shift; XDG_CONFIG_HOME="$work/$n/config" "$bin" "$@"; }
-start() {
-  local n="$1" td="$2" base="$3"
-  mkdir -p "$work/$n"
-  XDG_CONFIG_HOME="$work/$n/config" XDG_DATA_HOME="$work/$n/data" \
-    "$bin" dev --dir "$work/$n/cluster" --base-port "$base" --trust-domain "$td" >"$work/$n/dev.log" 2>&1 &
-  pids+=($!)
-}
-wait_issuing() {
-  local n="$1" deadline=$((SECONDS + 90))
-  until cx "$n" cluster status --json 2>/dev/null | "$py" -c '
-import json, sys
-s = json.load(sys.stdin)
-sys.exit(0 if len(s) == 3 and all(x.get("issuing") for x in s) else 1)' 2>/dev/null; do
-    if [ $SECONDS -ge $deadline ]; then
-      echo "federation-acceptance: cluster $n does not issue" >&2; tail -n 30 "$work/$n/dev.log" >&2; exit 1
-    fi
-    sleep 0.2
-  done
-}
-
-base_a="$(free_base)"; start a alpha.test "$base_a"
-base_b="$(free_base)"; start b beta.test "$base_b"
+start_dev a alpha.test
+start_dev b beta.test
 wait_issuing a
 wait_issuing b
 
@@ -91,7 +47,7 @@ cx a svid x509 --entry "$a_entry" --out "$work/a-svid" >/dev/null
 awk -v d="$work/a-svid" '/BEGIN CERT/{i++} {print > (d "/cert" i ".pem")}' "$work/a-svid/svid.pem"
 # A workload in B that federates with A gets A's bundle with its SVID.
 b_entry="$(cx b entry create --spiffe-id spiffe://beta.test/orders --federates-with alpha.test --output json | "$py" -c 'import json,sys; print(json.loads(sys.stdin.readline())["entry_id"])')"
-cx b svid x509 --endpoint "127.0.0.1:$((base_b + 3))" --entry "$b_entry" --out "$work/b-svid"
+cx b svid x509 --endpoint "$(ep b 3)" --entry "$b_entry" --out "$work/b-svid"
 ls "$work/b-svid/federated-alpha.test.pem" >/dev/null
 openssl verify -CAfile "$work/b-svid/federated-alpha.test.pem" -untrusted "$work/a-svid/cert2.pem" "$work/a-svid/cert1.pem"
 if openssl verify -CAfile "$work/b-svid/bundle.pem" -untrusted "$work/a-svid/cert2.pem" "$work/a-svid/cert1.pem" >/dev/null 2>&1; then

@@ -222,6 +222,25 @@ impl Security {
         csr: &[u8],
         ttl: Duration,
     ) -> anyhow::Result<Vec<u8>> {
+        self.ask_members(raft, |mut c| {
+            let mut req = tonic::Request::new(v1::SignNodeCaRequest {
+                csr_der: csr.to_vec(),
+                ttl_seconds: ttl.as_secs(),
+            });
+            req.set_timeout(Duration::from_secs(5));
+            async move { c.sign_node_ca(req).await.map(|r| r.into_inner().cert_der) }
+        })
+        .await
+        .map_err(|e| e.context("no member could sign this node's intermediate CA"))
+    }
+
+    /// Put one call to the other members in turn (a member without the KEK refuses); the
+    /// first answer wins, else the last refusal is the error.
+    async fn ask_members<T, F, Fut>(&self, raft: &Raft, call: F) -> anyhow::Result<T>
+    where
+        F: Fn(v1::node_service_client::NodeServiceClient<tonic::transport::Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
         let members: Vec<(u64, String)> = {
             let m = raft.metrics().borrow().clone();
             m.membership_config
@@ -235,18 +254,12 @@ impl Security {
         let mut last = anyhow::anyhow!("no other member to ask");
         for (peer, addr) in members {
             let ch = transport.channel_to(&addr, tls::Expect::Node(peer))?;
-            let mut c = v1::node_service_client::NodeServiceClient::new(ch);
-            let mut req = tonic::Request::new(v1::SignNodeCaRequest {
-                csr_der: csr.to_vec(),
-                ttl_seconds: ttl.as_secs(),
-            });
-            req.set_timeout(Duration::from_secs(5));
-            match c.sign_node_ca(req).await {
-                Ok(r) => return Ok(r.into_inner().cert_der),
+            match call(v1::node_service_client::NodeServiceClient::new(ch)).await {
+                Ok(answer) => return Ok(answer),
                 Err(s) => last = anyhow::anyhow!("node {peer}: {}", s.message()),
             }
         }
-        Err(last.context("no member could sign this node's intermediate CA"))
+        Err(last)
     }
 
     /// Offline-root mode: this node's operator-signed intermediate, if any.
@@ -318,35 +331,22 @@ impl Security {
     }
 
     async fn renew_remotely(&self, raft: &Raft, csr: &[u8]) -> anyhow::Result<Signed> {
-        let members: Vec<(u64, String)> = {
-            let m = raft.metrics().borrow().clone();
-            m.membership_config
-                .membership()
-                .nodes()
-                .filter(|(id, _)| **id != self.node_id)
-                .map(|(id, n)| (*id, n.addr.clone()))
-                .collect()
-        };
-        let transport = self.transport();
-        let mut last = anyhow::anyhow!("no other member to ask");
-        for (peer, addr) in members {
-            let ch = transport.channel_to(&addr, tls::Expect::Node(peer))?;
-            let mut c = v1::node_service_client::NodeServiceClient::new(ch);
+        self.ask_members(raft, |mut c| {
             let mut req = tonic::Request::new(v1::RenewRequest {
                 csr_der: csr.to_vec(),
                 dns_names: self.sans.dns_strings(),
                 ip_addrs: self.sans.ip_strings(),
             });
             req.set_timeout(Duration::from_secs(5));
-            match c.renew(req).await {
-                Ok(r) => {
+            async move {
+                c.renew(req).await.map(|r| {
                     let r = r.into_inner();
-                    return Ok((r.cert_chain_der, r.bundle_der));
-                }
-                Err(s) => last = anyhow::anyhow!("node {peer}: {}", s.message()),
+                    (r.cert_chain_der, r.bundle_der)
+                })
             }
-        }
-        Err(last.context("no member could renew this node's certificate"))
+        })
+        .await
+        .map_err(|e| e.context("no member could renew this node's certificate"))
     }
 
     /// Refuse, from now on, what the security projection revokes (nodes and single

@@ -108,15 +108,24 @@ impl Svids {
         Ok(out)
     }
 
-    fn applied_index(&self) -> u64 {
-        self.ctx
-            .writer
-            .raft()
-            .metrics()
-            .borrow()
-            .last_applied
-            .map_or(0, |l| l.index)
+    /// What every mint checks first: the freshness bound, the entry, the caller. Answers the
+    /// entry and this node's applied index, which the credential will carry.
+    fn admit<T>(&self, req: &Request<T>, entry_id: &str) -> Result<(Entry, u64), Status> {
+        self.issuer.check_fresh()?;
+        let entry = self.entry(entry_id)?;
+        self.authorize(req, &entry)?;
+        Ok((entry, applied_index(&self.ctx)))
     }
+}
+
+/// This node's applied log index.
+fn applied_index(ctx: &Ctx) -> u64 {
+    ctx.writer
+        .raft()
+        .metrics()
+        .borrow()
+        .last_applied
+        .map_or(0, |l| l.index)
 }
 
 /// The revocation set as this node's projections hold it (expired single credentials left
@@ -124,13 +133,7 @@ impl Svids {
 fn revocations(ctx: &Ctx) -> Result<v1::RevocationSet, authsec_storage::StoreError> {
     use authsec_domain::identity::{RevokedSubject, RevokedToken};
     use authsec_domain::persist::{REVOKED_SUBJECT_PREFIX, REVOKED_TOKEN_PREFIX};
-    let applied_index = ctx
-        .writer
-        .raft()
-        .metrics()
-        .borrow()
-        .last_applied
-        .map_or(0, |l| l.index);
+    let applied_index = applied_index(ctx);
     let now = crate::issuer::now_ms();
     let (credentials, _) = ctx.reader.scan(
         cf::PROJ_REVOCATIONS,
@@ -224,11 +227,8 @@ impl SvidService for Svids {
         &self,
         req: Request<v1::MintX509SvidRequest>,
     ) -> Result<Response<v1::MintX509SvidResponse>, Status> {
-        self.issuer.check_fresh()?;
-        let entry = self.entry(&req.get_ref().entry_id)?;
-        self.authorize(&req, &entry)?;
+        let (entry, issued_at_index) = self.admit(&req, &req.get_ref().entry_id)?;
         let r = req.into_inner();
-        let issued_at_index = self.applied_index();
         let svid = self
             .issuer
             .mint_x509(&entry, &r.csr_der, r.ttl_seconds, issued_at_index)?;
@@ -259,11 +259,8 @@ impl SvidService for Svids {
         &self,
         req: Request<v1::MintJwtSvidRequest>,
     ) -> Result<Response<v1::MintJwtSvidResponse>, Status> {
-        self.issuer.check_fresh()?;
-        let entry = self.entry(&req.get_ref().entry_id)?;
-        self.authorize(&req, &entry)?;
+        let (entry, issued_at_index) = self.admit(&req, &req.get_ref().entry_id)?;
         let r = req.into_inner();
-        let issued_at_index = self.applied_index();
         let svid = self
             .issuer
             .mint_jwt(&entry, &r.audience, r.ttl_seconds, issued_at_index)?;
