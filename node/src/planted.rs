@@ -17,8 +17,10 @@ pub enum PlantedBug {
     /// Every tenth entry is answered at once and proposed 300 ms later, after writes that
     /// started once it was answered: acknowledged writes land out of real-time order.
     ReorderWrites,
-    /// This node applies the archive record with this sequence to nothing: no projection,
-    /// no archive row, while its head moves on as if it had.
+    /// This node applies the first client registration whose archive sequence is at least
+    /// this one to nothing: no projection, no archive row, while its head moves on as if it
+    /// had. (A registration rather than any record: the nodes' own key events interleave
+    /// with the workload's writes at times no test controls.)
     DropRecord(u64),
 }
 

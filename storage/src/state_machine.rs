@@ -36,8 +36,9 @@ pub struct StateMachine {
     snapshot_lock: Arc<Mutex<()>>,
     /// The file a snapshot from the leader is being received into.
     receiving: Option<PathBuf>,
-    /// A planted defect for the chaos checkers' own tests (debug builds only): the archive
-    /// record with this sequence is neither archived nor projected here.
+    /// A planted defect for the chaos checkers' own tests (debug builds only): the first
+    /// client registration whose archive sequence is at least this one is neither archived
+    /// nor projected here (once; the planted state is not persisted).
     drop_record: Option<u64>,
 }
 
@@ -108,8 +109,10 @@ fn snapshot_file_name(id: &str) -> String {
 }
 
 impl StateMachine {
-    /// Plant a defect: the record with this sequence is neither archived nor projected on
-    /// this node. Only for proving the chaos checkers; absent from release builds.
+    /// Plant a defect: the first client registration whose record sequence is at least
+    /// `sequence` is neither archived nor projected on this node. A client registration, so
+    /// the dropped record is always an acknowledged write whatever the nodes' own key events
+    /// interleave. Only for proving the chaos checkers; absent from release builds.
     #[cfg(debug_assertions)]
     pub fn plant_drop_record(&mut self, sequence: u64) {
         tracing::error!(
@@ -383,7 +386,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                             generated = Some(client.client_id.clone());
                                         }
                                     }
-                                    let dropped = self.drop_record == Some(self.head.sequence + 1);
+                                    let dropped = matches!(
+                                        event,
+                                        authsec_domain::Event::ClientRegistered { .. }
+                                    ) && self
+                                        .drop_record
+                                        .is_some_and(|n| self.head.sequence + 1 >= n);
+                                    if dropped {
+                                        self.drop_record = None;
+                                    }
                                     if !dropped {
                                         touched.insert(event.touches());
                                         touched.extend(event.also_touches());
