@@ -39,6 +39,9 @@ impl Tag {
     pub const KEYS_META: Tag = Tag(0x14);
     pub const FEDERATION: Tag = Tag(0x15);
     pub const ROOTS_META: Tag = Tag(0x16);
+    pub const ISSUANCE_META: Tag = Tag(0x17);
+    /// A record in a node's issuance outbox (node-local), and its next sequence.
+    pub const ISSUANCE: Tag = Tag(0x18);
     // 0x40.. are the storage crate's own (raft log entries, votes, membership, ...).
 }
 

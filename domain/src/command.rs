@@ -351,6 +351,12 @@ pub enum Command {
     RetireRoot {
         fingerprint: String,
     },
+    // The issuance audit (issue 7). New variants go last.
+    /// Credentials a node issued, from its outbox (see [`crate::issuance`]).
+    RecordIssuances {
+        node_id: u64,
+        issuances: Vec<crate::issuance::Issuance>,
+    },
 }
 
 /// Where a rotated root's sealed key is kept in `sealed_secrets`.
@@ -401,6 +407,7 @@ impl Command {
             Command::PrepareRoot { .. } => "prepare_root",
             Command::ActivateRoot { .. } => "activate_root",
             Command::RetireRoot { .. } => "retire_root",
+            Command::RecordIssuances { .. } => "record_issuances",
         }
     }
 

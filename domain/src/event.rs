@@ -165,6 +165,12 @@ pub enum Event {
     RootRetired {
         fingerprint: String,
     },
+    // The issuance audit (issue 7). New variants go last.
+    /// Credentials a node issued (one record per outbox batch).
+    IssuancesRecorded {
+        node_id: u64,
+        issuances: Vec<crate::issuance::Issuance>,
+    },
 }
 
 impl Event {
@@ -213,6 +219,7 @@ impl Event {
             Event::RootPrepared { .. } => "ca.root_prepared",
             Event::RootActivated { .. } => "ca.root_activated",
             Event::RootRetired { .. } => "ca.root_retired",
+            Event::IssuancesRecorded { .. } => "credential.issued",
         }
     }
 
@@ -275,6 +282,7 @@ impl Event {
             Event::RootActivated { fingerprint } | Event::RootRetired { fingerprint } => {
                 format!("root:{fingerprint}")
             }
+            Event::IssuancesRecorded { node_id, .. } => format!("node:{node_id}"),
         }
     }
 }

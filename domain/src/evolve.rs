@@ -296,6 +296,9 @@ pub fn evolve(state: &mut State, event: &Event, time_ms: u64) {
             state.keys_meta.bundle_sequence += 1;
         }
         e @ Event::RootActivated { .. } => crate::roots::evolve(state, e, time_ms),
+        Event::IssuancesRecorded { node_id, issuances } => {
+            crate::issuance::evolve(state, *node_id, issuances)
+        }
     }
 }
 
@@ -388,6 +391,7 @@ impl Event {
             Event::RootPrepared { .. }
             | Event::RootActivated { .. }
             | Event::RootRetired { .. } => ProjectionKey::RootsMeta,
+            Event::IssuancesRecorded { .. } => ProjectionKey::IssuanceMeta,
         }
     }
 }

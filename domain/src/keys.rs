@@ -21,6 +21,11 @@ pub enum KeyKind {
     X509Ca,
     /// The node's JWT-SVID signing key (ES256): `public` is its SubjectPublicKeyInfo DER.
     Jwt,
+    /// The node's OAuth access-token signing key (ES256 or EdDSA, per the node's
+    /// configuration): `public` is its SubjectPublicKeyInfo DER. Apart from the JWT-SVID key
+    /// so that neither kind of token verifies as the other under a key-only check, and so
+    /// the SPIFFE bundle carries only JWT-SVID authorities.
+    Token,
 }
 
 impl KeyKind {
@@ -28,6 +33,7 @@ impl KeyKind {
         match self {
             KeyKind::X509Ca => "x509-ca",
             KeyKind::Jwt => "jwt",
+            KeyKind::Token => "token",
         }
     }
 }

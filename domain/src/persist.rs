@@ -25,8 +25,14 @@ pub const FAMILY_FEDERATIONS: &str = "proj_federations";
 /// In `proj_meta`: the bundle's sequence.
 pub const KEY_KEYS_META: &[u8] = b"keys";
 pub const KEY_ROOTS_META: &[u8] = b"roots";
+pub const KEY_ISSUANCE_META: &[u8] = b"issuance";
 /// The `proj_meta` keys this module owns.
-pub const META_KEYS: &[&[u8]] = &[KEY_IDENTITY, KEY_KEYS_META, KEY_ROOTS_META];
+pub const META_KEYS: &[&[u8]] = &[
+    KEY_IDENTITY,
+    KEY_KEYS_META,
+    KEY_ROOTS_META,
+    KEY_ISSUANCE_META,
+];
 
 /// The row families this module owns, in a fixed order (snapshots and digests follow it).
 pub const FAMILIES: &[&str] = &[
@@ -163,6 +169,12 @@ impl State {
                 Tag::ROOTS_META,
                 Some(&self.roots_meta),
             ),
+            ProjectionKey::IssuanceMeta => put(
+                FAMILY_META,
+                KEY_ISSUANCE_META.to_vec(),
+                Tag::ISSUANCE_META,
+                Some(&self.issuance_meta),
+            ),
             ProjectionKey::KeysMeta => put(
                 FAMILY_META,
                 KEY_KEYS_META.to_vec(),
@@ -187,6 +199,9 @@ impl State {
             }
             FAMILY_META if key == KEY_ROOTS_META => {
                 self.roots_meta = codec::decode(Tag::ROOTS_META, value)?;
+            }
+            FAMILY_META if key == KEY_ISSUANCE_META => {
+                self.issuance_meta = codec::decode(Tag::ISSUANCE_META, value)?;
             }
             FAMILY_META if key == KEY_KEYS_META => {
                 self.keys_meta = codec::decode(Tag::KEYS_META, value)?;

@@ -1131,6 +1131,9 @@ pub(crate) fn decide_identity(
         Command::PrepareRoot { cert_der, .. } => crate::roots::prepare(state, cert_der, time_ms),
         Command::ActivateRoot { fingerprint } => crate::roots::activate(state, fingerprint),
         Command::RetireRoot { fingerprint } => crate::roots::retire(state, fingerprint),
+        Command::RecordIssuances { node_id, issuances } => {
+            crate::issuance::record(state, *node_id, issuances)
+        }
         _ => return None,
     })
 }

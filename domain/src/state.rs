@@ -120,6 +120,7 @@ pub enum ProjectionKey {
     KeysMeta,
     Federation(crate::TrustDomain),
     RootsMeta,
+    IssuanceMeta,
 }
 
 /// All projections. Ordered maps only, so iteration (and so the digest) is deterministic.
@@ -147,6 +148,8 @@ pub struct State {
     pub roots_meta: crate::roots::RootsMeta,
     /// Federated trust domains and their bundles.
     pub federations: BTreeMap<crate::TrustDomain, crate::federation::Federation>,
+    /// Per node, the last outbox record in the log.
+    pub issuance_meta: crate::issuance::IssuanceMeta,
     /// Derived lookups, rebuilt from the rows above on load; never stored.
     pub idx: Indexes,
 }

@@ -595,3 +595,47 @@ fn roots_v1() {
     };
     check("roots_batch_v1", &codec::encode(Tag::BATCH, &batch));
 }
+
+#[test]
+fn issuance_shapes_are_pinned() {
+    use authsec_domain::issuance::{CredentialKind, Issuance, IssuanceMeta};
+    let meta = IssuanceMeta {
+        recorded: [(1, 42), (3, 7)].into_iter().collect(),
+    };
+    check(
+        "issuance_meta_v1",
+        &codec::encode(Tag::ISSUANCE_META, &meta),
+    );
+    let issuance = Issuance {
+        seq: 42,
+        kind: CredentialKind::AccessToken,
+        id: "0f1e2d3c4b5a69788796a5b4c3d2e1f0".into(),
+        subject: "payments".into(),
+        client_id: "agent-7".into(),
+        method: "private_key_jwt".into(),
+        audience: vec!["https://api.example.com".into()],
+        scopes: vec!["orders:read".into(), "orders:write".into()],
+        delegation: Some("dlg-1".into()),
+        actor: Some("agent-7".into()),
+        issued_at_ms: 1_700_000_000_000,
+        expires_at_ms: 1_700_000_300_000,
+        applied_index: 1234,
+    };
+    let batch = Batch {
+        proposals: vec![Proposal {
+            stamp: Stamp {
+                time_ms: 1_700_000_000_000,
+                seed: [4; 16],
+            },
+            actor: Actor {
+                principal: Principal::System,
+                via_node: 1,
+            },
+            command: Command::RecordIssuances {
+                node_id: 1,
+                issuances: vec![issuance],
+            },
+        }],
+    };
+    check("issuance_batch_v1", &codec::encode(Tag::BATCH, &batch));
+}

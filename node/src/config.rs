@@ -82,6 +82,50 @@ pub struct FederationSection {
     pub web_ca_file: Option<PathBuf>,
 }
 
+/// The OAuth 2.0 authorization server on this node (HTTPS).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OauthSection {
+    /// Where `/oauth2/*` and the discovery documents are served; none by default.
+    pub addr: Option<SocketAddr>,
+    /// The issuer URL (`iss`), as a load balancer or DNS name serves the cluster. Without it,
+    /// this node's own URL (`https://<addr>`).
+    pub issuer: Option<String>,
+    /// Issuer URLs of the other nodes (when each node is its own issuer): tokens naming one
+    /// of them are introspected and revoked here too.
+    pub accepted_issuers: Vec<String>,
+    /// Access-token signature algorithm, `ES256` or `EdDSA`. Keys made before a change keep
+    /// their algorithm until they rotate.
+    pub alg: crate::issuer::TokenAlg,
+    /// Lifetime of an access token.
+    pub access_token_ttl_s: u32,
+    /// The longest `exp - iat` a client assertion (private_key_jwt, JWT-SVID) may have.
+    pub assertion_max_lifetime_s: u32,
+    /// A Web PKI certificate chain and key (PEM) to serve; without them the node's own
+    /// certificate, which chains to the cluster's transport root.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Failed client authentications allowed per client id and per source address in a
+    /// minute before further attempts are refused with 429.
+    pub auth_failures_per_minute: u32,
+}
+
+impl Default for OauthSection {
+    fn default() -> Self {
+        Self {
+            addr: None,
+            issuer: None,
+            accepted_issuers: Vec::new(),
+            alg: crate::issuer::TokenAlg::Es256,
+            access_token_ttl_s: 300,
+            assertion_max_lifetime_s: 300,
+            cert_file: None,
+            key_file: None,
+            auth_failures_per_minute: 20,
+        }
+    }
+}
+
 /// SVID issuance on this node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -146,6 +190,8 @@ pub struct NodeConfig {
     pub agent_spiffe_template: Option<String>,
     #[serde(default)]
     pub issuer: IssuerSection,
+    #[serde(default)]
+    pub oauth: OauthSection,
     /// A deliberate defect for proving the chaos checkers (debug builds only; never from TOML).
     #[serde(skip)]
     pub planted_bug: crate::planted::PlantedBug,
@@ -168,6 +214,12 @@ pub struct Overrides {
     pub advertise_addr: Option<String>,
     #[arg(long, env = "AUTHSEC_HTTP_ADDR")]
     pub http_addr: Option<SocketAddr>,
+    /// Where the OAuth 2.0 endpoints are served (HTTPS).
+    #[arg(long, env = "AUTHSEC_OAUTH_ADDR")]
+    pub oauth_addr: Option<SocketAddr>,
+    /// The issuer URL tokens carry (`iss`).
+    #[arg(long, env = "AUTHSEC_OAUTH_ISSUER")]
+    pub oauth_issuer: Option<String>,
     #[arg(long, env = "AUTHSEC_FEDERATION_ADDR")]
     pub federation_addr: Option<SocketAddr>,
     #[arg(long, env = "AUTHSEC_FEDERATION_CERT_FILE")]
@@ -222,6 +274,12 @@ impl NodeConfig {
         }
         if let Some(v) = o.http_addr {
             self.http_addr = v;
+        }
+        if let Some(v) = o.oauth_addr {
+            self.oauth.addr = Some(v);
+        }
+        if let Some(v) = &o.oauth_issuer {
+            self.oauth.issuer = Some(v.clone());
         }
         if let Some(v) = o.federation_addr {
             self.federation.addr = Some(v);
@@ -299,6 +357,18 @@ impl NodeConfig {
         self.sans()?;
         if self.federation.cert_file.is_some() != self.federation.key_file.is_some() {
             bail!("federation.cert_file and federation.key_file go together");
+        }
+        if self.oauth.cert_file.is_some() != self.oauth.key_file.is_some() {
+            bail!("oauth.cert_file and oauth.key_file go together");
+        }
+        for url in self.oauth.issuer.iter().chain(&self.oauth.accepted_issuers) {
+            crate::oauth::check_issuer_url(url).with_context(|| format!("oauth issuer {url:?}"))?;
+        }
+        if !(10..=86_400).contains(&self.oauth.access_token_ttl_s) {
+            bail!("oauth.access_token_ttl_s must be 10 to 86400");
+        }
+        if !(10..=3_600).contains(&self.oauth.assertion_max_lifetime_s) {
+            bail!("oauth.assertion_max_lifetime_s must be 10 to 3600");
         }
         if self.issuer.max_staleness_ms < 1_000 {
             bail!("issuer.max_staleness_ms must be 1000 or more");

@@ -14,7 +14,7 @@ pub struct DevArgs {
     #[arg(long, env = "AUTHSEC_DEV_DIR")]
     pub dir: Option<PathBuf>,
     /// First port: node N listens for gRPC on base+N, HTTP on base+100+N and serves its
-    /// federation bundle endpoint on base+200+N.
+    /// federation bundle endpoint on base+200+N and OAuth 2.0 on base+300+N.
     #[arg(long, default_value_t = 7100, env = "AUTHSEC_DEV_BASE_PORT")]
     pub base_port: u16,
     #[arg(long, default_value_t = 3)]
@@ -69,9 +69,25 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
                 peer_routes: Default::default(),
                 insecure: a.insecure,
                 kek_file: Some(dir.join("kek")),
-                tls: Default::default(),
+                // Loopback names, so curl and OAuth clients check the host of an HTTPS URL.
+                tls: crate::config::TlsSection {
+                    dns_names: vec!["localhost".into()],
+                    ip_addrs: vec!["127.0.0.1".into()],
+                    ..Default::default()
+                },
                 agent_spiffe_template: None,
                 issuer: Default::default(),
+                // Each node is its own issuer (no load balancer in front of a dev cluster);
+                // each accepts the others' tokens at introspection and revocation.
+                oauth: crate::config::OauthSection {
+                    addr: Some(format!("127.0.0.1:{}", a.base_port as u64 + 300 + m.id).parse()?),
+                    accepted_issuers: members
+                        .iter()
+                        .filter(|o| o.id != m.id)
+                        .map(|o| format!("https://127.0.0.1:{}", a.base_port as u64 + 300 + o.id))
+                        .collect(),
+                    ..Default::default()
+                },
                 planted_bug: Default::default(),
             })
         })
@@ -124,12 +140,24 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
     );
     for n in &nodes {
         println!(
-            "  node {}: gRPC {}  HTTP http://{}/metrics  bundle endpoint {}",
+            "  node {}: gRPC {}  HTTP http://{}/metrics  bundle endpoint {}  OAuth {}",
             n.node_id,
             n.grpc_addr,
             n.http_addr,
             n.federation_addr
-                .map_or("-".to_owned(), |a| format!("https://{a}/"))
+                .map_or("-".to_owned(), |a| format!("https://{a}/")),
+            n.oauth_addr
+                .map_or("-".to_owned(), |a| format!("https://{a}/oauth2/token")),
+        );
+    }
+    if !a.insecure {
+        println!(
+            "  HTTPS endpoints present node certificates of the cluster's root: curl --cacert {}",
+            crate::pki::AdminFiles {
+                dir: admin_dir.clone()
+            }
+            .bundle()
+            .display()
         );
     }
     println!("leader: node {leader}");

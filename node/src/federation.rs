@@ -286,9 +286,20 @@ pub fn endpoint_config(
     cfg: &crate::config::FederationSection,
     tls: Option<&Arc<authsec_raft::tls::TlsState>>,
 ) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+    https_config(cfg.cert_file.as_deref(), cfg.key_file.as_deref(), tls)
+}
+
+/// An HTTPS (HTTP/1.1) server config: a Web PKI certificate and key from files if given, else
+/// the node's own certificate, asking for (not requiring) a client certificate of the trust
+/// domain. `None` without either.
+pub fn https_config(
+    cert_file: Option<&std::path::Path>,
+    key_file: Option<&std::path::Path>,
+    tls: Option<&Arc<authsec_raft::tls::TlsState>>,
+) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
     use anyhow::Context;
     use rustls::pki_types::pem::PemObject;
-    let mut c = match (&cfg.cert_file, &cfg.key_file, tls) {
+    let mut c = match (cert_file, key_file, tls) {
         (Some(cert), Some(key), _) => {
             let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
                 .with_context(|| format!("read {}", cert.display()))?
@@ -300,7 +311,7 @@ pub fn endpoint_config(
                 .with_safe_default_protocol_versions()?
                 .with_no_client_auth()
                 .with_single_cert(chain, key)
-                .context("the federation endpoint's certificate and key")?
+                .context("the endpoint's certificate and key")?
         }
         (_, _, Some(tls)) => (*tls.server_config(authsec_raft::tls::ClientAuth::Optional)?).clone(),
         _ => return Ok(None),

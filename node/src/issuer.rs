@@ -26,7 +26,9 @@ use authsec_domain::keys::{KeyKind, NodeKey};
 use authsec_domain::SpiffeId;
 use authsec_raft::freshness::{Freshness, Source};
 use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+use aws_lc_rs::signature::{
+    EcdsaKeyPair, Ed25519KeyPair, KeyPair as _, ECDSA_P256_SHA256_FIXED_SIGNING,
+};
 use base64::Engine;
 use rcgen::{
     CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -118,6 +120,62 @@ impl std::fmt::Debug for JwtKey {
         f.debug_struct("JwtKey")
             .field("kid", &self.kid)
             .finish_non_exhaustive()
+    }
+}
+
+/// The signature algorithm of OAuth access tokens (`[oauth] alg`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+pub enum TokenAlg {
+    /// ECDSA P-256 with SHA-256: every JOSE library has it.
+    #[default]
+    #[serde(rename = "ES256")]
+    Es256,
+    /// Ed25519.
+    #[serde(rename = "EdDSA")]
+    EdDsa,
+}
+
+impl TokenAlg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenAlg::Es256 => "ES256",
+            TokenAlg::EdDsa => "EdDSA",
+        }
+    }
+}
+
+enum TokenSigner {
+    Es256(EcdsaKeyPair),
+    EdDsa(Ed25519KeyPair),
+}
+
+/// The active access-token key of this node.
+pub struct TokenKey {
+    pub kid: String,
+    pub alg: TokenAlg,
+    signer: TokenSigner,
+    pub not_after: Duration,
+}
+
+impl std::fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenKey {
+    /// The JWS signature of `input` (raw `r || s` for ES256, as JOSE wants).
+    pub fn sign(&self, input: &[u8]) -> Result<Vec<u8>, IssueError> {
+        match &self.signer {
+            TokenSigner::Es256(k) => k
+                .sign(&SystemRandom::new(), input)
+                .map(|s| s.as_ref().to_vec())
+                .map_err(|_| IssueError::Internal("ES256 signing failed".into())),
+            TokenSigner::EdDsa(k) => Ok(k.sign(input).as_ref().to_vec()),
+        }
     }
 }
 
@@ -294,6 +352,9 @@ pub struct SvidIssuer {
     pub dir: PathBuf,
     ca: RwLock<Option<Arc<CaKey>>>,
     jwt: RwLock<Option<Arc<JwtKey>>>,
+    token: RwLock<Option<Arc<TokenKey>>>,
+    /// The algorithm new access-token keys are made for.
+    pub token_alg: TokenAlg,
     serials: Serials,
     pub freshness: Arc<Freshness>,
     pub max_staleness: Duration,
@@ -321,6 +382,8 @@ impl SvidIssuer {
             dir: data_dir.join("issuer"),
             ca: RwLock::new(None),
             jwt: RwLock::new(None),
+            token: RwLock::new(None),
+            token_alg: TokenAlg::default(),
             serials: Serials::new(node_id),
             freshness,
             max_staleness: Duration::from_millis(cfg.max_staleness_ms),
@@ -335,6 +398,10 @@ impl SvidIssuer {
 
     pub fn active_jwt(&self) -> Option<Arc<JwtKey>> {
         read_lock(&self.jwt)
+    }
+
+    pub fn active_token_key(&self) -> Option<Arc<TokenKey>> {
+        read_lock(&self.token)
     }
 
     /// `Err` with the reason when this node is beyond its freshness bound.
@@ -368,6 +435,9 @@ impl SvidIssuer {
         }
         if self.active_jwt().is_none() {
             return Err("no active JWT-SVID key yet".into());
+        }
+        if self.active_token_key().is_none() {
+            return Err("no active access-token key yet".into());
         }
         Ok(())
     }
@@ -518,7 +588,7 @@ impl SvidIssuer {
     /// Whether this node holds the private half of `kid`.
     pub fn holds(&self, key: &NodeKey) -> bool {
         self.key_path(&key.kid).exists()
-            && (key.kind == KeyKind::Jwt || self.cert_path(&key.kid).exists())
+            && (key.kind != KeyKind::X509Ca || self.cert_path(&key.kid).exists())
     }
 
     /// Sign with `key` from now on (it is active in the local projection).
@@ -562,6 +632,45 @@ impl SvidIssuer {
                     })),
                 );
             }
+            KeyKind::Token => {
+                if self.active_token_key().is_some_and(|k| k.kid == key.kid) {
+                    return Ok(());
+                }
+                let pem = std::fs::read_to_string(self.key_path(&key.kid))
+                    .with_context(|| format!("read {}", self.key_path(&key.kid).display()))?;
+                let der = KeyPair::from_pem(&pem)?.serialize_der();
+                let bad = |e: &dyn std::fmt::Display| anyhow::anyhow!("token key {}: {e}", key.kid);
+                // The key's own type decides its algorithm, whatever the configuration says
+                // now: a key published as Ed25519 signs EdDSA until it is replaced.
+                let (alg, signer) = match Ed25519KeyPair::from_pkcs8_maybe_unchecked(&der) {
+                    Ok(k) => (TokenAlg::EdDsa, TokenSigner::EdDsa(k)),
+                    Err(_) => (
+                        TokenAlg::Es256,
+                        TokenSigner::Es256(
+                            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der)
+                                .map_err(|e| bad(&e))?,
+                        ),
+                    ),
+                };
+                let public = match &signer {
+                    TokenSigner::Es256(k) => k.public_key().as_ref().to_vec(),
+                    TokenSigner::EdDsa(k) => k.public_key().as_ref().to_vec(),
+                };
+                if !key.public.ends_with(&public) {
+                    return Err(bad(
+                        &"the private key on disk does not match the published key",
+                    ));
+                }
+                write_lock(
+                    &self.token,
+                    Some(Arc::new(TokenKey {
+                        kid: key.kid.clone(),
+                        alg,
+                        signer,
+                        not_after: Duration::from_millis(key.not_after_ms),
+                    })),
+                );
+            }
         }
         tracing::info!(node_id = self.node_id, kid = %key.kid, kind = key.kind.as_str(), "signing with a new key");
         Ok(())
@@ -572,13 +681,18 @@ impl SvidIssuer {
         match kind {
             KeyKind::X509Ca => write_lock(&self.ca, None),
             KeyKind::Jwt => write_lock(&self.jwt, None),
+            KeyKind::Token => write_lock(&self.token, None),
         }
     }
 
     /// A new key pair for `kind`, its private half on disk (0600) before anything else learns
     /// of it. Returns the kid and the key.
     pub fn new_key(&self, kind: KeyKind) -> anyhow::Result<(String, KeyPair)> {
-        let kp = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let alg = match (kind, self.token_alg) {
+            (KeyKind::Token, TokenAlg::EdDsa) => &rcgen::PKCS_ED25519,
+            _ => &rcgen::PKCS_ECDSA_P256_SHA256,
+        };
+        let kp = KeyPair::generate_for(alg)?;
         let spki = kp.subject_public_key_info();
         let h = hex::encode(&sha2::Sha256::digest(&spki)[..8]);
         let kid = format!(
@@ -587,6 +701,7 @@ impl SvidIssuer {
             match kind {
                 KeyKind::X509Ca => "x509",
                 KeyKind::Jwt => "jwt",
+                KeyKind::Token => "at",
             }
         );
         pki::write_file(&self.key_path(&kid), kp.serialize_pem().as_bytes(), 0o600)?;

@@ -99,8 +99,9 @@ async fn reconcile(ctx: &Ctx, issuer: &SvidIssuer, raft: &Raft) -> anyhow::Resul
     let me = issuer.node_id;
     let security = ctx.reader.security()?;
     if security.revoked_nodes.contains(&me) {
-        issuer.uninstall(KeyKind::X509Ca);
-        issuer.uninstall(KeyKind::Jwt);
+        for kind in [KeyKind::X509Ca, KeyKind::Jwt, KeyKind::Token] {
+            issuer.uninstall(kind);
+        }
         return Ok(Pass::Waiting);
     }
     if security.root_cert.is_none() || !ctx.reader.nodes()?.iter().any(|n| n.node_id == me) {
@@ -130,10 +131,10 @@ async fn reconcile(ctx: &Ctx, issuer: &SvidIssuer, raft: &Raft) -> anyhow::Resul
     // used, so removed. Nothing else writes this directory, and no attempt is in flight.
     issuer.sweep(|kid| keys.iter().any(|k| k.kid == kid));
     let now = issuer::now_ms();
-    for kind in [KeyKind::X509Ca, KeyKind::Jwt] {
+    for kind in [KeyKind::X509Ca, KeyKind::Jwt, KeyKind::Token] {
         let ttl = match kind {
             KeyKind::X509Ca => issuer.ca_ttl,
-            KeyKind::Jwt => issuer.jwt_key_ttl,
+            KeyKind::Jwt | KeyKind::Token => issuer.jwt_key_ttl,
         };
         let mine: Vec<&NodeKey> = keys.iter().filter(|k| k.kind == kind).collect();
         let active = mine
@@ -251,7 +252,7 @@ async fn prepare_key(
         changed_at_ms: 0,
     };
     match kind {
-        KeyKind::Jwt => {
+        KeyKind::Jwt | KeyKind::Token => {
             let (kid, kp) = issuer.new_key(kind)?;
             let not_after = issuer::now_ms() + issuer.jwt_key_ttl.as_millis() as u64;
             Ok(Some(key(kid, issuer::spki(&kp), not_after)))

@@ -19,6 +19,8 @@ mod issuer;
 mod join;
 mod keymgr;
 mod pki;
+mod oauth;
+mod outbox;
 mod planted;
 mod secrets;
 mod security;

@@ -69,6 +69,8 @@ pub struct RunningNode {
     pub http_addr: SocketAddr,
     /// The federation bundle endpoint, if configured.
     pub federation_addr: Option<SocketAddr>,
+    /// The OAuth 2.0 endpoint, if configured.
+    pub oauth_addr: Option<SocketAddr>,
     /// How this node dials peers (mutual TLS with its own certificate, or plaintext).
     pub transport: authsec_raft::Transport,
     /// Becomes `Some(reason)` if Raft stops on a fatal (storage) error.
@@ -134,6 +136,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
         "storage checked"
     );
     let security_rx = sm.watch_security();
+    let view = sm.view();
     let log = LogStore::new(store.clone());
     let transport = sec.transport().with_routes(cfg.peer_routes.clone());
     let freshness = Arc::new(authsec_raft::Freshness::default());
@@ -154,12 +157,17 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
     let writes = Arc::new(WriteMetrics::default());
     let proposer = Proposer::start(raft.clone(), writes.clone(), cfg.planted_bug);
     let writer = Writer::new(node_id, raft.clone(), proposer, transport, writes.clone());
-    let issuer = Arc::new(crate::issuer::SvidIssuer::new(
+    let mut issuer = crate::issuer::SvidIssuer::new(
         node_id,
         &cfg.data_dir,
         freshness.clone(),
         &cfg.issuer,
-    ));
+    );
+    issuer.token_alg = cfg.oauth.alg;
+    let issuer = Arc::new(issuer);
+    let (outbox, next_issuance) =
+        authsec_storage::outbox::Outbox::open(store.clone()).context("open the issuance outbox")?;
+    let recorder = crate::outbox::Recorder::start(outbox, next_issuance);
 
     let ctx = Arc::new(Ctx {
         node_id,
@@ -355,6 +363,46 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
         }
         _ => None,
     };
+    tasks.push(tokio::spawn(crate::outbox::flush_loop(
+        ctx.clone(),
+        recorder.clone(),
+        shutdown_rx.clone(),
+    )));
+    let oauth_addr = match (
+        cfg.oauth.addr,
+        crate::federation::https_config(
+            cfg.oauth.cert_file.as_deref(),
+            cfg.oauth.key_file.as_deref(),
+            sec.tls.as_ref(),
+        )?,
+    ) {
+        (Some(a), Some(config)) => {
+            let l = TcpListener::bind(a)
+                .await
+                .with_context(|| format!("bind the OAuth endpoint {a}"))?;
+            let bound = l.local_addr()?;
+            let oauth = crate::oauth::Oauth::new(
+                ctx.clone(),
+                view.clone(),
+                issuer.clone(),
+                recorder.clone(),
+                cfg.oauth.clone(),
+                bound,
+            );
+            tracing::info!(node_id, addr = %bound, issuer = %oauth.issuer_url, "serving OAuth 2.0");
+            tasks.push(tokio::spawn(crate::oauth::serve(
+                l,
+                config,
+                oauth.router(),
+                shutdown_rx.clone(),
+            )));
+            Some(bound)
+        }
+        (Some(a), None) => {
+            anyhow::bail!("oauth.addr {a}: the OAuth endpoint needs TLS (a node certificate, or oauth.cert_file and key_file)")
+        }
+        _ => None,
+    };
     tasks.push(tokio::spawn(crate::federation::fetch_loop(
         ctx.clone(),
         crate::federation::web_roots(&cfg.federation)?,
@@ -431,6 +479,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
         grpc_addr,
         http_addr,
         federation_addr,
+        oauth_addr,
         transport: sec.transport(),
         fatal,
         shutdown,

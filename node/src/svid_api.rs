@@ -119,7 +119,7 @@ impl Svids {
 }
 
 /// This node's applied log index.
-fn applied_index(ctx: &Ctx) -> u64 {
+pub fn applied_index(ctx: &Ctx) -> u64 {
     ctx.writer
         .raft()
         .metrics()

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use authsec_domain::codec::{self, Tag};
 use authsec_domain::{
@@ -21,10 +21,39 @@ use crate::error::StoreError;
 use crate::snapshot;
 use crate::types::{Entry, LogId, StorageError, StoredMembership, TypeConfig};
 
+fn write_state(s: &RwLock<State>) -> std::sync::RwLockWriteGuard<'_, State> {
+    // A panic while applying stops the node; the state is reloaded from storage on restart.
+    s.write().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn read_state(s: &RwLock<State>) -> std::sync::RwLockReadGuard<'_, State> {
+    s.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A read-only handle on the applied projections. Entries are visible once applied (they are
+/// committed on a majority by then), possibly a moment before the node's own batch reaches
+/// RocksDB; a restart re-applies them.
+#[derive(Clone)]
+pub struct StateView(Arc<RwLock<State>>);
+
+impl std::fmt::Debug for StateView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StateView")
+    }
+}
+
+impl StateView {
+    /// Hold the guard briefly: the state machine waits for it to apply the next entries.
+    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        read_state(&self.0)
+    }
+}
+
 /// The replicated state machine of one node.
 pub struct StateMachine {
     store: Store,
-    state: State,
+    /// The projections in memory, shared read-only with issuance (see [`StateView`]).
+    state: Arc<RwLock<State>>,
     applied: Option<LogId>,
     membership: StoredMembership,
     head: ArchiveHead,
@@ -179,7 +208,7 @@ impl StateMachine {
         let (security_tx, _) = watch::channel(state.security.clone());
         Ok(Self {
             store,
-            state,
+            state: Arc::new(RwLock::new(state)),
             applied,
             membership,
             head,
@@ -189,6 +218,12 @@ impl StateMachine {
             receiving: None,
             drop_record: None,
         })
+    }
+
+    /// The projections as this node has applied them, for issuance: read without a storage
+    /// round trip, never written outside the state machine.
+    pub fn view(&self) -> StateView {
+        StateView(self.state.clone())
     }
 
     pub fn head(&self) -> ArchiveHead {
@@ -201,21 +236,21 @@ impl StateMachine {
         self.security_tx.subscribe()
     }
 
-    fn write_projection(&self, batch: &mut WriteBatch, key: &ProjectionKey) {
+    fn write_projection(&self, state: &State, batch: &mut WriteBatch, key: &ProjectionKey) {
         match key {
             ProjectionKey::Meta => batch.put_cf(
                 self.store.cf(cf::PROJ_META),
                 cf::KEY_META,
-                codec::encode(Tag::STATE_META, &self.state.meta),
+                codec::encode(Tag::STATE_META, &state.meta),
             ),
             ProjectionKey::Security => batch.put_cf(
                 self.store.cf(cf::PROJ_META),
                 cf::KEY_SECURITY,
-                codec::encode(Tag::SECURITY_STATE, &self.state.security),
+                codec::encode(Tag::SECURITY_STATE, &state.security),
             ),
             ProjectionKey::Node(id) => {
                 let handle = self.store.cf(cf::PROJ_NODES);
-                match self.state.nodes.get(id) {
+                match state.nodes.get(id) {
                     Some(n) => {
                         batch.put_cf(handle, cf::u64_key(*id), codec::encode(Tag::NODE_RECORD, n))
                     }
@@ -224,7 +259,7 @@ impl StateMachine {
             }
             ProjectionKey::Client(id) => {
                 let handle = self.store.cf(cf::PROJ_CLIENTS);
-                match self.state.clients.get(id) {
+                match state.clients.get(id) {
                     Some(c) => batch.put_cf(
                         handle,
                         id.as_str().as_bytes(),
@@ -234,7 +269,7 @@ impl StateMachine {
                 }
             }
             other => {
-                let Some(row) = self.state.row(other) else {
+                let Some(row) = state.row(other) else {
                     unreachable!("State::row covers every key but the four above")
                 };
                 let handle = self.store.cf(row.family);
@@ -249,11 +284,13 @@ impl StateMachine {
     fn reload(&mut self) -> Result<(), StoreError> {
         let (tx, store) = (self.head_tx.clone(), self.store.clone());
         let fresh = StateMachine::open(store, tx)?;
-        self.state = fresh.state;
+        let fresh_state = std::mem::take(&mut *write_state(&fresh.state));
+        let security = fresh_state.security.clone();
+        *write_state(&self.state) = fresh_state;
         self.applied = fresh.applied;
         self.membership = fresh.membership;
         self.head = fresh.head;
-        self.security_tx.send_replace(self.state.security.clone());
+        self.security_tx.send_replace(security);
         Ok(())
     }
 }
@@ -366,78 +403,82 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
                 EntryPayload::Normal(proposals) => {
                     for p in &proposals.proposals {
-                        let outcome = apply_proposal(&mut self.state, p, log_index).map(
-                            |(events, time_ms)| {
-                                touched.insert(ProjectionKey::Meta);
-                                // Secret material goes to its own family, in the same batch,
-                                // and never into an event or the archive.
-                                if let Some((key, sealed)) = p.command.sealed_material() {
-                                    batch.put_cf(self.store.cf(cf::SEALED_SECRETS), &key, sealed);
+                        let decided = apply_proposal(&mut write_state(&self.state), p, log_index);
+                        let outcome = decided.map(|(events, time_ms)| {
+                            touched.insert(ProjectionKey::Meta);
+                            // Secret material goes to its own family, in the same batch,
+                            // and never into an event or the archive.
+                            if let Some((key, sealed)) = p.command.sealed_material() {
+                                batch.put_cf(self.store.cf(cf::SEALED_SECRETS), &key, sealed);
+                            }
+                            let first = self.head.sequence + 1;
+                            let mut generated = None;
+                            for event in events {
+                                if let (
+                                    Command::RegisterClient(r),
+                                    authsec_domain::Event::ClientRegistered { client },
+                                ) = (&p.command, &event)
+                                {
+                                    if r.client_id.is_none() {
+                                        generated = Some(client.client_id.clone());
+                                    }
                                 }
-                                let first = self.head.sequence + 1;
-                                let mut generated = None;
-                                for event in events {
-                                    if let (
-                                        Command::RegisterClient(r),
-                                        authsec_domain::Event::ClientRegistered { client },
-                                    ) = (&p.command, &event)
-                                    {
-                                        if r.client_id.is_none() {
-                                            generated = Some(client.client_id.clone());
-                                        }
-                                    }
-                                    let dropped = matches!(
-                                        event,
-                                        authsec_domain::Event::ClientRegistered { .. }
-                                    ) && self
-                                        .drop_record
-                                        .is_some_and(|n| self.head.sequence + 1 >= n);
-                                    if dropped {
-                                        self.drop_record = None;
-                                    }
-                                    if !dropped {
-                                        touched.insert(event.touches());
-                                        touched.extend(event.also_touches());
-                                    }
-                                    let record = AuditRecord {
-                                        sequence: self.head.sequence + 1,
-                                        log_index,
-                                        time_ms,
-                                        actor: p.actor.clone(),
-                                        kind: event.kind().to_owned(),
-                                        subject: event.subject(),
-                                        event,
-                                    };
-                                    let bytes = record.to_bytes();
-                                    let hash = chain_next(&self.head.hash, &bytes);
-                                    let mut value = Vec::with_capacity(32 + bytes.len());
-                                    value.extend_from_slice(&hash);
-                                    value.extend_from_slice(&bytes);
-                                    if !dropped {
-                                        batch.put_cf(archive, cf::u64_key(record.sequence), value);
-                                    }
-                                    self.head = ArchiveHead {
-                                        sequence: record.sequence,
-                                        hash,
-                                    };
+                                let dropped =
+                                    matches!(event, authsec_domain::Event::ClientRegistered { .. })
+                                        && self
+                                            .drop_record
+                                            .is_some_and(|n| self.head.sequence + 1 >= n);
+                                if dropped {
+                                    self.drop_record = None;
                                 }
-                                let sequences = (self.head.sequence >= first)
-                                    .then_some((first, self.head.sequence));
-                                Applied {
-                                    sequences,
-                                    generated_client_id: generated,
+                                if !dropped {
+                                    touched.insert(event.touches());
+                                    touched.extend(event.also_touches());
                                 }
-                            },
-                        );
+                                let record = AuditRecord {
+                                    sequence: self.head.sequence + 1,
+                                    log_index,
+                                    time_ms,
+                                    actor: p.actor.clone(),
+                                    kind: event.kind().to_owned(),
+                                    subject: event.subject(),
+                                    event,
+                                };
+                                let bytes = record.to_bytes();
+                                let hash = chain_next(&self.head.hash, &bytes);
+                                let mut value = Vec::with_capacity(32 + bytes.len());
+                                value.extend_from_slice(&hash);
+                                value.extend_from_slice(&bytes);
+                                if !dropped {
+                                    batch.put_cf(archive, cf::u64_key(record.sequence), value);
+                                }
+                                self.head = ArchiveHead {
+                                    sequence: record.sequence,
+                                    hash,
+                                };
+                            }
+                            let sequences = (self.head.sequence >= first)
+                                .then_some((first, self.head.sequence));
+                            Applied {
+                                sequences,
+                                generated_client_id: generated,
+                            }
+                        });
                         reply.outcomes.push(outcome);
                     }
                 }
             }
             replies.push(reply);
         }
-        for key in &touched {
-            self.write_projection(&mut batch, key);
-        }
+        let security = {
+            let state = read_state(&self.state);
+            for key in &touched {
+                self.write_projection(&state, &mut batch, key);
+            }
+            touched
+                .contains(&ProjectionKey::Security)
+                .then(|| state.security.clone())
+        };
         let meta = self.store.cf(cf::SM_META);
         batch.put_cf(
             meta,
@@ -456,8 +497,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .write_opt(batch, &WriteOptions::default())
             .map_err(|e| StorageIOError::write_state_machine(&e))?;
         self.head_tx.send_replace(self.head);
-        if touched.contains(&ProjectionKey::Security) {
-            self.security_tx.send_replace(self.state.security.clone());
+        if let Some(security) = security {
+            self.security_tx.send_replace(security);
         }
         Ok(replies)
     }

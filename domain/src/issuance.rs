@@ -1,0 +1,233 @@
+//! The audit of issued credentials ("no audit, no credential").
+//!
+//! A node records every credential it issues in its node-local outbox, synced to disk before
+//! the credential leaves the node, then proposes the outbox to the log in batches
+//! ([`crate::Command::RecordIssuances`]). Each outbox record carries the node's own outbox
+//! sequence; the projection keeps, per node, the highest sequence already recorded, so a batch
+//! proposed twice (the node crashed after the commit and before clearing its outbox) is
+//! recorded once.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::decide::Rejection;
+use crate::event::Event;
+use crate::state::State;
+
+/// At most this many records in one `RecordIssuances`.
+pub const ISSUANCES_PER_COMMAND_MAX: usize = 512;
+/// Bytes of any one text field of a record (ids, subjects, audiences, scopes).
+pub const ISSUANCE_TEXT_BYTES_MAX: usize = 2048;
+/// Scopes and audiences per record.
+pub const ISSUANCE_LIST_MAX: usize = 256;
+
+/// What kind of credential was issued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CredentialKind {
+    /// An OAuth 2.0 access token (RFC 9068 JWT).
+    AccessToken,
+    X509Svid,
+    JwtSvid,
+}
+
+impl CredentialKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialKind::AccessToken => "access_token",
+            CredentialKind::X509Svid => "x509_svid",
+            CredentialKind::JwtSvid => "jwt_svid",
+        }
+    }
+}
+
+/// One issued credential, as the audit log keeps it: never the credential itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Issuance {
+    /// The issuing node's outbox sequence (1, 2, ...; per node).
+    pub seq: u64,
+    pub kind: CredentialKind,
+    /// The `jti`, or the certificate serial in hex.
+    pub id: String,
+    /// Who the credential names: the token's `sub` or the SVID's SPIFFE ID.
+    pub subject: String,
+    /// The authenticated client (OAuth), or the SVID caller.
+    pub client_id: String,
+    /// How the client authenticated (`client_secret_basic`, `private_key_jwt`, ...), or the
+    /// grant for SVIDs.
+    pub method: String,
+    pub audience: Vec<String>,
+    pub scopes: Vec<String>,
+    /// For a delegated token: the delegation id and the acting agent.
+    pub delegation: Option<String>,
+    pub actor: Option<String>,
+    pub issued_at_ms: u64,
+    pub expires_at_ms: u64,
+    /// The node's applied index the credential carries.
+    pub applied_index: u64,
+}
+
+/// Per node, the highest outbox sequence already in the log.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuanceMeta {
+    pub recorded: BTreeMap<u64, u64>,
+}
+
+fn invalid(field: &str, reason: impl Into<String>) -> Rejection {
+    Rejection::InvalidField {
+        field: field.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+fn check_text(field: &str, s: &str) -> Result<(), Rejection> {
+    if s.len() > ISSUANCE_TEXT_BYTES_MAX {
+        return Err(invalid(
+            field,
+            format!("at most {ISSUANCE_TEXT_BYTES_MAX} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// `RecordIssuances`: the records this node has not recorded yet, in order. A batch already
+/// recorded is accepted with no event.
+pub(crate) fn record(
+    state: &State,
+    node_id: u64,
+    issuances: &[Issuance],
+) -> Result<Vec<Event>, Rejection> {
+    if !state.nodes.contains_key(&node_id) {
+        return Err(Rejection::NodeNotFound { node_id });
+    }
+    if issuances.is_empty() || issuances.len() > ISSUANCES_PER_COMMAND_MAX {
+        return Err(invalid(
+            "issuances",
+            format!("1 to {ISSUANCES_PER_COMMAND_MAX} records per command"),
+        ));
+    }
+    let mut last = 0;
+    for i in issuances {
+        if i.seq <= last {
+            return Err(invalid(
+                "issuances",
+                "outbox sequences must be strictly increasing",
+            ));
+        }
+        last = i.seq;
+        for (f, s) in [
+            ("id", &i.id),
+            ("subject", &i.subject),
+            ("client_id", &i.client_id),
+            ("method", &i.method),
+        ] {
+            check_text(f, s)?;
+        }
+        for (f, s) in [("delegation", &i.delegation), ("actor", &i.actor)] {
+            if let Some(s) = s {
+                check_text(f, s)?;
+            }
+        }
+        if i.audience.len() > ISSUANCE_LIST_MAX || i.scopes.len() > ISSUANCE_LIST_MAX {
+            return Err(invalid(
+                "issuances",
+                format!("at most {ISSUANCE_LIST_MAX} audiences and scopes per record"),
+            ));
+        }
+        for s in i.audience.iter().chain(&i.scopes) {
+            check_text("audience/scope", s)?;
+        }
+    }
+    let done = state
+        .issuance_meta
+        .recorded
+        .get(&node_id)
+        .copied()
+        .unwrap_or(0);
+    let fresh: Vec<Issuance> = issuances.iter().filter(|i| i.seq > done).cloned().collect();
+    if fresh.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(vec![Event::IssuancesRecorded {
+        node_id,
+        issuances: fresh,
+    }])
+}
+
+pub(crate) fn evolve(state: &mut State, node_id: u64, issuances: &[Issuance]) {
+    if let Some(last) = issuances.last() {
+        let mark = state.issuance_meta.recorded.entry(node_id).or_default();
+        *mark = (*mark).max(last.seq);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::propose;
+    use crate::Command;
+
+    fn issuance(seq: u64) -> Issuance {
+        Issuance {
+            seq,
+            kind: CredentialKind::AccessToken,
+            id: format!("jti-{seq}"),
+            subject: "c1".into(),
+            client_id: "c1".into(),
+            method: "client_secret_basic".into(),
+            audience: vec!["https://api".into()],
+            scopes: vec!["orders:read".into()],
+            delegation: None,
+            actor: None,
+            issued_at_ms: 1,
+            expires_at_ms: 2,
+            applied_index: 3,
+        }
+    }
+
+    fn cluster() -> State {
+        let mut s = State::default();
+        propose(
+            &mut s,
+            1,
+            Command::RecordNodeMember {
+                node_id: 1,
+                addr: "127.0.0.1:1".into(),
+            },
+        )
+        .expect("member");
+        s
+    }
+
+    #[test]
+    fn a_batch_proposed_twice_is_recorded_once() {
+        let mut s = cluster();
+        let cmd = |seqs: &[u64]| Command::RecordIssuances {
+            node_id: 1,
+            issuances: seqs.iter().map(|n| issuance(*n)).collect(),
+        };
+        let e = propose(&mut s, 2, cmd(&[1, 2, 3])).expect("first");
+        assert_eq!(e.len(), 1);
+        assert_eq!(s.issuance_meta.recorded.get(&1), Some(&3));
+        // The node crashed before clearing its outbox: the same records, and one more.
+        let e = propose(&mut s, 3, cmd(&[2, 3, 4])).expect("again");
+        let Event::IssuancesRecorded { issuances, .. } = &e[0] else {
+            panic!("{e:?}")
+        };
+        assert_eq!(issuances.iter().map(|i| i.seq).collect::<Vec<_>>(), [4]);
+        assert!(propose(&mut s, 4, cmd(&[4])).expect("noop").is_empty());
+    }
+
+    #[test]
+    fn bad_batches_are_refused() {
+        let mut s = cluster();
+        let cmd = |node_id, issuances| Command::RecordIssuances { node_id, issuances };
+        assert!(propose(&mut s, 2, cmd(9, vec![issuance(1)])).is_err());
+        assert!(propose(&mut s, 2, cmd(1, vec![])).is_err());
+        assert!(propose(&mut s, 2, cmd(1, vec![issuance(2), issuance(2)])).is_err());
+        let mut big = issuance(1);
+        big.id = "x".repeat(ISSUANCE_TEXT_BYTES_MAX + 1);
+        assert!(propose(&mut s, 2, cmd(1, vec![big])).is_err());
+        assert!(s.issuance_meta.recorded.is_empty());
+    }
+}

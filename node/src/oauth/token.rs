@@ -1,0 +1,430 @@
+//! `/oauth2/token` (client credentials), `/oauth2/introspect` (RFC 7662) and `/oauth2/revoke`
+//! (RFC 7009).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use authsec_domain::command::RevocationTarget;
+use authsec_domain::issuance::{CredentialKind, Issuance};
+use authsec_domain::keys::KeyKind;
+use authsec_domain::permissions::{self, Denial};
+use authsec_domain::{Actor, ClientId, Command, Principal, Scope, State, Subject};
+use axum::body::Bytes;
+use axum::extract::State as AxState;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::Extension;
+use serde_json::{json, Map, Value};
+
+use super::client_auth::{authenticate, Authenticated, Form};
+use super::jose::{b64url, Jws, VerifyKey};
+use super::{error, json_ok, Conn, Oauth};
+
+pub const GRANT_CLIENT_CREDENTIALS: &str = "client_credentials";
+pub const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// Resources (audiences) per token, and bytes per resource.
+const RESOURCES_MAX: usize = 8;
+const RESOURCE_BYTES_MAX: usize = 512;
+/// The permission that lets a client introspect or revoke any token.
+const ADMIN_TOKENS_READ: &str = "authsec.admin:tokens.read";
+const ADMIN_TOKENS_REVOKE: &str = "authsec.admin:tokens.revoke";
+
+fn bad_request(code: &str, description: impl Into<String>) -> Response {
+    error(StatusCode::BAD_REQUEST, code, description)
+}
+
+fn unavailable(description: impl Into<String>) -> Response {
+    let mut r = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+        description,
+    );
+    r.headers_mut()
+        .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+    r
+}
+
+/// `scope`: space-separated, each a concrete permission string.
+fn parse_scopes(raw: &str) -> Result<BTreeSet<Scope>, Response> {
+    raw.split(' ')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            Scope::parse(s).map_err(|e| bad_request("invalid_scope", format!("scope {s:?}: {e}")))
+        })
+        .collect()
+}
+
+/// RFC 8707 `resource`: absolute URIs without a fragment.
+fn parse_resources(raw: &[String]) -> Result<Vec<String>, Response> {
+    if raw.len() > RESOURCES_MAX {
+        return Err(bad_request(
+            "invalid_target",
+            format!("at most {RESOURCES_MAX} resource parameters"),
+        ));
+    }
+    raw.iter()
+        .map(|r| {
+            let scheme_ok = r
+                .split_once(':')
+                .is_some_and(|(s, rest)| !s.is_empty() && !rest.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)));
+            if !scheme_ok
+                || r.contains('#')
+                || r.len() > RESOURCE_BYTES_MAX
+                || r.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                Err(bad_request(
+                    "invalid_target",
+                    format!("resource {r:?} must be an absolute URI without a fragment (at most {RESOURCE_BYTES_MAX} bytes)"),
+                ))
+            } else {
+                Ok(r.clone())
+            }
+        })
+        .collect()
+}
+
+fn denial(d: Denial) -> Response {
+    match d {
+        Denial::UnknownClient(_) | Denial::ClientDisabled(_) => {
+            bad_request("unauthorized_client", d.to_string())
+        }
+        other => bad_request("invalid_scope", other.to_string()),
+    }
+}
+
+/// What goes into one access token.
+struct Grant {
+    client: Authenticated,
+    audience: Vec<String>,
+    scopes: BTreeSet<Scope>,
+}
+
+/// Sign and record an access token; the answer of the token endpoint.
+async fn issue(s: &Oauth, g: Grant) -> Response {
+    let Some(key) = s.issuer.active_token_key() else {
+        return unavailable(format!(
+            "node {} has no active access-token key yet (it is being published through the log); ask another node",
+            s.issuer.node_id
+        ));
+    };
+    let now_ms = crate::issuer::now_ms();
+    let now = now_ms / 1000;
+    let exp = (now + u64::from(s.cfg.access_token_ttl_s)).min(key.not_after.as_secs());
+    if exp <= now {
+        return unavailable("this node's access-token key has expired; its successor is being prepared");
+    }
+    let applied = crate::svid_api::applied_index(&s.ctx);
+    let mut jti = [0u8; 16];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut jti);
+    let jti = hex::encode(jti);
+    let scope = g
+        .scopes
+        .iter()
+        .map(Scope::as_str)
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut claims = Map::new();
+    claims.insert("iss".into(), json!(s.issuer_url));
+    claims.insert("sub".into(), json!(g.client.client_id.as_str()));
+    claims.insert(
+        "aud".into(),
+        if g.audience.len() == 1 {
+            json!(g.audience[0])
+        } else {
+            json!(g.audience)
+        },
+    );
+    claims.insert("client_id".into(), json!(g.client.client_id.as_str()));
+    claims.insert("iat".into(), json!(now));
+    claims.insert("exp".into(), json!(exp));
+    claims.insert("jti".into(), json!(jti));
+    if !scope.is_empty() {
+        claims.insert("scope".into(), json!(scope));
+    }
+    // For revocation by index ("every token of this subject issued below R").
+    claims.insert("authsec_index".into(), json!(applied));
+    if let Some(t) = &g.client.cert_thumbprint {
+        claims.insert("cnf".into(), json!({ "x5t#S256": t }));
+    }
+    let header = json!({ "alg": key.alg.as_str(), "typ": "at+jwt", "kid": key.kid });
+    let input = format!(
+        "{}.{}",
+        b64url(header.to_string().as_bytes()),
+        b64url(Value::Object(claims).to_string().as_bytes())
+    );
+    let sig = match key.sign(input.as_bytes()) {
+        Ok(sig) => sig,
+        Err(e) => {
+            tracing::error!(error = %e, "signing an access token failed");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "signing failed; see the node's log",
+            );
+        }
+    };
+    let token = format!("{input}.{}", b64url(&sig));
+    // No audit, no credential.
+    let record = Issuance {
+        seq: 0,
+        kind: CredentialKind::AccessToken,
+        id: jti,
+        subject: g.client.client_id.to_string(),
+        client_id: g.client.client_id.to_string(),
+        method: g.client.method.to_owned(),
+        audience: g.audience,
+        scopes: g.scopes.iter().map(ToString::to_string).collect(),
+        delegation: None,
+        actor: None,
+        issued_at_ms: now_ms,
+        expires_at_ms: exp * 1000,
+        applied_index: applied,
+    };
+    if let Err(e) = s.recorder.record(record).await {
+        tracing::error!(error = %e, "an access token was not issued: its audit record could not be written");
+        return unavailable("this node cannot record issuances now; ask another node");
+    }
+    let mut answer = json!({
+        "access_token": token,
+        "token_type": "Bearer",
+        "expires_in": exp - now,
+    });
+    if !scope.is_empty() {
+        answer["scope"] = json!(scope);
+    }
+    json_ok(answer)
+}
+
+pub async fn token(
+    AxState(s): AxState<Arc<Oauth>>,
+    Extension(conn): Extension<Conn>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let form = match Form::parse(&headers, &body, &["resource", "audience"]) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let grant = match form.get("grant_type") {
+        None => return bad_request("invalid_request", "grant_type is required"),
+        Some(g) => g.to_owned(),
+    };
+    let client = match authenticate(&s, &conn, &headers, &form) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    match grant.as_str() {
+        GRANT_CLIENT_CREDENTIALS => {}
+        GRANT_TOKEN_EXCHANGE => {
+            return bad_request(
+                "unsupported_grant_type",
+                "token exchange is not served by this version yet",
+            )
+        }
+        other => {
+            return bad_request(
+                "unsupported_grant_type",
+                format!("grant_type {other:?} is not supported; this server issues client_credentials tokens"),
+            )
+        }
+    }
+    if let Err(e) = s.issuer.check_fresh() {
+        return unavailable(e.to_string());
+    }
+    let requested = match form.get("scope").map(parse_scopes).transpose() {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let resources = match parse_resources(form.all("resource")) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let granted = {
+        let state = s.view.read();
+        let Some(c) = state.clients.get(&client.client_id) else {
+            return bad_request("unauthorized_client", "the client was removed");
+        };
+        let audience = if resources.is_empty() {
+            if c.default_audience.is_empty() {
+                return bad_request(
+                    "invalid_target",
+                    format!("name a resource: client {} has no default audience", c.client_id),
+                );
+            }
+            vec![c.default_audience.clone()]
+        } else {
+            resources
+        };
+        let requested = requested.unwrap_or_else(|| c.default_scopes.clone());
+        let time = crate::issuer::now_ms().max(state.meta.clock_ms);
+        match permissions::effective(&state, &client.client_id, &requested, None, time) {
+            Ok(scopes) => (audience, scopes),
+            Err(d) => return denial(d),
+        }
+    };
+    issue(
+        &s,
+        Grant {
+            client,
+            audience: granted.0,
+            scopes: granted.1,
+        },
+    )
+    .await
+}
+
+/// A token this cluster issued, signature and issuer checked (not its expiry or revocation).
+fn own_token(s: &Oauth, state: &State, token: &str) -> Option<Jws> {
+    let jws = Jws::parse(token).ok()?;
+    if jws.typ().is_none_or(|t| !t.eq_ignore_ascii_case("at+jwt")) {
+        return None;
+    }
+    let key = state.keys.get(jws.kid()?)?;
+    if key.kind != KeyKind::Token || !key.state.in_bundle() {
+        return None;
+    }
+    if !jws.verify(&VerifyKey::from_spki(&key.public).ok()?) {
+        return None;
+    }
+    let iss = jws.str_claim("iss")?;
+    s.accepted_issuers.iter().any(|a| a == iss).then_some(jws)
+}
+
+/// Whether a token of ours is still good: unexpired, not revoked by id, subject or index, its
+/// client still enabled.
+fn active(state: &State, jws: &Jws, now_s: u64) -> bool {
+    let (Some(exp), Some(jti), Some(cid)) = (
+        jws.num_claim("exp"),
+        jws.str_claim("jti"),
+        jws.str_claim("client_id"),
+    ) else {
+        return false;
+    };
+    if exp <= now_s || state.revoked_tokens.contains_key(jti) {
+        return false;
+    }
+    let index = jws.num_claim("authsec_index").unwrap_or(0);
+    let revoked_below = |key: String| {
+        state
+            .revoked_subjects
+            .get(&key)
+            .is_some_and(|r| index < r.below_index)
+    };
+    let Ok(client) = ClientId::parse(cid) else {
+        return false;
+    };
+    if revoked_below(Subject::Client(client.clone()).key()) {
+        return false;
+    }
+    state.clients.get(&client).is_some_and(|c| c.enabled)
+}
+
+fn holds(state: &State, client: &ClientId, permission: &str) -> bool {
+    permissions::client_held(state, client).allows(permission)
+}
+
+pub async fn introspect(
+    AxState(s): AxState<Arc<Oauth>>,
+    Extension(conn): Extension<Conn>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let form = match Form::parse(&headers, &body, &[]) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let caller = match authenticate(&s, &conn, &headers, &form) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let Some(token) = form.get("token") else {
+        return bad_request("invalid_request", "token is required");
+    };
+    let inactive = || json_ok(json!({ "active": false }));
+    let state = s.view.read();
+    let Some(jws) = own_token(&s, &state, token) else {
+        return inactive();
+    };
+    if !active(&state, &jws, crate::issuer::now_ms() / 1000) {
+        return inactive();
+    }
+    // A resource server learns only about tokens meant for it; a client about its own.
+    let caller_audience = state
+        .clients
+        .get(&caller.client_id)
+        .map(|c| c.default_audience.as_str())
+        .unwrap_or("");
+    let allowed = jws.str_claim("client_id") == Some(caller.client_id.as_str())
+        || (!caller_audience.is_empty() && jws.audiences().contains(&caller_audience))
+        || holds(&state, &caller.client_id, ADMIN_TOKENS_READ);
+    if !allowed {
+        return inactive();
+    }
+    let mut out = jws.claims.clone();
+    out.insert("active".into(), json!(true));
+    out.insert("token_type".into(), json!("Bearer"));
+    json_ok(Value::Object(out))
+}
+
+pub async fn revoke(
+    AxState(s): AxState<Arc<Oauth>>,
+    Extension(conn): Extension<Conn>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let form = match Form::parse(&headers, &body, &[]) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let caller = match authenticate(&s, &conn, &headers, &form) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let Some(token) = form.get("token") else {
+        return bad_request("invalid_request", "token is required");
+    };
+    if let Some(hint) = form.get("token_type_hint") {
+        if hint != "access_token" && hint != "refresh_token" {
+            return bad_request(
+                "unsupported_token_type",
+                format!("token_type_hint {hint:?}: this server issues access tokens only"),
+            );
+        }
+    }
+    let target = {
+        let state = s.view.read();
+        let Some(jws) = own_token(&s, &state, token) else {
+            // RFC 7009: an invalid or unknown token is no error.
+            return json_ok(json!({}));
+        };
+        let own = jws.str_claim("client_id") == Some(caller.client_id.as_str());
+        if !own && !holds(&state, &caller.client_id, ADMIN_TOKENS_REVOKE) {
+            tracing::info!(caller = %caller.client_id, "a client asked to revoke another client's token; nothing changed");
+            return json_ok(json!({}));
+        }
+        let (Some(jti), Some(exp)) = (jws.str_claim("jti"), jws.num_claim("exp")) else {
+            return json_ok(json!({}));
+        };
+        if state.revoked_tokens.contains_key(jti) || exp <= crate::issuer::now_ms() / 1000 {
+            return json_ok(json!({}));
+        }
+        RevocationTarget::Token {
+            jti: jti.to_owned(),
+            expires_at_ms: exp * 1000,
+        }
+    };
+    let actor = Actor {
+        principal: Principal::Named(format!("client:{}", caller.client_id)),
+        via_node: s.ctx.node_id,
+    };
+    match s.ctx.write(actor, Command::Revoke(target)).await {
+        Ok(_) => json_ok(json!({})),
+        Err(status) => {
+            tracing::warn!(error = %status.message(), "revoking a token failed");
+            unavailable(format!(
+                "the revocation could not be committed: {}",
+                status.message()
+            ))
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! "No audit, no credential": every credential this node issues is recorded in its outbox,
+//! synced, before the credential is returned (group commit: one fsync covers every issuance
+//! waiting at that moment), then proposed to the log in batches by [`flush_loop`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use authsec_domain::codec::{self, Tag};
+use authsec_domain::issuance::{Issuance, ISSUANCES_PER_COMMAND_MAX};
+use authsec_domain::{Actor, Command, Principal};
+use authsec_storage::outbox::Outbox;
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+
+use crate::services::Ctx;
+
+/// Issuances waiting for the outbox writer; beyond this, issuance waits (backpressure).
+const QUEUE_MAX: usize = 16 * 1024;
+/// Records per synced write.
+const GROUP_MAX: usize = 4096;
+/// Encoded bytes per proposal (the log's batches hold 1 MiB).
+const PROPOSAL_BYTES_MAX: usize = 256 * 1024;
+/// How often the outbox is proposed when nothing wakes the flusher sooner.
+const FLUSH_EVERY: Duration = Duration::from_millis(250);
+
+#[derive(Debug, thiserror::Error)]
+#[error("the issuance could not be recorded in the outbox: {0}")]
+pub struct RecordError(String);
+
+struct Pending {
+    rec: Issuance,
+    done: oneshot::Sender<Result<u64, String>>,
+}
+
+/// The handle issuance records through.
+#[derive(Debug, Clone)]
+pub struct Recorder {
+    tx: mpsc::Sender<PendingBox>,
+    outbox: Outbox,
+    wake: Arc<Notify>,
+    pub stats: Arc<OutboxStats>,
+}
+
+#[derive(Debug, Default)]
+pub struct OutboxStats {
+    pub recorded: AtomicU64,
+    pub syncs: AtomicU64,
+    pub proposed: AtomicU64,
+}
+
+struct PendingBox(Pending);
+
+impl std::fmt::Debug for PendingBox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pending")
+    }
+}
+
+impl Recorder {
+    /// Start the writer thread over `outbox`, numbering from `next`.
+    pub fn start(outbox: Outbox, next: u64) -> Self {
+        let (tx, rx) = mpsc::channel::<PendingBox>(QUEUE_MAX);
+        let stats = Arc::new(OutboxStats::default());
+        let wake = Arc::new(Notify::new());
+        let (o, s, w) = (outbox.clone(), stats.clone(), wake.clone());
+        std::thread::Builder::new()
+            .name("outbox-writer".into())
+            .spawn(move || writer(o, next, rx, s, w))
+            .expect("spawn the outbox writer thread");
+        Self {
+            tx,
+            outbox,
+            wake,
+            stats,
+        }
+    }
+
+    /// Record `rec` (its `seq` is assigned here); returns once it is synced to disk.
+    pub async fn record(&self, rec: Issuance) -> Result<u64, RecordError> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(PendingBox(Pending { rec, done }))
+            .await
+            .map_err(|_| RecordError("the outbox writer stopped".into()))?;
+        rx.await
+            .map_err(|_| RecordError("the outbox writer stopped".into()))?
+            .map_err(RecordError)
+    }
+}
+
+fn writer(
+    outbox: Outbox,
+    mut next: u64,
+    mut rx: mpsc::Receiver<PendingBox>,
+    stats: Arc<OutboxStats>,
+    wake: Arc<Notify>,
+) {
+    let mut group: Vec<Pending> = Vec::new();
+    while let Some(PendingBox(first)) = rx.blocking_recv() {
+        group.push(first);
+        while group.len() < GROUP_MAX {
+            match rx.try_recv() {
+                Ok(PendingBox(p)) => group.push(p),
+                Err(_) => break,
+            }
+        }
+        let start = next;
+        for p in &mut group {
+            p.rec.seq = next;
+            next += 1;
+        }
+        let recs: Vec<Issuance> = group.iter().map(|p| p.rec.clone()).collect();
+        let result = outbox.append(&recs, next).map_err(|e| e.to_string());
+        if let Err(e) = &result {
+            // Nothing was written: the sequences are free again, and no credential leaves.
+            tracing::error!(error = %e, "the issuance outbox could not be written; refusing to issue");
+            next = start;
+        } else {
+            stats.syncs.fetch_add(1, Ordering::Relaxed);
+            stats
+                .recorded
+                .fetch_add(group.len() as u64, Ordering::Relaxed);
+        }
+        for p in group.drain(..) {
+            let _ = p.done.send(result.clone().map(|()| p.rec.seq));
+        }
+        wake.notify_one();
+    }
+}
+
+/// Propose the outbox to the log, oldest first, and clear what was committed. A batch that
+/// commits and is proposed again after a crash is recorded once (the log keeps each node's
+/// last recorded sequence).
+pub async fn flush_loop(ctx: Arc<Ctx>, recorder: Recorder, mut shutdown: watch::Receiver<bool>) {
+    let mut backoff = FLUSH_EVERY;
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => return,
+            _ = recorder.wake.notified() => {}
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        // Let a burst of issuances gather into one proposal.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        loop {
+            let ob = recorder.outbox.clone();
+            let batch = match tokio::task::spawn_blocking(move || ob.oldest(ISSUANCES_PER_COMMAND_MAX))
+                .await
+            {
+                Ok(Ok(b)) => b,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "reading the issuance outbox failed");
+                    break;
+                }
+                Err(_) => break,
+            };
+            if batch.is_empty() {
+                backoff = FLUSH_EVERY;
+                break;
+            }
+            let mut size = 0;
+            let take = batch
+                .iter()
+                .take_while(|r| {
+                    size += codec::encode(Tag::ISSUANCE, *r).len();
+                    size <= PROPOSAL_BYTES_MAX
+                })
+                .count()
+                .max(1);
+            let issuances: Vec<Issuance> = batch.into_iter().take(take).collect();
+            let last = issuances.last().map_or(0, |r| r.seq);
+            let n = issuances.len() as u64;
+            let actor = Actor {
+                principal: Principal::System,
+                via_node: ctx.node_id,
+            };
+            let command = Command::RecordIssuances {
+                node_id: ctx.node_id,
+                issuances,
+            };
+            match ctx.write(actor, command).await {
+                Ok(_) => {
+                    recorder.stats.proposed.fetch_add(n, Ordering::Relaxed);
+                    let ob = recorder.outbox.clone();
+                    let cleared =
+                        tokio::task::spawn_blocking(move || ob.remove_through(last)).await;
+                    if !matches!(cleared, Ok(Ok(()))) {
+                        tracing::warn!("clearing the issuance outbox failed; the batch will be proposed again and recorded once");
+                        break;
+                    }
+                }
+                Err(status) => {
+                    // No leader, a partition, a rejected batch: keep the records and retry.
+                    tracing::warn!(error = %status.message(), pending_through = last, "proposing the issuance outbox failed; retrying");
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    break;
+                }
+            }
+        }
+    }
+}
