@@ -108,6 +108,8 @@ pub struct OauthSection {
     /// Failed client authentications allowed per client id and per source address in a
     /// minute before further attempts are refused with 429.
     pub auth_failures_per_minute: u32,
+    /// Identity providers whose tokens a token exchange accepts as its subject.
+    pub trusted_issuers: Vec<crate::oauth::external::TrustedIssuer>,
 }
 
 impl Default for OauthSection {
@@ -122,6 +124,7 @@ impl Default for OauthSection {
             cert_file: None,
             key_file: None,
             auth_failures_per_minute: 20,
+            trusted_issuers: Vec::new(),
         }
     }
 }
@@ -364,6 +367,7 @@ impl NodeConfig {
         for url in self.oauth.issuer.iter().chain(&self.oauth.accepted_issuers) {
             crate::oauth::check_issuer_url(url).with_context(|| format!("oauth issuer {url:?}"))?;
         }
+        crate::oauth::external::External::new(&self.oauth.trusted_issuers)?;
         if !(10..=86_400).contains(&self.oauth.access_token_ttl_s) {
             bail!("oauth.access_token_ttl_s must be 10 to 86400");
         }

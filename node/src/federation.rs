@@ -558,11 +558,64 @@ pub async fn fetch(
     f: &Federation,
     web_roots: &[CertificateDer<'static>],
 ) -> Result<FederatedBundle, String> {
-    let (host, port, path) = split_url(&f.endpoint_url)?;
     let config = client_config(f, web_roots)?;
+    let body = https_get(&f.endpoint_url, config, BUNDLE_BYTES_MAX, true).await?;
+    let text = String::from_utf8(body).map_err(|_| "the bundle is not UTF-8".to_owned())?;
+    parse_spiffe_bundle(&text)
+}
+
+/// Whether an address is one a fetch from outside input must not reach: loopback, private,
+/// link-local, unique-local, unspecified, multicast (SSRF protection).
+pub fn is_internal(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(a) => {
+            a.is_loopback()
+                || a.is_private()
+                || a.is_link_local()
+                || a.is_unspecified()
+                || a.is_multicast()
+                || a.is_broadcast()
+                || a.octets()[0] == 0
+                || (a.octets()[0] == 100 && (a.octets()[1] & 0xc0) == 64) // 100.64/10
+        }
+        std::net::IpAddr::V6(a) => {
+            if let Some(v4) = a.to_ipv4_mapped() {
+                return is_internal(std::net::IpAddr::V4(v4));
+            }
+            a.is_loopback()
+                || a.is_unspecified()
+                || a.is_multicast()
+                || (a.segments()[0] & 0xfe00) == 0xfc00 // unique local
+                || (a.segments()[0] & 0xffc0) == 0xfe80 // link local
+        }
+    }
+}
+
+/// `GET url` over HTTPS with `config`: one request, no redirects followed (any answer but 200
+/// is an error), the body bounded by `limit` and the whole exchange by [`FETCH_TIMEOUT`]. The
+/// host is resolved once and the connection goes to that address; unless `allow_internal`, an
+/// internal address is refused.
+pub async fn https_get(
+    url: &str,
+    config: Arc<rustls::ClientConfig>,
+    limit: usize,
+    allow_internal: bool,
+) -> Result<Vec<u8>, String> {
+    let (host, port, path) = split_url(url)?;
     let name = ServerName::try_from(host.clone()).map_err(|e| format!("host {host}: {e}"))?;
     let work = async {
-        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+        let addr = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .map_err(|e| format!("resolve {host}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{host} has no address"))?;
+        if !allow_internal && is_internal(addr.ip()) {
+            return Err(format!(
+                "{host} resolves to {}, an internal address this fetch may not reach",
+                addr.ip()
+            ));
+        }
+        let tcp = tokio::net::TcpStream::connect(addr)
             .await
             .map_err(|e| format!("connect {host}:{port}: {e}"))?;
         let mut tls = tokio_rustls::TlsConnector::from(config)
@@ -581,8 +634,8 @@ pub async fn fetch(
             match tls.read(&mut buf).await {
                 Ok(0) => break,
                 Ok(n) => {
-                    if resp.len() + n > BUNDLE_BYTES_MAX {
-                        return Err(format!("the answer exceeds {BUNDLE_BYTES_MAX} bytes"));
+                    if resp.len() + n > limit + 16 * 1024 {
+                        return Err(format!("the answer exceeds {limit} bytes"));
                     }
                     resp.extend_from_slice(&buf[..n]);
                 }
@@ -603,7 +656,7 @@ pub async fn fetch(
     let head = String::from_utf8_lossy(&resp[..split]).to_ascii_lowercase();
     let status = head.lines().next().unwrap_or("");
     if !status.contains(" 200") {
-        return Err(format!("the endpoint answered {status:?}"));
+        return Err(format!("the endpoint answered {status:?} (redirects are not followed)"));
     }
     let body = &resp[split + 4..];
     let body = if head.contains("transfer-encoding: chunked") {
@@ -611,8 +664,10 @@ pub async fn fetch(
     } else {
         body.to_vec()
     };
-    let text = String::from_utf8(body).map_err(|_| "the bundle is not UTF-8".to_owned())?;
-    parse_spiffe_bundle(&text)
+    if body.len() > limit {
+        return Err(format!("the answer exceeds {limit} bytes"));
+    }
+    Ok(body)
 }
 
 /// On the leader, keep every federated bundle current; elsewhere, idle.

@@ -388,7 +388,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
                 recorder.clone(),
                 cfg.oauth.clone(),
                 bound,
-            );
+            )?;
             tracing::info!(node_id, addr = %bound, issuer = %oauth.issuer_url, "serving OAuth 2.0");
             tasks.push(tokio::spawn(crate::oauth::serve(
                 l,

@@ -8,6 +8,7 @@
 //! `Cache-Control: no-store`.
 
 pub mod client_auth;
+pub mod external;
 pub mod jose;
 pub mod limiter;
 pub mod token;
@@ -76,6 +77,7 @@ pub struct Oauth {
     secret_key: RwLock<Option<Arc<SecretKey>>>,
     pub replay: Mutex<limiter::ReplayCache>,
     pub failures: Mutex<limiter::FailureLimiter>,
+    pub external: external::External,
 }
 
 impl std::fmt::Debug for Oauth {
@@ -94,7 +96,7 @@ impl Oauth {
         recorder: Recorder,
         cfg: OauthSection,
         local_addr: SocketAddr,
-    ) -> Arc<Self> {
+    ) -> anyhow::Result<Arc<Self>> {
         let issuer_url = cfg
             .issuer
             .clone()
@@ -108,7 +110,8 @@ impl Oauth {
         );
         let token_endpoint = format!("{issuer_url}/oauth2/token");
         let failures = limiter::FailureLimiter::new(cfg.auth_failures_per_minute);
-        Arc::new(Self {
+        let external = external::External::new(&cfg.trusted_issuers)?;
+        Ok(Arc::new(Self {
             ctx,
             view,
             issuer,
@@ -120,7 +123,8 @@ impl Oauth {
             secret_key: RwLock::new(None),
             replay: Mutex::new(limiter::ReplayCache::default()),
             failures: Mutex::new(failures),
-        })
+            external,
+        }))
     }
 
     /// The cluster's client-secret key, loaded once it is installed.
@@ -223,7 +227,7 @@ async fn metadata(axum::extract::State(s): axum::extract::State<Arc<Oauth>>) -> 
         "jwks_uri": format!("{base}/.well-known/jwks.json"),
         "introspection_endpoint": format!("{base}/oauth2/introspect"),
         "revocation_endpoint": format!("{base}/oauth2/revoke"),
-        "grant_types_supported": ["client_credentials"],
+        "grant_types_supported": ["client_credentials", token::GRANT_TOKEN_EXCHANGE],
         // No authorization endpoint: machines only.
         "response_types_supported": [],
         "token_endpoint_auth_methods_supported": auth_methods,

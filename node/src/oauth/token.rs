@@ -8,7 +8,9 @@ use authsec_domain::command::RevocationTarget;
 use authsec_domain::issuance::{CredentialKind, Issuance};
 use authsec_domain::keys::KeyKind;
 use authsec_domain::permissions::{self, Denial};
-use authsec_domain::{Actor, ClientId, Command, Principal, Scope, State, Subject};
+use authsec_domain::{
+    Actor, ClientId, Command, DelegationId, Delegator, Principal, Scope, State, Subject,
+};
 use axum::body::Bytes;
 use axum::extract::State as AxState;
 use axum::http::{HeaderMap, StatusCode};
@@ -97,6 +99,20 @@ struct Grant {
     client: Authenticated,
     audience: Vec<String>,
     scopes: BTreeSet<Scope>,
+    delegated: Option<Delegated>,
+}
+
+/// A delegated token's extra content (RFC 8693).
+struct Delegated {
+    /// The delegator's name as `sub` (a client id, or the person's `sub` at their issuer).
+    sub: String,
+    /// The delegator's subject key (`client:<id>`, `person:<iss>#<sub>`), for revocation.
+    delegator: String,
+    delegation: DelegationId,
+    /// `act`: the agent, then the chain the subject token already carried.
+    act: Value,
+    /// The latest `exp` the delegation and the subject token allow.
+    max_exp: u64,
 }
 
 /// Sign and record an access token; the answer of the token endpoint.
@@ -109,7 +125,9 @@ async fn issue(s: &Oauth, g: Grant) -> Response {
     };
     let now_ms = crate::issuer::now_ms();
     let now = now_ms / 1000;
-    let exp = (now + u64::from(s.cfg.access_token_ttl_s)).min(key.not_after.as_secs());
+    let exp = (now + u64::from(s.cfg.access_token_ttl_s))
+        .min(key.not_after.as_secs())
+        .min(g.delegated.as_ref().map_or(u64::MAX, |d| d.max_exp));
     if exp <= now {
         return unavailable("this node's access-token key has expired; its successor is being prepared");
     }
@@ -125,7 +143,12 @@ async fn issue(s: &Oauth, g: Grant) -> Response {
         .join(" ");
     let mut claims = Map::new();
     claims.insert("iss".into(), json!(s.issuer_url));
-    claims.insert("sub".into(), json!(g.client.client_id.as_str()));
+    let sub = g
+        .delegated
+        .as_ref()
+        .map_or(g.client.client_id.as_str(), |d| d.sub.as_str())
+        .to_owned();
+    claims.insert("sub".into(), json!(sub));
     claims.insert(
         "aud".into(),
         if g.audience.len() == 1 {
@@ -145,6 +168,11 @@ async fn issue(s: &Oauth, g: Grant) -> Response {
     claims.insert("authsec_index".into(), json!(applied));
     if let Some(t) = &g.client.cert_thumbprint {
         claims.insert("cnf".into(), json!({ "x5t#S256": t }));
+    }
+    if let Some(d) = &g.delegated {
+        claims.insert("act".into(), d.act.clone());
+        claims.insert("authsec_delegation".into(), json!(d.delegation.as_str()));
+        claims.insert("authsec_delegator".into(), json!(d.delegator));
     }
     let header = json!({ "alg": key.alg.as_str(), "typ": "at+jwt", "kid": key.kid });
     let input = format!(
@@ -169,13 +197,16 @@ async fn issue(s: &Oauth, g: Grant) -> Response {
         seq: 0,
         kind: CredentialKind::AccessToken,
         id: jti,
-        subject: g.client.client_id.to_string(),
+        subject: sub,
         client_id: g.client.client_id.to_string(),
         method: g.client.method.to_owned(),
         audience: g.audience,
         scopes: g.scopes.iter().map(ToString::to_string).collect(),
-        delegation: None,
-        actor: None,
+        delegation: g.delegated.as_ref().map(|d| d.delegation.to_string()),
+        actor: g
+            .delegated
+            .as_ref()
+            .map(|_| g.client.client_id.to_string()),
         issued_at_ms: now_ms,
         expires_at_ms: exp * 1000,
         applied_index: applied,
@@ -189,6 +220,9 @@ async fn issue(s: &Oauth, g: Grant) -> Response {
         "token_type": "Bearer",
         "expires_in": exp - now,
     });
+    if g.delegated.is_some() {
+        answer["issued_token_type"] = json!(TOKEN_TYPE_ACCESS);
+    }
     if !scope.is_empty() {
         answer["scope"] = json!(scope);
     }
@@ -216,10 +250,13 @@ pub async fn token(
     match grant.as_str() {
         GRANT_CLIENT_CREDENTIALS => {}
         GRANT_TOKEN_EXCHANGE => {
-            return bad_request(
-                "unsupported_grant_type",
-                "token exchange is not served by this version yet",
-            )
+            if let Err(e) = s.issuer.check_fresh() {
+                return unavailable(e.to_string());
+            }
+            return match exchange(&s, client, &form).await {
+                Ok(g) => issue(&s, g).await,
+                Err(r) => r,
+            };
         }
         other => {
             return bad_request(
@@ -268,9 +305,320 @@ pub async fn token(
             client,
             audience: granted.0,
             scopes: granted.1,
+            delegated: None,
         },
     )
     .await
+}
+
+pub const TOKEN_TYPE_ACCESS: &str = "urn:ietf:params:oauth:token-type:access_token";
+pub const TOKEN_TYPE_JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+
+fn invalid_grant(description: impl Into<String>) -> Response {
+    bad_request("invalid_grant", description)
+}
+
+/// The client a JWT-SVID names: the client registered for its SPIFFE ID, or the client whose
+/// workload entry (an AI agent's) has it.
+fn client_of_spiffe(state: &State, spiffe: &str) -> Option<ClientId> {
+    if let Some((id, _)) = state
+        .client_auth
+        .iter()
+        .find(|(_, a)| a.spiffe_id.as_ref().is_some_and(|i| i.as_str() == spiffe))
+    {
+        return Some(id.clone());
+    }
+    state
+        .idx
+        .entries_by_client
+        .iter()
+        .find(|(_, entries)| {
+            entries.iter().any(|e| {
+                state
+                    .entries
+                    .get(e)
+                    .is_some_and(|e| e.spiffe_id.as_str() == spiffe)
+            })
+        })
+        .map(|(c, _)| c.clone())
+}
+
+/// A JWT-SVID of this trust domain, verified, with `aud` naming this server.
+fn jwt_svid(s: &Oauth, state: &State, jws: &Jws) -> Option<String> {
+    let sub = jws.str_claim("sub").filter(|x| x.starts_with("spiffe://"))?;
+    let now = crate::issuer::now_ms() / 1000;
+    if jws.num_claim("exp").is_none_or(|e| e <= now)
+        || !jws
+            .audiences()
+            .iter()
+            .any(|a| s.accepted_issuers.iter().any(|i| i == a))
+    {
+        return None;
+    }
+    let signed = state
+        .keys
+        .values()
+        .filter(|k| k.kind == KeyKind::Jwt && k.state.in_bundle())
+        .filter(|k| jws.kid().is_none_or(|kid| kid == k.kid))
+        .filter_map(|k| VerifyKey::from_spki(&k.public).ok())
+        .any(|k| jws.verify(&k));
+    signed.then(|| sub.to_owned())
+}
+
+/// RFC 8693 token exchange for delegation: the authenticated client is the agent; the subject
+/// token names who delegates; the delegation rule, evaluated against the current roles, decides
+/// the scope.
+async fn exchange(s: &Oauth, client: Authenticated, form: &Form) -> Result<Grant, Response> {
+    let (Some(subject_token), Some(subject_type)) =
+        (form.get("subject_token"), form.get("subject_token_type"))
+    else {
+        return Err(bad_request(
+            "invalid_request",
+            "token exchange needs subject_token and subject_token_type",
+        ));
+    };
+    match (form.get("actor_token"), form.get("actor_token_type")) {
+        (Some(_), None) => {
+            return Err(bad_request(
+                "invalid_request",
+                "actor_token_type is required with actor_token",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(bad_request(
+                "invalid_request",
+                "actor_token_type without actor_token",
+            ))
+        }
+        _ => {}
+    }
+    for (name, t) in [
+        ("subject_token_type", Some(subject_type)),
+        ("actor_token_type", form.get("actor_token_type")),
+        ("requested_token_type", form.get("requested_token_type")),
+    ] {
+        if let Some(t) = t {
+            if t != TOKEN_TYPE_ACCESS && t != TOKEN_TYPE_JWT {
+                return Err(bad_request(
+                    "invalid_request",
+                    format!("{name} {t:?} is not supported (use {TOKEN_TYPE_ACCESS} or {TOKEN_TYPE_JWT})"),
+                ));
+            }
+        }
+    }
+    let requested = form.get("scope").map(parse_scopes).transpose()?;
+    let resources = parse_resources(form.all("resource"))?;
+    let subject = Jws::parse(subject_token)
+        .map_err(|e| invalid_grant(format!("subject_token: {e}")))?;
+    let now_s = crate::issuer::now_ms() / 1000;
+    let iss = subject.str_claim("iss").unwrap_or("").to_owned();
+    let own = s.accepted_issuers.iter().any(|a| *a == iss);
+    // Who delegates, what the subject token itself allows, and the chain it already carries.
+    let (delegator, subject_scopes, prior_act) = if own {
+        let state = s.view.read();
+        let jws = own_token(s, &state, subject_token)
+            .filter(|j| active(&state, j, now_s))
+            .ok_or_else(|| invalid_grant("subject_token is not an active token of this cluster"))?;
+        if !jws
+            .audiences()
+            .iter()
+            .any(|a| s.accepted_issuers.iter().any(|i| i == a))
+        {
+            return Err(invalid_grant(format!(
+                "subject_token's aud must include this authorization server ({})",
+                s.issuer_url
+            )));
+        }
+        let cid = jws
+            .str_claim("client_id")
+            .and_then(|c| ClientId::parse(c).ok())
+            .ok_or_else(|| invalid_grant("subject_token has no client_id"))?;
+        let scopes: BTreeSet<String> = jws
+            .str_claim("scope")
+            .unwrap_or("")
+            .split(' ')
+            .filter(|x| !x.is_empty())
+            .map(str::to_owned)
+            .collect();
+        (
+            Delegator::Client(cid),
+            Some(scopes),
+            jws.claims.get("act").cloned(),
+        )
+    } else if s.external.is_trusted(&iss) {
+        let ext = s
+            .external
+            .verify(&subject, &s.accepted_issuers)
+            .await
+            .map_err(|e| invalid_grant(format!("subject_token: {e}")))?;
+        (
+            Delegator::Person {
+                issuer: ext.issuer,
+                subject: ext.subject,
+            },
+            None,
+            None,
+        )
+    } else {
+        return Err(invalid_grant(format!(
+            "subject_token: the issuer {iss:?} is neither this cluster nor a trusted issuer"
+        )));
+    };
+    // may_act (RFC 8693 section 4.4): the subject names who may act for it.
+    if let Some(may) = subject.claims.get("may_act") {
+        if may.get("sub").and_then(Value::as_str) != Some(client.client_id.as_str()) {
+            return Err(invalid_grant(format!(
+                "the subject token's may_act does not name {}",
+                client.client_id
+            )));
+        }
+    }
+    let state = s.view.read();
+    // The actor token must name the authenticated client itself.
+    if let Some(actor_token) = form.get("actor_token") {
+        let named = match own_token(s, &state, actor_token) {
+            Some(j) if active(&state, &j, now_s) => j.str_claim("client_id").map(str::to_owned),
+            Some(_) => None,
+            None => Jws::parse(actor_token)
+                .ok()
+                .and_then(|j| jwt_svid(s, &state, &j))
+                .and_then(|spiffe| client_of_spiffe(&state, &spiffe))
+                .map(|c| c.to_string()),
+        };
+        match named {
+            Some(c) if c == client.client_id.as_str() => {}
+            Some(c) => {
+                return Err(invalid_grant(format!(
+                    "actor_token names {c}, not the authenticated client {}",
+                    client.client_id
+                )))
+            }
+            None => {
+                return Err(invalid_grant(
+                    "actor_token is not an active access token or JWT-SVID of this cluster",
+                ))
+            }
+        }
+    }
+    let Some(c) = state.clients.get(&client.client_id) else {
+        return Err(bad_request("unauthorized_client", "the client was removed"));
+    };
+    let audience = if resources.is_empty() {
+        if c.default_audience.is_empty() {
+            return Err(bad_request(
+                "invalid_target",
+                format!("name a resource: client {} has no default audience", c.client_id),
+            ));
+        }
+        vec![c.default_audience.clone()]
+    } else {
+        resources
+    };
+    let time = crate::issuer::now_ms().max(state.meta.clock_ms);
+    let candidates: Vec<&authsec_domain::Delegation> = state
+        .idx
+        .delegations_by_client
+        .get(&client.client_id)
+        .into_iter()
+        .flatten()
+        .filter_map(|id| state.delegations.get(id))
+        .filter(|d| d.delegate == client.client_id && d.delegator == delegator)
+        .filter(|d| permissions::chain(&state, &d.delegation_id, time).is_ok())
+        .collect();
+    if candidates.is_empty() {
+        return Err(invalid_grant(format!(
+            "no live delegation from {} to {}",
+            delegator.subject().key(),
+            client.client_id
+        )));
+    }
+    let within_subject = |scopes: &BTreeSet<Scope>| -> Result<(), Response> {
+        if let Some(allowed) = &subject_scopes {
+            if let Some(x) = scopes.iter().find(|x| !allowed.contains(x.as_str())) {
+                return Err(bad_request(
+                    "invalid_scope",
+                    format!("{x} is not in the subject token's scope"),
+                ));
+            }
+        }
+        Ok(())
+    };
+    let mut last_denial = None;
+    let mut chosen = None;
+    for d in &candidates {
+        let wanted = match &requested {
+            Some(r) => r.clone(),
+            // Without a scope: every concrete permission the rule grants and the roles, the
+            // delegator and the subject token still allow (never a pattern).
+            None => d
+                .permissions
+                .iter()
+                .filter(|p| !p.is_wildcard())
+                .filter(|p| subject_scopes.as_ref().is_none_or(|a| a.contains(p.as_str())))
+                .filter(|p| {
+                    permissions::effective(
+                        &state,
+                        &client.client_id,
+                        &BTreeSet::from([(*p).clone()]),
+                        Some(&d.delegation_id),
+                        time,
+                    )
+                    .is_ok()
+                })
+                .cloned()
+                .collect(),
+        };
+        if wanted.is_empty() {
+            continue;
+        }
+        within_subject(&wanted)?;
+        match permissions::effective(
+            &state,
+            &client.client_id,
+            &wanted,
+            Some(&d.delegation_id),
+            time,
+        ) {
+            Ok(scopes) => {
+                chosen = Some((*d, scopes));
+                break;
+            }
+            Err(e) => last_denial = Some(e),
+        }
+    }
+    let Some((d, scopes)) = chosen else {
+        return Err(match last_denial {
+            Some(e) => bad_request("invalid_scope", e.to_string()),
+            None => bad_request(
+                "invalid_scope",
+                "the delegation grants no concrete scope that is still allowed; name the scopes",
+            ),
+        });
+    };
+    let mut act = json!({ "sub": client.client_id.as_str() });
+    if let Some(prior) = prior_act {
+        act["act"] = prior;
+    }
+    let subject_exp = subject.num_claim("exp").unwrap_or(u64::MAX);
+    let max_exp = (now_s + u64::from(d.max_token_ttl_s))
+        .min(d.expires_at_ms / 1000)
+        .min(subject_exp);
+    let sub = match &delegator {
+        Delegator::Client(c) => c.to_string(),
+        Delegator::Person { subject, .. } => subject.clone(),
+    };
+    Ok(Grant {
+        client,
+        audience,
+        scopes,
+        delegated: Some(Delegated {
+            sub,
+            delegator: delegator.subject().key(),
+            delegation: d.delegation_id.clone(),
+            act,
+            max_exp,
+        }),
+    })
 }
 
 /// A token this cluster issued, signature and issuer checked (not its expiry or revocation).
@@ -315,6 +663,21 @@ fn active(state: &State, jws: &Jws, now_s: u64) -> bool {
     };
     if revoked_below(Subject::Client(client.clone()).key()) {
         return false;
+    }
+    // A delegated token lives only as long as its delegation chain and its delegator.
+    if let Some(d) = jws.str_claim("authsec_delegation") {
+        let Ok(id) = DelegationId::parse(d) else {
+            return false;
+        };
+        if permissions::chain(state, &id, crate::issuer::now_ms()).is_err() {
+            return false;
+        }
+        if jws
+            .str_claim("authsec_delegator")
+            .is_some_and(|k| revoked_below(k.to_owned()))
+        {
+            return false;
+        }
     }
     state.clients.get(&client).is_some_and(|c| c.enabled)
 }
