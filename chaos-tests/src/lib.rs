@@ -4,6 +4,7 @@
 
 pub mod checkers;
 pub mod nemesis;
+pub mod oauth;
 pub mod oracle;
 pub mod proxy;
 pub mod runner;
@@ -97,6 +98,8 @@ pub struct Options {
     /// Offline-root mode: the root stays in the harness' folder (`authsec ca init`), every
     /// node gets an intermediate signed from its CSR, and no node holds a KEK.
     pub offline_root: bool,
+    /// TOML appended to every node's `[oauth]` table (trusted issuers, limits).
+    pub oauth_extra: String,
 }
 
 impl Default for Options {
@@ -111,12 +114,15 @@ impl Default for Options {
             env: BTreeMap::new(),
             insecure: false,
             offline_root: false,
+            oauth_extra: String::new(),
         }
     }
 }
 
 /// The trust domain of every test cluster.
 pub const TRUST_DOMAIN: &str = "test.authsec";
+/// The OAuth issuer every node of a test cluster answers as.
+pub const OAUTH_ISSUER: &str = "https://authsec.test";
 
 #[derive(Debug)]
 pub struct NodeProc {
@@ -149,6 +155,8 @@ pub struct Cluster {
     bootstrap: Vec<(u64, String)>,
     /// The gRPC address reserved for every id, spares included.
     reserved: BTreeMap<u64, String>,
+    /// Each node's OAuth 2.0 address (HTTPS), kept across restarts.
+    oauth: BTreeMap<u64, String>,
     /// The proxies, when the cluster is proxied.
     pub net: Option<proxy::Net>,
     /// For each node: peer address -> the proxy it dials.
@@ -174,6 +182,7 @@ impl Cluster {
             opts,
             bootstrap: Vec::new(),
             reserved: BTreeMap::new(),
+            oauth: BTreeMap::new(),
             net: None,
             routes: BTreeMap::new(),
             members: (1..=n).collect(),
@@ -331,6 +340,21 @@ impl Cluster {
         if let Some((hb, min, max)) = self.opts.timeouts_ms {
             text += &format!(
                 "heartbeat_ms = {hb}\nelection_timeout_min_ms = {min}\nelection_timeout_max_ms = {max}\n"
+            );
+        }
+        if !self.opts.insecure {
+            let oauth = match self.oauth.get(&id) {
+                Some(a) => a.clone(),
+                None => {
+                    let a = format!("127.0.0.1:{}", free_port()?);
+                    self.oauth.insert(id, a.clone());
+                    a
+                }
+            };
+            // One issuer name for the cluster, as behind a load balancer.
+            text += &format!(
+                "[tls]\nip_addrs = [\"127.0.0.1\"]\n[oauth]\naddr = {oauth:?}\nissuer = {OAUTH_ISSUER:?}\n{}\n",
+                self.opts.oauth_extra
             );
         }
         if let Some(routes) = self.routes.get(&id) {
@@ -708,6 +732,19 @@ impl Cluster {
         let text = std::fs::read_to_string(&n.log).unwrap_or_default();
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Node `id`'s OAuth 2.0 address (HTTPS).
+    pub fn oauth_addr(&self, id: u64) -> anyhow::Result<String> {
+        self.oauth
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| anyhow!("node {id} serves no OAuth endpoint"))
+    }
+
+    /// An HTTPS client that trusts the cluster's root.
+    pub fn https(&self) -> anyhow::Result<oauth::Https> {
+        oauth::Https::new(&self.pki_dir().join("ca.crt"))
     }
 
     pub fn addr(&self, id: u64) -> anyhow::Result<String> {

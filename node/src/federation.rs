@@ -656,7 +656,9 @@ pub async fn https_get(
     let head = String::from_utf8_lossy(&resp[..split]).to_ascii_lowercase();
     let status = head.lines().next().unwrap_or("");
     if !status.contains(" 200") {
-        return Err(format!("the endpoint answered {status:?} (redirects are not followed)"));
+        return Err(format!(
+            "the endpoint answered {status:?} (redirects are not followed)"
+        ));
     }
     let body = &resp[split + 4..];
     let body = if head.contains("transfer-encoding: chunked") {

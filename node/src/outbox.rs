@@ -143,16 +143,17 @@ pub async fn flush_loop(ctx: Arc<Ctx>, recorder: Recorder, mut shutdown: watch::
         tokio::time::sleep(Duration::from_millis(20)).await;
         loop {
             let ob = recorder.outbox.clone();
-            let batch = match tokio::task::spawn_blocking(move || ob.oldest(ISSUANCES_PER_COMMAND_MAX))
-                .await
-            {
-                Ok(Ok(b)) => b,
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "reading the issuance outbox failed");
-                    break;
-                }
-                Err(_) => break,
-            };
+            let batch =
+                match tokio::task::spawn_blocking(move || ob.oldest(ISSUANCES_PER_COMMAND_MAX))
+                    .await
+                {
+                    Ok(Ok(b)) => b,
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "reading the issuance outbox failed");
+                        break;
+                    }
+                    Err(_) => break,
+                };
             if batch.is_empty() {
                 backoff = FLUSH_EVERY;
                 break;

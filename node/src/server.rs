@@ -157,12 +157,8 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
     let writes = Arc::new(WriteMetrics::default());
     let proposer = Proposer::start(raft.clone(), writes.clone(), cfg.planted_bug);
     let writer = Writer::new(node_id, raft.clone(), proposer, transport, writes.clone());
-    let mut issuer = crate::issuer::SvidIssuer::new(
-        node_id,
-        &cfg.data_dir,
-        freshness.clone(),
-        &cfg.issuer,
-    );
+    let mut issuer =
+        crate::issuer::SvidIssuer::new(node_id, &cfg.data_dir, freshness.clone(), &cfg.issuer);
     issuer.token_alg = cfg.oauth.alg;
     let issuer = Arc::new(issuer);
     let (outbox, next_issuance) =

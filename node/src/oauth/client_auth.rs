@@ -32,20 +32,15 @@ pub struct Form {
 }
 
 impl Form {
-    pub fn parse(
-        headers: &HeaderMap,
-        body: &[u8],
-        repeatable: &[&str],
-    ) -> Result<Self, Response> {
+    pub fn parse(headers: &HeaderMap, body: &[u8], repeatable: &[&str]) -> Result<Self, Response> {
         let ct = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        if !ct
-            .split(';')
-            .next()
-            .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
-        {
+        if !ct.split(';').next().is_some_and(|m| {
+            m.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        }) {
             return Err(error(
                 StatusCode::BAD_REQUEST,
                 "invalid_request",
@@ -65,7 +60,10 @@ impl Form {
                 continue; // RFC 6749 section 3.1: empty parameters are as if omitted
             }
             if repeatable.contains(&k.as_ref()) {
-                f.many.entry(k.into_owned()).or_default().push(v.into_owned());
+                f.many
+                    .entry(k.into_owned())
+                    .or_default()
+                    .push(v.into_owned());
             } else if f.one.insert(k.to_string(), v.into_owned()).is_some() {
                 return Err(error(
                     StatusCode::BAD_REQUEST,
@@ -133,7 +131,9 @@ pub fn authenticate(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             let (scheme, rest) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("basic").then(|| rest.trim().to_owned())
+            scheme
+                .eq_ignore_ascii_case("basic")
+                .then(|| rest.trim().to_owned())
         });
     let methods = [
         basic.is_some(),
@@ -150,9 +150,9 @@ pub fn authenticate(
     let claimed = form.get("client_id");
     {
         let limiter = s.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let blocked = limiter.blocked(&addr_key, now).or_else(|| {
-            claimed.and_then(|c| limiter.blocked(&format!("client:{c}"), now))
-        });
+        let blocked = limiter
+            .blocked(&addr_key, now)
+            .or_else(|| claimed.and_then(|c| limiter.blocked(&format!("client:{c}"), now)));
         if let Some(wait) = blocked {
             let mut r = error(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -204,7 +204,10 @@ fn enabled(state: &State, id: &ClientId) -> Result<(), Failure> {
     match state.clients.get(id) {
         Some(c) if c.enabled => Ok(()),
         Some(_) => Err(fail(format!("client {id} is disabled"), Some(id.as_str()))),
-        None => Err(fail("unknown client or wrong credentials", Some(id.as_str()))),
+        None => Err(fail(
+            "unknown client or wrong credentials",
+            Some(id.as_str()),
+        )),
     }
 }
 
@@ -224,11 +227,16 @@ fn secret_basic(
         .ok_or_else(|| fail("the Basic credentials are not id:secret", claimed))?;
     // RFC 6749 section 2.3.1: both parts are form-urlencoded before base64.
     let (id, secret) = (
-        pct_decode(id).ok_or_else(|| fail("the client id is not valid percent-encoded UTF-8", None))?,
-        pct_decode(secret).ok_or_else(|| fail("the secret is not valid percent-encoded UTF-8", None))?,
+        pct_decode(id)
+            .ok_or_else(|| fail("the client id is not valid percent-encoded UTF-8", None))?,
+        pct_decode(secret)
+            .ok_or_else(|| fail("the secret is not valid percent-encoded UTF-8", None))?,
     );
     if claimed.is_some_and(|c| c != id) {
-        return Err(fail("client_id differs from the Basic credentials", Some(&id)));
+        return Err(fail(
+            "client_id differs from the Basic credentials",
+            Some(&id),
+        ));
     }
     check_secret(s, state, &id, &secret, "client_secret_basic")
 }
@@ -291,8 +299,10 @@ fn check_times(s: &Oauth, jws: &Jws, claimed: Option<&str>) -> Result<u64, Failu
 
 fn assertion(s: &Oauth, state: &State, form: &Form) -> Result<Authenticated, Failure> {
     let claimed = form.get("client_id");
-    let (Some(kind), Some(token)) = (form.get("client_assertion_type"), form.get("client_assertion"))
-    else {
+    let (Some(kind), Some(token)) = (
+        form.get("client_assertion_type"),
+        form.get("client_assertion"),
+    ) else {
         return Err(fail(
             "client_assertion and client_assertion_type go together",
             claimed,
@@ -316,10 +326,16 @@ fn private_key_jwt(
     claimed: Option<&str>,
 ) -> Result<Authenticated, Failure> {
     let (Some(iss), Some(sub)) = (jws.str_claim("iss"), jws.str_claim("sub")) else {
-        return Err(fail("the assertion needs iss and sub (the client id)", claimed));
+        return Err(fail(
+            "the assertion needs iss and sub (the client id)",
+            claimed,
+        ));
     };
     if iss != sub || claimed.is_some_and(|c| c != iss) {
-        return Err(fail("iss, sub and client_id must all be the client id", claimed));
+        return Err(fail(
+            "iss, sub and client_id must all be the client id",
+            claimed,
+        ));
     }
     // rfc7523bis: one string, the issuer or the token endpoint.
     match jws.claims.get("aud").and_then(|a| a.as_str()) {
@@ -363,7 +379,10 @@ fn private_key_jwt(
         .unwrap_or_else(|p| p.into_inner())
         .first_use(iss, jti, exp + SKEW_S, now_s());
     if !fresh {
-        return Err(fail("the assertion was already used (jti replayed)", Some(iss)));
+        return Err(fail(
+            "the assertion was already used (jti replayed)",
+            Some(iss),
+        ));
     }
     Ok(Authenticated {
         client_id: cid,
@@ -438,8 +457,12 @@ fn tls_client(
     cert: &rustls::pki_types::CertificateDer<'static>,
     claimed: Option<&str>,
 ) -> Result<Authenticated, Failure> {
-    let id = authsec_raft::tls::svid_id(cert)
-        .map_err(|e| fail(format!("the client certificate is not an SVID: {e}"), claimed))?;
+    let id = authsec_raft::tls::svid_id(cert).map_err(|e| {
+        fail(
+            format!("the client certificate is not an SVID: {e}"),
+            claimed,
+        )
+    })?;
     Ok(Authenticated {
         client_id: client_for_spiffe(state, id.as_str(), claimed)?,
         method: "tls_client_auth",

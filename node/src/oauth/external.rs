@@ -67,7 +67,14 @@ pub struct External {
 impl std::fmt::Debug for External {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("External")
-            .field("issuers", &self.issuers.iter().map(|(i, _)| &i.issuer).collect::<Vec<_>>())
+            .field(
+                "issuers",
+                &self
+                    .issuers
+                    .iter()
+                    .map(|(i, _)| &i.issuer)
+                    .collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -149,7 +156,10 @@ impl External {
                 Err(e) => {
                     tracing::warn!(issuer = %t.issuer, error = %e, "fetching a trusted issuer's JWKS failed");
                     if c.fetched.is_none() {
-                        return Err(format!("the keys of {} could not be fetched: {e}", t.issuer));
+                        return Err(format!(
+                            "the keys of {} could not be fetched: {e}",
+                            t.issuer
+                        ));
                     }
                 }
             }
@@ -162,7 +172,11 @@ impl External {
     }
 
     /// Verify an external token: exact issuer, allowed algorithm, signature, times, audience.
-    pub async fn verify(&self, jws: &Jws, own_issuers: &[String]) -> Result<ExternalSubject, String> {
+    pub async fn verify(
+        &self,
+        jws: &Jws,
+        own_issuers: &[String],
+    ) -> Result<ExternalSubject, String> {
         let iss = jws.str_claim("iss").unwrap_or("");
         let Some((t, config)) = self.issuers.iter().find(|(t, _)| t.issuer == iss) else {
             return Err(format!("the token's issuer {iss:?} is not trusted"));
@@ -177,7 +191,10 @@ impl External {
         }
         let keys = self.keys(t, config, jws.kid()).await?;
         if !keys.iter().any(|k| jws.verify(k)) {
-            return Err(format!("the token's signature does not verify with {}'s keys", t.issuer));
+            return Err(format!(
+                "the token's signature does not verify with {}'s keys",
+                t.issuer
+            ));
         }
         let now = crate::issuer::now_ms() / 1000;
         let exp = jws.num_claim("exp").ok_or("the token has no exp")?;
@@ -197,7 +214,9 @@ impl External {
         if !ok {
             return Err(format!(
                 "the token's aud must include {}",
-                t.audience.clone().unwrap_or_else(|| own_issuers.join(" or "))
+                t.audience
+                    .clone()
+                    .unwrap_or_else(|| own_issuers.join(" or "))
             ));
         }
         let sub = jws
@@ -215,10 +234,15 @@ async fn fetch_jwks(
     t: &TrustedIssuer,
     config: &Arc<rustls::ClientConfig>,
 ) -> Result<Vec<(Option<String>, VerifyKey)>, String> {
-    let body =
-        crate::federation::https_get(&t.jwks_url, config.clone(), JWKS_BYTES_MAX, t.allow_internal)
-            .await?;
-    let doc: Value = serde_json::from_slice(&body).map_err(|e| format!("the JWKS is not JSON: {e}"))?;
+    let body = crate::federation::https_get(
+        &t.jwks_url,
+        config.clone(),
+        JWKS_BYTES_MAX,
+        t.allow_internal,
+    )
+    .await?;
+    let doc: Value =
+        serde_json::from_slice(&body).map_err(|e| format!("the JWKS is not JSON: {e}"))?;
     let keys = doc
         .get("keys")
         .and_then(Value::as_array)
@@ -227,7 +251,11 @@ async fn fetch_jwks(
         .iter()
         .take(JWKS_KEYS_MAX)
         .filter_map(Value::as_object)
-        .filter(|k| k.get("use").and_then(Value::as_str).is_none_or(|u| u == "sig"))
+        .filter(|k| {
+            k.get("use")
+                .and_then(Value::as_str)
+                .is_none_or(|u| u == "sig")
+        })
         .filter_map(|k| {
             let key = VerifyKey::from_jwk(k).ok()?;
             Some((k.get("kid").and_then(Value::as_str).map(str::to_owned), key))

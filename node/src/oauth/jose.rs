@@ -50,7 +50,8 @@ impl Jws {
             return Err(JoseError::TooLarge);
         }
         let mut parts = token.split('.');
-        let (Some(h), Some(c), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next())
+        let (Some(h), Some(c), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(JoseError::Malformed("expected three dot-separated parts"));
         };
@@ -204,7 +205,9 @@ impl VerifyKey {
             (Some("RSA"), _) => {
                 let (n, e) = (b("n")?, b("e")?);
                 if n.len() < 256 {
-                    return Err(JoseError::Key("RSA keys must have 2048 bits or more".into()));
+                    return Err(JoseError::Key(
+                        "RSA keys must have 2048 bits or more".into(),
+                    ));
                 }
                 Ok(VerifyKey::Rs256(rsa_public_der(&n, &e)))
             }
@@ -235,7 +238,9 @@ impl VerifyKey {
             VerifyKey::Es256(p) => serde_json::json!({
                 "kty": "EC", "crv": "P-256", "x": b64url(&p[1..33]), "y": b64url(&p[33..65]),
             }),
-            VerifyKey::EdDsa(x) => serde_json::json!({ "kty": "OKP", "crv": "Ed25519", "x": b64url(x) }),
+            VerifyKey::EdDsa(x) => {
+                serde_json::json!({ "kty": "OKP", "crv": "Ed25519", "x": b64url(x) })
+            }
             VerifyKey::Rs256(_) => serde_json::json!({ "kty": "RSA" }),
         }
     }
@@ -258,7 +263,11 @@ fn rsa_public_der(n: &[u8], e: &[u8]) -> Vec<u8> {
         if len < 0x80 {
             out.push(len as u8);
         } else {
-            let bytes: Vec<u8> = len.to_be_bytes().into_iter().skip_while(|b| *b == 0).collect();
+            let bytes: Vec<u8> = len
+                .to_be_bytes()
+                .into_iter()
+                .skip_while(|b| *b == 0)
+                .collect();
             out.push(0x80 | bytes.len() as u8);
             out.extend(bytes);
         }
@@ -278,11 +287,11 @@ mod tests {
 
     fn sign_es256(claims: &Value) -> (String, VerifyKey) {
         let rng = SystemRandom::new();
-        let pkcs8 =
-            EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-                .expect("key");
-        let kp = EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref())
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
             .expect("key");
+        let kp =
+            EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref())
+                .expect("key");
         let input = format!(
             "{}.{}",
             b64url(br#"{"alg":"ES256"}"#),
@@ -343,6 +352,9 @@ mod tests {
             Some(JoseError::TooLarge)
         );
         assert!(VerifyKey::from_registered("{\"kty\":\"oct\"}").is_err());
-        assert!(VerifyKey::from_registered("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----").is_err());
+        assert!(VerifyKey::from_registered(
+            "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----"
+        )
+        .is_err());
     }
 }

@@ -159,10 +159,7 @@ impl Oauth {
             .route("/oauth2/token", post(token::token))
             .route("/oauth2/introspect", post(token::introspect))
             .route("/oauth2/revoke", post(token::revoke))
-            .route(
-                "/.well-known/oauth-authorization-server",
-                get(metadata),
-            )
+            .route("/.well-known/oauth-authorization-server", get(metadata))
             .route("/.well-known/jwks.json", get(jwks))
             .fallback(|| async {
                 error(
@@ -312,10 +309,12 @@ pub async fn serve(
                     .and_then(|c| c.first())
                     .map(|c| c.clone().into_owned()),
             };
-            let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(conn.clone());
-                app.clone().oneshot(req)
-            });
+            let svc = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(conn.clone());
+                    app.clone().oneshot(req)
+                },
+            );
             let served = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
                 .header_read_timeout(HANDSHAKE_TIMEOUT)

@@ -12,6 +12,7 @@ use authsec_domain::{
     Actor, ClientId, Command, DelegationId, Delegator, Principal, Scope, State, Subject,
 };
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::State as AxState;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -31,6 +32,17 @@ const RESOURCE_BYTES_MAX: usize = 512;
 const ADMIN_TOKENS_READ: &str = "authsec.admin:tokens.read";
 const ADMIN_TOKENS_REVOKE: &str = "authsec.admin:tokens.revoke";
 
+fn too_large(e: BytesRejection) -> Response {
+    error(
+        e.status(),
+        "invalid_request",
+        format!(
+            "the request body could not be read ({e}); at most {} bytes",
+            super::BODY_BYTES_MAX
+        ),
+    )
+}
+
 fn bad_request(code: &str, description: impl Into<String>) -> Response {
     error(StatusCode::BAD_REQUEST, code, description)
 }
@@ -41,8 +53,10 @@ fn unavailable(description: impl Into<String>) -> Response {
         "temporarily_unavailable",
         description,
     );
-    r.headers_mut()
-        .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+    r.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static("1"),
+    );
     r
 }
 
@@ -129,7 +143,9 @@ async fn issue(s: &Oauth, g: Grant) -> Response {
         .min(key.not_after.as_secs())
         .min(g.delegated.as_ref().map_or(u64::MAX, |d| d.max_exp));
     if exp <= now {
-        return unavailable("this node's access-token key has expired; its successor is being prepared");
+        return unavailable(
+            "this node's access-token key has expired; its successor is being prepared",
+        );
     }
     let applied = crate::svid_api::applied_index(&s.ctx);
     let mut jti = [0u8; 16];
@@ -203,10 +219,7 @@ async fn issue(s: &Oauth, g: Grant) -> Response {
         audience: g.audience,
         scopes: g.scopes.iter().map(ToString::to_string).collect(),
         delegation: g.delegated.as_ref().map(|d| d.delegation.to_string()),
-        actor: g
-            .delegated
-            .as_ref()
-            .map(|_| g.client.client_id.to_string()),
+        actor: g.delegated.as_ref().map(|_| g.client.client_id.to_string()),
         issued_at_ms: now_ms,
         expires_at_ms: exp * 1000,
         applied_index: applied,
@@ -233,8 +246,12 @@ pub async fn token(
     AxState(s): AxState<Arc<Oauth>>,
     Extension(conn): Extension<Conn>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return too_large(e),
+    };
     let form = match Form::parse(&headers, &body, &["resource", "audience"]) {
         Ok(f) => f,
         Err(r) => return r,
@@ -285,7 +302,10 @@ pub async fn token(
             if c.default_audience.is_empty() {
                 return bad_request(
                     "invalid_target",
-                    format!("name a resource: client {} has no default audience", c.client_id),
+                    format!(
+                        "name a resource: client {} has no default audience",
+                        c.client_id
+                    ),
                 );
             }
             vec![c.default_audience.clone()]
@@ -345,7 +365,9 @@ fn client_of_spiffe(state: &State, spiffe: &str) -> Option<ClientId> {
 
 /// A JWT-SVID of this trust domain, verified, with `aud` naming this server.
 fn jwt_svid(s: &Oauth, state: &State, jws: &Jws) -> Option<String> {
-    let sub = jws.str_claim("sub").filter(|x| x.starts_with("spiffe://"))?;
+    let sub = jws
+        .str_claim("sub")
+        .filter(|x| x.starts_with("spiffe://"))?;
     let now = crate::issuer::now_ms() / 1000;
     if jws.num_claim("exp").is_none_or(|e| e <= now)
         || !jws
@@ -408,8 +430,8 @@ async fn exchange(s: &Oauth, client: Authenticated, form: &Form) -> Result<Grant
     }
     let requested = form.get("scope").map(parse_scopes).transpose()?;
     let resources = parse_resources(form.all("resource"))?;
-    let subject = Jws::parse(subject_token)
-        .map_err(|e| invalid_grant(format!("subject_token: {e}")))?;
+    let subject =
+        Jws::parse(subject_token).map_err(|e| invalid_grant(format!("subject_token: {e}")))?;
     let now_s = crate::issuer::now_ms() / 1000;
     let iss = subject.str_claim("iss").unwrap_or("").to_owned();
     let own = s.accepted_issuers.iter().any(|a| *a == iss);
@@ -507,7 +529,10 @@ async fn exchange(s: &Oauth, client: Authenticated, form: &Form) -> Result<Grant
         if c.default_audience.is_empty() {
             return Err(bad_request(
                 "invalid_target",
-                format!("name a resource: client {} has no default audience", c.client_id),
+                format!(
+                    "name a resource: client {} has no default audience",
+                    c.client_id
+                ),
             ));
         }
         vec![c.default_audience.clone()]
@@ -554,7 +579,11 @@ async fn exchange(s: &Oauth, client: Authenticated, form: &Form) -> Result<Grant
                 .permissions
                 .iter()
                 .filter(|p| !p.is_wildcard())
-                .filter(|p| subject_scopes.as_ref().is_none_or(|a| a.contains(p.as_str())))
+                .filter(|p| {
+                    subject_scopes
+                        .as_ref()
+                        .is_none_or(|a| a.contains(p.as_str()))
+                })
                 .filter(|p| {
                     permissions::effective(
                         &state,
@@ -690,8 +719,12 @@ pub async fn introspect(
     AxState(s): AxState<Arc<Oauth>>,
     Extension(conn): Extension<Conn>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return too_large(e),
+    };
     let form = match Form::parse(&headers, &body, &[]) {
         Ok(f) => f,
         Err(r) => return r,
@@ -733,8 +766,12 @@ pub async fn revoke(
     AxState(s): AxState<Arc<Oauth>>,
     Extension(conn): Extension<Conn>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return too_large(e),
+    };
     let form = match Form::parse(&headers, &body, &[]) {
         Ok(f) => f,
         Err(r) => return r,

@@ -1,0 +1,214 @@
+//! A small HTTPS client for the OAuth endpoints (one request per connection), and helpers to
+//! read tokens. The tests speak plain HTTP/1.1 over rustls, as any OAuth client library does.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use base64::Engine;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// An answer: status, lower-cased headers, body.
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn json(&self) -> anyhow::Result<Value> {
+        serde_json::from_str(&self.body).with_context(|| format!("not JSON: {}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The OAuth `error` code of an error answer.
+    pub fn error(&self) -> String {
+        self.json()
+            .ok()
+            .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
+            .unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Https {
+    config: Arc<rustls::ClientConfig>,
+}
+
+fn roots(ca: &Path) -> anyhow::Result<rustls::RootCertStore> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).with_context(|| format!("read {}", ca.display()))? {
+        roots.add(c?)?;
+    }
+    Ok(roots)
+}
+
+impl Https {
+    pub fn new(ca: &Path) -> anyhow::Result<Self> {
+        let c = rustls::ClientConfig::builder_with_provider(authsec_tls::tls::provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots(ca)?)
+            .with_no_client_auth();
+        Ok(Self {
+            config: Arc::new(c),
+        })
+    }
+
+    /// The same, presenting a client certificate (tls_client_auth).
+    pub fn with_client_cert(
+        ca: &Path,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> anyhow::Result<Self> {
+        let c = rustls::ClientConfig::builder_with_provider(authsec_tls::tls::provider())
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots(ca)?)
+            .with_client_auth_cert(chain, key)?;
+        Ok(Self {
+            config: Arc::new(c),
+        })
+    }
+
+    pub async fn request(
+        &self,
+        addr: &str,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> anyhow::Result<Resp> {
+        let work = async {
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+            let name = ServerName::try_from(host.to_owned())?;
+            let mut tls = tokio_rustls::TlsConnector::from(self.config.clone())
+                .connect(name, tcp)
+                .await?;
+            let mut req = format!(
+                "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+                body.len()
+            );
+            for (k, v) in headers {
+                req += &format!("{k}: {v}\r\n");
+            }
+            req += "\r\n";
+            tls.write_all(req.as_bytes()).await?;
+            tls.write_all(body).await?;
+            let mut out = Vec::new();
+            match tls.read_to_end(&mut out).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+                Err(e) => return Err(e.into()),
+            }
+            Ok::<_, anyhow::Error>(out)
+        };
+        let raw = tokio::time::timeout(Duration::from_secs(10), work)
+            .await
+            .map_err(|_| anyhow!("{method} https://{addr}{path}: no answer within 10 s"))??;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = text
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| anyhow!("no HTTP head in {text:?}"))?;
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| anyhow!("no status line in {head:?}"))?;
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        Ok(Resp {
+            status,
+            headers,
+            body: body.to_owned(),
+        })
+    }
+
+    /// POST a form to `path`, optionally with HTTP Basic credentials.
+    pub async fn post_form(
+        &self,
+        addr: &str,
+        path: &str,
+        basic: Option<(&str, &str)>,
+        form: &[(&str, &str)],
+    ) -> anyhow::Result<Resp> {
+        let body = form_encode(form);
+        let auth;
+        let mut headers = vec![("Content-Type", "application/x-www-form-urlencoded")];
+        if let Some((id, secret)) = basic {
+            auth = format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
+            );
+            headers.push(("Authorization", &auth));
+        }
+        self.request(addr, "POST", path, &headers, body.as_bytes())
+            .await
+    }
+
+    /// `client_credentials` with client_secret_basic; the answer as it came.
+    pub async fn client_credentials(
+        &self,
+        addr: &str,
+        id: &str,
+        secret: &str,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<Resp> {
+        let mut form = vec![("grant_type", "client_credentials")];
+        form.extend_from_slice(extra);
+        self.post_form(addr, "/oauth2/token", Some((id, secret)), &form)
+            .await
+    }
+}
+
+/// `application/x-www-form-urlencoded`.
+pub fn form_encode(form: &[(&str, &str)]) -> String {
+    fn enc(s: &str) -> String {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
+                    (b as char).to_string()
+                }
+                b' ' => "+".into(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    }
+    form.iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// The claims of a JWT, unverified (the tests verify separately).
+pub fn claims(token: &str) -> anyhow::Result<Value> {
+    let part = token
+        .split('.')
+        .nth(1)
+        .ok_or_else(|| anyhow!("not a JWT"))?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part)?;
+    Ok(serde_json::from_slice(&bytes)?)
+}
+
+/// The header of a JWT.
+pub fn header(token: &str) -> anyhow::Result<Value> {
+    let part = token
+        .split('.')
+        .next()
+        .ok_or_else(|| anyhow!("not a JWT"))?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part)?;
+    Ok(serde_json::from_slice(&bytes)?)
+}
