@@ -434,7 +434,7 @@ async fn exchange(s: &Oauth, client: Authenticated, form: &Form) -> Result<Grant
         Jws::parse(subject_token).map_err(|e| invalid_grant(format!("subject_token: {e}")))?;
     let now_s = crate::issuer::now_ms() / 1000;
     let iss = subject.str_claim("iss").unwrap_or("").to_owned();
-    let own = s.accepted_issuers.iter().any(|a| *a == iss);
+    let own = s.accepted_issuers.contains(&iss);
     // Who delegates, what the subject token itself allows, and the chain it already carries.
     let (delegator, subject_scopes, prior_act) = if own {
         let state = s.view.read();
