@@ -17,3 +17,6 @@ cargo test --locked --workspace -- --test-threads 1 --nocapture no_violation
 scripts/svid-acceptance.sh
 # Federation between two dev clusters with different trust domains.
 scripts/federation-acceptance.sh
+# OAuth 2.0 from every node: curl for tokens, PyJWT against every node's JWKS, revocation seen
+# across nodes within a second, every token in the audit log.
+scripts/oauth-acceptance.sh

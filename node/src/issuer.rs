@@ -915,6 +915,50 @@ mod tests {
     }
 
     #[test]
+    fn token_keys_sign_with_the_algorithm_they_were_made_for() {
+        for alg in [TokenAlg::Es256, TokenAlg::EdDsa] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut issuer = SvidIssuer::new(
+                4,
+                dir.path(),
+                Arc::new(Freshness::default()),
+                &Default::default(),
+            );
+            issuer.token_alg = alg;
+            let (kid, kp) = issuer.new_key(KeyKind::Token).expect("key");
+            assert!(kid.starts_with("n4-at-"), "{kid}");
+            let public = spki(&kp);
+            let key = NodeKey {
+                kid,
+                node_id: 4,
+                kind: KeyKind::Token,
+                public: public.clone(),
+                not_after_ms: now_ms() + 60_000,
+                state: KeyState::Active,
+                published_at_ms: 0,
+                changed_at_ms: 0,
+            };
+            assert!(issuer.holds(&key));
+            // A node made with the other algorithm still signs with this key's own.
+            issuer.token_alg = TokenAlg::default();
+            issuer.install(&key).expect("install");
+            let active = issuer.active_token_key().expect("active");
+            assert_eq!(active.alg, alg);
+            let sig = active.sign(b"header.claims").expect("sign");
+            let verifier = crate::oauth::jose::VerifyKey::from_spki(&public).expect("spki");
+            assert_eq!(verifier.alg(), alg.as_str());
+            assert!(verifier.verify(b"header.claims", &sig));
+            assert!(!verifier.verify(b"header.claimz", &sig));
+            // A private key that is not the published one is refused.
+            let (_, other) = issuer.new_key(KeyKind::Token).expect("key");
+            let mut wrong = key.clone();
+            wrong.public = spki(&other);
+            issuer.uninstall(KeyKind::Token);
+            assert!(issuer.install(&wrong).is_err());
+        }
+    }
+
+    #[test]
     fn serials_are_unique() {
         let f = fixture();
         let a = f
