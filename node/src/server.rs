@@ -258,6 +258,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
             SvidServiceServer::new(crate::svid_api::Svids {
                 ctx: ctx.clone(),
                 issuer: issuer.clone(),
+                recorder: recorder.clone(),
             })
             .max_decoding_message_size(API_MESSAGE_BYTES_MAX),
         );

@@ -22,6 +22,8 @@ use crate::services::Ctx;
 pub struct Svids {
     pub ctx: Arc<Ctx>,
     pub issuer: Arc<SvidIssuer>,
+    /// Every SVID is in this node's synced outbox before it is returned.
+    pub recorder: crate::outbox::Recorder,
 }
 
 impl Svids {
@@ -106,6 +108,40 @@ impl Svids {
             }
         }
         Ok(out)
+    }
+
+    /// No audit, no credential: record the issuance (synced) before answering.
+    #[allow(clippy::too_many_arguments)]
+    async fn record(
+        &self,
+        req_caller: Option<String>,
+        entry: &Entry,
+        kind: authsec_domain::issuance::CredentialKind,
+        id: String,
+        audience: Vec<String>,
+        expires_at_ms: u64,
+        applied_index: u64,
+    ) -> Result<(), Status> {
+        let rec = authsec_domain::issuance::Issuance {
+            seq: 0,
+            kind,
+            id,
+            subject: entry.spiffe_id.to_string(),
+            client_id: req_caller.unwrap_or_else(|| "anonymous".into()),
+            method: "svid_api".into(),
+            audience,
+            scopes: Vec::new(),
+            delegation: None,
+            actor: None,
+            issued_at_ms: crate::issuer::now_ms(),
+            expires_at_ms,
+            applied_index,
+        };
+        self.recorder.record(rec).await.map_err(|e| {
+            tracing::error!(error = %e, "an SVID was not issued: its audit record could not be written");
+            Status::unavailable("this node cannot record issuances now; ask another node")
+        })?;
+        Ok(())
     }
 
     /// What every mint checks first: the freshness bound, the entry, the caller. Answers the
@@ -228,10 +264,21 @@ impl SvidService for Svids {
         req: Request<v1::MintX509SvidRequest>,
     ) -> Result<Response<v1::MintX509SvidResponse>, Status> {
         let (entry, issued_at_index) = self.admit(&req, &req.get_ref().entry_id)?;
+        let caller = crate::authz::caller(&req).map(|c| c.to_string());
         let r = req.into_inner();
         let svid = self
             .issuer
             .mint_x509(&entry, &r.csr_der, r.ttl_seconds, issued_at_index)?;
+        self.record(
+            caller,
+            &entry,
+            authsec_domain::issuance::CredentialKind::X509Svid,
+            hex::encode(svid.serial),
+            Vec::new(),
+            svid.not_after.as_millis() as u64,
+            issued_at_index,
+        )
+        .await?;
         let bundle = self.ctx.reader.bundle_roots().map_err(|e| {
             tracing::error!(error = %e, "reading the trust bundle failed");
             Status::internal("storage read failed; see the node's log")
@@ -260,10 +307,21 @@ impl SvidService for Svids {
         req: Request<v1::MintJwtSvidRequest>,
     ) -> Result<Response<v1::MintJwtSvidResponse>, Status> {
         let (entry, issued_at_index) = self.admit(&req, &req.get_ref().entry_id)?;
+        let caller = crate::authz::caller(&req).map(|c| c.to_string());
         let r = req.into_inner();
         let svid = self
             .issuer
             .mint_jwt(&entry, &r.audience, r.ttl_seconds, issued_at_index)?;
+        self.record(
+            caller,
+            &entry,
+            authsec_domain::issuance::CredentialKind::JwtSvid,
+            svid.jti.clone(),
+            r.audience.clone(),
+            svid.expires_at.as_millis() as u64,
+            issued_at_index,
+        )
+        .await?;
         Ok(Response::new(v1::MintJwtSvidResponse {
             spiffe_id: entry.spiffe_id.to_string(),
             token: svid.token,
