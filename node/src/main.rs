@@ -1,11 +1,17 @@
 //! `authsec`: the node server and the admin CLI in one binary.
 #![forbid(unsafe_code)]
 
+/// mimalloc: the issuance paths allocate per request, and glibc malloc cost a sixth of the
+/// token endpoint's CPU under load (docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod authz;
 mod backup;
 mod bundle;
 mod cli;
 mod cli_identity;
+mod cli_oauth;
 mod cli_svid;
 mod config;
 mod dev;
@@ -95,6 +101,9 @@ enum Cmd {
     /// Other trust domains this one trusts (SPIFFE federation).
     #[command(subcommand)]
     Federation(cli_svid::FederationCmd),
+    /// OAuth 2.0 tools: a load generator for token endpoints.
+    #[command(subcommand)]
+    Oauth(cli_oauth::OauthCmd),
     /// Read the audit event feed.
     #[command(subcommand)]
     Events(EventsCmd),
@@ -595,6 +604,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Bundle(c) => cli_identity::bundle(c).await?,
         Cmd::Svid(c) => cli_svid::svid(c).await?,
         Cmd::Federation(c) => cli_svid::federation(c).await?,
+        Cmd::Oauth(c) => cli_oauth::run(c).await?,
         Cmd::Roots(c) => cli_svid::roots(c).await?,
         Cmd::Admin(AdminCmd::Issue { target, name, out }) => {
             let eps = cli::endpoints(&target)?;

@@ -133,6 +133,8 @@ fn writer(
 /// last recorded sequence).
 pub async fn flush_loop(ctx: Arc<Ctx>, recorder: Recorder, mut shutdown: watch::Receiver<bool>) {
     let mut backoff = FLUSH_EVERY;
+    // Everything below this sequence was removed by this process.
+    let mut from = 0;
     loop {
         tokio::select! {
             _ = shutdown.wait_for(|s| *s) => return,
@@ -143,17 +145,18 @@ pub async fn flush_loop(ctx: Arc<Ctx>, recorder: Recorder, mut shutdown: watch::
         tokio::time::sleep(Duration::from_millis(20)).await;
         loop {
             let ob = recorder.outbox.clone();
-            let batch =
-                match tokio::task::spawn_blocking(move || ob.oldest(ISSUANCES_PER_COMMAND_MAX))
-                    .await
-                {
-                    Ok(Ok(b)) => b,
-                    Ok(Err(e)) => {
-                        tracing::error!(error = %e, "reading the issuance outbox failed");
-                        break;
-                    }
-                    Err(_) => break,
-                };
+            let batch = match tokio::task::spawn_blocking(move || {
+                ob.oldest(from, ISSUANCES_PER_COMMAND_MAX)
+            })
+            .await
+            {
+                Ok(Ok(b)) => b,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "reading the issuance outbox failed");
+                    break;
+                }
+                Err(_) => break,
+            };
             if batch.is_empty() {
                 backoff = FLUSH_EVERY;
                 break;
@@ -169,6 +172,7 @@ pub async fn flush_loop(ctx: Arc<Ctx>, recorder: Recorder, mut shutdown: watch::
                 .max(1);
             let issuances: Vec<Issuance> = batch.into_iter().take(take).collect();
             let last = issuances.last().map_or(0, |r| r.seq);
+            let seqs: Vec<u64> = issuances.iter().map(|r| r.seq).collect();
             let n = issuances.len() as u64;
             let actor = Actor {
                 principal: Principal::System,
@@ -182,9 +186,10 @@ pub async fn flush_loop(ctx: Arc<Ctx>, recorder: Recorder, mut shutdown: watch::
                 Ok(_) => {
                     recorder.stats.proposed.fetch_add(n, Ordering::Relaxed);
                     let ob = recorder.outbox.clone();
-                    let cleared =
-                        tokio::task::spawn_blocking(move || ob.remove_through(last)).await;
-                    if !matches!(cleared, Ok(Ok(()))) {
+                    let cleared = tokio::task::spawn_blocking(move || ob.remove(seqs)).await;
+                    if matches!(cleared, Ok(Ok(()))) {
+                        from = last + 1;
+                    } else {
                         tracing::warn!("clearing the issuance outbox failed; the batch will be proposed again and recorded once");
                         break;
                     }

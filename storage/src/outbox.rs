@@ -64,14 +64,15 @@ impl Outbox {
             .map_err(StoreError::rocks("append to the issuance outbox"))
     }
 
-    /// The oldest records, at most `limit`.
-    pub fn oldest(&self, limit: usize) -> Result<Vec<Issuance>, StoreError> {
+    /// The oldest records from sequence `from` on, at most `limit`. Seeking past what was
+    /// already removed keeps the scan off the deletion tombstones.
+    pub fn oldest(&self, from: u64, limit: usize) -> Result<Vec<Issuance>, StoreError> {
         let mut out = Vec::new();
         let mut it = self
             .store
             .db
             .raw_iterator_cf(self.store.cf(cf::LOCAL_OUTBOX));
-        it.seek_to_first();
+        it.seek(cf::u64_key(from));
         while let (Some(k), Some(v)) = (it.key(), it.value()) {
             if out.len() >= limit {
                 break;
@@ -86,14 +87,14 @@ impl Outbox {
         Ok(out)
     }
 
-    /// Remove every record up to and including `seq` (they are in the log).
-    pub fn remove_through(&self, seq: u64) -> Result<(), StoreError> {
+    /// Remove these records (they are in the log). Point deletions: a range deletion would
+    /// make every later iterator fragment all of them again.
+    pub fn remove(&self, seqs: impl IntoIterator<Item = u64>) -> Result<(), StoreError> {
         let mut batch = WriteBatch::default();
-        batch.delete_range_cf(
-            self.store.cf(cf::LOCAL_OUTBOX),
-            cf::u64_key(0),
-            cf::u64_key(seq.saturating_add(1)),
-        );
+        let cf_out = self.store.cf(cf::LOCAL_OUTBOX);
+        for s in seqs {
+            batch.delete_cf(cf_out, cf::u64_key(s));
+        }
         self.store
             .db
             .write_opt(batch, &WriteOptions::default())
@@ -153,14 +154,15 @@ mod tests {
         assert_eq!(next, 1);
         ob.append(&[rec(1), rec(2), rec(3)], 4).expect("append");
         assert_eq!(
-            ob.oldest(2)
+            ob.oldest(0, 2)
                 .expect("oldest")
                 .iter()
                 .map(|r| r.seq)
                 .collect::<Vec<_>>(),
             [1, 2]
         );
-        ob.remove_through(3).expect("remove");
+        assert_eq!(ob.oldest(3, 9).expect("oldest").len(), 1);
+        ob.remove([1, 2, 3]).expect("remove");
         assert!(ob.is_empty().expect("len"));
         drop((ob, store));
         let store = crate::open(dir.path()).expect("reopen");

@@ -17,7 +17,7 @@ use axum::extract::State as AxState;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Extension;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::client_auth::{authenticate, Authenticated, Form};
 use super::jose::{b64url, Jws, VerifyKey};
@@ -108,6 +108,43 @@ fn denial(d: Denial) -> Response {
     }
 }
 
+/// The claims of an access token (RFC 9068), in the order they are written.
+#[derive(serde::Serialize)]
+struct AccessClaims<'a> {
+    iss: &'a str,
+    sub: &'a str,
+    aud: Aud<'a>,
+    client_id: &'a str,
+    iat: u64,
+    exp: u64,
+    jti: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    scope: &'a str,
+    authsec_index: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cnf: Option<Cnf<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    act: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    authsec_delegation: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    authsec_delegator: Option<&'a str>,
+}
+
+/// `aud`: a string when there is one audience, else an array.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum Aud<'a> {
+    One(&'a str),
+    Many(&'a [String]),
+}
+
+#[derive(serde::Serialize)]
+struct Cnf<'a> {
+    #[serde(rename = "x5t#S256")]
+    x5t_s256: &'a str,
+}
+
 /// What goes into one access token.
 struct Grant {
     client: Authenticated,
@@ -157,45 +194,51 @@ async fn issue(s: &Oauth, g: Grant) -> Response {
         .map(Scope::as_str)
         .collect::<Vec<_>>()
         .join(" ");
-    let mut claims = Map::new();
-    claims.insert("iss".into(), json!(s.issuer_url));
     let sub = g
         .delegated
         .as_ref()
         .map_or(g.client.client_id.as_str(), |d| d.sub.as_str())
         .to_owned();
-    claims.insert("sub".into(), json!(sub));
-    claims.insert(
-        "aud".into(),
-        if g.audience.len() == 1 {
-            json!(g.audience[0])
-        } else {
-            json!(g.audience)
+    let claims = AccessClaims {
+        iss: &s.issuer_url,
+        sub: &sub,
+        aud: match g.audience.as_slice() {
+            [one] => Aud::One(one),
+            many => Aud::Many(many),
         },
+        client_id: g.client.client_id.as_str(),
+        iat: now,
+        exp,
+        jti: &jti,
+        scope: &scope,
+        // For revocation by index ("every token of this subject issued below R").
+        authsec_index: applied,
+        cnf: g
+            .client
+            .cert_thumbprint
+            .as_deref()
+            .map(|t| Cnf { x5t_s256: t }),
+        act: g.delegated.as_ref().map(|d| &d.act),
+        authsec_delegation: g.delegated.as_ref().map(|d| d.delegation.as_str()),
+        authsec_delegator: g.delegated.as_ref().map(|d| d.delegator.as_str()),
+    };
+    let claims = match serde_json::to_vec(&claims) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "encoding access-token claims failed");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "encoding failed; see the node's log",
+            );
+        }
+    };
+    let header = format!(
+        r#"{{"alg":"{}","typ":"at+jwt","kid":"{}"}}"#,
+        key.alg.as_str(),
+        key.kid
     );
-    claims.insert("client_id".into(), json!(g.client.client_id.as_str()));
-    claims.insert("iat".into(), json!(now));
-    claims.insert("exp".into(), json!(exp));
-    claims.insert("jti".into(), json!(jti));
-    if !scope.is_empty() {
-        claims.insert("scope".into(), json!(scope));
-    }
-    // For revocation by index ("every token of this subject issued below R").
-    claims.insert("authsec_index".into(), json!(applied));
-    if let Some(t) = &g.client.cert_thumbprint {
-        claims.insert("cnf".into(), json!({ "x5t#S256": t }));
-    }
-    if let Some(d) = &g.delegated {
-        claims.insert("act".into(), d.act.clone());
-        claims.insert("authsec_delegation".into(), json!(d.delegation.as_str()));
-        claims.insert("authsec_delegator".into(), json!(d.delegator));
-    }
-    let header = json!({ "alg": key.alg.as_str(), "typ": "at+jwt", "kid": key.kid });
-    let input = format!(
-        "{}.{}",
-        b64url(header.to_string().as_bytes()),
-        b64url(Value::Object(claims).to_string().as_bytes())
-    );
+    let input = format!("{}.{}", b64url(header.as_bytes()), b64url(&claims));
     let sig = match key.sign(input.as_bytes()) {
         Ok(sig) => sig,
         Err(e) => {
