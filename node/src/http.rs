@@ -17,6 +17,7 @@ use crate::writer::WriteMetrics;
 pub struct HttpState {
     pub ctx: Arc<Ctx>,
     pub writes: Arc<WriteMetrics>,
+    pub outbox: Arc<crate::outbox::OutboxStats>,
 }
 
 pub fn router(state: HttpState) -> Router {
@@ -124,6 +125,22 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
         "authsec_writes_forwarded_total",
         "Writes forwarded to the leader.",
         w.forwarded.load(Ordering::Relaxed),
+    );
+    let o = &s.outbox;
+    counter(
+        "authsec_issuances_recorded_total",
+        "Credentials recorded in this node's outbox (synced) before they were returned.",
+        o.recorded.load(Ordering::Relaxed),
+    );
+    counter(
+        "authsec_outbox_syncs_total",
+        "Synced outbox writes (each covers every issuance waiting at that moment).",
+        o.syncs.load(Ordering::Relaxed),
+    );
+    counter(
+        "authsec_issuances_proposed_total",
+        "Outbox records committed to the log by this node.",
+        o.proposed.load(Ordering::Relaxed),
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

@@ -22,6 +22,8 @@ const GROUP_MAX: usize = 4096;
 const PROPOSAL_BYTES_MAX: usize = 256 * 1024;
 /// How often the outbox is proposed when nothing wakes the flusher sooner.
 const FLUSH_EVERY: Duration = Duration::from_millis(250);
+/// Records waiting that wake the flusher before its tick: a full proposal's worth.
+const WAKE_AT: u64 = ISSUANCES_PER_COMMAND_MAX as u64;
 
 #[derive(Debug, thiserror::Error)]
 #[error("the issuance could not be recorded in the outbox: {0}")]
@@ -124,7 +126,13 @@ fn writer(
         for p in group.drain(..) {
             let _ = p.done.send(result.clone().map(|()| p.rec.seq));
         }
-        wake.notify_one();
+        // Wake the flusher early only for a full proposal: under load, fewer and larger
+        // entries cost the log (and every node applying it) far less than many small ones.
+        let waiting =
+            stats.recorded.load(Ordering::Relaxed) - stats.proposed.load(Ordering::Relaxed);
+        if waiting >= WAKE_AT {
+            wake.notify_one();
+        }
     }
 }
 
@@ -136,13 +144,12 @@ pub async fn flush_loop(ctx: Arc<Ctx>, recorder: Recorder, mut shutdown: watch::
     // Everything below this sequence was removed by this process.
     let mut from = 0;
     loop {
-        tokio::select! {
+        // Woken for a full proposal, only full proposals go; the tick takes the rest.
+        let full_only = tokio::select! {
             _ = shutdown.wait_for(|s| *s) => return,
-            _ = recorder.wake.notified() => {}
-            _ = tokio::time::sleep(backoff) => {}
-        }
-        // Let a burst of issuances gather into one proposal.
-        tokio::time::sleep(Duration::from_millis(20)).await;
+            _ = recorder.wake.notified() => true,
+            _ = tokio::time::sleep(backoff) => false,
+        };
         loop {
             let ob = recorder.outbox.clone();
             let batch = match tokio::task::spawn_blocking(move || {
@@ -157,7 +164,7 @@ pub async fn flush_loop(ctx: Arc<Ctx>, recorder: Recorder, mut shutdown: watch::
                 }
                 Err(_) => break,
             };
-            if batch.is_empty() {
+            if batch.is_empty() || (full_only && batch.len() < ISSUANCES_PER_COMMAND_MAX) {
                 backoff = FLUSH_EVERY;
                 break;
             }

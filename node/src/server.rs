@@ -312,6 +312,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
     let app = http::router(HttpState {
         ctx: ctx.clone(),
         writes,
+        outbox: recorder.stats.clone(),
     });
     let http_stop = stop(shutdown_rx.clone());
     tasks.push(tokio::spawn(async move {
