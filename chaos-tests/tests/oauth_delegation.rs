@@ -657,9 +657,79 @@ async fn delegated_tokens_never_escalate() -> anyhow::Result<()> {
         "certificate-bound"
     );
 
-    // Failed authentications are capped per client id (and per address): after five, even
-    // the right secret waits.
-    for _ in 0..5 {
+    // The same workload authenticates with a JWT-SVID instead (the OAuth SPIFFE client
+    // authentication draft): aud is the issuer; one for another audience is refused.
+    let jwt_svid = |aud: &str| {
+        let (c, aud) = (&c, aud.to_owned());
+        async move {
+            let entry = v1::entry_service_client::EntryServiceClient::new(c.channel(1).await?)
+                .list_entries(v1::ListEntriesRequest {
+                    spiffe_id: format!("spiffe://{TRUST_DOMAIN}/ci/job"),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner()
+                .entries
+                .into_iter()
+                .next()
+                .context("the ci entry")?
+                .entry_id;
+            anyhow::Ok(
+                v1::svid_service_client::SvidServiceClient::new(c.channel(1).await?)
+                    .mint_jwt_svid(v1::MintJwtSvidRequest {
+                        entry_id: entry,
+                        audience: vec![aud],
+                        ttl_seconds: 0,
+                    })
+                    .await?
+                    .into_inner()
+                    .token,
+            )
+        }
+    };
+    const JWT_SPIFFE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-spiffe";
+    let svid_token = jwt_svid(OAUTH_ISSUER).await?;
+    let r = h
+        .post_form(
+            &addr,
+            "/oauth2/token",
+            None,
+            &[
+                ("grant_type", "client_credentials"),
+                ("client_assertion_type", JWT_SPIFFE),
+                ("client_assertion", &svid_token),
+                ("scope", "orders:read"),
+            ],
+        )
+        .await?;
+    anyhow::ensure!(r.status == 200, "JWT-SVID client assertion: {r:?}");
+    assert_eq!(
+        claims(r.json()?["access_token"].as_str().context("token")?)?["client_id"],
+        "ci"
+    );
+    let elsewhere = jwt_svid("https://elsewhere.example").await?;
+    let r = h
+        .post_form(
+            &addr,
+            "/oauth2/token",
+            None,
+            &[
+                ("grant_type", "client_credentials"),
+                ("client_assertion_type", JWT_SPIFFE),
+                ("client_assertion", &elsewhere),
+            ],
+        )
+        .await?;
+    assert_eq!(
+        (r.status, r.error().as_str()),
+        (401, "invalid_client"),
+        "{r:?}"
+    );
+
+    // Failed authentications are capped per client id and per address (5 a minute here):
+    // the refused JWT-SVID above was this address's first, so four wrong secrets fill it,
+    // and then even the right secret waits.
+    for _ in 0..4 {
         let r = h
             .client_credentials(&addr, "svc", "as_cs_wrong", &[])
             .await?;

@@ -22,7 +22,8 @@ pub struct CliConfig {
     pub insecure: bool,
 }
 
-/// Which cluster the CLI talks to, and as whom.
+// Which cluster the CLI talks to, and as whom. (A plain comment: clap would show a doc
+// comment as the about text of every subcommand that flattens this.)
 #[derive(Debug, Clone, clap::Args)]
 pub struct Target {
     /// Node gRPC address(es), comma separated; default: the CLI config `authsec dev` writes.

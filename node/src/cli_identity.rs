@@ -384,6 +384,7 @@ pub enum ClientCmd {
         #[arg(long)]
         spiffe_id_template: Option<String>,
     },
+    /// List clients, a page at a time.
     List {
         #[command(flatten)]
         common: Common,
@@ -401,6 +402,7 @@ pub enum ClientCmd {
         #[arg(long)]
         linearizable: bool,
     },
+    /// Change a client's names, scopes or audience (only the fields given).
     Update {
         #[command(flatten)]
         common: Common,
@@ -422,6 +424,7 @@ pub enum ClientCmd {
         #[arg(long)]
         expected_revision: Option<u64>,
     },
+    /// Disable a client: it gets no more tokens.
     Disable {
         #[command(flatten)]
         common: Common,
@@ -429,6 +432,7 @@ pub enum ClientCmd {
         #[arg(long)]
         expected_revision: Option<u64>,
     },
+    /// Enable a disabled client.
     Enable {
         #[command(flatten)]
         common: Common,
@@ -778,6 +782,7 @@ pub async fn client(c: ClientCmd) -> anyhow::Result<()> {
 
 #[derive(Debug, Subcommand)]
 pub enum EntryCmd {
+    /// Create a workload entry (an SPIFFE ID, its parent agent and selectors).
     Create {
         #[command(flatten)]
         common: Common,
@@ -804,6 +809,7 @@ pub enum EntryCmd {
         #[arg(long)]
         id: Option<String>,
     },
+    /// List workload entries, filtered by SPIFFE ID, parent, client or status.
     List {
         #[command(flatten)]
         common: Common,
@@ -817,6 +823,7 @@ pub enum EntryCmd {
         #[arg(long)]
         status: Option<String>,
     },
+    /// One workload entry.
     Get {
         #[command(flatten)]
         common: Common,
@@ -824,6 +831,7 @@ pub enum EntryCmd {
         #[arg(long)]
         linearizable: bool,
     },
+    /// Change an entry's selectors, TTLs, DNS names or federation (only the fields given).
     Update {
         #[command(flatten)]
         common: Common,
@@ -845,6 +853,7 @@ pub enum EntryCmd {
         #[arg(long)]
         expected_revision: Option<u64>,
     },
+    /// Delete a workload entry.
     Delete {
         #[command(flatten)]
         common: Common,
@@ -1007,6 +1016,7 @@ pub async fn entry(c: EntryCmd) -> anyhow::Result<()> {
 
 #[derive(Debug, Subcommand)]
 pub enum RoleCmd {
+    /// Create a role: a named set of permissions.
     Create {
         #[command(flatten)]
         common: Common,
@@ -1017,10 +1027,12 @@ pub enum RoleCmd {
         #[arg(long, default_value = "")]
         description: String,
     },
+    /// List roles.
     List {
         #[command(flatten)]
         common: Common,
     },
+    /// One role with its permissions.
     Get {
         #[command(flatten)]
         common: Common,
@@ -1028,6 +1040,7 @@ pub enum RoleCmd {
         #[arg(long)]
         linearizable: bool,
     },
+    /// Replace a role's permissions or description.
     Update {
         #[command(flatten)]
         common: Common,
@@ -1271,6 +1284,7 @@ pub enum DelegationCmd {
         #[arg(long)]
         id: Option<String>,
     },
+    /// List delegations, by delegator or delegate.
     List {
         #[command(flatten)]
         common: Common,
@@ -1280,6 +1294,7 @@ pub enum DelegationCmd {
         #[arg(long)]
         include_revoked: bool,
     },
+    /// One delegation with its chain.
     Get {
         #[command(flatten)]
         common: Common,
@@ -1553,25 +1568,30 @@ pub enum AgentCmd {
     /// Single-use join tokens for agents.
     #[command(subcommand)]
     Token(AgentTokenCmd),
+    /// List the agents that attested.
     List {
         #[command(flatten)]
         common: Common,
     },
+    /// One agent.
     Get {
         #[command(flatten)]
         common: Common,
         spiffe_id: String,
     },
+    /// Ban an agent: it gets no more SVIDs.
     Ban {
         #[command(flatten)]
         common: Common,
         spiffe_id: String,
     },
+    /// Lift an agent's ban.
     Unban {
         #[command(flatten)]
         common: Common,
         spiffe_id: String,
     },
+    /// Forget an agent.
     Delete {
         #[command(flatten)]
         common: Common,
