@@ -357,6 +357,10 @@ pub enum Command {
         node_id: u64,
         issuances: Vec<crate::issuance::Issuance>,
     },
+    /// Forget single-token revocations whose token has expired by the command's time (a
+    /// revoked token that expired can be presented nowhere): keeps the revocation list, which
+    /// every node holds in memory, bounded by the tokens still alive.
+    PruneRevocations,
 }
 
 /// Where a rotated root's sealed key is kept in `sealed_secrets`.
@@ -408,6 +412,7 @@ impl Command {
             Command::ActivateRoot { .. } => "activate_root",
             Command::RetireRoot { .. } => "retire_root",
             Command::RecordIssuances { .. } => "record_issuances",
+            Command::PruneRevocations => "prune_revocations",
         }
     }
 

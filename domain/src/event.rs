@@ -171,6 +171,10 @@ pub enum Event {
         node_id: u64,
         issuances: Vec<crate::issuance::Issuance>,
     },
+    /// Single-token revocations forgotten because their tokens expired.
+    RevocationsPruned {
+        jtis: Vec<String>,
+    },
 }
 
 impl Event {
@@ -220,6 +224,7 @@ impl Event {
             Event::RootActivated { .. } => "ca.root_activated",
             Event::RootRetired { .. } => "ca.root_retired",
             Event::IssuancesRecorded { .. } => "credential.issued",
+            Event::RevocationsPruned { .. } => "token.revocations_pruned",
         }
     }
 
@@ -283,6 +288,7 @@ impl Event {
                 format!("root:{fingerprint}")
             }
             Event::IssuancesRecorded { node_id, .. } => format!("node:{node_id}"),
+            Event::RevocationsPruned { .. } => "revocations".into(),
         }
     }
 }

@@ -216,9 +216,19 @@ pub fn evolve(state: &mut State, event: &Event, time_ms: u64) {
             d.revoked_at_index = Some(*at_index);
         }
         Event::TokenRevoked { revoked } => {
-            state
+            if let Some(old) = state
                 .revoked_tokens
-                .insert(revoked.jti.clone(), revoked.clone());
+                .insert(revoked.jti.clone(), revoked.clone())
+            {
+                state
+                    .idx
+                    .revoked_by_expiry
+                    .remove(&(old.expires_at_ms, old.jti));
+            }
+            state
+                .idx
+                .revoked_by_expiry
+                .insert((revoked.expires_at_ms, revoked.jti.clone()));
         }
         Event::SubjectRevoked { revoked } => {
             state
@@ -298,6 +308,16 @@ pub fn evolve(state: &mut State, event: &Event, time_ms: u64) {
         e @ Event::RootActivated { .. } => crate::roots::evolve(state, e, time_ms),
         Event::IssuancesRecorded { node_id, issuances } => {
             crate::issuance::evolve(state, *node_id, issuances)
+        }
+        Event::RevocationsPruned { jtis } => {
+            for j in jtis {
+                if let Some(t) = state.revoked_tokens.remove(j) {
+                    state
+                        .idx
+                        .revoked_by_expiry
+                        .remove(&(t.expires_at_ms, t.jti));
+                }
+            }
         }
     }
 }
@@ -392,6 +412,19 @@ impl Event {
             | Event::RootActivated { .. }
             | Event::RootRetired { .. } => ProjectionKey::RootsMeta,
             Event::IssuancesRecorded { .. } => ProjectionKey::IssuanceMeta,
+            // Every row it deletes is in `more_touches`.
+            Event::RevocationsPruned { .. } => ProjectionKey::Meta,
+        }
+    }
+
+    /// Further stored entries an event changes, for events that change many.
+    pub fn more_touches(&self) -> Vec<ProjectionKey> {
+        match self {
+            Event::RevocationsPruned { jtis } => jtis
+                .iter()
+                .map(|j| ProjectionKey::RevokedToken(j.clone()))
+                .collect(),
+            _ => Vec::new(),
         }
     }
 }

@@ -231,3 +231,43 @@ mod tests {
         assert!(s.issuance_meta.recorded.is_empty());
     }
 }
+
+#[cfg(test)]
+mod prune_tests {
+    use crate::command::RevocationTarget;
+    use crate::test_support::propose;
+    use crate::{Command, Event, State};
+
+    #[test]
+    fn expired_token_revocations_are_forgotten_and_live_ones_kept() {
+        let mut s = State::default();
+        // propose() stamps 1000 + index ms.
+        for (i, (jti, exp)) in [("gone", 1_010u64), ("alive", 60_000)].iter().enumerate() {
+            propose(
+                &mut s,
+                1 + i as u64,
+                Command::Revoke(RevocationTarget::Token {
+                    jti: (*jti).into(),
+                    expires_at_ms: *exp,
+                }),
+            )
+            .expect("revoke");
+        }
+        assert_eq!(s.revoked_tokens.len(), 2);
+        let e = propose(&mut s, 20, Command::PruneRevocations).expect("prune");
+        assert_eq!(
+            e,
+            vec![Event::RevocationsPruned {
+                jtis: vec!["gone".into()]
+            }]
+        );
+        assert!(s.revoked_tokens.contains_key("alive"));
+        assert!(!s.revoked_tokens.contains_key("gone"));
+        assert!(
+            propose(&mut s, 21, Command::PruneRevocations)
+                .expect("again")
+                .is_empty(),
+            "nothing left to prune is no event"
+        );
+    }
+}

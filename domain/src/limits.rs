@@ -83,6 +83,8 @@ pub const DELEGATION_DEPTH_MAX: u8 = 8;
 pub const JTI_BYTES_MAX: usize = 256;
 /// Most revoked tokens kept at once (each until it expires).
 pub const REVOKED_TOKENS_MAX: usize = 10_000_000;
+/// Expired token revocations forgotten per `PruneRevocations`.
+pub const PRUNE_PER_COMMAND_MAX: usize = 1000;
 /// Longest external issuer or subject naming a person.
 pub const PERSON_BYTES_MAX: usize = 512;
 /// Longest SPIFFE ID template.

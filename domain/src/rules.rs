@@ -1134,6 +1134,21 @@ pub(crate) fn decide_identity(
         Command::RecordIssuances { node_id, issuances } => {
             crate::issuance::record(state, *node_id, issuances)
         }
+        Command::PruneRevocations => {
+            let jtis: Vec<String> = state
+                .idx
+                .revoked_by_expiry
+                .iter()
+                .take_while(|(exp, _)| *exp <= time_ms)
+                .take(limits::PRUNE_PER_COMMAND_MAX)
+                .map(|(_, jti)| jti.clone())
+                .collect();
+            Ok(if jtis.is_empty() {
+                Vec::new()
+            } else {
+                vec![Event::RevocationsPruned { jtis }]
+            })
+        }
         _ => return None,
     })
 }

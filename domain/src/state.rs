@@ -169,6 +169,8 @@ pub struct Indexes {
     pub role_sets: BTreeMap<RoleName, PermissionSet>,
     pub allow_sets: BTreeMap<ClientId, PermissionSet>,
     pub grant_sets: BTreeMap<DelegationId, PermissionSet>,
+    /// Single-token revocations by expiry, soonest first, so pruning never scans them all.
+    pub revoked_by_expiry: BTreeSet<(u64, String)>,
 }
 
 impl Indexes {
@@ -244,6 +246,10 @@ impl State {
         for (id, c) in &self.clients {
             idx.allow_sets
                 .insert(id.clone(), PermissionSet::new(&c.allowed_scopes));
+        }
+        for t in self.revoked_tokens.values() {
+            idx.revoked_by_expiry
+                .insert((t.expires_at_ms, t.jti.clone()));
         }
         self.idx = idx;
     }

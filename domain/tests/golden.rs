@@ -639,3 +639,36 @@ fn issuance_shapes_are_pinned() {
     };
     check("issuance_batch_v1", &codec::encode(Tag::BATCH, &batch));
 }
+
+#[test]
+fn prune_revocations_is_pinned() {
+    let batch = Batch {
+        proposals: vec![Proposal {
+            stamp: Stamp {
+                time_ms: 1_700_000_000_000,
+                seed: [5; 16],
+            },
+            actor: Actor {
+                principal: Principal::System,
+                via_node: 2,
+            },
+            command: Command::PruneRevocations,
+        }],
+    };
+    check("prune_batch_v1", &codec::encode(Tag::BATCH, &batch));
+    let rec = AuditRecord {
+        sequence: 9,
+        log_index: 12,
+        time_ms: 1_700_000_000_000,
+        actor: Actor {
+            principal: Principal::System,
+            via_node: 2,
+        },
+        kind: "token.revocations_pruned".into(),
+        subject: "revocations".into(),
+        event: authsec_domain::Event::RevocationsPruned {
+            jtis: vec!["a1".into(), "b2".into()],
+        },
+    };
+    check("prune_record_v1", &rec.to_bytes());
+}

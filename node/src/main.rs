@@ -24,6 +24,7 @@ mod init;
 mod issuer;
 mod join;
 mod keymgr;
+mod maintenance;
 mod oauth;
 mod outbox;
 mod pki;

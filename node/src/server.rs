@@ -361,6 +361,11 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
         }
         _ => None,
     };
+    tasks.push(tokio::spawn(crate::maintenance::prune_loop(
+        ctx.clone(),
+        view.clone(),
+        shutdown_rx.clone(),
+    )));
     tasks.push(tokio::spawn(crate::outbox::flush_loop(
         ctx.clone(),
         recorder.clone(),

@@ -434,6 +434,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                 if !dropped {
                                     touched.insert(event.touches());
                                     touched.extend(event.also_touches());
+                                    touched.extend(event.more_touches());
                                 }
                                 let record = AuditRecord {
                                     sequence: self.head.sequence + 1,
