@@ -18,6 +18,8 @@ use crate::services::Ctx;
 const QUEUE_MAX: usize = 16 * 1024;
 /// Records per synced write.
 const GROUP_MAX: usize = 4096;
+/// How long a sync waits for company when the previous one was shared.
+const LINGER: Duration = Duration::from_micros(200);
 /// Encoded bytes per proposal (the log's batches hold 1 MiB).
 const PROPOSAL_BYTES_MAX: usize = 256 * 1024;
 /// How often the outbox is proposed when nothing wakes the flusher sooner.
@@ -98,7 +100,13 @@ fn writer(
     wake: Arc<Notify>,
 ) {
     let mut group: Vec<Pending> = Vec::new();
+    let mut last_group = 0;
     while let Some(PendingBox(first)) = rx.blocking_recv() {
+        // Under load (the last sync covered several), wait a moment for more: one fsync then
+        // covers more issuances. Alone, a request is synced at once.
+        if last_group > 1 {
+            std::thread::sleep(LINGER);
+        }
         group.push(first);
         while group.len() < GROUP_MAX {
             match rx.try_recv() {
@@ -106,6 +114,7 @@ fn writer(
                 Err(_) => break,
             }
         }
+        last_group = group.len();
         let start = next;
         for p in &mut group {
             p.rec.seq = next;
