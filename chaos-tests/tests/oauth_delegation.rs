@@ -740,3 +740,64 @@ async fn delegated_tokens_never_escalate() -> anyhow::Result<()> {
     assert!(r.header("retry-after").is_some(), "{r:?}");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eddsa_tokens_by_configuration_verify_with_the_jwks() -> anyhow::Result<()> {
+    authsec_chaos_tests::init_test_tracing();
+    let c = Cluster::start(
+        1,
+        Options {
+            oauth_extra: "alg = \"EdDSA\"".into(),
+            ..Options::default()
+        },
+    )?;
+    c.wait_leader(&[1], T).await?;
+    c.wait_issuing(&[1], T).await?;
+    let h = c.https()?;
+    let addr = c.oauth_addr(1)?;
+    let admin = Admin(&c);
+    admin.role("reader", &["orders:read"]).await?;
+    let secret = admin
+        .client(v1::CreateClientRequest {
+            client_id: "svc".into(),
+            kind: v1::ClientKind::Service as i32,
+            allowed_scopes: vec!["orders:read".into()],
+            default_audience: "https://orders.example".into(),
+            ..Default::default()
+        })
+        .await?;
+    admin.bind("reader", "client:svc").await?;
+    let r = h
+        .client_credentials(&addr, "svc", &secret, &[("scope", "orders:read")])
+        .await?;
+    anyhow::ensure!(r.status == 200, "{r:?}");
+    let token = r.json()?["access_token"]
+        .as_str()
+        .context("token")?
+        .to_owned();
+    let head = authsec_chaos_tests::oauth::header(&token)?;
+    assert_eq!(head["alg"], "EdDSA");
+    assert_eq!(head["typ"], "at+jwt");
+    let jwks = h
+        .request(&addr, "GET", "/.well-known/jwks.json", &[], b"")
+        .await?
+        .json()?;
+    let jwk = jwks["keys"]
+        .as_array()
+        .context("keys")?
+        .iter()
+        .find(|k| k["kid"] == head["kid"])
+        .context("the token's kid in the JWKS")?;
+    assert_eq!(
+        (jwk["kty"].as_str(), jwk["crv"].as_str()),
+        (Some("OKP"), Some("Ed25519"))
+    );
+    let x =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(jwk["x"].as_str().context("x")?)?;
+    let (input, sig) = token.rsplit_once('.').context("JWS")?;
+    let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(sig)?;
+    signature::UnparsedPublicKey::new(&signature::ED25519, &x)
+        .verify(input.as_bytes(), &sig)
+        .map_err(|_| anyhow!("the EdDSA token does not verify with the JWKS key"))?;
+    Ok(())
+}
