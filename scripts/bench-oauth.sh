@@ -93,21 +93,7 @@ kill "$oidc_pid"; wait "$oidc_pid" 2>/dev/null || true
 
 # authsec: a three-node dev cluster.
 export XDG_CONFIG_HOME="$work/config" XDG_DATA_HOME="$work/data"
-base="$(python3 - <<'PY'
-import random, socket
-for _ in range(500):
-    b = random.randrange(20000, 60000)
-    socks = []
-    try:
-        for p in [b + i for i in (1, 2, 3, 101, 102, 103, 201, 202, 203, 301, 302, 303)]:
-            s = socket.socket(); s.bind(("127.0.0.1", p)); socks.append(s)
-        print(b); break
-    except OSError:
-        pass
-    finally:
-        for s in socks: s.close()
-PY
-)"
+base="$(python3 scripts/free-base.py)"
 "$bin" dev --dir "$work/cluster" --base-port "$base" >"$work/dev.log" 2>&1 &
 dev_pid=$!
 pids+=($dev_pid)

@@ -31,7 +31,7 @@ cleanup() {
 }
 trap cleanup EXIT
 export XDG_CONFIG_HOME="$work/config" XDG_DATA_HOME="$work/data"
-base=$((20000 + RANDOM % 30000))
+base="$(python3 scripts/free-base.py)"
 "$bin" dev --dir "$work/cluster" --base-port "$base" >"$work/dev.log" 2>&1 &
 pid=$!
 deadline=$((SECONDS + 90))

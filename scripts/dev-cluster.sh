@@ -15,22 +15,7 @@ unset AUTHSEC_ENDPOINT AUTHSEC_ADMIN_DIR AUTHSEC_OUTPUT
 
 # A base port whose gRPC (base+N), HTTP (base+100+N), federation (base+200+N) and OAuth
 # (base+300+N) ports are free.
-free_base() {
-  "$py" - <<'PY'
-import random, socket
-for _ in range(500):
-    b = random.randrange(20000, 60000)
-    socks = []
-    try:
-        for p in [b + i for i in (1, 2, 3, 101, 102, 103, 201, 202, 203, 301, 302, 303)]:
-            s = socket.socket(); s.bind(("127.0.0.1", p)); socks.append(s)
-        print(b); break
-    except OSError:
-        pass
-    finally:
-        for s in socks: s.close()
-PY
-}
+free_base() { python3 "$(dirname "${BASH_SOURCE[0]}")/free-base.py"; }
 
 cx() { local n="$1"; shift; XDG_CONFIG_HOME="$work/$n/config" "$bin" "$@"; }
 

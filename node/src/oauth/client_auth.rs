@@ -391,18 +391,49 @@ fn private_key_jwt(
     })
 }
 
-/// The client registered for a SPIFFE ID, checked against a claimed client id.
+/// Whether one of the trust domain's JWT-SVID authorities signed `jws`.
+pub fn signed_by_jwt_authority(state: &State, jws: &Jws) -> bool {
+    state
+        .keys
+        .values()
+        .filter(|k| k.kind == KeyKind::Jwt && k.state.in_bundle())
+        .filter(|k| jws.kid().is_none_or(|kid| kid == k.kid))
+        .filter_map(|k| VerifyKey::from_spki(&k.public).ok())
+        .any(|k| jws.verify(&k))
+}
+
+/// The client a SPIFFE ID names: the client registered with it (tls_client_auth), or the
+/// client whose workload entry has it (an AI agent's, made when it was onboarded).
+pub fn client_of_spiffe(state: &State, spiffe: &str) -> Option<ClientId> {
+    if let Some((id, _)) = state
+        .client_auth
+        .iter()
+        .find(|(_, a)| a.spiffe_id.as_ref().is_some_and(|i| i.as_str() == spiffe))
+    {
+        return Some(id.clone());
+    }
+    state
+        .idx
+        .entries_by_client
+        .iter()
+        .find(|(_, entries)| {
+            entries.iter().any(|e| {
+                state
+                    .entries
+                    .get(e)
+                    .is_some_and(|e| e.spiffe_id.as_str() == spiffe)
+            })
+        })
+        .map(|(c, _)| c.clone())
+}
+
+/// The client for a SPIFFE ID, checked against a claimed client id.
 fn client_for_spiffe(
     state: &State,
     spiffe: &str,
     claimed: Option<&str>,
 ) -> Result<ClientId, Failure> {
-    let found = state
-        .client_auth
-        .iter()
-        .find(|(_, a)| a.spiffe_id.as_ref().is_some_and(|i| i.as_str() == spiffe))
-        .map(|(id, _)| id.clone());
-    match (found, claimed) {
+    match (client_of_spiffe(state, spiffe), claimed) {
         (Some(id), Some(c)) if id.as_str() != c => Err(fail(
             format!("{spiffe} is registered to another client than {c}"),
             Some(c),
@@ -432,14 +463,7 @@ fn jwt_svid(
         ));
     }
     check_times(s, jws, claimed)?;
-    let signed = state
-        .keys
-        .values()
-        .filter(|k| k.kind == KeyKind::Jwt && k.state.in_bundle())
-        .filter(|k| jws.kid().is_none_or(|kid| kid == k.kid))
-        .filter_map(|k| VerifyKey::from_spki(&k.public).ok())
-        .any(|k| jws.verify(&k));
-    if !signed {
+    if !signed_by_jwt_authority(state, jws) {
         return Err(fail(
             "the JWT-SVID does not verify with the trust domain's JWT authorities",
             claimed,

@@ -19,7 +19,9 @@ use axum::response::Response;
 use axum::Extension;
 use serde_json::{json, Value};
 
-use super::client_auth::{authenticate, Authenticated, Form};
+use super::client_auth::{
+    authenticate, client_of_spiffe, signed_by_jwt_authority, Authenticated, Form,
+};
 use super::jose::{b64url, Jws, VerifyKey};
 use super::{error, json_ok, Conn, Oauth};
 
@@ -291,21 +293,14 @@ pub async fn token(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let body = match body {
-        Ok(b) => b,
-        Err(e) => return too_large(e),
-    };
-    let form = match Form::parse(&headers, &body, &["resource", "audience"]) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
+    let (form, client) =
+        match read_authenticated(&s, &conn, &headers, body, &["resource", "audience"]) {
+            Ok(x) => x,
+            Err(r) => return r,
+        };
     let grant = match form.get("grant_type") {
         None => return bad_request("invalid_request", "grant_type is required"),
         Some(g) => g.to_owned(),
-    };
-    let client = match authenticate(&s, &conn, &headers, &form) {
-        Ok(c) => c,
-        Err(r) => return r,
     };
     match grant.as_str() {
         GRANT_CLIENT_CREDENTIALS => {}
@@ -381,31 +376,6 @@ fn invalid_grant(description: impl Into<String>) -> Response {
     bad_request("invalid_grant", description)
 }
 
-/// The client a JWT-SVID names: the client registered for its SPIFFE ID, or the client whose
-/// workload entry (an AI agent's) has it.
-fn client_of_spiffe(state: &State, spiffe: &str) -> Option<ClientId> {
-    if let Some((id, _)) = state
-        .client_auth
-        .iter()
-        .find(|(_, a)| a.spiffe_id.as_ref().is_some_and(|i| i.as_str() == spiffe))
-    {
-        return Some(id.clone());
-    }
-    state
-        .idx
-        .entries_by_client
-        .iter()
-        .find(|(_, entries)| {
-            entries.iter().any(|e| {
-                state
-                    .entries
-                    .get(e)
-                    .is_some_and(|e| e.spiffe_id.as_str() == spiffe)
-            })
-        })
-        .map(|(c, _)| c.clone())
-}
-
 /// A JWT-SVID of this trust domain, verified, with `aud` naming this server.
 fn jwt_svid(s: &Oauth, state: &State, jws: &Jws) -> Option<String> {
     let sub = jws
@@ -420,14 +390,7 @@ fn jwt_svid(s: &Oauth, state: &State, jws: &Jws) -> Option<String> {
     {
         return None;
     }
-    let signed = state
-        .keys
-        .values()
-        .filter(|k| k.kind == KeyKind::Jwt && k.state.in_bundle())
-        .filter(|k| jws.kid().is_none_or(|kid| kid == k.kid))
-        .filter_map(|k| VerifyKey::from_spki(&k.public).ok())
-        .any(|k| jws.verify(&k));
-    signed.then(|| sub.to_owned())
+    signed_by_jwt_authority(state, jws).then(|| sub.to_owned())
 }
 
 /// RFC 8693 token exchange for delegation: the authenticated client is the agent; the subject
@@ -754,6 +717,20 @@ fn active(state: &State, jws: &Jws, now_s: u64) -> bool {
     state.clients.get(&client).is_some_and(|c| c.enabled)
 }
 
+/// The form of a request and the client that sent it (every endpoint authenticates).
+fn read_authenticated(
+    s: &Oauth,
+    conn: &Conn,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    repeatable: &[&str],
+) -> Result<(Form, Authenticated), Response> {
+    let body = body.map_err(too_large)?;
+    let form = Form::parse(headers, &body, repeatable)?;
+    let caller = authenticate(s, conn, headers, &form)?;
+    Ok((form, caller))
+}
+
 fn holds(state: &State, client: &ClientId, permission: &str) -> bool {
     permissions::client_held(state, client).allows(permission)
 }
@@ -764,16 +741,8 @@ pub async fn introspect(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let body = match body {
-        Ok(b) => b,
-        Err(e) => return too_large(e),
-    };
-    let form = match Form::parse(&headers, &body, &[]) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    let caller = match authenticate(&s, &conn, &headers, &form) {
-        Ok(c) => c,
+    let (form, caller) = match read_authenticated(&s, &conn, &headers, body, &[]) {
+        Ok(x) => x,
         Err(r) => return r,
     };
     let Some(token) = form.get("token") else {
@@ -811,16 +780,8 @@ pub async fn revoke(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let body = match body {
-        Ok(b) => b,
-        Err(e) => return too_large(e),
-    };
-    let form = match Form::parse(&headers, &body, &[]) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    let caller = match authenticate(&s, &conn, &headers, &form) {
-        Ok(c) => c,
+    let (form, caller) = match read_authenticated(&s, &conn, &headers, body, &[]) {
+        Ok(x) => x,
         Err(r) => return r,
     };
     let Some(token) = form.get("token") else {
