@@ -282,6 +282,24 @@ async fn exchange(
     h.post_form(addr, "/oauth2/token", Some(agent), &form).await
 }
 
+/// A client-credentials token with `scope`.
+async fn access_token(
+    h: &Https,
+    addr: &str,
+    id: &str,
+    secret: &str,
+    scope: &str,
+) -> anyhow::Result<String> {
+    let r = h
+        .client_credentials(addr, id, secret, &[("scope", scope)])
+        .await?;
+    anyhow::ensure!(r.status == 200, "token for {id}: {r:?}");
+    Ok(r.json()?["access_token"]
+        .as_str()
+        .context("access_token")?
+        .to_owned())
+}
+
 fn granted(r: &Resp) -> anyhow::Result<BTreeSet<String>> {
     anyhow::ensure!(r.status == 200, "{} {}", r.status, r.body);
     let t = r.json()?["access_token"]
@@ -427,13 +445,7 @@ async fn delegated_tokens_never_escalate() -> anyhow::Result<()> {
         })
         .await?;
     admin.bind("orders-rw", "client:svc").await?;
-    let svc_token = h
-        .client_credentials(&addr, "svc", &svc, &[("scope", "orders:read")])
-        .await?
-        .json()?["access_token"]
-        .as_str()
-        .context("svc token")?
-        .to_owned();
+    let svc_token = access_token(&h, &addr, "svc", &svc, "orders:read").await?;
     let r = exchange(
         &h,
         &addr,
@@ -443,13 +455,7 @@ async fn delegated_tokens_never_escalate() -> anyhow::Result<()> {
     )
     .await?;
     assert_eq!(r.error(), "invalid_grant", "actor names svc: {r:?}");
-    let agent_token = h
-        .client_credentials(&addr, "agent", &agent, &[("scope", "orders:read")])
-        .await?
-        .json()?["access_token"]
-        .as_str()
-        .context("agent token")?
-        .to_owned();
+    let agent_token = access_token(&h, &addr, "agent", &agent, "orders:read").await?;
     let r = exchange(
         &h,
         &addr,

@@ -731,6 +731,21 @@ fn read_authenticated(
     Ok((form, caller))
 }
 
+/// Introspection's and revocation's request: authenticated, with a `token`.
+fn read_token_request(
+    s: &Oauth,
+    conn: &Conn,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(Form, Authenticated, String), Response> {
+    let (form, caller) = read_authenticated(s, conn, headers, body, &[])?;
+    let token = form
+        .get("token")
+        .ok_or_else(|| bad_request("invalid_request", "token is required"))?
+        .to_owned();
+    Ok((form, caller, token))
+}
+
 fn holds(state: &State, client: &ClientId, permission: &str) -> bool {
     permissions::client_held(state, client).allows(permission)
 }
@@ -741,13 +756,11 @@ pub async fn introspect(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let (form, caller) = match read_authenticated(&s, &conn, &headers, body, &[]) {
+    let (_, caller, token) = match read_token_request(&s, &conn, &headers, body) {
         Ok(x) => x,
         Err(r) => return r,
     };
-    let Some(token) = form.get("token") else {
-        return bad_request("invalid_request", "token is required");
-    };
+    let token = token.as_str();
     let inactive = || json_ok(json!({ "active": false }));
     let state = s.view.read();
     let Some(jws) = own_token(&s, &state, token) else {
@@ -780,13 +793,11 @@ pub async fn revoke(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let (form, caller) = match read_authenticated(&s, &conn, &headers, body, &[]) {
+    let (form, caller, token) = match read_token_request(&s, &conn, &headers, body) {
         Ok(x) => x,
         Err(r) => return r,
     };
-    let Some(token) = form.get("token") else {
-        return bad_request("invalid_request", "token is required");
-    };
+    let token = token.as_str();
     if let Some(hint) = form.get("token_type_hint") {
         if hint != "access_token" && hint != "refresh_token" {
             return bad_request(
