@@ -286,38 +286,7 @@ pub fn endpoint_config(
     cfg: &crate::config::FederationSection,
     tls: Option<&Arc<authsec_raft::tls::TlsState>>,
 ) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
-    https_config(cfg.cert_file.as_deref(), cfg.key_file.as_deref(), tls)
-}
-
-/// An HTTPS (HTTP/1.1) server config: a Web PKI certificate and key from files if given, else
-/// the node's own certificate, asking for (not requiring) a client certificate of the trust
-/// domain. `None` without either.
-pub fn https_config(
-    cert_file: Option<&std::path::Path>,
-    key_file: Option<&std::path::Path>,
-    tls: Option<&Arc<authsec_raft::tls::TlsState>>,
-) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
-    use anyhow::Context;
-    use rustls::pki_types::pem::PemObject;
-    let mut c = match (cert_file, key_file, tls) {
-        (Some(cert), Some(key), _) => {
-            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-                .with_context(|| format!("read {}", cert.display()))?
-                .collect::<Result<_, _>>()
-                .with_context(|| format!("parse {}", cert.display()))?;
-            let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key)
-                .with_context(|| format!("read {}", key.display()))?;
-            rustls::ServerConfig::builder_with_provider(authsec_raft::tls::provider())
-                .with_safe_default_protocol_versions()?
-                .with_no_client_auth()
-                .with_single_cert(chain, key)
-                .context("the endpoint's certificate and key")?
-        }
-        (_, _, Some(tls)) => (*tls.server_config(authsec_raft::tls::ClientAuth::Optional)?).clone(),
-        _ => return Ok(None),
-    };
-    c.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Some(Arc::new(c)))
+    crate::https::server_config(cfg.cert_file.as_deref(), cfg.key_file.as_deref(), tls)
 }
 
 /// Extra roots for `https_web` endpoints (a private PKI), from `web_ca_file`.
@@ -353,58 +322,52 @@ pub async fn serve_endpoint(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
     bundle: BundleSource,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = shutdown.wait_for(|s| *s) => return,
-        };
-        let (tcp, remote) = match accepted {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "federation endpoint: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let (acceptor, bundle) = (acceptor.clone(), bundle.clone());
-        tokio::spawn(async move {
-            let served = tokio::time::timeout(FETCH_TIMEOUT, async {
-                let mut tls = acceptor.accept(tcp).await?;
-                let mut req = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                    let n = tls.read(&mut buf).await?;
-                    if n == 0 || req.len() + n > REQUEST_BYTES_MAX {
-                        return Ok::<_, std::io::Error>(());
+    crate::https::accept_loop(
+        "federation endpoint",
+        listener,
+        config,
+        FETCH_TIMEOUT,
+        shutdown,
+        move |mut tls, remote| {
+            let bundle = bundle.clone();
+            async move {
+                let served = tokio::time::timeout(FETCH_TIMEOUT, async {
+                    let mut req = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let n = tls.read(&mut buf).await?;
+                        if n == 0 || req.len() + n > REQUEST_BYTES_MAX {
+                            return Ok::<_, std::io::Error>(());
+                        }
+                        req.extend_from_slice(&buf[..n]);
                     }
-                    req.extend_from_slice(&buf[..n]);
+                    let (status, body) = if req.starts_with(b"GET ") {
+                        match bundle() {
+                            Some(b) => ("200 OK", b),
+                            None => ("503 Service Unavailable", "{}".to_owned()),
+                        }
+                    } else {
+                        ("405 Method Not Allowed", "{}".to_owned())
+                    };
+                    let head = format!(
+                        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    tls.write_all(head.as_bytes()).await?;
+                    tls.write_all(body.as_bytes()).await?;
+                    tls.shutdown().await?;
+                    Ok(())
+                })
+                .await;
+                if let Ok(Err(e)) = served {
+                    tracing::debug!(%remote, error = %e, "federation endpoint: connection failed");
                 }
-                let (status, body) = if req.starts_with(b"GET ") {
-                    match bundle() {
-                        Some(b) => ("200 OK", b),
-                        None => ("503 Service Unavailable", "{}".to_owned()),
-                    }
-                } else {
-                    ("405 Method Not Allowed", "{}".to_owned())
-                };
-                let head = format!(
-                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                tls.write_all(head.as_bytes()).await?;
-                tls.write_all(body.as_bytes()).await?;
-                tls.shutdown().await?;
-                Ok(())
-            })
-            .await;
-            if let Ok(Err(e)) = served {
-                tracing::debug!(%remote, error = %e, "federation endpoint: connection failed");
             }
-        });
-    }
+        },
+    )
+    .await
 }
 
 // ---- the fetcher ----
@@ -508,168 +471,15 @@ fn client_config(
     Ok(Arc::new(c))
 }
 
-/// `https://host[:port][/path]` split into what the request needs.
-fn split_url(url: &str) -> Result<(String, u16, String), String> {
-    let rest = url
-        .strip_prefix("https://")
-        .ok_or_else(|| format!("{url} is not an https:// URL"))?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
-            h.trim_start_matches('[').trim_end_matches(']'),
-            p.parse::<u16>().map_err(|_| format!("bad port in {url}"))?,
-        ),
-        _ => (authority, 443),
-    };
-    if host.is_empty() {
-        return Err(format!("no host in {url}"));
-    }
-    Ok((host.to_owned(), port, path.to_owned()))
-}
-
-/// Undo `Transfer-Encoding: chunked`.
-fn unchunk(mut body: &[u8]) -> Result<Vec<u8>, String> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = body
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or("a truncated chunk")?;
-        let size_str = std::str::from_utf8(&body[..line_end]).map_err(|_| "a bad chunk size")?;
-        let size = usize::from_str_radix(size_str.split(';').next().unwrap_or("").trim(), 16)
-            .map_err(|_| "a bad chunk size")?;
-        body = &body[line_end + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        if body.len() < size + 2 {
-            return Err("a truncated chunk".into());
-        }
-        out.extend_from_slice(&body[..size]);
-        body = &body[size + 2..];
-    }
-}
-
 /// Fetch and parse the bundle of `f` from its endpoint.
 pub async fn fetch(
     f: &Federation,
     web_roots: &[CertificateDer<'static>],
 ) -> Result<FederatedBundle, String> {
     let config = client_config(f, web_roots)?;
-    let body = https_get(&f.endpoint_url, config, BUNDLE_BYTES_MAX, true).await?;
+    let body = crate::https::get(&f.endpoint_url, config, BUNDLE_BYTES_MAX, true).await?;
     let text = String::from_utf8(body).map_err(|_| "the bundle is not UTF-8".to_owned())?;
     parse_spiffe_bundle(&text)
-}
-
-/// Whether an address is one a fetch from outside input must not reach: loopback, private,
-/// link-local, unique-local, unspecified, multicast (SSRF protection).
-pub fn is_internal(ip: std::net::IpAddr) -> bool {
-    match ip {
-        std::net::IpAddr::V4(a) => {
-            a.is_loopback()
-                || a.is_private()
-                || a.is_link_local()
-                || a.is_unspecified()
-                || a.is_multicast()
-                || a.is_broadcast()
-                || a.octets()[0] == 0
-                || (a.octets()[0] == 100 && (a.octets()[1] & 0xc0) == 64) // 100.64/10
-        }
-        std::net::IpAddr::V6(a) => {
-            if let Some(v4) = a.to_ipv4_mapped() {
-                return is_internal(std::net::IpAddr::V4(v4));
-            }
-            a.is_loopback()
-                || a.is_unspecified()
-                || a.is_multicast()
-                || (a.segments()[0] & 0xfe00) == 0xfc00 // unique local
-                || (a.segments()[0] & 0xffc0) == 0xfe80 // link local
-        }
-    }
-}
-
-/// `GET url` over HTTPS with `config`: one request, no redirects followed (any answer but 200
-/// is an error), the body bounded by `limit` and the whole exchange by [`FETCH_TIMEOUT`]. The
-/// host is resolved once and the connection goes to that address; unless `allow_internal`, an
-/// internal address is refused.
-pub async fn https_get(
-    url: &str,
-    config: Arc<rustls::ClientConfig>,
-    limit: usize,
-    allow_internal: bool,
-) -> Result<Vec<u8>, String> {
-    let (host, port, path) = split_url(url)?;
-    let name = ServerName::try_from(host.clone()).map_err(|e| format!("host {host}: {e}"))?;
-    let work = async {
-        let addr = tokio::net::lookup_host((host.as_str(), port))
-            .await
-            .map_err(|e| format!("resolve {host}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("{host} has no address"))?;
-        if !allow_internal && is_internal(addr.ip()) {
-            return Err(format!(
-                "{host} resolves to {}, an internal address this fetch may not reach",
-                addr.ip()
-            ));
-        }
-        let tcp = tokio::net::TcpStream::connect(addr)
-            .await
-            .map_err(|e| format!("connect {host}:{port}: {e}"))?;
-        let mut tls = tokio_rustls::TlsConnector::from(config)
-            .connect(name, tcp)
-            .await
-            .map_err(|e| format!("TLS with {host}:{port}: {e}"))?;
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {host}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
-        );
-        tls.write_all(req.as_bytes())
-            .await
-            .map_err(|e| format!("send: {e}"))?;
-        let mut resp = Vec::new();
-        let mut buf = [0u8; 16 * 1024];
-        loop {
-            match tls.read(&mut buf).await {
-                Ok(0) => break,
-                Ok(n) => {
-                    if resp.len() + n > limit + 16 * 1024 {
-                        return Err(format!("the answer exceeds {limit} bytes"));
-                    }
-                    resp.extend_from_slice(&buf[..n]);
-                }
-                // Peers that close without close_notify: the body is complete by its length.
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-                Err(e) => return Err(format!("read: {e}")),
-            }
-        }
-        Ok(resp)
-    };
-    let resp = tokio::time::timeout(FETCH_TIMEOUT, work)
-        .await
-        .map_err(|_| format!("no answer within {FETCH_TIMEOUT:?}"))??;
-    let split = resp
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("no HTTP header in the answer")?;
-    let head = String::from_utf8_lossy(&resp[..split]).to_ascii_lowercase();
-    let status = head.lines().next().unwrap_or("");
-    if !status.contains(" 200") {
-        return Err(format!(
-            "the endpoint answered {status:?} (redirects are not followed)"
-        ));
-    }
-    let body = &resp[split + 4..];
-    let body = if head.contains("transfer-encoding: chunked") {
-        unchunk(body)?
-    } else {
-        body.to_vec()
-    };
-    if body.len() > limit {
-        return Err(format!("the answer exceeds {limit} bytes"));
-    }
-    Ok(body)
 }
 
 /// On the leader, keep every federated bundle current; elsewhere, idle.
@@ -771,33 +581,6 @@ pub async fn fetch_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls_split() {
-        assert_eq!(
-            split_url("https://a.example:8443/bundle").expect("ok"),
-            ("a.example".into(), 8443, "/bundle".into())
-        );
-        assert_eq!(
-            split_url("https://a.example").expect("ok"),
-            ("a.example".into(), 443, "/".into())
-        );
-        assert_eq!(
-            split_url("https://127.0.0.1:7201/").expect("ok"),
-            ("127.0.0.1".into(), 7201, "/".into())
-        );
-        assert!(split_url("http://a.example/").is_err());
-        assert!(split_url("https://:80/").is_err());
-    }
-
-    #[test]
-    fn chunks_join() {
-        assert_eq!(
-            unchunk(b"3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n").expect("ok"),
-            b"abcde"
-        );
-        assert!(unchunk(b"5\r\nab").is_err());
-    }
 
     #[test]
     fn our_bundle_round_trips_through_the_parser() {

@@ -19,6 +19,7 @@ mod federation;
 #[cfg(test)]
 mod fuzz;
 mod http;
+mod https;
 mod identity_api;
 mod init;
 mod issuer;

@@ -373,7 +373,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
     )));
     let oauth_addr = match (
         cfg.oauth.addr,
-        crate::federation::https_config(
+        crate::https::server_config(
             cfg.oauth.cert_file.as_deref(),
             cfg.oauth.key_file.as_deref(),
             sec.tls.as_ref(),

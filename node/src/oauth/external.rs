@@ -234,7 +234,7 @@ async fn fetch_jwks(
     t: &TrustedIssuer,
     config: &Arc<rustls::ClientConfig>,
 ) -> Result<Vec<(Option<String>, VerifyKey)>, String> {
-    let body = crate::federation::https_get(
+    let body = crate::https::get(
         &t.jwks_url,
         config.clone(),
         JWKS_BYTES_MAX,

@@ -266,69 +266,56 @@ async fn jwks(axum::extract::State(s): axum::extract::State<Arc<Oauth>>) -> Resp
     r
 }
 
-/// Serve `app` over TLS on `listener` until `shutdown`, one task per connection.
+/// Serve `app` over TLS on `listener` until `shutdown`, one task per connection, keep-alive.
 pub async fn serve(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
     app: Router,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     use hyper_util::rt::TokioIo;
     use tower::ServiceExt;
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    loop {
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = shutdown.wait_for(|s| *s) => return,
-        };
-        let (tcp, remote) = match accepted {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "oauth: accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        let (acceptor, app, mut stop) = (acceptor.clone(), app.clone(), shutdown.clone());
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(t)) => t,
-                Ok(Err(e)) => {
-                    tracing::debug!(%remote, error = %e, "oauth: TLS handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let conn = Conn {
-                remote,
-                peer_cert: tls
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .map(|c| c.clone().into_owned()),
-            };
-            let svc = hyper::service::service_fn(
-                move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(conn.clone());
-                    app.clone().oneshot(req)
-                },
-            );
-            let served = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .header_read_timeout(HANDSHAKE_TIMEOUT)
-                .timer(hyper_util::rt::TokioTimer::new())
-                .serve_connection(TokioIo::new(tls), svc);
-            tokio::pin!(served);
-            tokio::select! {
-                r = served.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(%remote, error = %e, "oauth: connection ended with an error");
+    let stop = shutdown.clone();
+    crate::https::accept_loop(
+        "oauth",
+        listener,
+        config,
+        HANDSHAKE_TIMEOUT,
+        shutdown,
+        move |tls, remote| {
+            let (app, mut stop) = (app.clone(), stop.clone());
+            async move {
+                let conn = Conn {
+                    remote,
+                    peer_cert: tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .map(|c| c.clone().into_owned()),
+                };
+                let svc = hyper::service::service_fn(
+                    move |mut req: hyper::Request<hyper::body::Incoming>| {
+                        req.extensions_mut().insert(conn.clone());
+                        app.clone().oneshot(req)
+                    },
+                );
+                let served = hyper::server::conn::http1::Builder::new()
+                    .keep_alive(true)
+                    .header_read_timeout(HANDSHAKE_TIMEOUT)
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .serve_connection(TokioIo::new(tls), svc);
+                tokio::pin!(served);
+                tokio::select! {
+                    r = served.as_mut() => {
+                        if let Err(e) = r {
+                            tracing::debug!(%remote, error = %e, "oauth: connection ended with an error");
+                        }
                     }
+                    _ = stop.wait_for(|s| *s) => {}
                 }
-                _ = stop.wait_for(|s| *s) => {}
             }
-        });
-    }
+        },
+    )
+    .await
 }
