@@ -329,6 +329,7 @@ pub async fn serve_endpoint(
         listener,
         config,
         FETCH_TIMEOUT,
+        256,
         shutdown,
         move |mut tls, remote| {
             let bundle = bundle.clone();

@@ -17,12 +17,15 @@ pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 pub type TlsStream = tokio_rustls::server::TlsStream<TcpStream>;
 
 /// Accept TLS connections on `listener` until `shutdown`, one task per connection: each is
-/// handed to `serve` once its handshake finished within `handshake_timeout`.
+/// handed to `serve` once its handshake finished within `handshake_timeout`. At most
+/// `max_connections` are open at once; beyond that, new ones wait in the listen backlog, so a
+/// flood of idle connections cannot exhaust the node's file descriptors.
 pub async fn accept_loop<F, Fut>(
     name: &'static str,
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
     handshake_timeout: Duration,
+    max_connections: usize,
     mut shutdown: watch::Receiver<bool>,
     serve: F,
 ) where
@@ -30,7 +33,15 @@ pub async fn accept_loop<F, Fut>(
     Fut: Future<Output = ()> + Send + 'static,
 {
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let open = Arc::new(tokio::sync::Semaphore::new(max_connections));
     loop {
+        let permit = tokio::select! {
+            p = open.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = shutdown.wait_for(|s| *s) => return,
+        };
         let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = shutdown.wait_for(|s| *s) => return,
@@ -46,6 +57,7 @@ pub async fn accept_loop<F, Fut>(
         let _ = tcp.set_nodelay(true);
         let (acceptor, serve) = (acceptor.clone(), serve.clone());
         tokio::spawn(async move {
+            let _permit = permit;
             match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => serve(tls, remote).await,
                 Ok(Err(e)) => {

@@ -37,6 +37,8 @@ use crate::services::Ctx;
 pub const BODY_BYTES_MAX: usize = 64 * 1024;
 /// Time to finish a TLS handshake and to send a request's headers.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections open at once (keep-alive clients hold one each).
+const CONNECTIONS_MAX: usize = 4096;
 
 /// Check an issuer URL: `https`, a host, no query or fragment (RFC 8414 section 2).
 pub fn check_issuer_url(url: &str) -> anyhow::Result<()> {
@@ -281,6 +283,7 @@ pub async fn serve(
         listener,
         config,
         HANDSHAKE_TIMEOUT,
+        CONNECTIONS_MAX,
         shutdown,
         move |tls, remote| {
             let (app, mut stop) = (app.clone(), stop.clone());
