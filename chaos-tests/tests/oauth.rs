@@ -356,6 +356,39 @@ async fn tokens_from_every_node_verify_everywhere_and_bad_input_writes_nothing(
     );
     let r = introspect(&addrs[1], ("orders-api", &rs), &tokens[1]).await?;
     assert_eq!(r.json()?["active"], true, "only that token was revoked");
+    // A client holding the token admin permissions introspects and revokes any token.
+    create_role(
+        &c,
+        "token-admin",
+        &["authsec.admin:tokens.read", "authsec.admin:tokens.revoke"],
+    )
+    .await?;
+    let auditor = client(&c, "auditor", &[], "https://audit.example", vec![]).await?;
+    let r = introspect(&addrs[2], ("auditor", &auditor), &tokens[2]).await?;
+    assert_eq!(
+        r.json()?,
+        json!({"active": false}),
+        "before the role: {r:?}"
+    );
+    bind(&c, "token-admin", "client:auditor").await?;
+    let r = introspect(&addrs[2], ("auditor", &auditor), &tokens[2]).await?;
+    assert_eq!(r.json()?["active"], true, "with the role: {r:?}");
+    let r = h
+        .post_form(
+            &addrs[2],
+            "/oauth2/revoke",
+            Some(("auditor", &auditor)),
+            &[("token", &tokens[2])],
+        )
+        .await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    // The node that committed the revocation answers once it applied it.
+    let r = introspect(&addrs[2], ("orders-api", &rs), &tokens[2]).await?;
+    assert_eq!(
+        r.json()?,
+        json!({"active": false}),
+        "revoked by the admin: {r:?}"
+    );
 
     // private_key_jwt: a signed assertion works once; its replay on the same node is refused.
     let signer = Signer::new()?;
