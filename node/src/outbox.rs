@@ -36,6 +36,14 @@ struct Pending {
     done: oneshot::Sender<Result<u64, String>>,
 }
 
+/// What the writer thread receives (all but the last message are records, so not boxed).
+#[allow(clippy::large_enum_variant)]
+enum Msg {
+    Record(Pending),
+    /// Finish what is queued, then exit (dropping its handle on the database).
+    Stop,
+}
+
 /// The handle issuance records through.
 #[derive(Debug, Clone)]
 pub struct Recorder {
@@ -43,6 +51,7 @@ pub struct Recorder {
     outbox: Outbox,
     wake: Arc<Notify>,
     pub stats: Arc<OutboxStats>,
+    thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
 #[derive(Debug, Default)]
@@ -52,7 +61,7 @@ pub struct OutboxStats {
     pub proposed: AtomicU64,
 }
 
-struct PendingBox(Pending);
+struct PendingBox(Msg);
 
 impl std::fmt::Debug for PendingBox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -67,7 +76,7 @@ impl Recorder {
         let stats = Arc::new(OutboxStats::default());
         let wake = Arc::new(Notify::new());
         let (o, s, w) = (outbox.clone(), stats.clone(), wake.clone());
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("outbox-writer".into())
             .spawn(move || writer(o, next, rx, s, w))
             .expect("spawn the outbox writer thread");
@@ -76,6 +85,18 @@ impl Recorder {
             outbox,
             wake,
             stats,
+            thread: Arc::new(std::sync::Mutex::new(Some(thread))),
+        }
+    }
+
+    /// Stop the writer thread once what is queued is written, and wait for it. Called when
+    /// the node stops: the thread holds the database open, and RocksDB must be closed before
+    /// the process exits (its static teardown aborts under a database still in use).
+    pub async fn stop(&self) {
+        let _ = self.tx.send(PendingBox(Msg::Stop)).await;
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
     }
 
@@ -83,7 +104,7 @@ impl Recorder {
     pub async fn record(&self, rec: Issuance) -> Result<u64, RecordError> {
         let (done, rx) = oneshot::channel();
         self.tx
-            .send(PendingBox(Pending { rec, done }))
+            .send(PendingBox(Msg::Record(Pending { rec, done })))
             .await
             .map_err(|_| RecordError("the outbox writer stopped".into()))?;
         rx.await
@@ -101,7 +122,15 @@ fn writer(
 ) {
     let mut group: Vec<Pending> = Vec::new();
     let mut last_group = 0;
-    while let Some(PendingBox(first)) = rx.blocking_recv() {
+    let mut stopping = false;
+    while !stopping {
+        let Some(PendingBox(first)) = rx.blocking_recv() else {
+            break;
+        };
+        let first = match first {
+            Msg::Record(p) => p,
+            Msg::Stop => break,
+        };
         // Under load (the last sync covered several), wait a moment for more: one fsync then
         // covers more issuances. Alone, a request is synced at once.
         if last_group > 1 {
@@ -110,7 +139,11 @@ fn writer(
         group.push(first);
         while group.len() < GROUP_MAX {
             match rx.try_recv() {
-                Ok(PendingBox(p)) => group.push(p),
+                Ok(PendingBox(Msg::Record(p))) => group.push(p),
+                Ok(PendingBox(Msg::Stop)) => {
+                    stopping = true;
+                    break;
+                }
                 Err(_) => break,
             }
         }

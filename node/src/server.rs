@@ -77,6 +77,7 @@ pub struct RunningNode {
     pub fatal: watch::Receiver<Option<String>>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    recorder: crate::outbox::Recorder,
 }
 
 impl std::fmt::Debug for RunningNode {
@@ -487,6 +488,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
         fatal,
         shutdown,
         tasks,
+        recorder,
     })
 }
 
@@ -555,6 +557,8 @@ impl RunningNode {
             t.abort();
             let _ = t.await;
         }
+        // After every task that records: the writer holds the database open.
+        self.recorder.stop().await;
         tracing::info!(node_id = self.node_id, "node stopped");
     }
 }
