@@ -497,23 +497,33 @@ async fn change_membership(
         let l = leader(cluster).await?;
         let mut c =
             v1::cluster_service_client::ClusterServiceClient::new(cluster.channel(l).await?);
-        let res = match (&add, remove) {
-            (Some((id, addr)), _) => c
-                .add_node(v1::AddNodeRequest {
-                    node_id: *id,
-                    addr: addr.clone(),
-                    learner_only: false,
-                })
-                .await
-                .map(|_| ()),
-            (None, Some(id)) => c
-                .remove_node(v1::RemoveNodeRequest {
-                    node_id: id,
-                    revoke_keys: false,
-                })
-                .await
-                .map(|_| ()),
-            (None, None) => Ok(()),
+        // Each attempt is bounded: a change waiting on a node that never catches up must not
+        // hang the run; it is retried until the deadline, then fails with the reason.
+        let attempt = async {
+            match (&add, remove) {
+                (Some((id, addr)), _) => c
+                    .add_node(v1::AddNodeRequest {
+                        node_id: *id,
+                        addr: addr.clone(),
+                        learner_only: false,
+                    })
+                    .await
+                    .map(|_| ()),
+                (None, Some(id)) => c
+                    .remove_node(v1::RemoveNodeRequest {
+                        node_id: id,
+                        revoke_keys: false,
+                    })
+                    .await
+                    .map(|_| ()),
+                (None, None) => Ok(()),
+            }
+        };
+        let res = match tokio::time::timeout(Duration::from_secs(20), attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(tonic::Status::deadline_exceeded(
+                "no answer to the membership change within 20 s",
+            )),
         };
         match res {
             Ok(()) => return Ok(()),
