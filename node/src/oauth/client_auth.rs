@@ -24,11 +24,23 @@ const SKEW_S: u64 = 30;
 const PARAMS_MAX: usize = 64;
 
 /// A form-encoded body. Every parameter appears once (RFC 6749 section 3.2), except those
-/// `repeatable` names.
-#[derive(Debug, Default)]
+/// `repeatable` names. `Debug` shows the parameter names only: values hold client secrets,
+/// assertions and tokens.
+#[derive(Default)]
 pub struct Form {
     one: BTreeMap<String, String>,
     many: BTreeMap<String, Vec<String>>,
+}
+
+impl std::fmt::Debug for Form {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Form")
+            .field(
+                "params",
+                &self.one.keys().chain(self.many.keys()).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 impl Form {
@@ -492,4 +504,44 @@ fn tls_client(
         method: "tls_client_auth",
         cert_thumbprint: Some(b64url(&sha2::Sha256::digest(cert.as_ref()))),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn form(body: &str) -> Result<Form, Response> {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded".parse().expect("value"),
+        );
+        Form::parse(&h, body.as_bytes(), &["resource"])
+    }
+
+    #[test]
+    fn debug_never_shows_values() {
+        let f = form("grant_type=client_credentials&client_secret=as_cs_hunter2&resource=a:b")
+            .expect("form");
+        let shown = format!("{f:?}");
+        assert!(
+            shown.contains("client_secret") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn parameters_appear_once_except_repeatable_ones() {
+        assert!(form("scope=a:b&scope=c:d").is_err());
+        let f = form("resource=a:b&resource=c:d&scope=&x=1").expect("form");
+        assert_eq!(f.all("resource"), ["a:b", "c:d"]);
+        assert_eq!(f.get("scope"), None, "an empty parameter is as if omitted");
+        assert_eq!(f.get("x"), Some("1"));
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONTENT_TYPE,
+            "application/json".parse().expect("value"),
+        );
+        assert!(Form::parse(&h, b"{}", &[]).is_err());
+    }
 }
