@@ -87,6 +87,9 @@ async fn a_backup_taken_under_load_restores_with_the_same_digest_and_head() -> a
     authsec_chaos_tests::init_test_tracing();
     let c = Cluster::start(3, Options::default())?;
     c.wait_leader(&[1, 2, 3], T).await?;
+    // The nodes publish their signing keys through the log as they start: let that settle,
+    // so the digests compared below are not racing it.
+    c.wait_issuing(&[1, 2, 3], T).await?;
     let transport = c.client_transport()?;
     let addrs: Vec<String> = (1..=3).map(|id| c.addr(id)).collect::<Result<_, _>>()?;
     let (stop, acked) = (
@@ -215,6 +218,8 @@ async fn losing_quorum_for_good_is_recovered_from_the_survivor() -> anyhow::Resu
     authsec_chaos_tests::init_test_tracing();
     let mut c = Cluster::start(3, Options::default())?;
     c.wait_leader(&[1, 2, 3], T).await?;
+    // Key publications settle first: the digest taken below must be the survivor's last.
+    c.wait_issuing(&[1, 2, 3], T).await?;
     for i in 0..50 {
         c.clients(1 + i % 3)
             .await?
