@@ -88,7 +88,8 @@ pub fn evolve(state: &mut State, event: &Event, time_ms: u64) {
         }
         Event::ClientRemoved { client_id } => {
             state.clients.remove(client_id);
-            state.client_auth.remove(client_id);
+            let old = state.client_auth.remove(client_id);
+            state.idx.change_client_auth(client_id, old.as_ref(), None);
             state.idx.allow_sets.remove(client_id);
         }
         Event::RootInstalled { cert_der, .. } => {
@@ -133,9 +134,12 @@ pub fn evolve(state: &mut State, event: &Event, time_ms: u64) {
             state
                 .clients
                 .insert(client.client_id.clone(), client.clone());
-            state
+            let old = state
                 .client_auth
                 .insert(client.client_id.clone(), auth.clone());
+            state
+                .idx
+                .change_client_auth(&client.client_id, old.as_ref(), Some(auth));
         }
         Event::ClientCredentialsChanged {
             client_id,
@@ -147,7 +151,10 @@ pub fn evolve(state: &mut State, event: &Event, time_ms: u64) {
             };
             c.revision = *revision;
             c.updated_at_ms = time_ms;
-            state.client_auth.insert(client_id.clone(), auth.clone());
+            let old = state.client_auth.insert(client_id.clone(), auth.clone());
+            state
+                .idx
+                .change_client_auth(client_id, old.as_ref(), Some(auth));
         }
         Event::EntryCreated { entry } | Event::EntryUpdated { entry } => {
             if let Some(old) = state.entries.insert(entry.entry_id.clone(), entry.clone()) {

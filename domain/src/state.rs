@@ -171,6 +171,9 @@ pub struct Indexes {
     pub grant_sets: BTreeMap<DelegationId, PermissionSet>,
     /// Single-token revocations by expiry, soonest first, so pruning never scans them all.
     pub revoked_by_expiry: BTreeSet<(u64, String)>,
+    /// Clients by the SPIFFE ID their certificate carries (tls_client_auth), so the token
+    /// endpoint finds the client of a presented SVID without scanning them all.
+    pub clients_by_spiffe: BTreeMap<SpiffeId, BTreeSet<ClientId>>,
 }
 
 impl Indexes {
@@ -224,6 +227,31 @@ impl Indexes {
     }
 }
 
+impl Indexes {
+    /// Follow a change of a client's authentication methods (`None`: none, or removed).
+    pub fn change_client_auth(
+        &mut self,
+        id: &ClientId,
+        old: Option<&crate::identity::ClientAuth>,
+        new: Option<&crate::identity::ClientAuth>,
+    ) {
+        if let Some(s) = old.and_then(|a| a.spiffe_id.as_ref()) {
+            if let Some(set) = self.clients_by_spiffe.get_mut(s) {
+                set.remove(id);
+                if set.is_empty() {
+                    self.clients_by_spiffe.remove(s);
+                }
+            }
+        }
+        if let Some(s) = new.and_then(|a| a.spiffe_id.as_ref()) {
+            self.clients_by_spiffe
+                .entry(s.clone())
+                .or_default()
+                .insert(id.clone());
+        }
+    }
+}
+
 impl State {
     /// Recompute every derived lookup from the projections.
     pub fn rebuild_indexes(&mut self) {
@@ -246,6 +274,9 @@ impl State {
         for (id, c) in &self.clients {
             idx.allow_sets
                 .insert(id.clone(), PermissionSet::new(&c.allowed_scopes));
+        }
+        for (id, a) in &self.client_auth {
+            idx.change_client_auth(id, None, Some(a));
         }
         for t in self.revoked_tokens.values() {
             idx.revoked_by_expiry

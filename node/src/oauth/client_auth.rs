@@ -417,26 +417,18 @@ pub fn signed_by_jwt_authority(state: &State, jws: &Jws) -> bool {
 /// The client a SPIFFE ID names: the client registered with it (tls_client_auth), or the
 /// client whose workload entry has it (an AI agent's, made when it was onboarded).
 pub fn client_of_spiffe(state: &State, spiffe: &str) -> Option<ClientId> {
-    if let Some((id, _)) = state
-        .client_auth
-        .iter()
-        .find(|(_, a)| a.spiffe_id.as_ref().is_some_and(|i| i.as_str() == spiffe))
-    {
-        return Some(id.clone());
+    // Both through indexes: this runs on every mTLS and JWT-SVID authentication.
+    let id = authsec_domain::SpiffeId::parse(spiffe).ok()?;
+    if let Some(c) = state.idx.clients_by_spiffe.get(&id).and_then(|s| s.first()) {
+        return Some(c.clone());
     }
     state
         .idx
-        .entries_by_client
+        .entries_by_spiffe
+        .get(&id)?
         .iter()
-        .find(|(_, entries)| {
-            entries.iter().any(|e| {
-                state
-                    .entries
-                    .get(e)
-                    .is_some_and(|e| e.spiffe_id.as_str() == spiffe)
-            })
-        })
-        .map(|(c, _)| c.clone())
+        .filter_map(|e| state.entries.get(e))
+        .find_map(|e| e.client_id.clone())
 }
 
 /// The client for a SPIFFE ID, checked against a claimed client id.
