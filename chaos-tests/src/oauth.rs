@@ -11,6 +11,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::Cluster;
+
 /// An answer: status, lower-cased headers, body.
 #[derive(Debug, Clone)]
 pub struct Resp {
@@ -211,4 +213,129 @@ pub fn header(token: &str) -> anyhow::Result<Value> {
         .ok_or_else(|| anyhow!("not a JWT"))?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part)?;
     Ok(serde_json::from_slice(&bytes)?)
+}
+
+/// The bootstrap admin's calls the OAuth tests set clusters up with (node 1's gRPC API).
+#[derive(Debug)]
+pub struct Admin<'a>(pub &'a Cluster);
+
+impl Admin<'_> {
+    pub async fn role(&self, name: &str, perms: &[&str]) -> anyhow::Result<()> {
+        let mut c =
+            authsec_api::v1::role_service_client::RoleServiceClient::new(self.0.channel(1).await?);
+        let perms: Vec<String> = perms.iter().map(|p| p.to_string()).collect();
+        let exists = c
+            .get_role(authsec_api::v1::GetRoleRequest {
+                name: name.into(),
+                ..Default::default()
+            })
+            .await
+            .is_ok();
+        if exists {
+            c.update_role(authsec_api::v1::UpdateRoleRequest {
+                name: name.into(),
+                permissions: Some(authsec_api::v1::StringList { values: perms }),
+                ..Default::default()
+            })
+            .await?;
+        } else {
+            c.create_role(authsec_api::v1::CreateRoleRequest {
+                name: name.into(),
+                permissions: perms,
+                ..Default::default()
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn bind(&self, role: &str, subject: &str) -> anyhow::Result<()> {
+        authsec_api::v1::role_service_client::RoleServiceClient::new(self.0.channel(1).await?)
+            .bind(authsec_api::v1::Binding {
+                role: role.into(),
+                subject: subject.into(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    pub async fn unbind(&self, role: &str, subject: &str) -> anyhow::Result<()> {
+        authsec_api::v1::role_service_client::RoleServiceClient::new(self.0.channel(1).await?)
+            .unbind(authsec_api::v1::Binding {
+                role: role.into(),
+                subject: subject.into(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    pub async fn client(
+        &self,
+        req: authsec_api::v1::CreateClientRequest,
+    ) -> anyhow::Result<String> {
+        Ok(
+            authsec_api::v1::client_service_client::ClientServiceClient::new(
+                self.0.channel(1).await?,
+            )
+            .create_client(authsec_api::v1::CreateClientRequest {
+                generate_secret: true,
+                ..req
+            })
+            .await?
+            .into_inner()
+            .client_secret,
+        )
+    }
+
+    pub async fn allow(&self, id: &str, scopes: &[&str]) -> anyhow::Result<()> {
+        authsec_api::v1::client_service_client::ClientServiceClient::new(self.0.channel(1).await?)
+            .update_client(authsec_api::v1::UpdateClientRequest {
+                client_id: id.into(),
+                allowed_scopes: Some(authsec_api::v1::ScopeList {
+                    scopes: scopes.iter().map(|s| s.to_string()).collect(),
+                }),
+                ..Default::default()
+            })
+            .await?;
+        Ok(())
+    }
+
+    pub async fn delegate(
+        &self,
+        id: &str,
+        from: &str,
+        to: &str,
+        perms: &[&str],
+    ) -> Result<(), tonic::Status> {
+        let mut c = authsec_api::v1::delegation_service_client::DelegationServiceClient::new(
+            self.0
+                .channel(1)
+                .await
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?,
+        );
+        c.create_delegation(authsec_api::v1::CreateDelegationRequest {
+            delegation_id: id.into(),
+            delegator: from.into(),
+            delegate: to.into(),
+            permissions: perms.iter().map(|p| p.to_string()).collect(),
+            max_token_ttl_seconds: 120,
+            ttl_seconds: 3600,
+            ..Default::default()
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn revoke_delegation(&self, id: &str) -> anyhow::Result<()> {
+        authsec_api::v1::revocation_service_client::RevocationServiceClient::new(
+            self.0.channel(1).await?,
+        )
+        .revoke(authsec_api::v1::RevokeRequest {
+            target: Some(authsec_api::v1::revoke_request::Target::DelegationId(
+                id.into(),
+            )),
+        })
+        .await?;
+        Ok(())
+    }
 }

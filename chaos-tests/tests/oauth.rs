@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use authsec_api::v1;
-use authsec_chaos_tests::oauth::{claims, header, Https, Resp};
+use authsec_chaos_tests::oauth::{claims, header, Admin, Https, Resp};
 use authsec_chaos_tests::{Cluster, Options, OAUTH_ISSUER};
 use aws_lc_rs::signature::{self, EcdsaKeyPair, KeyPair, UnparsedPublicKey};
 use base64::Engine;
@@ -28,24 +28,11 @@ fn unb64(s: &str) -> anyhow::Result<Vec<u8>> {
 }
 
 async fn create_role(c: &Cluster, name: &str, perms: &[&str]) -> anyhow::Result<()> {
-    v1::role_service_client::RoleServiceClient::new(c.channel(1).await?)
-        .create_role(v1::CreateRoleRequest {
-            name: name.into(),
-            permissions: perms.iter().map(|p| p.to_string()).collect(),
-            ..Default::default()
-        })
-        .await?;
-    Ok(())
+    Admin(c).role(name, perms).await
 }
 
 async fn bind(c: &Cluster, role: &str, subject: &str) -> anyhow::Result<()> {
-    v1::role_service_client::RoleServiceClient::new(c.channel(1).await?)
-        .bind(v1::Binding {
-            role: role.into(),
-            subject: subject.into(),
-        })
-        .await?;
-    Ok(())
+    Admin(c).bind(role, subject).await
 }
 
 /// A client with a generated secret; returns the secret.
@@ -56,19 +43,16 @@ async fn client(
     audience: &str,
     public_keys: Vec<v1::PublicKey>,
 ) -> anyhow::Result<String> {
-    let r = v1::client_service_client::ClientServiceClient::new(c.channel(1).await?)
-        .create_client(v1::CreateClientRequest {
+    Admin(c)
+        .client(v1::CreateClientRequest {
             client_id: id.into(),
             kind: v1::ClientKind::Service as i32,
             allowed_scopes: allowed.iter().map(|s| s.to_string()).collect(),
             default_audience: audience.into(),
-            generate_secret: true,
             public_keys,
             ..Default::default()
         })
-        .await?
-        .into_inner();
-    Ok(r.client_secret)
+        .await
 }
 
 /// The access-token keys a node serves, by kid.

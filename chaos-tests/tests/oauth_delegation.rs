@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use authsec_api::v1;
-use authsec_chaos_tests::oauth::{claims, Https, Resp};
+use authsec_chaos_tests::oauth::{claims, Admin, Https, Resp};
 use authsec_chaos_tests::{Cluster, Options, OAUTH_ISSUER, TRUST_DOMAIN};
 use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair};
 use base64::Engine;
@@ -141,119 +141,6 @@ async fn serve_jwks(jwks: String) -> anyhow::Result<(u16, String)> {
         }
     });
     Ok((port, cert.pem()))
-}
-
-struct Admin<'a>(&'a Cluster);
-
-impl Admin<'_> {
-    async fn role(&self, name: &str, perms: &[&str]) -> anyhow::Result<()> {
-        let mut c = v1::role_service_client::RoleServiceClient::new(self.0.channel(1).await?);
-        let perms: Vec<String> = perms.iter().map(|p| p.to_string()).collect();
-        let exists = c
-            .get_role(v1::GetRoleRequest {
-                name: name.into(),
-                ..Default::default()
-            })
-            .await
-            .is_ok();
-        if exists {
-            c.update_role(v1::UpdateRoleRequest {
-                name: name.into(),
-                permissions: Some(v1::StringList { values: perms }),
-                ..Default::default()
-            })
-            .await?;
-        } else {
-            c.create_role(v1::CreateRoleRequest {
-                name: name.into(),
-                permissions: perms,
-                ..Default::default()
-            })
-            .await?;
-        }
-        Ok(())
-    }
-
-    async fn bind(&self, role: &str, subject: &str) -> anyhow::Result<()> {
-        v1::role_service_client::RoleServiceClient::new(self.0.channel(1).await?)
-            .bind(v1::Binding {
-                role: role.into(),
-                subject: subject.into(),
-            })
-            .await?;
-        Ok(())
-    }
-
-    async fn unbind(&self, role: &str, subject: &str) -> anyhow::Result<()> {
-        v1::role_service_client::RoleServiceClient::new(self.0.channel(1).await?)
-            .unbind(v1::Binding {
-                role: role.into(),
-                subject: subject.into(),
-            })
-            .await?;
-        Ok(())
-    }
-
-    async fn client(&self, req: v1::CreateClientRequest) -> anyhow::Result<String> {
-        Ok(
-            v1::client_service_client::ClientServiceClient::new(self.0.channel(1).await?)
-                .create_client(v1::CreateClientRequest {
-                    generate_secret: true,
-                    ..req
-                })
-                .await?
-                .into_inner()
-                .client_secret,
-        )
-    }
-
-    async fn allow(&self, id: &str, scopes: &[&str]) -> anyhow::Result<()> {
-        v1::client_service_client::ClientServiceClient::new(self.0.channel(1).await?)
-            .update_client(v1::UpdateClientRequest {
-                client_id: id.into(),
-                allowed_scopes: Some(v1::ScopeList {
-                    scopes: scopes.iter().map(|s| s.to_string()).collect(),
-                }),
-                ..Default::default()
-            })
-            .await?;
-        Ok(())
-    }
-
-    async fn delegate(
-        &self,
-        id: &str,
-        from: &str,
-        to: &str,
-        perms: &[&str],
-    ) -> Result<(), tonic::Status> {
-        let mut c = v1::delegation_service_client::DelegationServiceClient::new(
-            self.0
-                .channel(1)
-                .await
-                .map_err(|e| tonic::Status::unavailable(e.to_string()))?,
-        );
-        c.create_delegation(v1::CreateDelegationRequest {
-            delegation_id: id.into(),
-            delegator: from.into(),
-            delegate: to.into(),
-            permissions: perms.iter().map(|p| p.to_string()).collect(),
-            max_token_ttl_seconds: 120,
-            ttl_seconds: 3600,
-            ..Default::default()
-        })
-        .await?;
-        Ok(())
-    }
-
-    async fn revoke_delegation(&self, id: &str) -> anyhow::Result<()> {
-        v1::revocation_service_client::RevocationServiceClient::new(self.0.channel(1).await?)
-            .revoke(v1::RevokeRequest {
-                target: Some(v1::revoke_request::Target::DelegationId(id.into())),
-            })
-            .await?;
-        Ok(())
-    }
 }
 
 fn agent_req(id: &str, allowed: &[&str]) -> v1::CreateClientRequest {
