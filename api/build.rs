@@ -6,6 +6,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "proto/authsec/v1/identity.proto",
             "proto/authsec/v1/bundle.proto",
             "proto/authsec/v1/svid.proto",
+            "proto/authsec/v1/agent.proto",
+            "proto/spiffe/workload.proto",
             "proto/authsec/internal/v1/peer.proto",
         ],
         &["proto"],

@@ -14,6 +14,15 @@ pub mod internal {
     }
 }
 
+/// The SPIFFE Workload API (the standard's proto, no package: `/SpiffeWorkloadAPI/<method>`).
+#[allow(missing_debug_implementations, clippy::all)]
+pub mod workload {
+    include!(concat!(env!("OUT_DIR"), "/_.rs"));
+
+    /// The metadata key every Workload API request must carry, with the value `true`.
+    pub const SECURITY_HEADER: &str = "workload.spiffe.io";
+}
+
 pub mod convert;
 pub mod error;
 pub mod identity;

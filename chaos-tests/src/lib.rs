@@ -45,6 +45,172 @@ pub fn authsec_bin() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
+/// The `authsec-agent` binary: `AUTHSEC_AGENT_BIN`, else beside `authsec`.
+pub fn agent_bin() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os("AUTHSEC_AGENT_BIN") {
+        return Ok(PathBuf::from(p));
+    }
+    let bin = authsec_bin()?.with_file_name("authsec-agent");
+    if !bin.exists() {
+        bail!(
+            "{} not found: build it with `cargo build -p authsec-agent` or set AUTHSEC_AGENT_BIN",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// An `authsec-agent run` process; killed when dropped.
+#[derive(Debug)]
+pub struct AgentProc {
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+    pub child: Option<std::process::Child>,
+}
+
+impl AgentProc {
+    /// Start an agent for `cluster`'s nodes `servers` in `dir`, attesting with `token` (if it
+    /// holds no SVID yet).
+    pub fn spawn(
+        cluster: &Cluster,
+        dir: &Path,
+        servers: &[u64],
+        token: &str,
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let socket = dir.join("agent.sock");
+        let log = dir.join("agent.log");
+        let token_file = dir.join("join-token");
+        std::fs::write(&token_file, token)?;
+        let mut cmd = Command::new(agent_bin()?);
+        cmd.arg("run")
+            .arg("--trust-domain")
+            .arg(TRUST_DOMAIN)
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--ca-pin")
+            .arg(cluster.ca_fingerprint()?)
+            .arg("--join-token-file")
+            .arg(&token_file);
+        for id in servers {
+            cmd.arg("--server").arg(cluster.addr(*id)?);
+        }
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let child = cmd
+            .env(
+                "RUST_LOG",
+                std::env::var("AUTHSEC_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("spawn authsec-agent")?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            socket,
+            log,
+            child: Some(child),
+        })
+    }
+
+    /// Wait until the Workload API socket exists (the agent attested and serves).
+    pub fn wait_serving(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        while !self.socket.exists() {
+            if let Some(c) = self.child.as_mut() {
+                if let Some(st) = c.try_wait()? {
+                    bail!("the agent exited ({st}): {}", self.log_tail(20));
+                }
+            }
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "the agent did not serve within {timeout:?}: {}",
+                    self.log_tail(20)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// Wait for the agent to exit by itself; its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        let c = self.child.as_mut().ok_or_else(|| anyhow!("not running"))?;
+        loop {
+            if let Some(st) = c.try_wait()? {
+                self.child = None;
+                return Ok(st);
+            }
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "the agent did not exit within {timeout:?}: {}",
+                    self.log_tail(20)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let v: Vec<&str> = text.lines().collect();
+        v[v.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Run `authsec-agent api <args>` against this agent's socket (a separate workload
+    /// process); its exit status and stdout.
+    pub fn api(&self, args: &[&str]) -> anyhow::Result<(std::process::ExitStatus, String, String)> {
+        let out = Command::new(agent_bin()?)
+            .arg("api")
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .stdin(Stdio::null())
+            .output()?;
+        Ok((
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A gRPC channel over the unix socket at `path` (the Workload API).
+pub async fn unix_channel(path: &Path) -> anyhow::Result<Channel> {
+    let path = path.to_path_buf();
+    Ok(tonic::transport::Endpoint::try_from("http://localhost")?
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await?)
+}
+
 /// A port nobody listens on right now.
 ///
 /// Picked below the kernel's ephemeral range and never twice in this process: a port taken
@@ -100,6 +266,8 @@ pub struct Options {
     pub offline_root: bool,
     /// TOML appended to every node's `[oauth]` table (trusted issuers, limits).
     pub oauth_extra: String,
+    /// TOML appended to every node's config, after every table (`[agents]`, ...).
+    pub extra_toml: String,
 }
 
 impl Default for Options {
@@ -115,6 +283,7 @@ impl Default for Options {
             insecure: false,
             offline_root: false,
             oauth_extra: String::new(),
+            extra_toml: String::new(),
         }
     }
 }
@@ -389,6 +558,7 @@ impl Cluster {
                 .join(", ");
             text += "]\n";
         }
+        text += &self.opts.extra_toml;
         std::fs::write(&config, text)?;
         self.nodes.insert(
             id,

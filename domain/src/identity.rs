@@ -69,10 +69,15 @@ impl ClientAuth {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EntryStatus {
-    /// Onboarded; no agent attests the workload yet (no parent or no selectors).
+    /// Onboarded; no agent attests the workload yet (no parent or no selectors, or the parent
+    /// authsec agent has not attested).
     AwaitingAgent,
     /// A parent agent and selectors: an agent can issue it.
     Active,
+    /// The parent authsec agent attested, but its heartbeats stopped.
+    AgentOffline,
+    /// The parent authsec agent is banned: it gets no SVIDs for the entry.
+    AgentBanned,
 }
 
 impl EntryStatus {
@@ -80,8 +85,26 @@ impl EntryStatus {
         match self {
             EntryStatus::AwaitingAgent => "awaiting-agent",
             EntryStatus::Active => "active",
+            EntryStatus::AgentOffline => "agent-offline",
+            EntryStatus::AgentBanned => "agent-banned",
         }
     }
+}
+
+/// The path (below the trust domain) of authsec agents' SPIFFE IDs: `/authsec/agent/<name>`.
+pub const AGENT_PATH: &str = "/authsec/agent/";
+
+/// The SPIFFE ID of the authsec agent `name` (a join token's id).
+pub fn agent_spiffe_id(td: &crate::TrustDomain, name: &str) -> Result<SpiffeId, crate::FieldError> {
+    SpiffeId::parse(&format!("spiffe://{td}{AGENT_PATH}{name}"))
+}
+
+/// The name of an authsec agent's SPIFFE ID of trust domain `td`, if it is one.
+pub fn agent_name_of<'a>(td: &crate::TrustDomain, id: &'a SpiffeId) -> Option<&'a str> {
+    let rest = id.as_str().strip_prefix("spiffe://")?;
+    let path = rest.strip_prefix(td.as_str())?;
+    let name = path.strip_prefix(AGENT_PATH)?;
+    (!name.is_empty() && !name.contains('/')).then_some(name)
 }
 
 /// A registration entry: who a workload is (its SPIFFE ID) and how an agent recognizes it.
@@ -117,11 +140,40 @@ pub fn is_reserved(id: &SpiffeId) -> bool {
 }
 
 impl Entry {
+    /// From the entry alone: whether an agent can issue it at all.
     pub fn status(&self) -> EntryStatus {
         if self.parent_id.is_some() && !self.selectors.is_empty() {
             EntryStatus::Active
         } else {
             EntryStatus::AwaitingAgent
+        }
+    }
+
+    /// With its parent, when the parent is an authsec agent (`parent` is that agent's row,
+    /// `None` if it has not attested): awaiting the agent until it attests, then active while
+    /// its heartbeats are younger than `offline_after_ms` at `now_ms`. Read time only: the
+    /// state machine never calls this (it reads a clock).
+    pub fn status_with_agent(
+        &self,
+        parent_is_agent: bool,
+        parent: Option<&Agent>,
+        now_ms: u64,
+        offline_after_ms: u64,
+    ) -> EntryStatus {
+        let base = self.status();
+        if base != EntryStatus::Active || !parent_is_agent {
+            return base;
+        }
+        match parent {
+            None => EntryStatus::AwaitingAgent,
+            Some(a) if a.banned => EntryStatus::AgentBanned,
+            Some(a)
+                if now_ms.saturating_sub(a.last_seen_ms.max(a.attested_at_ms))
+                    > offline_after_ms =>
+            {
+                EntryStatus::AgentOffline
+            }
+            Some(_) => EntryStatus::Active,
         }
     }
 }

@@ -48,8 +48,9 @@ pub const SELECTORS_PER_ENTRY_MAX: usize = 32;
 pub const DNS_NAMES_PER_ENTRY_MAX: usize = 32;
 /// Most trust domains one entry federates with.
 pub const FEDERATES_WITH_MAX: usize = 32;
-/// X.509-SVID lifetime bounds, seconds (default one hour).
-pub const X509_TTL_S_MIN: u32 = 60;
+/// X.509-SVID lifetime bounds, seconds (default one hour; as short as 10 s for workloads that
+/// rotate fast, the agent renewing at half-life).
+pub const X509_TTL_S_MIN: u32 = 10;
 pub const X509_TTL_S_MAX: u32 = 7 * 24 * 3600;
 pub const X509_TTL_S_DEFAULT: u32 = 3600;
 /// JWT-SVID lifetime bounds, seconds (default five minutes).

@@ -159,6 +159,8 @@ pub struct State {
 pub struct Indexes {
     pub entries_by_spiffe: BTreeMap<SpiffeId, BTreeSet<EntryId>>,
     pub entries_by_client: BTreeMap<ClientId, BTreeSet<EntryId>>,
+    /// Entries by parent (the agent that serves them), so an agent's sync never scans them all.
+    pub entries_by_parent: BTreeMap<SpiffeId, BTreeSet<EntryId>>,
     /// How many subjects each role is bound to.
     pub role_bindings: BTreeMap<RoleName, usize>,
     pub delegation_children: BTreeMap<DelegationId, BTreeSet<DelegationId>>,
@@ -188,6 +190,12 @@ impl Indexes {
                 .or_default()
                 .insert(e.entry_id.clone());
         }
+        if let Some(p) = &e.parent_id {
+            self.entries_by_parent
+                .entry(p.clone())
+                .or_default()
+                .insert(e.entry_id.clone());
+        }
     }
 
     pub fn remove_entry(&mut self, e: &Entry) {
@@ -202,6 +210,9 @@ impl Indexes {
         drop_from(&mut self.entries_by_spiffe, &e.spiffe_id, &e.entry_id);
         if let Some(c) = &e.client_id {
             drop_from(&mut self.entries_by_client, c, &e.entry_id);
+        }
+        if let Some(p) = &e.parent_id {
+            drop_from(&mut self.entries_by_parent, p, &e.entry_id);
         }
     }
 

@@ -134,10 +134,16 @@ pub enum Need {
 }
 
 pub fn need(path: &str) -> Need {
-    // Joining is authenticated by the token; the trust bundle is public.
-    if path == "/authsec.v1.NodeService/Join" || path.starts_with("/authsec.v1.BundleService/") {
+    // Joining and agent attestation are authenticated by their tokens; the trust bundle is
+    // public.
+    if path == "/authsec.v1.NodeService/Join"
+        || path == "/authsec.v1.AgentApiService/Attest"
+        || path.starts_with("/authsec.v1.BundleService/")
+    {
         Need::Anyone
-    } else if path.starts_with("/authsec.v1.SvidService/") {
+    } else if path.starts_with("/authsec.v1.SvidService/")
+        || path.starts_with("/authsec.v1.AgentApiService/")
+    {
         Need::Identity
     } else if path.starts_with("/authsec.internal.v1.PeerService/")
         || path.starts_with("/authsec.v1.NodeService/")

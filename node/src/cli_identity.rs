@@ -1607,6 +1607,11 @@ pub enum AgentTokenCmd {
         common: Common,
         #[arg(long, default_value = "1h")]
         ttl: String,
+        /// The agent's name: it attests as spiffe://<td>/authsec/agent/<name>, the parent
+        /// its entries name. Default: generated. Reusing an attested agent's name re-attests
+        /// it (after an outage longer than its SVID's lifetime).
+        #[arg(long)]
+        name: Option<String>,
     },
 }
 
@@ -1627,10 +1632,11 @@ fn agent_out(a: &v1::Agent) -> (Value, Vec<String>) {
 
 pub async fn agent(c: AgentCmd) -> anyhow::Result<()> {
     match c {
-        AgentCmd::Token(AgentTokenCmd::Create { common, ttl }) => {
+        AgentCmd::Token(AgentTokenCmd::Create { common, ttl, name }) => {
             let r = AgentServiceClient::new(channel(&common.target).await?)
                 .create_join_token(v1::CreateAgentTokenRequest {
                     ttl_seconds: parse_duration_s(&ttl)?,
+                    name: name.unwrap_or_default(),
                 })
                 .await
                 .map_err(call)?
@@ -1638,13 +1644,14 @@ pub async fn agent(c: AgentCmd) -> anyhow::Result<()> {
             match common.output {
                 Output::Json => println!(
                     "{}",
-                    json!({"token": r.token, "expires_at_ms": r.expires_at_ms,
+                    json!({"token": r.token, "agent_id": r.agent_id, "expires_at_ms": r.expires_at_ms,
                            "log_index": r.receipt.map_or(0, |r| r.log_index)})
                 ),
                 Output::Table => println!(
-                    "Agent join token (single use, shown once, expires {}):\n  {}",
+                    "Agent join token (single use, shown once, expires {}):\n  {}\nThe agent will attest as {}; name it as its entries' parent.",
                     ms(r.expires_at_ms),
-                    r.token
+                    r.token,
+                    r.agent_id
                 ),
             }
         }

@@ -153,6 +153,34 @@ impl Default for IssuerSection {
     }
 }
 
+/// What nodes tell authsec agents (`[agents]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentsSection {
+    /// How often an agent sends a heartbeat (the node tells it at each one).
+    pub heartbeat_s: u32,
+    /// After how many missed heartbeats an agent's entries show `agent-offline`.
+    pub offline_after_heartbeats: u32,
+    /// Lifetime of an agent's own X.509-SVID; the agent renews it at half-life.
+    pub svid_ttl_s: u32,
+}
+
+impl Default for AgentsSection {
+    fn default() -> Self {
+        Self {
+            heartbeat_s: 30,
+            offline_after_heartbeats: 3,
+            svid_ttl_s: 3600,
+        }
+    }
+}
+
+impl AgentsSection {
+    pub fn offline_after_ms(&self) -> u64 {
+        u64::from(self.heartbeat_s) * u64::from(self.offline_after_heartbeats.max(1)) * 1000
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
@@ -195,6 +223,8 @@ pub struct NodeConfig {
     pub issuer: IssuerSection,
     #[serde(default)]
     pub oauth: OauthSection,
+    #[serde(default)]
+    pub agents: AgentsSection,
     /// A deliberate defect for proving the chaos checkers (debug builds only; never from TOML).
     #[serde(skip)]
     pub planted_bug: crate::planted::PlantedBug,

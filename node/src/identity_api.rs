@@ -237,7 +237,7 @@ pub async fn create_client(
         client_secret: secret
             .map(|(s, _)| s.reveal().to_owned())
             .unwrap_or_default(),
-        entry: entry.as_ref().map(wire::entry_to_wire),
+        entry: entry.as_ref().map(|e| entry_out(ctx, e)),
         next_steps: steps,
     }))
 }
@@ -259,7 +259,7 @@ pub async fn describe_client(
         credentials: Some(wire::credentials_to_wire(&client_auth(ctx, &id)?)),
         entries: entries_of_client(ctx, &id)?
             .iter()
-            .map(wire::entry_to_wire)
+            .map(|e| entry_out(ctx, e))
             .collect(),
         roles: roles_of(ctx, &Subject::Client(id))?,
     }))
@@ -417,7 +417,7 @@ impl EntryService for Entries {
         let (receipt, _) = self.0.write(actor, Command::CreateEntry(spec)).await?;
         Ok(Response::new(v1::CreateEntryResponse {
             receipt: Some(receipt),
-            entry: entry(&self.0, &id)?.as_ref().map(wire::entry_to_wire),
+            entry: entry(&self.0, &id)?.as_ref().map(|e| entry_out(&self.0, e)),
         }))
     }
 
@@ -429,7 +429,7 @@ impl EntryService for Entries {
         let id = wire::entry_id(&r.entry_id).map_err(invalid)?;
         self.0.read_point(r.consistency).await?;
         match entry(&self.0, &id)? {
-            Some(e) => Ok(Response::new(wire::entry_to_wire(&e))),
+            Some(e) => Ok(Response::new(entry_out(&self.0, &e))),
             None => Err(ApiError::NotFound(format!("entry {id}")).into()),
         }
     }
@@ -451,10 +451,13 @@ impl EntryService for Entries {
             .then(|| convert::client_id(&r.client_id))
             .transpose()
             .map_err(invalid)?;
-        if !matches!(r.status.as_str(), "" | "awaiting-agent" | "active") {
+        if !matches!(
+            r.status.as_str(),
+            "" | "awaiting-agent" | "active" | "agent-offline" | "agent-banned"
+        ) {
             return Err(invalid(FieldError::new(
                 "status",
-                "must be awaiting-agent or active",
+                "must be awaiting-agent, active, agent-offline or agent-banned",
             )));
         }
         self.0.read_point(r.consistency).await?;
@@ -473,9 +476,9 @@ impl EntryService for Entries {
                     && client
                         .as_ref()
                         .is_none_or(|c| e.client_id.as_ref() == Some(c))
-                    && (r.status.is_empty() || e.status().as_str() == r.status)
+                    && (r.status.is_empty() || entry_status(&self.0, e).as_str() == r.status)
             },
-            wire::entry_to_wire,
+            |e| entry_out(&self.0, e),
         )?;
         Ok(Response::new(v1::ListEntriesResponse {
             entries,
@@ -875,6 +878,34 @@ impl RevocationService for Revocations {
 #[derive(Debug, Clone)]
 pub struct Agents(pub Arc<Ctx>);
 
+/// An entry's status as an operator reads it: with its parent authsec agent's attestation,
+/// ban and heartbeats (a read-time view; the log holds only the facts).
+fn entry_status(ctx: &Ctx, e: &Entry) -> authsec_domain::identity::EntryStatus {
+    let td = &ctx.sec.td;
+    let parent = e
+        .parent_id
+        .as_ref()
+        .filter(|p| authsec_domain::identity::agent_name_of(td, p).is_some());
+    let agent = parent.and_then(|p| {
+        get::<Agent>(ctx, cf::PROJ_AGENTS, Tag::AGENT, &agent_key(p))
+            .ok()
+            .flatten()
+    });
+    e.status_with_agent(
+        parent.is_some(),
+        agent.as_ref(),
+        crate::issuer::now_ms(),
+        ctx.agents.offline_after_ms(),
+    )
+}
+
+/// An entry on the wire, with [`entry_status`].
+pub fn entry_out(ctx: &Ctx, e: &Entry) -> v1::Entry {
+    let mut w = wire::entry_to_wire(e);
+    w.status = entry_status(ctx, e).as_str().into();
+    w
+}
+
 fn agent_key(id: &SpiffeId) -> Vec<u8> {
     let mut k = persist::AGENT_PREFIX.to_vec();
     k.extend_from_slice(id.as_str().as_bytes());
@@ -897,7 +928,12 @@ impl AgentService for Agents {
         let ttl_ms = ttl_s
             .checked_mul(1000)
             .ok_or_else(|| invalid(FieldError::new("ttl_seconds", "too large")))?;
-        let token = crate::pki::JoinToken::generate();
+        let mut token = crate::pki::JoinToken::generate();
+        if !r.name.is_empty() {
+            token.id = r.name.clone();
+        }
+        let agent_id = authsec_domain::identity::agent_spiffe_id(&self.0.sec.td, &token.id)
+            .map_err(|e| invalid(FieldError::new("name", e.reason)))?;
         let (receipt, _) = self
             .0
             .write(
@@ -919,6 +955,7 @@ impl AgentService for Agents {
             token: token.reveal(),
             expires_at_ms,
             receipt: Some(receipt),
+            agent_id: agent_id.to_string(),
         }))
     }
 

@@ -197,6 +197,11 @@ impl PublicKeyData for CsrKey {
 
 /// The CSR's public key, if its self-signature verifies and it asks for nothing an SVID
 /// cannot be: no CA, no SPIFFE ID other than `want`. Everything else it requests is ignored.
+/// Whether `der` is a CSR this issuer would sign for `want` (what minting checks first).
+pub fn check_csr(der: &[u8], want: &SpiffeId) -> Result<(), IssueError> {
+    csr_key(der, want).map(|_| ())
+}
+
 fn csr_key(der: &[u8], want: &SpiffeId) -> Result<CsrKey, IssueError> {
     use x509_parser::certification_request::X509CertificationRequest;
     use x509_parser::extensions::{GeneralName, ParsedExtension};

@@ -178,6 +178,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
             .clone()
             .unwrap_or_else(|| authsec_domain::identity::AGENT_TEMPLATE_DEFAULT.to_owned()),
         issuer: issuer.clone(),
+        agents: cfg.agents.clone(),
     });
 
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -185,6 +186,12 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
         let _ = rx.wait_for(|s| *s).await;
     };
 
+    let svids = crate::svid_api::Svids {
+        ctx: ctx.clone(),
+        issuer: issuer.clone(),
+        recorder: recorder.clone(),
+        view: view.clone(),
+    };
     let grpc = TcpListener::bind(cfg.grpc_addr)
         .await
         .with_context(|| format!("bind gRPC {}", cfg.grpc_addr))?;
@@ -256,11 +263,16 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
                 .max_decoding_message_size(API_MESSAGE_BYTES_MAX),
         )
         .add_service(
-            SvidServiceServer::new(crate::svid_api::Svids {
-                ctx: ctx.clone(),
-                issuer: issuer.clone(),
-                recorder: recorder.clone(),
-            })
+            SvidServiceServer::new(svids.clone()).max_decoding_message_size(API_MESSAGE_BYTES_MAX),
+        )
+        .add_service(
+            authsec_api::v1::agent_api_service_server::AgentApiServiceServer::new(
+                crate::agent_api::AgentApi {
+                    svids: svids.clone(),
+                    view: view.clone(),
+                    cfg: cfg.agents.clone(),
+                },
+            )
             .max_decoding_message_size(API_MESSAGE_BYTES_MAX),
         );
     let grpc_stop = stop(shutdown_rx.clone());

@@ -33,6 +33,8 @@ pub struct Ctx {
     pub agent_template: String,
     /// This node's SVID issuer.
     pub issuer: Arc<crate::issuer::SvidIssuer>,
+    /// What agents are told, and when their entries show `agent-offline`.
+    pub agents: crate::config::AgentsSection,
 }
 
 fn internal(e: impl std::fmt::Display) -> Status {

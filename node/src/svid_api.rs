@@ -24,6 +24,8 @@ pub struct Svids {
     pub issuer: Arc<SvidIssuer>,
     /// Every SVID is in this node's synced outbox before it is returned.
     pub recorder: crate::outbox::Recorder,
+    /// The in-memory projections (agents' ban status).
+    pub view: authsec_storage::StateView,
 }
 
 impl Svids {
@@ -67,6 +69,24 @@ impl Svids {
             ));
         };
         if entry.parent_id.as_ref() == Some(&caller) {
+            let td = tls.trust_domain();
+            if authsec_domain::identity::agent_name_of(td, &caller).is_some() {
+                // An authsec agent mints only while it is attested and not banned.
+                let st = self.view.read();
+                match st.agents.get(&caller) {
+                    Some(a) if !a.banned => {}
+                    Some(_) => {
+                        return Err(Status::permission_denied(format!(
+                            "agent {caller} is banned"
+                        )))
+                    }
+                    None => {
+                        return Err(Status::permission_denied(format!(
+                            "agent {caller} is not attested (or was deleted)"
+                        )))
+                    }
+                }
+            }
             return Ok(());
         }
         let td = tls.trust_domain();
@@ -112,7 +132,7 @@ impl Svids {
 
     /// No audit, no credential: record the issuance (synced) before answering.
     #[allow(clippy::too_many_arguments)]
-    async fn record(
+    pub(crate) async fn record(
         &self,
         req_caller: Option<String>,
         entry: &Entry,

@@ -209,6 +209,10 @@ fn edges_between_our_crates_follow_the_design() {
             ][..],
         ),
         (
+            "authsec-agent",
+            &["authsec-api", "authsec-domain", "authsec-tls"][..],
+        ),
+        (
             "authsec-chaos-tests",
             &["authsec-api", "authsec-domain", "authsec-tls"][..],
         ),
