@@ -60,6 +60,18 @@ pub fn agent_bin() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
+/// An example binary (`ai-agent`, `tool-service`), beside `authsec`.
+pub fn example_bin(name: &str) -> anyhow::Result<PathBuf> {
+    let bin = authsec_bin()?.with_file_name(name);
+    if !bin.exists() {
+        bail!(
+            "{} not found: build it with `cargo build -p authsec-examples`",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
 /// An `authsec-agent run` process; killed when dropped.
 #[derive(Debug)]
 pub struct AgentProc {

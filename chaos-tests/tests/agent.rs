@@ -88,6 +88,16 @@ async fn wait_status(c: &Cluster, id: &str, want: &str, timeout: Duration) -> an
     }
 }
 
+/// A child process killed when the test ends, however it ends.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A Workload API client in this (test) process, over the agent's socket.
 async fn workload_client(
     socket: &Path,
@@ -168,6 +178,27 @@ async fn agent_serves_workloads_through_rotation_failures_and_withdrawal() -> an
     )
     .await?;
     assert_eq!(entry_status(&c, &probe).await?, "awaiting-agent");
+    // The example AI agent and the tool service it calls: workloads of their own (by path).
+    let ai_bin = authsec_chaos_tests::example_bin("ai-agent")?;
+    let tool_bin = authsec_chaos_tests::example_bin("tool-service")?;
+    let ai_id = format!("spiffe://{TRUST_DOMAIN}/agents/ai");
+    let tool_id = format!("spiffe://{TRUST_DOMAIN}/tools/echo");
+    entry(
+        &c,
+        "agents/ai",
+        &agent_id,
+        vec![uid_sel.clone(), format!("unix:path:{}", ai_bin.display())],
+        30,
+    )
+    .await?;
+    entry(
+        &c,
+        "tools/echo",
+        &agent_id,
+        vec![uid_sel.clone(), format!("unix:path:{}", tool_bin.display())],
+        30,
+    )
+    .await?;
 
     // Attestation: the agent serves; its entries turn active.
     let mut agent = AgentProc::spawn(&c, &dir.path().join("a1"), &[1, 2, 3], &t.token)?;
@@ -231,6 +262,46 @@ async fn agent_serves_workloads_through_rotation_failures_and_withdrawal() -> an
     let (st, _, err) = agent.api(&["validate-jwt", "--audience", "elsewhere", &token_s])?;
     assert!(!st.success() && err.contains("InvalidArgument"), "{err}");
 
+    // The tool service, over mTLS with its own SVID, accepting only the AI agent's SPIFFE ID.
+    let socket_url = format!("unix://{}", agent.socket.display());
+    let tool_port = authsec_chaos_tests::free_port()?;
+    let tool_addr = format!("127.0.0.1:{tool_port}");
+    let tool_log = dir.path().join("tool.log");
+    let mut tool = ChildGuard(
+        std::process::Command::new(&tool_bin)
+            .args(["--listen", &tool_addr, "--workload-api", &socket_url])
+            .args(["--trust-domain", TRUST_DOMAIN, "--allow", &ai_id])
+            .stdout(std::fs::File::create(&tool_log)?)
+            .stderr(std::fs::File::create(dir.path().join("tool.err"))?)
+            .spawn()?,
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&tool_log)?.contains("listening") {
+        anyhow::ensure!(
+            tool.0.try_wait()?.is_none() && Instant::now() < deadline,
+            "the tool service did not start: {}",
+            std::fs::read_to_string(dir.path().join("tool.err"))?
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The AI agent calls it once a second for the whole window below.
+    let ai_log = dir.path().join("ai.jsonl");
+    let mut ai = ChildGuard(
+        std::process::Command::new(&ai_bin)
+            .args([
+                "--workload-api",
+                &socket_url,
+                "--tool",
+                &tool_addr,
+                "--tool-id",
+                &tool_id,
+            ])
+            .args(["--calls", "68"])
+            .stdout(std::fs::File::create(&ai_log)?)
+            .stderr(std::fs::File::create(dir.path().join("ai.err"))?)
+            .spawn()?,
+    );
+
     // Rotation over a 70 s window (TTL 30 s: renewed at half-life), while the leader and then
     // the node the agent prefers are killed with -9: the stream never fails.
     let watch_log = dir.path().join("watch.jsonl");
@@ -249,9 +320,21 @@ async fn agent_serves_workloads_through_rotation_failures_and_withdrawal() -> an
         .prepare_root(v1::PrepareRootRequest {})
         .await?
         .into_inner();
-    assert!(roots.root.is_some());
+    let new_root = roots.root.map(|r| r.fingerprint).unwrap_or_default();
+    let mut activated = false;
     while window.elapsed() < Duration::from_secs(70) {
         let e = window.elapsed();
+        if e > Duration::from_secs(8) && !activated {
+            // Activate it: nodes' intermediates move under the new root; SVIDs follow at
+            // their next rotation, and the workloads' calls continue.
+            v1::root_service_client::RootServiceClient::new(c.channel(1).await?)
+                .activate_root(v1::ActivateRootRequest {
+                    fingerprint: new_root.clone(),
+                    force: true,
+                })
+                .await?;
+            activated = true;
+        }
         if e > Duration::from_secs(20) && killed.is_empty() {
             let leader = c.wait_leader(&[1, 2, 3], Duration::from_secs(10)).await?;
             c.kill9(leader)?;
@@ -303,6 +386,42 @@ async fn agent_serves_workloads_through_rotation_failures_and_withdrawal() -> an
         jwt_failures.is_empty(),
         "{jwt_calls} JWT-SVID calls, failures: {jwt_failures:?}"
     );
+    // Every call of the AI agent to the tool over mTLS succeeded, across at least two
+    // rotations of its SVID and the root's activation.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let st = loop {
+        if let Some(st) = ai.0.try_wait()? {
+            break st;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the AI agent did not finish its calls"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let calls: Vec<serde_json::Value> = std::fs::read_to_string(&ai_log)?
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        st.success(),
+        "the AI agent failed after {} calls: {}",
+        calls.len(),
+        std::fs::read_to_string(dir.path().join("ai.err"))?
+    );
+    assert_eq!(calls.len(), 68);
+    assert!(calls
+        .iter()
+        .all(|c| c["status"] == 200 && c["answer"]["caller"] == ai_id.as_str()));
+    let ai_serials: BTreeSet<&str> = calls
+        .iter()
+        .filter_map(|c| c["svid_serial"].as_str())
+        .collect();
+    assert!(
+        ai_serials.len() >= 3,
+        "the AI agent's SVID rotated at least twice: {ai_serials:?}"
+    );
+    let _ = tool.0.kill();
     let down = killed[1];
     c.spawn(down)?;
     c.wait_issuing(&[1, 2, 3], Duration::from_secs(30)).await?;
@@ -362,5 +481,194 @@ async fn agent_serves_workloads_through_rotation_failures_and_withdrawal() -> an
     a3.kill9();
     wait_status(&c, &e3, "agent-offline", Duration::from_secs(15)).await?;
     drop(c);
+    Ok(())
+}
+
+/// The examples, as issue 8 describes them: the AI agent gets its SVID from the agent and a
+/// delegated token from authsec (token exchange of a service's token, authenticated with the
+/// SVID), then calls the tool service over mTLS; the tool checks the SVID, the token, its
+/// audience and scope with the SDK's bearer layer, and refuses a call without a token with a
+/// 401 that points to its protected-resource metadata.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_ai_agent_calls_the_tool_with_a_delegated_token() -> anyhow::Result<()> {
+    use authsec_chaos_tests::oauth::Admin;
+    authsec_chaos_tests::init_test_tracing();
+    let c = Cluster::start(3, opts())?;
+    c.wait_issuing(&[1, 2, 3], Duration::from_secs(30)).await?;
+    let dir = tempfile::tempdir()?;
+    let admin = Admin(&c);
+    let t = token(&c, "host1").await?;
+    let uid_sel = format!("unix:uid:{}", uid());
+    let ai_bin = authsec_chaos_tests::example_bin("ai-agent")?;
+    let tool_bin = authsec_chaos_tests::example_bin("tool-service")?;
+
+    // Onboarding: the AI agent client and its workload entry in one command; a service that
+    // delegates to it; the role that grants the tool's scope.
+    admin.role("tool-users", &["tools:call"]).await?;
+    let created = v1::client_service_client::ClientServiceClient::new(c.channel(1).await?)
+        .create_client(v1::CreateClientRequest {
+            client_id: "researcher".into(),
+            kind: v1::ClientKind::AiAgent as i32,
+            allowed_scopes: vec!["tools:call".into()],
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let ai_entry = created.entry.ok_or_else(|| anyhow::anyhow!("no entry"))?;
+    assert_eq!(ai_entry.status, "awaiting-agent");
+    admin.bind("tool-users", "client:researcher").await?;
+    let svc_secret = admin
+        .client(v1::CreateClientRequest {
+            client_id: "svc".into(),
+            kind: v1::ClientKind::Service as i32,
+            allowed_scopes: vec!["tools:*".into()],
+            // Its tokens are for authsec itself: what it hands an agent to act for it.
+            default_audience: authsec_chaos_tests::OAUTH_ISSUER.into(),
+            ..Default::default()
+        })
+        .await?;
+    admin.bind("tool-users", "client:svc").await?;
+    admin
+        .delegate("d-svc", "client:svc", "researcher", &["tools:call"])
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // The operator tells the agent how to recognize both workloads.
+    v1::entry_service_client::EntryServiceClient::new(c.channel(1).await?)
+        .update_entry(v1::UpdateEntryRequest {
+            entry_id: ai_entry.entry_id.clone(),
+            parent_id: Some(t.agent_id.clone()),
+            selectors: Some(v1::StringList {
+                values: vec![uid_sel.clone(), format!("unix:path:{}", ai_bin.display())],
+            }),
+            ..Default::default()
+        })
+        .await?;
+    let tool_id = format!("spiffe://{TRUST_DOMAIN}/tools/echo");
+    entry(
+        &c,
+        "tools/echo",
+        &t.agent_id,
+        vec![uid_sel, format!("unix:path:{}", tool_bin.display())],
+        3600,
+    )
+    .await?;
+    let mut agent = AgentProc::spawn(&c, &dir.path().join("a1"), &[1, 2, 3], &t.token)?;
+    agent.wait_serving(Duration::from_secs(30))?;
+    wait_status(&c, &ai_entry.entry_id, "active", Duration::from_secs(10)).await?;
+
+    // The tool service, requiring tokens for its resource with scope tools:call.
+    let socket_url = format!("unix://{}", agent.socket.display());
+    let resource = "https://tools.test/echo";
+    let tool_addr = format!("127.0.0.1:{}", authsec_chaos_tests::free_port()?);
+    let tool_log = dir.path().join("tool.log");
+    let mut cmd = std::process::Command::new(&tool_bin);
+    cmd.args(["--listen", &tool_addr, "--workload-api", &socket_url])
+        .args([
+            "--trust-domain",
+            TRUST_DOMAIN,
+            "--allow",
+            &ai_entry.spiffe_id,
+        ])
+        .args([
+            "--issuer",
+            authsec_chaos_tests::OAUTH_ISSUER,
+            "--audience",
+            resource,
+        ])
+        .args([
+            "--required-scope",
+            "tools:call",
+            "--authsec-trust-domain",
+            TRUST_DOMAIN,
+        ]);
+    for id in [1, 2, 3] {
+        cmd.args([
+            "--jwks-url",
+            &format!("https://{}/.well-known/jwks.json", c.oauth_addr(id)?),
+        ])
+        .args(["--authsec-node", &c.addr(id)?]);
+    }
+    let mut tool = ChildGuard(
+        cmd.stdout(std::fs::File::create(&tool_log)?)
+            .stderr(std::fs::File::create(dir.path().join("tool.err"))?)
+            .spawn()?,
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&tool_log)?.contains("listening") {
+        anyhow::ensure!(
+            tool.0.try_wait()?.is_none() && Instant::now() < deadline,
+            "the tool service did not start: {}",
+            std::fs::read_to_string(dir.path().join("tool.err"))?
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // The service's own token: the subject the AI agent acts for.
+    let h = c.https()?;
+    let r = h
+        .client_credentials(
+            &c.oauth_addr(1)?,
+            "svc",
+            &svc_secret,
+            &[("scope", "tools:call")],
+        )
+        .await?;
+    anyhow::ensure!(r.status == 200, "svc token: {r:?}");
+    let svc_token = r.json()?["access_token"].as_str().unwrap_or("").to_owned();
+    let subject_file = dir.path().join("subject-token");
+    std::fs::write(&subject_file, &svc_token)?;
+
+    let run_ai = |extra: &[&str]| -> anyhow::Result<std::process::Output> {
+        Ok(std::process::Command::new(&ai_bin)
+            .args([
+                "--workload-api",
+                &socket_url,
+                "--tool",
+                &tool_addr,
+                "--tool-id",
+                &tool_id,
+            ])
+            .args(extra)
+            .output()?)
+    };
+    // Without a token: 401, and the challenge names the metadata.
+    let out = run_ai(&[])?;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("401"),
+        "{out:?}"
+    );
+    // With a delegated token, obtained with the SVID (tls_client_auth) from node 2.
+    let endpoint = format!("https://{}/oauth2/token", c.oauth_addr(2)?);
+    let out = run_ai(&[
+        "--token-endpoint",
+        &endpoint,
+        "--client-id",
+        "researcher",
+        "--subject-token-file",
+        &subject_file.display().to_string(),
+        "--scope",
+        "tools:call",
+        "--resource",
+        resource,
+        "--authsec-trust-domain",
+        TRUST_DOMAIN,
+    ])?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.trim())?;
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["answer"]["caller"], ai_entry.spiffe_id.as_str());
+    let tok = &v["answer"]["token"];
+    assert_eq!(tok["sub"], "svc", "the delegator: {tok}");
+    assert_eq!(tok["client_id"], "researcher", "the acting agent: {tok}");
+    assert_eq!(tok["scope"], "tools:call");
+    assert_eq!(tok["delegation"], "d-svc");
+    let _ = tool.0.kill();
+    drop(agent);
     Ok(())
 }

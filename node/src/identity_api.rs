@@ -163,20 +163,21 @@ fn roles_of(ctx: &Ctx, s: &Subject) -> Result<Vec<String>, Status> {
 /// What the operator does after onboarding an AI agent.
 fn next_steps(c: &Client, e: &Entry) -> Vec<String> {
     let id = &c.client_id;
+    let td = e.spiffe_id.trust_domain();
     vec![
         format!(
-            "Deploy an agent on the host that runs {id}: `authsec agent token create`, then start `authsec agent` with that token."
+            "Deploy an agent on the host that runs {id}: `authsec agent token create --name <host>` prints a single-use token; start `authsec-agent run --trust-domain {td} --server <node:port> --ca-pin <sha256:...> --join-token-file <file>` there (docs/guide/2-agent-and-sdk.md)."
         ),
         format!(
-            "Tell the agent how to recognize the workload: `authsec entry update {} --parent <agent SPIFFE ID> --selector unix:uid:<uid>` (the entry is awaiting-agent until then).",
+            "Tell the agent how to recognize the workload: `authsec entry update {} --parent spiffe://{td}/authsec/agent/<host> --selector unix:uid:<uid> --selector unix:path:<binary>` (the entry is awaiting-agent until the agent attests).",
             e.entry_id
         ),
         format!(
-            "Link the SDK in the agent's code: it gets {} from the agent's Workload API socket and tokens as client {id}.",
+            "Link the SDK in the agent's code: it gets {} from the agent's Workload API socket (SPIFFE_ENDPOINT_SOCKET) and tokens as client {id} with that SVID (tls_client_auth).",
             e.spiffe_id
         ),
         format!(
-            "Configure delegation: `authsec role create <role> --permission <resource:action>`, `authsec bind <role> client:{id}`, then `authsec delegation create --from client:<service> --to {id} --permission <resource:action>`."
+            "Configure delegation: `authsec role create <role> --permission <resource:action>`, `authsec bind <role> client:{id}`, then `authsec delegation create --from client:<service> --to {id} --permission <resource:action>` (docs/guide/3-delegation.md)."
         ),
     ]
 }

@@ -213,8 +213,23 @@ fn edges_between_our_crates_follow_the_design() {
             &["authsec-api", "authsec-domain", "authsec-tls"][..],
         ),
         (
-            "authsec-chaos-tests",
+            "authsec-sdk",
             &["authsec-api", "authsec-domain", "authsec-tls"][..],
+        ),
+        (
+            "authsec-chaos-tests",
+            &[
+                "authsec-api",
+                "authsec-domain",
+                "authsec-tls",
+                "authsec-sdk",
+            ][..],
+        ),
+        ("authsec-examples", &["authsec-sdk", "authsec-tls"][..]),
+        // Tests only: client libraries authsec did not write, against the binaries.
+        (
+            "authsec-interop-tests",
+            &["authsec-api", "authsec-chaos-tests"][..],
         ),
     ]
     .into_iter()
