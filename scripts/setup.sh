@@ -26,6 +26,9 @@ fi
 # for X.509-SVIDs, PyJWT (in its own virtualenv, outside the clone) for JWT-SVIDs.
 need=()
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# The guide's commands (docs/guide, run by a test) use jq and curl.
+command -v jq >/dev/null 2>&1 || need+=(jq)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 python3 -c "import venv, ensurepip" >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
@@ -40,4 +43,10 @@ if ! "$py/bin/python" -c "import jwt, cryptography" >/dev/null 2>&1; then
   echo "setup: making a Python virtualenv with PyJWT in $py" >&2
   python3 -m venv "$py"
   "$py/bin/pip" install --quiet --disable-pip-version-check "PyJWT[crypto]==2.10.1"
+fi
+# The guide's Python section: py-spiffe and Authlib, standard libraries authsec did not write.
+if ! "$py/bin/python" -c "import spiffe, authlib, requests" >/dev/null 2>&1; then
+  echo "setup: installing py-spiffe and Authlib in $py" >&2
+  "$py/bin/pip" install --quiet --disable-pip-version-check \
+    "spiffe==0.3.2" "authlib==1.9.10" "requests==2.32.5" "PyJWT[crypto]==2.10.1"
 fi

@@ -7,7 +7,9 @@
 //!   leaves the host), renewed at half-life minus up to 10% jitter, re-minted at once when the
 //!   entry changes;
 //! - **heartbeat**: keeps the agent's last-seen time current in the log;
-//! - **renew**: the agent's own SVID, at half-life.
+//! - **renew**: the agent's own SVID, at half-life;
+//! - **revocations**: the set streamed by any node; a cached SVID it names is dropped and
+//!   minted afresh.
 //!
 //! With every node unreachable the snapshot stays as it was: cached SVIDs are served until
 //! they expire. A ban (or deletion) answers PERMISSION_DENIED at the next sync or heartbeat:
@@ -222,6 +224,13 @@ pub struct Agent {
 fn jittered(d: Duration) -> Duration {
     let ms = d.as_millis() as u64;
     Duration::from_millis(ms / 2 + rand::thread_rng().gen_range(0..=ms / 2 + 1))
+}
+
+/// The issuing node's applied index an authsec serial number carries (bytes 5..13).
+fn issuing_index(serial_hex: &str) -> Option<u64> {
+    let b = hex::decode(serial_hex).ok()?;
+    let i: [u8; 8] = b.get(5..13)?.try_into().ok()?;
+    Some(u64::from_be_bytes(i))
 }
 
 fn refused(s: &Status) -> bool {
@@ -498,6 +507,72 @@ impl Agent {
         }
     }
 
+    /// Drop every cached SVID the revocation set names (by serial, or its subject revoked below
+    /// the index it was issued at); the rotator mints a fresh one at once and the workloads get
+    /// it at the next push. Answers how many were dropped.
+    pub fn apply_revocations(&self, set: &v1::RevocationSet) -> usize {
+        let serials: std::collections::HashSet<String> = set
+            .credentials
+            .iter()
+            .filter_map(|c| c.id.strip_prefix("x509:").map(str::to_ascii_lowercase))
+            .collect();
+        let subjects: BTreeMap<&str, u64> = set
+            .subjects
+            .iter()
+            .map(|s| (s.subject.as_str(), s.below_index))
+            .collect();
+        let mut dropped = 0;
+        self.tx.send_if_modified(|s| {
+            let s = Arc::make_mut(s);
+            let before = s.svids.len();
+            s.svids.retain(|_, x| {
+                let by_serial = serials.contains(&x.serial.to_ascii_lowercase());
+                let by_subject = subjects
+                    .get(x.spiffe_id.as_str())
+                    .is_some_and(|below| issuing_index(&x.serial).is_some_and(|i| i < *below));
+                !(by_serial || by_subject)
+            });
+            dropped = before - s.svids.len();
+            dropped > 0
+        });
+        if dropped > 0 {
+            tracing::info!(
+                svids = dropped,
+                "revoked SVIDs withdrawn; fresh ones follow"
+            );
+        }
+        dropped
+    }
+
+    /// Follow the revocation set from any node (reconnecting with backoff).
+    pub async fn revocation_loop(self: Arc<Self>) {
+        let mut backoff = Duration::from_millis(100);
+        let mut node = self.nodes.preferred();
+        loop {
+            let (ch, addr) = self.nodes.at(node);
+            let addr = addr.to_owned();
+            match SvidServiceClient::new(ch)
+                .watch_revocations(v1::WatchRevocationsRequest {})
+                .await
+            {
+                Ok(r) => {
+                    let mut stream = r.into_inner();
+                    while let Ok(Some(set)) = stream.message().await {
+                        backoff = Duration::from_millis(100);
+                        self.apply_revocations(&set);
+                    }
+                    tracing::debug!(node = %addr, "revocation stream ended");
+                }
+                Err(s) => {
+                    tracing::debug!(node = %addr, error = %s.message(), "revocation stream failed")
+                }
+            }
+            node = (node + 1) % self.nodes.len();
+            tokio::time::sleep(jittered(backoff)).await;
+            backoff = (backoff * 2).min(self.backoff_max);
+        }
+    }
+
     /// Heartbeats, as often as the node asks; returns only on a refusal.
     pub async fn heartbeat_loop(self: Arc<Self>) -> Fatal {
         let mut next = Duration::from_secs(30);
@@ -594,6 +669,7 @@ impl Agent {
             });
         }
         tokio::spawn(self.clone().rotate_loop());
+        tokio::spawn(self.clone().revocation_loop());
         match frx.recv().await {
             Some(f) => f,
             None => Fatal::Refused("every loop stopped".into()),

@@ -1,6 +1,7 @@
 //! The SPIFFE Workload API on a unix socket, per the standard:
 //!
 //! - every request must carry `workload.spiffe.io: true` (INVALID_ARGUMENT otherwise);
+//! - before the agent's first sync with a node, UNAVAILABLE (clients retry);
 //! - the caller is attested from the kernel (SO_PEERCRED and /proc, see [`crate::attestor`]);
 //!   one whose selectors match no entry gets PERMISSION_DENIED;
 //! - streams send the full state at once, then again on every change (rotation, bundle
@@ -88,6 +89,12 @@ impl WorkloadApi {
         if !ok {
             return Err(Status::invalid_argument(
                 "security header missing from request: the Workload API needs the metadata workload.spiffe.io: true",
+            ));
+        }
+        if !self.snap.borrow().synced {
+            // Not "no identity": the agent does not know yet. Clients retry Unavailable.
+            return Err(Status::unavailable(
+                "the agent has not synced its entries with a node yet; retry",
             ));
         }
         let cred = req

@@ -426,6 +426,33 @@ async fn agent_serves_workloads_through_rotation_failures_and_withdrawal() -> an
     c.spawn(down)?;
     c.wait_issuing(&[1, 2, 3], Duration::from_secs(30)).await?;
 
+    // A revoked subject: the agent drops the SVID it holds for it at once (the revocation
+    // stream) and serves a freshly minted one.
+    let serial_now = |out: &str| -> String {
+        serde_json::from_str::<serde_json::Value>(out.trim())
+            .ok()
+            .and_then(|v| v["svids"][0]["serial"].as_str().map(str::to_owned))
+            .unwrap_or_default()
+    };
+    let before = serial_now(&api_until(
+        &agent,
+        &["fetch-x509"],
+        Duration::from_secs(10),
+        |_| true,
+    )?);
+    v1::revocation_service_client::RevocationServiceClient::new(c.channel(1).await?)
+        .revoke(v1::RevokeRequest {
+            target: Some(v1::revoke_request::Target::Subject(format!(
+                "spiffe://{TRUST_DOMAIN}/workload/probe"
+            ))),
+        })
+        .await?;
+    let after = api_until(&agent, &["fetch-x509"], Duration::from_secs(5), |o| {
+        let s = serial_now(o);
+        !s.is_empty() && s != before
+    })?;
+    assert_ne!(serial_now(&after), before);
+
     // Deleting the entry withdraws its SVID: the open stream ends with PermissionDenied.
     v1::entry_service_client::EntryServiceClient::new(c.channel(1).await?)
         .delete_entry(v1::DeleteEntryRequest {

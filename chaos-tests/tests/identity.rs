@@ -156,7 +156,8 @@ async fn onboarding_an_ai_agent_from_the_cli_on_three_nodes() -> anyhow::Result<
         "{table}"
     );
 
-    // The operator's next step: a parent agent and selectors make the entry active.
+    // The operator's next step: a parent agent and selectors. The entry stays awaiting-agent
+    // until that agent attests (tests/agent.rs shows it turn active, then agent-offline).
     ok(&run(
         &a1,
         &admin,
@@ -177,7 +178,11 @@ async fn onboarding_an_ai_agent_from_the_cli_on_three_nodes() -> anyhow::Result<
         &admin,
         &["entry", "get", &entry_id, "--output", "json"],
     )?)?)?;
-    assert_eq!(got[0]["status"], "active", "{got:?}");
+    assert_eq!(got[0]["status"], "awaiting-agent", "{got:?}");
+    assert_eq!(
+        got[0]["parent_id"],
+        format!("spiffe://{TRUST_DOMAIN}/authsec/agent/host-1")
+    );
     assert_eq!(got[0]["revision"], 2);
 
     // Rotating the secret: a new one, the old one valid for the overlap.
