@@ -340,7 +340,10 @@ async fn agent_serves_workloads_through_rotation_failures_and_withdrawal() -> an
             c.kill9(leader)?;
             killed.push(leader);
         } else if e > Duration::from_secs(40) && killed.len() == 1 {
-            // Bring the first back, then kill the node the agent talks to now (or any other).
+            // Bring the first back, then kill the node the agent talks to now. The agent
+            // prefers its servers in order (1, 2, 3) and fails over to the next: if the leader
+            // killed first was node 1, it moved to node 2; otherwise it is still on node 1.
+            // Either way that is the first node other than the one killed first.
             let first = killed[0];
             c.spawn(first)?;
             c.wait_issuing(&[first], Duration::from_secs(30)).await?;

@@ -180,57 +180,84 @@ fn federated_jwks(b: &authsec_domain::federation::FederatedBundle) -> String {
     serde_json::json!({ "keys": keys, "spiffe_sequence": b.sequence }).to_string()
 }
 
+/// The entries an agent serves, in id order: those whose parent it is, with selectors.
+fn served<'a>(
+    st: &'a authsec_domain::State,
+    agent: &SpiffeId,
+) -> impl Iterator<Item = &'a Entry> + 'a {
+    st.idx
+        .entries_by_parent
+        .get(agent)
+        .into_iter()
+        .flatten()
+        .take(ENTRIES_PER_AGENT_MAX)
+        .filter_map(|id| st.entries.get(id))
+        // An entry without selectors matches no workload: nothing to serve yet.
+        .filter(|e| !e.selectors.is_empty() && !authsec_domain::identity::is_reserved(&e.spiffe_id))
+}
+
+/// SHA-256 over what an agent is sent: the bundle's sequence, each entry's id and revision,
+/// each federated bundle's sequence. From memory alone, so cheap to take on every wake.
+fn digest(st: &authsec_domain::State, agent: &SpiffeId, bundle_sequence: u64) -> Vec<u8> {
+    let mut h = Sha256::new();
+    h.update(bundle_sequence.to_be_bytes());
+    let mut feds = std::collections::BTreeSet::new();
+    for e in served(st, agent) {
+        h.update(e.entry_id.as_str().as_bytes());
+        h.update([0]);
+        h.update(e.revision.to_be_bytes());
+        feds.extend(e.federates_with.iter());
+    }
+    for td in feds {
+        if let Some(b) = st.federations.get(td).and_then(|f| f.bundle.as_ref()) {
+            h.update(format!("spiffe://{td}").as_bytes());
+            h.update(b.sequence.to_be_bytes());
+        }
+    }
+    h.finalize().to_vec()
+}
+
+/// The digest from memory, after checking the agent may still sync.
+fn quick_digest(view: &StateView, agent: &SpiffeId) -> Result<Vec<u8>, Status> {
+    let st = view.read();
+    if let Some(s) = denied_agent(agent, st.agents.get(agent)) {
+        return Err(s);
+    }
+    Ok(digest(&st, agent, st.keys_meta.bundle_sequence))
+}
+
+/// The whole state to send, its digest taken with the bundle as read from storage.
 fn sync_state(ctx: &Ctx, view: &StateView, agent: &SpiffeId) -> Result<SyncState, Status> {
     let bundle = crate::bundle::current(ctx)?;
     let applied_index = crate::svid_api::applied_index(ctx);
-    let mut h = Sha256::new();
-    h.update(bundle.sequence.to_be_bytes());
+    let st = view.read();
+    if let Some(s) = denied_agent(agent, st.agents.get(agent)) {
+        return Err(s);
+    }
     let mut entries = Vec::new();
     let mut federated = BTreeMap::new();
-    {
-        let st = view.read();
-        if let Some(s) = denied_agent(agent, st.agents.get(agent)) {
-            return Err(s);
-        }
-        if let Some(ids) = st.idx.entries_by_parent.get(agent) {
-            for id in ids.iter().take(ENTRIES_PER_AGENT_MAX) {
-                let Some(e) = st.entries.get(id) else {
-                    continue;
-                };
-                // An entry without selectors matches no workload: nothing to serve yet.
-                if e.selectors.is_empty() || authsec_domain::identity::is_reserved(&e.spiffe_id) {
-                    continue;
-                }
-                h.update(e.entry_id.as_str().as_bytes());
-                h.update([0]);
-                h.update(e.revision.to_be_bytes());
-                entries.push(authsec_api::identity::entry_to_wire(e));
-                for td in &e.federates_with {
-                    let key = format!("spiffe://{td}");
-                    if federated.contains_key(&key) {
-                        continue;
-                    }
-                    if let Some(b) = st.federations.get(td).and_then(|f| f.bundle.as_ref()) {
-                        federated.insert(
-                            key,
-                            v1::FederatedBundle {
-                                x509_authorities_der: b.x509_authorities.clone(),
-                                spiffe_bundle_json: federated_jwks(b),
-                                sequence: b.sequence,
-                            },
-                        );
-                    }
-                }
+    for e in served(&st, agent) {
+        entries.push(authsec_api::identity::entry_to_wire(e));
+        for td in &e.federates_with {
+            let key = format!("spiffe://{td}");
+            if federated.contains_key(&key) {
+                continue;
+            }
+            if let Some(b) = st.federations.get(td).and_then(|f| f.bundle.as_ref()) {
+                federated.insert(
+                    key,
+                    v1::FederatedBundle {
+                        x509_authorities_der: b.x509_authorities.clone(),
+                        spiffe_bundle_json: federated_jwks(b),
+                        sequence: b.sequence,
+                    },
+                );
             }
         }
     }
-    for (td, b) in &federated {
-        h.update(td.as_bytes());
-        h.update(b.sequence.to_be_bytes());
-    }
     Ok(SyncState {
         applied_index,
-        digest: h.finalize().to_vec(),
+        digest: digest(&st, agent, bundle.sequence),
         entries,
         bundle,
         federated,
@@ -313,28 +340,51 @@ impl AgentApiService for AgentApi {
         tokio::spawn(async move {
             let mut changes = ctx.head_rx.clone();
             let mut first = true;
+            // The memory digest the last full read matched: while it holds, nothing to read.
+            let mut seen: Vec<u8> = Vec::new();
             loop {
-                match sync_state(&ctx, &view, &agent) {
+                let quick = match quick_digest(&view, &agent) {
+                    Ok(q) => q,
                     Err(s) => {
                         let _ = tx.send(Err(s)).await;
                         return;
                     }
-                    Ok(st) if st.digest == known => {
-                        // Tell a resuming agent, once, that what it holds is current.
-                        if first {
-                            let m = v1::AgentSyncMessage {
-                                applied_index: st.applied_index,
-                                digest: st.digest,
-                                unchanged: true,
-                                last: true,
-                                ..Default::default()
-                            };
-                            if tx.send(Ok(m)).await.is_err() {
-                                return;
-                            }
+                };
+                // Unchanged since the last consistent read: nothing to read or send.
+                let st = if quick == seen {
+                    None
+                } else {
+                    match sync_state(&ctx, &view, &agent) {
+                        Ok(st) => Some(st),
+                        Err(s) => {
+                            let _ = tx.send(Err(s)).await;
+                            return;
                         }
                     }
-                    Ok(st) => {
+                };
+                if let Some(st) = &st {
+                    // Storage may lag memory by a moment: only a consistent read settles it.
+                    if st.digest == quick {
+                        seen = quick;
+                    }
+                }
+                match st {
+                    None => {}
+                    // Tell a resuming agent, once, that what it holds is current.
+                    Some(st) if st.digest == known && first => {
+                        let m = v1::AgentSyncMessage {
+                            applied_index: st.applied_index,
+                            digest: st.digest,
+                            unchanged: true,
+                            last: true,
+                            ..Default::default()
+                        };
+                        if tx.send(Ok(m)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Some(st) if st.digest == known => {}
+                    Some(st) => {
                         let pages: Vec<&[v1::Entry]> = if st.entries.is_empty() {
                             vec![&[]]
                         } else {
@@ -363,13 +413,18 @@ impl AgentApiService for AgentApi {
                     }
                 }
                 first = false;
-                // Wake on the next applied record, at most ten times a second; notice an agent
-                // that left even when nothing changes.
+                let read_at = std::time::Instant::now();
+                // Wake on the next applied record (at most every 10 ms): the memory digest
+                // says at once whether anything of this agent's changed, and only then is the
+                // state read and sent. Notice an agent that left even when nothing changes.
                 tokio::select! {
                     r = changes.changed() => if r.is_err() { return },
                     _ = tx.closed() => return,
                 }
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                let pace = std::time::Duration::from_millis(10);
+                if let Some(rest) = pace.checked_sub(read_at.elapsed()) {
+                    tokio::time::sleep(rest).await;
+                }
             }
         });
         Ok(Response::new(Box::pin(
