@@ -208,6 +208,29 @@ impl WorkloadApi {
         Box::pin(tokio_stream::wrappers::ReceiverStream::new(out))
     }
 
+    /// A stream for an attested caller with an identity: `build` from every snapshot, ended
+    /// with PERMISSION_DENIED once the caller matches no entry any more.
+    async fn identified<R, T>(
+        &self,
+        req: &Request<R>,
+        build: fn(&Snapshot, &[&EntryInfo]) -> Option<T>,
+    ) -> Result<Response<Stream_<T>>, Status>
+    where
+        T: PartialEq + Clone + Send + 'static,
+    {
+        let selectors = self.attest(req).await?;
+        if self.snap.borrow().matching(&selectors).is_empty() {
+            return Err(no_identity());
+        }
+        Ok(Response::new(self.push(selectors, move |snap, sel| {
+            let matched = snap.matching(sel);
+            if matched.is_empty() {
+                return Err(no_identity());
+            }
+            Ok(build(snap, &matched))
+        })))
+    }
+
     /// A JWT-SVID for `e` and `audience`, from the cache while it is younger than half its
     /// lifetime, else minted by a node.
     async fn jwt_for(&self, e: &EntryInfo, audience: &[String]) -> Result<CachedJwt, Status> {
@@ -278,33 +301,15 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<w::X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
-        let selectors = self.attest(&req).await?;
-        if self.snap.borrow().matching(&selectors).is_empty() {
-            return Err(no_identity());
-        }
-        Ok(Response::new(self.push(selectors, |snap, sel| {
-            let matched = snap.matching(sel);
-            if matched.is_empty() {
-                return Err(no_identity());
-            }
-            Ok(Self::x509_response(snap, &matched))
-        })))
+        self.identified(&req, Self::x509_response).await
     }
 
     async fn fetch_x509_bundles(
         &self,
         req: Request<w::X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
-        let selectors = self.attest(&req).await?;
-        if self.snap.borrow().matching(&selectors).is_empty() {
-            return Err(no_identity());
-        }
-        Ok(Response::new(self.push(selectors, |snap, sel| {
-            if snap.matching(sel).is_empty() {
-                return Err(no_identity());
-            }
-            Ok(snap.own().map(|_| Self::x509_bundles(snap)))
-        })))
+        self.identified(&req, |snap, _| snap.own().map(|_| Self::x509_bundles(snap)))
+            .await
     }
 
     async fn fetch_jwtsvid(
@@ -355,16 +360,8 @@ impl SpiffeWorkloadApi for WorkloadApi {
         &self,
         req: Request<w::JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
-        let selectors = self.attest(&req).await?;
-        if self.snap.borrow().matching(&selectors).is_empty() {
-            return Err(no_identity());
-        }
-        Ok(Response::new(self.push(selectors, |snap, sel| {
-            if snap.matching(sel).is_empty() {
-                return Err(no_identity());
-            }
-            Ok(snap.own().map(|_| Self::jwt_bundles(snap)))
-        })))
+        self.identified(&req, |snap, _| snap.own().map(|_| Self::jwt_bundles(snap)))
+            .await
     }
 
     async fn validate_jwtsvid(

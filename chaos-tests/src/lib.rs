@@ -60,6 +60,19 @@ pub fn agent_bin() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
+/// This process's real user id (from /proc: no libc call), for `unix:uid` selectors.
+pub fn current_uid() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// An example binary (`ai-agent`, `tool-service`), beside `authsec`.
 pub fn example_bin(name: &str) -> anyhow::Result<PathBuf> {
     let bin = authsec_bin()?.with_file_name(name);

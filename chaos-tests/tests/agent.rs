@@ -18,18 +18,6 @@ fn opts() -> Options {
     }
 }
 
-fn uid() -> u32 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 async fn token(c: &Cluster, name: &str) -> anyhow::Result<v1::CreateAgentTokenResponse> {
     Ok(AgentServiceClient::new(c.channel(1).await?)
         .create_join_token(v1::CreateAgentTokenRequest {
@@ -98,6 +86,29 @@ impl Drop for ChildGuard {
     }
 }
 
+/// Start the example tool service; wait for the line that says it listens.
+fn start_tool(
+    mut cmd: std::process::Command,
+    out: &Path,
+    err: &Path,
+) -> anyhow::Result<ChildGuard> {
+    let mut tool = ChildGuard(
+        cmd.stdout(std::fs::File::create(out)?)
+            .stderr(std::fs::File::create(err)?)
+            .spawn()?,
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(out)?.contains("listening") {
+        anyhow::ensure!(
+            tool.0.try_wait()?.is_none() && Instant::now() < deadline,
+            "the tool service did not start: {}",
+            std::fs::read_to_string(err)?
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(tool)
+}
+
 /// A Workload API client in this (test) process, over the agent's socket.
 async fn workload_client(
     socket: &Path,
@@ -157,7 +168,7 @@ async fn agent_serves_workloads_through_rotation_failures_and_withdrawal() -> an
     let t = token(&c, "host1").await?;
     assert_eq!(t.agent_id, agent_id);
     let probe_path = agent_bin()?;
-    let uid_sel = format!("unix:uid:{}", uid());
+    let uid_sel = format!("unix:uid:{}", authsec_chaos_tests::current_uid());
     let probe = entry(
         &c,
         "workload/probe",
@@ -267,23 +278,10 @@ async fn agent_serves_workloads_through_rotation_failures_and_withdrawal() -> an
     let tool_port = authsec_chaos_tests::free_port()?;
     let tool_addr = format!("127.0.0.1:{tool_port}");
     let tool_log = dir.path().join("tool.log");
-    let mut tool = ChildGuard(
-        std::process::Command::new(&tool_bin)
-            .args(["--listen", &tool_addr, "--workload-api", &socket_url])
-            .args(["--trust-domain", TRUST_DOMAIN, "--allow", &ai_id])
-            .stdout(std::fs::File::create(&tool_log)?)
-            .stderr(std::fs::File::create(dir.path().join("tool.err"))?)
-            .spawn()?,
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(&tool_log)?.contains("listening") {
-        anyhow::ensure!(
-            tool.0.try_wait()?.is_none() && Instant::now() < deadline,
-            "the tool service did not start: {}",
-            std::fs::read_to_string(dir.path().join("tool.err"))?
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut cmd = std::process::Command::new(&tool_bin);
+    cmd.args(["--listen", &tool_addr, "--workload-api", &socket_url])
+        .args(["--trust-domain", TRUST_DOMAIN, "--allow", &ai_id]);
+    let tool = start_tool(cmd, &tool_log, &dir.path().join("tool.err"))?;
     // The AI agent calls it once a second for the whole window below.
     let ai_log = dir.path().join("ai.jsonl");
     let mut ai = ChildGuard(
@@ -424,7 +422,7 @@ async fn agent_serves_workloads_through_rotation_failures_and_withdrawal() -> an
         ai_serials.len() >= 3,
         "the AI agent's SVID rotated at least twice: {ai_serials:?}"
     );
-    let _ = tool.0.kill();
+    drop(tool);
     let down = killed[1];
     c.spawn(down)?;
     c.wait_issuing(&[1, 2, 3], Duration::from_secs(30)).await?;
@@ -528,7 +526,7 @@ async fn the_example_ai_agent_calls_the_tool_with_a_delegated_token() -> anyhow:
     let dir = tempfile::tempdir()?;
     let admin = Admin(&c);
     let t = token(&c, "host1").await?;
-    let uid_sel = format!("unix:uid:{}", uid());
+    let uid_sel = format!("unix:uid:{}", authsec_chaos_tests::current_uid());
     let ai_bin = authsec_chaos_tests::example_bin("ai-agent")?;
     let tool_bin = authsec_chaos_tests::example_bin("tool-service")?;
 
@@ -618,20 +616,7 @@ async fn the_example_ai_agent_calls_the_tool_with_a_delegated_token() -> anyhow:
         ])
         .args(["--authsec-node", &c.addr(id)?]);
     }
-    let mut tool = ChildGuard(
-        cmd.stdout(std::fs::File::create(&tool_log)?)
-            .stderr(std::fs::File::create(dir.path().join("tool.err"))?)
-            .spawn()?,
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(&tool_log)?.contains("listening") {
-        anyhow::ensure!(
-            tool.0.try_wait()?.is_none() && Instant::now() < deadline,
-            "the tool service did not start: {}",
-            std::fs::read_to_string(dir.path().join("tool.err"))?
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let tool = start_tool(cmd, &tool_log, &dir.path().join("tool.err"))?;
 
     // The service's own token: the subject the AI agent acts for.
     let h = c.https()?;
@@ -698,7 +683,7 @@ async fn the_example_ai_agent_calls_the_tool_with_a_delegated_token() -> anyhow:
     assert_eq!(tok["client_id"], "researcher", "the acting agent: {tok}");
     assert_eq!(tok["scope"], "tools:call");
     assert_eq!(tok["delegation"], "d-svc");
-    let _ = tool.0.kill();
+    drop(tool);
     drop(agent);
     Ok(())
 }

@@ -46,18 +46,6 @@ fn blocks(path: &Path) -> anyhow::Result<Vec<(usize, String)>> {
     Ok(out)
 }
 
-/// Kills the script's whole process group (the agent and tools it started) however the test
-/// ends.
-struct Group(u32);
-
-impl Drop for Group {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-9", &format!("-{}", self.0)])
-            .status();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_command_of_the_guide_runs() -> anyhow::Result<()> {
     let c = Cluster::start(
@@ -69,7 +57,11 @@ async fn every_command_of_the_guide_runs() -> anyhow::Result<()> {
     )?;
     c.wait_issuing(&[1, 2, 3], Duration::from_secs(30)).await?;
     let work = tempfile::tempdir()?;
-    let mut script = String::from("set -euo pipefail\n");
+    // The processes the guide starts in the background (the agent, the tools) are the
+    // script's jobs: it kills them when it ends, however it ends.
+    let mut script = String::from(
+        "set -euo pipefail\ntrap 'kill -KILL $(jobs -p) 2>/dev/null || true' EXIT\ntrap 'exit 143' TERM INT\n",
+    );
     let mut count = 0;
     for part in PARTS {
         let path = repo().join("docs/guide").join(part);
@@ -102,7 +94,6 @@ async fn every_command_of_the_guide_runs() -> anyhow::Result<()> {
     let out_file = work.path().join("guide.out");
     let err_file = work.path().join("guide.err");
     let mut child = {
-        use std::os::unix::process::CommandExt;
         Command::new("timeout")
             .args(["300", "bash", "-c", &script])
             .current_dir(repo())
@@ -118,10 +109,8 @@ async fn every_command_of_the_guide_runs() -> anyhow::Result<()> {
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&out_file)?)
             .stderr(std::fs::File::create(&err_file)?)
-            .process_group(0)
             .spawn()?
     };
-    let _group = Group(child.id());
     let status = tokio::task::spawn_blocking(move || child.wait()).await??;
     let stdout = std::fs::read_to_string(&out_file)?;
     let stderr = std::fs::read_to_string(&err_file)?;

@@ -134,6 +134,58 @@ async fn sdk_tokens_verify_and_revocations_reach_the_verifier_within_a_second() 
     assert!(claims.has_scope("orders:read"), "{claims:?}");
     assert!(claims.index > 0, "the token carries its issuing index");
 
+    tracing::info!("phase: a delegated token dies with its delegation, within a second");
+    admin.role("orders-agent", &["orders:read"]).await?;
+    let bot_secret = admin
+        .client(v1::CreateClientRequest {
+            client_id: "bot".into(),
+            kind: v1::ClientKind::AiAgent as i32,
+            allowed_scopes: vec!["orders:read".into()],
+            ..Default::default()
+        })
+        .await?;
+    admin.bind("orders-agent", "client:bot").await?;
+    admin
+        .delegate("d-bot", "client:svc", "bot", &["orders:read"])
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // The subject token is for authsec itself: what svc hands the agent to act for it.
+    let subject = tokens
+        .token(
+            &TokenRequest::client_credentials()
+                .scope("orders:read")
+                .resource(OAUTH_ISSUER),
+        )
+        .await?;
+    let bot = TokenClient::new(
+        format!("https://{}/oauth2/token", c.oauth_addr(1)?),
+        tls.clone(),
+        ClientAuth::secret_basic("bot", bot_secret.as_str()),
+    )?;
+    let delegated = bot
+        .token(
+            &TokenRequest::token_exchange(subject.secret().to_owned())
+                .scope("orders:read")
+                .resource(ORDERS),
+        )
+        .await?;
+    let dc = verifier.verify(delegated.secret(), None).await?;
+    assert_eq!(dc.delegation.as_deref(), Some("d-bot"));
+    assert_eq!((dc.sub.as_str(), dc.client_id.as_str()), ("svc", "bot"));
+    admin.revoke_delegation("d-bot").await?;
+    let took = refused_within(
+        &verifier,
+        delegated.secret(),
+        Instant::now(),
+        Duration::from_secs(1),
+    )
+    .await?;
+    eprintln!("delegation d-bot revoked; the SDK verifier refused its delegated token {took:?} after the acknowledgement");
+    verifier
+        .verify(token.secret(), None)
+        .await
+        .context("svc's own token is not under the delegation")?;
+
     tracing::info!("phase: a wrong audience and a missing scope are refused with their codes");
     let billing = tokens
         .token(

@@ -8,18 +8,6 @@ use std::time::{Duration, Instant};
 use authsec_api::v1;
 use authsec_chaos_tests::{AgentProc, Cluster, Options, TRUST_DOMAIN};
 
-fn uid() -> u32 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_spiffe_crate_fetches_and_validates_what_the_agent_serves() -> anyhow::Result<()> {
     let c = Cluster::start(3, Options::default())?;
@@ -39,7 +27,7 @@ async fn the_spiffe_crate_fetches_and_validates_what_the_agent_serves() -> anyho
             spiffe_id: want.clone(),
             parent_id: t.agent_id.clone(),
             selectors: vec![
-                format!("unix:uid:{}", uid()),
+                format!("unix:uid:{}", authsec_chaos_tests::current_uid()),
                 format!("unix:path:{}", exe.display()),
             ],
             ..Default::default()

@@ -186,7 +186,10 @@ pub fn applied_index(ctx: &Ctx) -> u64 {
 
 /// The revocation set as this node's projections hold it (expired single credentials left
 /// out: nothing can present them any more).
-fn revocations(ctx: &Ctx) -> Result<v1::RevocationSet, authsec_storage::StoreError> {
+fn revocations(
+    ctx: &Ctx,
+    view: &authsec_storage::StateView,
+) -> Result<v1::RevocationSet, authsec_storage::StoreError> {
     use authsec_domain::identity::{RevokedSubject, RevokedToken};
     use authsec_domain::persist::{REVOKED_SUBJECT_PREFIX, REVOKED_TOKEN_PREFIX};
     let applied_index = applied_index(ctx);
@@ -222,6 +225,19 @@ fn revocations(ctx: &Ctx) -> Result<v1::RevocationSet, authsec_storage::StoreErr
             }))
         },
     )?;
+    // Revoked delegations not yet expired (a token under one never outlives it): every token
+    // issued under one carries `authsec_delegation`, and was issued below its revocation.
+    let mut subjects = subjects;
+    {
+        let st = view.read();
+        subjects.extend(st.delegations.values().filter_map(|d| {
+            let at = d.revoked_at_index?;
+            (d.expires_at_ms > now).then(|| v1::RevokedSubjectSet {
+                subject: format!("delegation:{}", d.delegation_id),
+                below_index: at,
+            })
+        }));
+    }
     Ok(v1::RevocationSet {
         applied_index,
         credentials,
@@ -241,12 +257,13 @@ impl SvidService for Svids {
         _req: Request<v1::WatchRevocationsRequest>,
     ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
         let ctx = self.ctx.clone();
+        let view = self.view.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
             let mut changes = ctx.head_rx.clone();
             let mut last: Option<(Vec<v1::RevokedCredential>, Vec<v1::RevokedSubjectSet>)> = None;
             loop {
-                let set = match revocations(&ctx) {
+                let set = match revocations(&ctx, &view) {
                     Ok(s) => s,
                     Err(e) => {
                         tracing::error!(error = %e, "reading revocations failed");

@@ -12,12 +12,13 @@
 //!   (`cnf.x5t#S256`, RFC 8705) against the client certificate presented on the connection.
 //! - **Revocation** follows the authority's `WatchRevocations` stream (a background task that
 //!   reconnects with backoff, trying each node in turn, and keeps the latest full set) and is
-//!   decided exactly as the node's own introspection decides it: the `jti` revoked, or the
-//!   client (`client:<client_id>`), or for a delegated token its delegator, revoked below the
-//!   log index the token carries (`authsec_index`). A revocation a node applied reaches a
-//!   subscriber within its next wake-up (100 ms), so a revoked token is refused well within a
-//!   second, with no call per request. What the set does not carry (a delegation revoked or
-//!   expired, a client disabled without revoking its credentials) only introspection sees.
+//!   decided as the node's own introspection decides it: the `jti` revoked, or the client
+//!   (`client:<client_id>`), or for a delegated token its delegation (`delegation:<id>`) or its
+//!   delegator, revoked below the log index the token carries (`authsec_index`). A
+//!   revocation a node applied reaches a subscriber within its next wake-up (100 ms), so a
+//!   revoked token is refused well within a second, with no call per request. What the set
+//!   does not carry (a client disabled without revoking its credentials) only introspection
+//!   sees; an expired delegation needs no entry, its tokens never outlive it.
 //! - **A cache of verified tokens**, keyed by the token's SHA-256 and bounded, skips parsing
 //!   and the signature check on a hit; expiry, revocation, binding and scopes are checked on
 //!   every call all the same.
@@ -669,7 +670,8 @@ impl RevocationIndex {
 
     /// Whether the token is revoked, decided as the node's introspection decides it
     /// (`node/src/oauth/token.rs`, `active`): by `jti`; by its client revoked below the index
-    /// it carries; for a delegated token, by its delegator revoked below that index.
+    /// it carries; for a delegated token, by its delegation revoked (`delegation:<id>`) or its
+    /// delegator revoked below that index.
     fn revokes(&self, c: &AccessClaims) -> bool {
         if self.credentials.contains_key(&c.jti) {
             return true;
@@ -678,7 +680,11 @@ impl RevocationIndex {
         if below(&format!("client:{}", c.client_id)) {
             return true;
         }
-        c.delegation.is_some() && c.delegator.as_deref().is_some_and(below)
+        // A delegated token dies with its delegation, and with its delegator.
+        c.delegation
+            .as_deref()
+            .is_some_and(|d| below(&format!("delegation:{d}")))
+            || (c.delegation.is_some() && c.delegator.as_deref().is_some_and(below))
     }
 }
 
@@ -1450,6 +1456,9 @@ mod tests {
         let delegated = claims(v.clone());
         assert!(set(&[], &[("person:https://idp.example#alice", 60)]).revokes(&delegated));
         assert!(!set(&[], &[("person:https://idp.example#alice", 50)]).revokes(&delegated));
+        // ... and with its delegation, revoked at a later index.
+        assert!(set(&[], &[("delegation:d1", 60)]).revokes(&delegated));
+        assert!(!set(&[], &[("delegation:d2", 60)]).revokes(&delegated));
         v.as_object_mut().map(|o| o.remove("authsec_delegation"));
         assert!(!set(&[], &[("person:https://idp.example#alice", 60)]).revokes(&claims(v)));
     }

@@ -682,8 +682,8 @@ impl ServerCertVerifier for PinnedVerifier {
     }
 }
 
-/// Handshake signature checks with our provider's algorithms, for the server verifiers.
-/// Handshake signature checks with a provider's algorithms, for custom verifiers.
+/// Handshake signature checks with a provider's algorithms, for custom verifiers (ours, and
+/// the SDK's).
 pub mod signatures {
     use super::*;
 

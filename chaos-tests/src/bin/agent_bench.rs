@@ -37,18 +37,6 @@ struct Args {
     tokens: usize,
 }
 
-fn uid() -> u32 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 fn rss_kib(pid: u32, field: &str) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()?
@@ -223,7 +211,7 @@ async fn main() -> anyhow::Result<()> {
     let base_rss = rss_kib(agent_pid, "VmRSS:").unwrap_or(0);
 
     // Memory: `entries` entries (another binary's path: minted, not served to us).
-    let uid_sel = format!("unix:uid:{}", uid());
+    let uid_sel = format!("unix:uid:{}", authsec_chaos_tests::current_uid());
     let made = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for k in 0..16 {
