@@ -427,6 +427,34 @@ async fn agent_serves_workloads_through_rotation_failures_and_withdrawal() -> an
     c.spawn(down)?;
     c.wait_issuing(&[1, 2, 3], Duration::from_secs(30)).await?;
 
+    // Every node unreachable: the agent serves what it holds (the X.509-SVID, a cached
+    // JWT-SVID), and picks up again once they are back.
+    let held = api_until(&agent, &["fetch-x509"], Duration::from_secs(10), |_| true)?;
+    api_until(
+        &agent,
+        &["fetch-jwt", "--audience", "tools"],
+        Duration::from_secs(10),
+        |_| true,
+    )?;
+    for id in [1, 2, 3] {
+        c.kill9(id)?;
+    }
+    let (st, during, err) = agent.api(&["fetch-x509"])?;
+    assert!(st.success(), "with every node down: {err}");
+    assert!(
+        during.contains("workload/probe"),
+        "the SVID held is served: {during} (before: {held})"
+    );
+    let (st, jwt_during, err) = agent.api(&["fetch-jwt", "--audience", "tools"])?;
+    assert!(
+        st.success() && jwt_during.contains("workload/probe"),
+        "a cached JWT-SVID with every node down: {err}"
+    );
+    for id in [1, 2, 3] {
+        c.spawn(id)?;
+    }
+    c.wait_issuing(&[1, 2, 3], Duration::from_secs(30)).await?;
+
     // A revoked subject: the agent drops the SVID it holds for it at once (the revocation
     // stream) and serves a freshly minted one.
     let serial_now = |out: &str| -> String {
