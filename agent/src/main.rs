@@ -269,6 +269,19 @@ fn split_ders(mut b: &[u8]) -> Vec<Vec<u8>> {
     out
 }
 
+/// The first message of a Workload API stream (each carries the full state).
+async fn first<T>(
+    r: Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>,
+) -> anyhow::Result<T> {
+    let st = |s: tonic::Status| anyhow::anyhow!("{:?}: {}", s.code(), s.message());
+    r.map_err(st)?
+        .into_inner()
+        .message()
+        .await
+        .map_err(st)?
+        .context("the stream ended")
+}
+
 fn svid_json(r: &w::X509svidResponse) -> serde_json::Value {
     let svids: Vec<_> = r
         .svids
@@ -392,24 +405,16 @@ async fn api(c: ApiCmd) -> anyhow::Result<i32> {
         }
         ApiCmd::FetchBundles { sock } => {
             let mut cl = client::connect(&sock.path()).await?;
-            let x = cl
-                .fetch_x509_bundles(client::request(w::X509BundlesRequest {}))
-                .await
-                .map_err(status)?
-                .into_inner()
-                .message()
-                .await
-                .map_err(status)?
-                .context("the stream ended")?;
-            let j = cl
-                .fetch_jwt_bundles(client::request(w::JwtBundlesRequest {}))
-                .await
-                .map_err(status)?
-                .into_inner()
-                .message()
-                .await
-                .map_err(status)?
-                .context("the stream ended")?;
+            let x = first(
+                cl.fetch_x509_bundles(client::request(w::X509BundlesRequest {}))
+                    .await,
+            )
+            .await?;
+            let j = first(
+                cl.fetch_jwt_bundles(client::request(w::JwtBundlesRequest {}))
+                    .await,
+            )
+            .await?;
             let x509: serde_json::Map<_, _> = x
                 .bundles
                 .iter()

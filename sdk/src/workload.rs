@@ -82,6 +82,19 @@ fn req<T>(msg: T) -> tonic::Request<T> {
     r
 }
 
+/// The first message of a Workload API stream (each carries the full state).
+async fn first<T>(
+    r: Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>,
+) -> Result<T, WorkloadError> {
+    r?.into_inner()
+        .message()
+        .await?
+        .ok_or(WorkloadError::Invalid {
+            what: "stream",
+            reason: "ended before the first message".into(),
+        })
+}
+
 impl WorkloadClient {
     /// Connect to the agent at `socket`.
     pub async fn connect(socket: &Path) -> Result<Self, WorkloadError> {
@@ -105,17 +118,12 @@ impl WorkloadClient {
 
     /// The caller's X.509 context, once.
     pub async fn fetch_x509_context(&self) -> Result<X509Context, WorkloadError> {
-        let mut s = self
+        let r = self
             .inner
             .clone()
             .fetch_x509svid(req(w::X509svidRequest {}))
-            .await?
-            .into_inner();
-        let m = s.message().await?.ok_or(WorkloadError::Invalid {
-            what: "stream",
-            reason: "ended before the first message".into(),
-        })?;
-        X509Context::from_wire(m)
+            .await;
+        X509Context::from_wire(first(r).await?)
     }
 
     /// JWT-SVIDs for `audience` (every identity of the caller, or `spiffe_id`'s).
@@ -141,17 +149,12 @@ impl WorkloadClient {
 
     /// The JWT bundles (JWKS JSON) by `spiffe://<td>`, once.
     pub async fn fetch_jwt_bundles(&self) -> Result<BTreeMap<String, Vec<u8>>, WorkloadError> {
-        let mut s = self
+        let r = self
             .inner
             .clone()
             .fetch_jwt_bundles(req(w::JwtBundlesRequest {}))
-            .await?
-            .into_inner();
-        let m = s.message().await?.ok_or(WorkloadError::Invalid {
-            what: "stream",
-            reason: "ended before the first message".into(),
-        })?;
-        Ok(m.bundles.into_iter().collect())
+            .await;
+        Ok(first(r).await?.bundles.into_iter().collect())
     }
 
     /// Have the agent validate a JWT-SVID for `audience`; its SPIFFE ID.

@@ -291,11 +291,9 @@ where
             }
 
             Frame::Priority(_) => {
-                /*
-                v.encode(self.buf.get_mut());
-                tracing::trace!("encoded priority; rem={:?}", self.buf.remaining());
-                */
-                unimplemented!();
+                // authsec's patch (vendor/README.md): h2 never sends PRIORITY frames, and has
+                // no encoder for them; upstream panicked here. Drop it, loudly, instead.
+                tracing::warn!("dropped an outgoing PRIORITY frame: h2 does not send them");
             }
             Frame::Reset(v) => {
                 v.encode(self.buf.get_mut());
