@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "proto/authsec/v1/bundle.proto",
             "proto/authsec/v1/svid.proto",
             "proto/authsec/v1/agent.proto",
+            "proto/authsec/v1/audit.proto",
             "proto/spiffe/workload.proto",
             "proto/authsec/internal/v1/peer.proto",
         ],

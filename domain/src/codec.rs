@@ -42,6 +42,8 @@ impl Tag {
     pub const ISSUANCE_META: Tag = Tag(0x17);
     /// A record in a node's issuance outbox (node-local), and its next sequence.
     pub const ISSUANCE: Tag = Tag(0x18);
+    /// The last audit checkpoint (`proj_meta/audit`).
+    pub const AUDIT_META: Tag = Tag(0x19);
     // 0x40.. are the storage crate's own (raft log entries, votes, membership, ...).
 }
 

@@ -361,6 +361,14 @@ pub enum Command {
     /// revoked token that expired can be presented nowhere): keeps the revocation list, which
     /// every node holds in memory, bounded by the tokens still alive.
     PruneRevocations,
+    // The audit export (issue 9). New variants go last.
+    /// A signed checkpoint of the audit chain (see [`crate::audit`]).
+    RecordCheckpoint(crate::audit::Checkpoint),
+    /// Failed authentications a node saw in one interval, aggregated per client and source.
+    RecordAuthFailures {
+        node_id: u64,
+        failures: Vec<crate::audit::AuthFailure>,
+    },
 }
 
 /// Where a rotated root's sealed key is kept in `sealed_secrets`.
@@ -413,6 +421,8 @@ impl Command {
             Command::RetireRoot { .. } => "retire_root",
             Command::RecordIssuances { .. } => "record_issuances",
             Command::PruneRevocations => "prune_revocations",
+            Command::RecordCheckpoint(_) => "record_checkpoint",
+            Command::RecordAuthFailures { .. } => "record_auth_failures",
         }
     }
 

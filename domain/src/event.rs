@@ -175,7 +175,65 @@ pub enum Event {
     RevocationsPruned {
         jtis: Vec<String>,
     },
+    // The audit export (issue 9). New variants go last.
+    CheckpointRecorded {
+        checkpoint: crate::audit::Checkpoint,
+    },
+    AuthFailuresRecorded {
+        node_id: u64,
+        failures: Vec<crate::audit::AuthFailure>,
+    },
 }
+
+/// Every record type ([`Event::kind`]), for validating export filters.
+pub const KINDS: &[&str] = &[
+    "trust_domain.configured",
+    "node.member_recorded",
+    "node.member_removed",
+    "client.registered",
+    "client.updated",
+    "client.removed",
+    "ca.root_installed",
+    "join_token.created",
+    "join_token.consumed",
+    "node.revoked",
+    "admin.issued",
+    "certificate.revoked",
+    "client.created",
+    "client.credentials_changed",
+    "entry.created",
+    "entry.updated",
+    "entry.deleted",
+    "role.created",
+    "role.updated",
+    "role.deleted",
+    "role.bound",
+    "role.unbound",
+    "delegation.created",
+    "delegation.revoked",
+    "token.revoked",
+    "subject.revoked",
+    "agent_token.created",
+    "agent.attested",
+    "agent.seen",
+    "agent.banned",
+    "agent.deleted",
+    "cluster.client_secret_key_installed",
+    "node_key.published",
+    "node_key.activated",
+    "node_key.superseded",
+    "node_key.retired",
+    "federation.created",
+    "federation.deleted",
+    "federation.bundle_updated",
+    "ca.root_prepared",
+    "ca.root_activated",
+    "ca.root_retired",
+    "credential.issued",
+    "token.revocations_pruned",
+    "audit.checkpoint",
+    "auth.failed",
+];
 
 impl Event {
     /// The record type, `<entity>.<what happened>`, used for filtering exports.
@@ -225,6 +283,8 @@ impl Event {
             Event::RootRetired { .. } => "ca.root_retired",
             Event::IssuancesRecorded { .. } => "credential.issued",
             Event::RevocationsPruned { .. } => "token.revocations_pruned",
+            Event::CheckpointRecorded { .. } => "audit.checkpoint",
+            Event::AuthFailuresRecorded { .. } => "auth.failed",
         }
     }
 
@@ -289,6 +349,8 @@ impl Event {
             }
             Event::IssuancesRecorded { node_id, .. } => format!("node:{node_id}"),
             Event::RevocationsPruned { .. } => "revocations".into(),
+            Event::CheckpointRecorded { checkpoint } => format!("node:{}", checkpoint.node_id),
+            Event::AuthFailuresRecorded { node_id, .. } => format!("node:{node_id}"),
         }
     }
 }

@@ -281,7 +281,10 @@ pub fn evolve(state: &mut State, event: &Event, time_ms: u64) {
         Event::ClientSecretKeyInstalled => state.identity.client_secret_key = true,
         Event::NodeKeyPublished { key } => {
             state.keys.insert(key.kid.clone(), key.clone());
-            state.keys_meta.bundle_sequence += 1;
+            // Audit keys are not in the bundle.
+            if key.kind != crate::keys::KeyKind::Audit {
+                state.keys_meta.bundle_sequence += 1;
+            }
         }
         Event::NodeKeyActivated { kid } => set_key_state(state, kid, KeyState::Active, time_ms),
         Event::NodeKeySuperseded { kid } => {
@@ -316,6 +319,10 @@ pub fn evolve(state: &mut State, event: &Event, time_ms: u64) {
         Event::IssuancesRecorded { node_id, issuances } => {
             crate::issuance::evolve(state, *node_id, issuances)
         }
+        Event::CheckpointRecorded { checkpoint } => {
+            crate::audit::evolve_checkpoint(state, checkpoint, time_ms)
+        }
+        Event::AuthFailuresRecorded { .. } => {}
         Event::RevocationsPruned { jtis } => {
             for j in jtis {
                 if let Some(t) = state.revoked_tokens.remove(j) {
@@ -421,6 +428,8 @@ impl Event {
             Event::IssuancesRecorded { .. } => ProjectionKey::IssuanceMeta,
             // Every row it deletes is in `more_touches`.
             Event::RevocationsPruned { .. } => ProjectionKey::Meta,
+            Event::CheckpointRecorded { .. } => ProjectionKey::AuditMeta,
+            Event::AuthFailuresRecorded { .. } => ProjectionKey::Meta,
         }
     }
 

@@ -26,6 +26,10 @@ pub enum KeyKind {
     /// so that neither kind of token verifies as the other under a key-only check, and so
     /// the SPIFFE bundle carries only JWT-SVID authorities.
     Token,
+    /// The node's Ed25519 audit key (issue 9), which signs checkpoints of the audit chain:
+    /// `public` is its certificate's DER followed by the DER of the node intermediate that
+    /// signed it, so an export verifies offline against the trust bundle. Never in the bundle.
+    Audit,
 }
 
 impl KeyKind {
@@ -34,6 +38,7 @@ impl KeyKind {
             KeyKind::X509Ca => "x509-ca",
             KeyKind::Jwt => "jwt",
             KeyKind::Token => "token",
+            KeyKind::Audit => "audit",
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod evolve;
 pub mod federation;
 pub mod identity;
 pub mod ids;
+pub mod audit;
 pub mod issuance;
 pub mod keys;
 pub mod limits;

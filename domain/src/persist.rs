@@ -26,12 +26,14 @@ pub const FAMILY_FEDERATIONS: &str = "proj_federations";
 pub const KEY_KEYS_META: &[u8] = b"keys";
 pub const KEY_ROOTS_META: &[u8] = b"roots";
 pub const KEY_ISSUANCE_META: &[u8] = b"issuance";
+pub const KEY_AUDIT_META: &[u8] = b"audit";
 /// The `proj_meta` keys this module owns.
 pub const META_KEYS: &[&[u8]] = &[
     KEY_IDENTITY,
     KEY_KEYS_META,
     KEY_ROOTS_META,
     KEY_ISSUANCE_META,
+    KEY_AUDIT_META,
 ];
 
 /// The row families this module owns, in a fixed order (snapshots and digests follow it).
@@ -175,6 +177,12 @@ impl State {
                 Tag::ISSUANCE_META,
                 Some(&self.issuance_meta),
             ),
+            ProjectionKey::AuditMeta => put(
+                FAMILY_META,
+                KEY_AUDIT_META.to_vec(),
+                Tag::AUDIT_META,
+                Some(&self.audit_meta),
+            ),
             ProjectionKey::KeysMeta => put(
                 FAMILY_META,
                 KEY_KEYS_META.to_vec(),
@@ -202,6 +210,9 @@ impl State {
             }
             FAMILY_META if key == KEY_ISSUANCE_META => {
                 self.issuance_meta = codec::decode(Tag::ISSUANCE_META, value)?;
+            }
+            FAMILY_META if key == KEY_AUDIT_META => {
+                self.audit_meta = codec::decode(Tag::AUDIT_META, value)?;
             }
             FAMILY_META if key == KEY_KEYS_META => {
                 self.keys_meta = codec::decode(Tag::KEYS_META, value)?;

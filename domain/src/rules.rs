@@ -1149,6 +1149,10 @@ pub(crate) fn decide_identity(
                 vec![Event::RevocationsPruned { jtis }]
             })
         }
+        Command::RecordCheckpoint(c) => crate::audit::checkpoint(state, c),
+        Command::RecordAuthFailures { node_id, failures } => {
+            crate::audit::auth_failures(state, *node_id, failures)
+        }
         _ => return None,
     })
 }

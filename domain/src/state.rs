@@ -121,6 +121,7 @@ pub enum ProjectionKey {
     Federation(crate::TrustDomain),
     RootsMeta,
     IssuanceMeta,
+    AuditMeta,
 }
 
 /// All projections. Ordered maps only, so iteration (and so the digest) is deterministic.
@@ -150,6 +151,8 @@ pub struct State {
     pub federations: BTreeMap<crate::TrustDomain, crate::federation::Federation>,
     /// Per node, the last outbox record in the log.
     pub issuance_meta: crate::issuance::IssuanceMeta,
+    /// The last signed checkpoint of the audit chain.
+    pub audit_meta: crate::audit::AuditMeta,
     /// Derived lookups, rebuilt from the rows above on load; never stored.
     pub idx: Indexes,
 }

@@ -34,7 +34,7 @@ pub fn admin_permission(path: &str) -> String {
         "DelegationService" => "delegations",
         "RevocationService" => "revocations",
         "AgentService" => "agents",
-        "EventService" => "audit",
+        "EventService" | "AuditService" => "audit",
         "SvidService" => "svids",
         "FederationService" => "federation",
         "RootService" => "ca",
@@ -50,6 +50,8 @@ pub fn admin_permission(path: &str) -> String {
         "Status",
         "Check",
         "Feed",
+        "Export",
+        "Head",
         "SaveSnapshot",
     ]
     .iter()
@@ -281,6 +283,8 @@ mod tests {
             ("/authsec.v1.RevocationService/Revoke", "revocations.write"),
             ("/authsec.v1.AgentService/CreateJoinToken", "agents.write"),
             ("/authsec.v1.EventService/Feed", "audit.read"),
+            ("/authsec.v1.AuditService/Export", "audit.read"),
+            ("/authsec.v1.AuditService/Head", "audit.read"),
             ("/authsec.v1.ClusterService/Status", "cluster.read"),
             ("/authsec.v1.ClusterService/RemoveNode", "cluster.write"),
             ("/authsec.v1.ClusterService/IssueAdmin", "admins.write"),

@@ -181,6 +181,32 @@ impl AgentsSection {
     }
 }
 
+/// The audit log's checkpoints, failure aggregation and sinks (`[audit]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSection {
+    /// The leader signs a checkpoint once this many records follow the last one...
+    pub checkpoint_records: u64,
+    /// ...or this long after it, whichever comes first (if any record followed).
+    pub checkpoint_interval_s: u64,
+    /// Failed authentications are counted per client and source, and recorded once per
+    /// interval of this length.
+    pub failure_interval_s: u64,
+    /// Where every record also goes, as it is committed (see docs/guide/5-audit.md).
+    pub sinks: Vec<crate::sink::SinkConfig>,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        Self {
+            checkpoint_records: 1000,
+            checkpoint_interval_s: 60,
+            failure_interval_s: 60,
+            sinks: Vec::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
@@ -225,6 +251,8 @@ pub struct NodeConfig {
     pub oauth: OauthSection,
     #[serde(default)]
     pub agents: AgentsSection,
+    #[serde(default)]
+    pub audit: AuditSection,
     /// A deliberate defect for proving the chaos checkers (debug builds only; never from TOML).
     #[serde(skip)]
     pub planted_bug: crate::planted::PlantedBug,
@@ -388,6 +416,13 @@ impl NodeConfig {
             );
         }
         self.sans()?;
+        if self.audit.checkpoint_records == 0 || self.audit.checkpoint_interval_s == 0 {
+            bail!("audit.checkpoint_records and audit.checkpoint_interval_s must be at least 1");
+        }
+        if !(1..=3600).contains(&self.audit.failure_interval_s) {
+            bail!("audit.failure_interval_s must be 1 to 3600");
+        }
+        crate::sink::validate(&self.audit.sinks)?;
         if self.federation.cert_file.is_some() != self.federation.key_file.is_some() {
             bail!("federation.cert_file and federation.key_file go together");
         }

@@ -78,6 +78,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
                 agent_spiffe_template: None,
                 issuer: Default::default(),
                 agents: Default::default(),
+                audit: Default::default(),
                 // Each node is its own issuer (no load balancer in front of a dev cluster);
                 // each accepts the others' tokens at introspection and revocation.
                 oauth: crate::config::OauthSection {

@@ -123,6 +123,28 @@ impl std::fmt::Debug for JwtKey {
     }
 }
 
+/// The active audit key of this node: signs checkpoints of the audit chain (issue 9).
+pub struct AuditKey {
+    pub kid: String,
+    key: ed25519_dalek::SigningKey,
+}
+
+impl std::fmt::Debug for AuditKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditKey")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuditKey {
+    /// Ed25519 over `message` (deterministic, RFC 8032).
+    pub fn sign(&self, message: &[u8]) -> [u8; 64] {
+        use ed25519_dalek::Signer;
+        self.key.sign(message).to_bytes()
+    }
+}
+
 /// The signature algorithm of OAuth access tokens (`[oauth] alg`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 pub enum TokenAlg {
@@ -358,6 +380,7 @@ pub struct SvidIssuer {
     ca: RwLock<Option<Arc<CaKey>>>,
     jwt: RwLock<Option<Arc<JwtKey>>>,
     token: RwLock<Option<Arc<TokenKey>>>,
+    audit: RwLock<Option<Arc<AuditKey>>>,
     /// The algorithm new access-token keys are made for.
     pub token_alg: TokenAlg,
     serials: Serials,
@@ -388,6 +411,7 @@ impl SvidIssuer {
             ca: RwLock::new(None),
             jwt: RwLock::new(None),
             token: RwLock::new(None),
+            audit: RwLock::new(None),
             token_alg: TokenAlg::default(),
             serials: Serials::new(node_id),
             freshness,
@@ -407,6 +431,72 @@ impl SvidIssuer {
 
     pub fn active_token_key(&self) -> Option<Arc<TokenKey>> {
         read_lock(&self.token)
+    }
+
+    pub fn active_audit(&self) -> Option<Arc<AuditKey>> {
+        read_lock(&self.audit)
+    }
+
+    /// A new Ed25519 audit key, its seed on disk (0600), and its certificate for `node` signed
+    /// by the active intermediate: `(kid, leaf DER || intermediate DER, not_after_ms)`. `None`
+    /// without an active intermediate (it comes first).
+    pub fn new_audit_key(
+        &self,
+        node: &SpiffeId,
+        ttl: Duration,
+    ) -> anyhow::Result<Option<(String, Vec<u8>, u64)>> {
+        let Some(ca) = self.active_ca() else {
+            return Ok(None);
+        };
+        let mut seed = [0u8; 32];
+        aws_lc_rs::rand::SecureRandom::fill(&SystemRandom::new(), &mut seed)
+            .map_err(|_| anyhow::anyhow!("the OS random source failed"))?;
+        let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+        let public = key.verifying_key().to_bytes();
+        let kid = format!(
+            "n{}-audit-{}",
+            self.node_id,
+            hex::encode(&sha2::Sha256::digest(public)[..8])
+        );
+        pki::write_file(&self.key_path(&kid), hex::encode(seed).as_bytes(), 0o600)?;
+        let now = unix_now();
+        let not_after = (now + ttl).min(ca.not_after);
+        let mut p = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, "authsec");
+        dn.push(
+            DnType::CommonName,
+            format!("authsec node {} audit", self.node_id),
+        );
+        p.distinguished_name = dn;
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::ContentCommitment,
+        ];
+        p.subject_alt_names = vec![SanType::URI(node.as_str().try_into()?)];
+        p.not_before = at(now.saturating_sub(CLOCK_SKEW));
+        p.not_after = at(not_after);
+        let mut serial = [0u8; 16];
+        aws_lc_rs::rand::SecureRandom::fill(&SystemRandom::new(), &mut serial)
+            .map_err(|_| anyhow::anyhow!("the OS random source failed"))?;
+        serial[0] &= 0x7f;
+        p.serial_number = Some(SerialNumber::from_slice(&serial));
+        p.use_authority_key_identifier_extension = true;
+        let pk = CsrKey {
+            raw: public.to_vec(),
+            alg: &rcgen::PKCS_ED25519,
+        };
+        let leaf = match p.signed_by(&pk, &ca.issuer) {
+            Ok(c) => c,
+            Err(e) => {
+                self.forget(&kid);
+                return Err(e.into());
+            }
+        };
+        let mut chain = leaf.der().to_vec();
+        chain.extend_from_slice(&ca.cert_der);
+        Ok(Some((kid, chain, not_after.as_millis() as u64)))
     }
 
     /// `Err` with the reason when this node is beyond its freshness bound.
@@ -676,6 +766,32 @@ impl SvidIssuer {
                     })),
                 );
             }
+            KeyKind::Audit => {
+                if self.active_audit().is_some_and(|k| k.kid == key.kid) {
+                    return Ok(());
+                }
+                let text = std::fs::read_to_string(self.key_path(&key.kid))
+                    .with_context(|| format!("read {}", self.key_path(&key.kid).display()))?;
+                let seed: [u8; 32] = hex::decode(text.trim())
+                    .ok()
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| anyhow::anyhow!("audit key {}: not a 32-byte seed", key.kid))?;
+                let sk = ed25519_dalek::SigningKey::from_bytes(&seed);
+                let public = sk.verifying_key().to_bytes();
+                if !key.public.windows(32).any(|w| w == public) {
+                    anyhow::bail!(
+                        "audit key {}: the private key on disk does not match the published certificate",
+                        key.kid
+                    );
+                }
+                write_lock(
+                    &self.audit,
+                    Some(Arc::new(AuditKey {
+                        kid: key.kid.clone(),
+                        key: sk,
+                    })),
+                );
+            }
         }
         tracing::info!(node_id = self.node_id, kid = %key.kid, kind = key.kind.as_str(), "signing with a new key");
         Ok(())
@@ -687,6 +803,7 @@ impl SvidIssuer {
             KeyKind::X509Ca => write_lock(&self.ca, None),
             KeyKind::Jwt => write_lock(&self.jwt, None),
             KeyKind::Token => write_lock(&self.token, None),
+            KeyKind::Audit => write_lock(&self.audit, None),
         }
     }
 
@@ -707,6 +824,7 @@ impl SvidIssuer {
                 KeyKind::X509Ca => "x509",
                 KeyKind::Jwt => "jwt",
                 KeyKind::Token => "at",
+                KeyKind::Audit => "audit",
             }
         );
         pki::write_file(&self.key_path(&kid), kp.serialize_pem().as_bytes(), 0o600)?;

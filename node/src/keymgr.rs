@@ -32,6 +32,10 @@ pub fn load_keys(reader: &Reader) -> Result<Vec<NodeKey>, authsec_storage::Store
     Ok(keys)
 }
 
+/// The kinds of key every node keeps, in the order they are made: the audit key's
+/// certificate is signed by the intermediate, so it comes after it.
+const KINDS: [KeyKind; 4] = [KeyKind::X509Ca, KeyKind::Jwt, KeyKind::Token, KeyKind::Audit];
+
 /// What one pass did.
 #[derive(Debug, PartialEq, Eq)]
 enum Pass {
@@ -99,7 +103,7 @@ async fn reconcile(ctx: &Ctx, issuer: &SvidIssuer, raft: &Raft) -> anyhow::Resul
     let me = issuer.node_id;
     let security = ctx.reader.security()?;
     if security.revoked_nodes.contains(&me) {
-        for kind in [KeyKind::X509Ca, KeyKind::Jwt, KeyKind::Token] {
+        for kind in KINDS {
             issuer.uninstall(kind);
         }
         return Ok(Pass::Waiting);
@@ -131,9 +135,9 @@ async fn reconcile(ctx: &Ctx, issuer: &SvidIssuer, raft: &Raft) -> anyhow::Resul
     // used, so removed. Nothing else writes this directory, and no attempt is in flight.
     issuer.sweep(|kid| keys.iter().any(|k| k.kid == kid));
     let now = issuer::now_ms();
-    for kind in [KeyKind::X509Ca, KeyKind::Jwt, KeyKind::Token] {
+    for kind in KINDS {
         let ttl = match kind {
-            KeyKind::X509Ca => issuer.ca_ttl,
+            KeyKind::X509Ca | KeyKind::Audit => issuer.ca_ttl,
             KeyKind::Jwt | KeyKind::Token => issuer.jwt_key_ttl,
         };
         let mine: Vec<&NodeKey> = keys.iter().filter(|k| k.kind == kind).collect();
@@ -252,6 +256,12 @@ async fn prepare_key(
         changed_at_ms: 0,
     };
     match kind {
+        KeyKind::Audit => {
+            let node = authsec_raft::tls::node_spiffe_id(&ctx.sec.td, node_id);
+            Ok(issuer
+                .new_audit_key(&node, issuer.ca_ttl)?
+                .map(|(kid, chain, not_after)| key(kid, chain, not_after)))
+        }
         KeyKind::Jwt | KeyKind::Token => {
             let (kid, kp) = issuer.new_key(kind)?;
             let not_after = issuer::now_ms() + issuer.jwt_key_ttl.as_millis() as u64;

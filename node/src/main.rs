@@ -7,10 +7,12 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod agent_api;
+mod audit;
 mod authz;
 mod backup;
 mod bundle;
 mod cli;
+mod cli_audit;
 mod cli_identity;
 mod cli_oauth;
 mod cli_svid;
@@ -34,6 +36,7 @@ mod planted;
 mod secrets;
 mod security;
 mod server;
+mod sink;
 mod services;
 mod svid_api;
 mod writer;
@@ -110,6 +113,10 @@ enum Cmd {
     /// Read the audit event feed.
     #[command(subcommand)]
     Events(EventsCmd),
+    /// The audit log: export (JSON lines or CSV, filtered, follow), tail, head, and verify an
+    /// export offline against the trust bundle.
+    #[command(subcommand)]
+    Audit(cli_audit::AuditCmd),
     /// Back up a cluster, or build a new one from a backup.
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
@@ -606,6 +613,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Agent(c) => cli_identity::agent(c).await?,
         Cmd::Bundle(c) => cli_identity::bundle(c).await?,
         Cmd::Svid(c) => cli_svid::svid(c).await?,
+        Cmd::Audit(c) => cli_audit::run(c).await?,
         Cmd::Federation(c) => cli_svid::federation(c).await?,
         Cmd::Oauth(c) => cli_oauth::run(c).await?,
         Cmd::Roots(c) => cli_svid::roots(c).await?,

@@ -179,8 +179,11 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
             .unwrap_or_else(|| authsec_domain::identity::AGENT_TEMPLATE_DEFAULT.to_owned()),
         issuer: issuer.clone(),
         agents: cfg.agents.clone(),
+        auth_failures: Arc::new(crate::audit::FailureLog::default()),
+        sink_gate: Arc::new(crate::sink::Gate::default()),
     });
 
+    let sink_stats = Arc::new(crate::sink::SinkStats::default());
     let (shutdown, shutdown_rx) = watch::channel(false);
     let stop = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -247,6 +250,13 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
         .add_service(
             EventServiceServer::new(Events(ctx.clone()))
                 .max_decoding_message_size(API_MESSAGE_BYTES_MAX),
+        )
+        .add_service(
+            authsec_api::v1::audit_service_server::AuditServiceServer::new(crate::audit::Audit {
+                ctx: ctx.clone(),
+                view: view.clone(),
+            })
+            .max_decoding_message_size(API_MESSAGE_BYTES_MAX),
         )
         .add_service(
             NodeServiceServer::new(Nodes(ctx.clone()))
@@ -429,6 +439,30 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
             ctx.clone(),
             issuer.clone(),
             raft.clone(),
+            shutdown_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(crate::audit::checkpointer(
+            ctx.clone(),
+            view.clone(),
+            raft.clone(),
+            cfg.audit.checkpoint_records,
+            Duration::from_secs(cfg.audit.checkpoint_interval_s),
+            shutdown_rx.clone(),
+        )));
+    }
+    tasks.push(tokio::spawn(crate::audit::failure_flusher(
+        ctx.clone(),
+        ctx.auth_failures.clone(),
+        Duration::from_secs(cfg.audit.failure_interval_s),
+        shutdown_rx.clone(),
+    )));
+    for sink in &cfg.audit.sinks {
+        tasks.push(tokio::spawn(crate::sink::run(
+            ctx.clone(),
+            sink.clone(),
+            cfg.data_dir.clone(),
+            ctx.sink_gate.clone(),
+            sink_stats.clone(),
             shutdown_rx.clone(),
         )));
     }

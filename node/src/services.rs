@@ -35,6 +35,10 @@ pub struct Ctx {
     pub issuer: Arc<crate::issuer::SvidIssuer>,
     /// What agents are told, and when their entries show `agent-offline`.
     pub agents: crate::config::AgentsSection,
+    /// Failed authentications of the current interval (recorded by `audit::failure_flusher`).
+    pub auth_failures: Arc<crate::audit::FailureLog>,
+    /// Audit sinks that hold writes back while they lag (`on_lag = "refuse_writes"`).
+    pub sink_gate: Arc<crate::sink::Gate>,
 }
 
 fn internal(e: impl std::fmt::Display) -> Status {
@@ -55,11 +59,24 @@ impl Ctx {
         }
     }
 
+    /// This node's own principal, as its upkeep writes name it.
+    pub fn node_principal(&self) -> String {
+        authsec_raft::tls::node_spiffe_id(&self.sec.td, self.node_id).to_string()
+    }
+
     pub async fn write(
         &self,
         actor: Actor,
         command: Command,
     ) -> Result<(v1::WriteReceipt, authsec_domain::Applied), Status> {
+        // A lagging required sink holds back what callers ask for; the node's own upkeep
+        // (keys, checkpoints, the issuance audit) goes on.
+        let own = matches!(&actor.principal, Principal::Named(p) if *p == self.node_principal());
+        if !own {
+            if let Some(reason) = self.sink_gate.refusal() {
+                return Err(Status::unavailable(reason));
+            }
+        }
         let Committed {
             log_index,
             leader_id,
@@ -652,24 +669,13 @@ const FEED_PAGE_BYTES: usize = 4 << 20;
 
 pub fn record_to_wire(
     seq: u64,
+    prev: &[u8; 32],
     hash: &[u8; 32],
     bytes: Vec<u8>,
 ) -> Result<v1::AuditRecord, String> {
     let r = AuditRecord::from_bytes(&bytes)
         .map_err(|e| format!("record {seq} does not decode: {e}"))?;
-    let json = serde_json::to_string(&r).map_err(|e| e.to_string())?;
-    Ok(v1::AuditRecord {
-        sequence: r.sequence,
-        log_index: r.log_index,
-        time_ms: r.time_ms,
-        kind: r.kind,
-        subject: r.subject,
-        actor: r.actor.principal.to_string(),
-        via_node: r.actor.via_node,
-        json,
-        record_bytes: bytes,
-        hash: hex::encode(hash),
-    })
+    crate::audit::to_wire(r, prev, hash, bytes)
 }
 
 #[tonic::async_trait]
@@ -686,6 +692,22 @@ impl EventService for Events {
         let mut head_rx = self.0.head_rx.clone();
         tokio::spawn(async move {
             let mut next = r.from_sequence.max(1);
+            let mut prev = {
+                let rd = reader.clone();
+                match tokio::task::spawn_blocking(move || crate::audit::chain_hash(&rd, next - 1))
+                    .await
+                {
+                    Ok(Ok(h)) => h,
+                    Ok(Err(e)) => {
+                        let _ = tx.send(Err(internal(e))).await;
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(internal(e))).await;
+                        return;
+                    }
+                }
+            };
             loop {
                 let rd = reader.clone();
                 let page = tokio::task::spawn_blocking(move || {
@@ -732,7 +754,9 @@ impl EventService for Events {
                 }
                 for rec in page {
                     next = rec.sequence + 1;
-                    let item = record_to_wire(rec.sequence, &rec.hash, rec.bytes).map_err(internal);
+                    let item = record_to_wire(rec.sequence, &prev, &rec.hash, rec.bytes)
+                        .map_err(internal);
+                    prev = rec.hash;
                     if tx.send(item).await.is_err() {
                         return;
                     }

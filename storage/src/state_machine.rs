@@ -1,14 +1,14 @@
 //! The Raft state machine (openraft `RaftStateMachine`): decides and applies stamped proposals,
 //! archives their events in the hash chain, and keeps file-backed snapshots.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use authsec_domain::codec::{self, Tag};
 use authsec_domain::{
     apply_proposal, chain_next, Applied, ArchiveHead, AuditRecord, BatchOutcome, Command,
-    ProjectionKey, SecurityState, State,
+    ProjectionKey, Rejection, SecurityState, State,
 };
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{EntryPayload, RaftSnapshotBuilder, SnapshotMeta, StorageIOError};
@@ -226,6 +226,39 @@ impl StateMachine {
         StateView(self.state.clone())
     }
 
+    /// The chain's hash at `sequence`, from this apply call's records or the archive.
+    fn chain_hash_at(
+        &self,
+        sequence: u64,
+        written: &HashMap<u64, [u8; 32]>,
+    ) -> Result<[u8; 32], String> {
+        if sequence == 0 || sequence > self.head.sequence {
+            return Err(format!(
+                "sequence {sequence} is not in the chain (its head is at {})",
+                self.head.sequence
+            ));
+        }
+        if sequence == self.head.sequence {
+            return Ok(self.head.hash);
+        }
+        if let Some(h) = written.get(&sequence) {
+            return Ok(*h);
+        }
+        let row = self
+            .store
+            .db
+            .get_cf(self.store.cf(cf::ARCHIVE), cf::u64_key(sequence))
+            .map_err(|e| format!("reading the archive at {sequence} failed: {e}"))?;
+        match row {
+            Some(v) if v.len() >= 32 => {
+                let mut h = [0u8; 32];
+                h.copy_from_slice(&v[..32]);
+                Ok(h)
+            }
+            _ => Err(format!("sequence {sequence} is not in this node's archive")),
+        }
+    }
+
     pub fn head(&self) -> ArchiveHead {
         self.head
     }
@@ -383,6 +416,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut batch = WriteBatch::default();
         let mut touched = BTreeSet::new();
         let mut replies = Vec::new();
+        // Chain hashes of the records archived by this call, not yet in RocksDB.
+        let mut written: HashMap<u64, [u8; 32]> = HashMap::new();
         let archive = self.store.cf(cf::ARCHIVE);
         for entry in entries {
             let log_index = entry.log_id.index;
@@ -403,7 +438,33 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
                 EntryPayload::Normal(proposals) => {
                     for p in &proposals.proposals {
-                        let decided = apply_proposal(&mut write_state(&self.state), p, log_index);
+                        let decided = match &p.command {
+                            // The rules cannot see the archive: a checkpoint's hash is checked
+                            // here, against this node's chain (the same on every node).
+                            Command::RecordCheckpoint(c) => {
+                                match self.chain_hash_at(c.sequence, &written) {
+                                    Ok(h) if h == c.head_hash => apply_proposal(
+                                        &mut write_state(&self.state),
+                                        p,
+                                        log_index,
+                                    ),
+                                    Ok(h) => Err(Rejection::InvalidField {
+                                        field: "head_hash".into(),
+                                        reason: format!(
+                                            "the chain's hash at sequence {} is {}, not {}",
+                                            c.sequence,
+                                            hex::encode(h),
+                                            hex::encode(c.head_hash)
+                                        ),
+                                    }),
+                                    Err(reason) => Err(Rejection::InvalidField {
+                                        field: "sequence".into(),
+                                        reason,
+                                    }),
+                                }
+                            }
+                            _ => apply_proposal(&mut write_state(&self.state), p, log_index),
+                        };
                         let outcome = decided.map(|(events, time_ms)| {
                             touched.insert(ProjectionKey::Meta);
                             // Secret material goes to its own family, in the same batch,
@@ -453,6 +514,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                 if !dropped {
                                     batch.put_cf(archive, cf::u64_key(record.sequence), value);
                                 }
+                                written.insert(record.sequence, hash);
                                 self.head = ArchiveHead {
                                     sequence: record.sequence,
                                     hash,

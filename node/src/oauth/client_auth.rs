@@ -166,6 +166,12 @@ pub fn authenticate(
             .blocked(&addr_key, now)
             .or_else(|| claimed.and_then(|c| limiter.blocked(&format!("client:{c}"), now)));
         if let Some(wait) = blocked {
+            s.ctx.auth_failures.record(
+                claimed,
+                conn.remote.ip(),
+                "oauth",
+                "refused: too many failed client authentications",
+            );
             let mut r = error(
                 StatusCode::TOO_MANY_REQUESTS,
                 "invalid_client",
@@ -204,6 +210,9 @@ pub fn authenticate(
             limiter.failed(&format!("client:{c}"), now);
         }
         tracing::info!(remote = %conn.remote, client_id = ?f.claimed, reason = %f.reason, "client authentication failed");
+        s.ctx
+            .auth_failures
+            .record(f.claimed.as_deref(), conn.remote.ip(), "oauth", &f.reason);
         invalid_client(f.reason)
     })
 }

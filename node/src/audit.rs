@@ -1,0 +1,788 @@
+//! The audit log's export side (issue 9): `AuditService` (filtered, resumable export with a
+//! follow mode), the one line format the CLI, the sinks and `audit verify` share, the leader's
+//! checkpointer, and the per-interval aggregation of failed authentications.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use authsec_api::v1;
+use authsec_domain::audit::{checkpoint_message, AuthFailure, Checkpoint};
+use authsec_domain::command::Command;
+use authsec_domain::record::{AuditRecord, Hash32, GENESIS_HASH};
+use authsec_domain::{Actor, ClientId, Principal, SpiffeId};
+use authsec_storage::{Reader, StateView};
+use base64::Engine;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::services::Ctx;
+
+/// Records read per archive scan while exporting.
+const PAGE: usize = 512;
+const PAGE_BYTES: usize = 4 << 20;
+/// Bytes of one filter value.
+const FILTER_BYTES_MAX: usize = 512;
+/// Type patterns per request.
+const TYPES_MAX: usize = 64;
+
+/// One exported record as a line of JSON: the readable fields, then the exact hashed bytes
+/// (base64) and the chain hashes around them. `audit verify` renders each line again from its
+/// bytes and compares, so a change to any byte of a line is caught, readable part included.
+#[derive(Debug, Serialize)]
+pub struct Line<'a> {
+    pub sequence: u64,
+    pub time: String,
+    pub time_ms: u64,
+    pub kind: &'a str,
+    pub subject: &'a str,
+    pub actor: String,
+    pub via_node: u64,
+    pub log_index: u64,
+    pub event: &'a authsec_domain::Event,
+    pub prev_hash: String,
+    pub hash: String,
+    pub record_bytes: String,
+}
+
+/// The canonical line of a record (no trailing newline).
+pub fn render_line(
+    record: &AuditRecord,
+    prev: &Hash32,
+    hash: &Hash32,
+    bytes: &[u8],
+) -> Result<String, String> {
+    serde_json::to_string(&Line {
+        sequence: record.sequence,
+        time: rfc3339_ms(record.time_ms),
+        time_ms: record.time_ms,
+        kind: &record.kind,
+        subject: &record.subject,
+        actor: record.actor.principal.to_string(),
+        via_node: record.actor.via_node,
+        log_index: record.log_index,
+        event: &record.event,
+        prev_hash: hex::encode(prev),
+        hash: hex::encode(hash),
+        record_bytes: base64::engine::general_purpose::STANDARD.encode(bytes),
+    })
+    .map_err(|e| format!("record {}: {e}", record.sequence))
+}
+
+/// `2026-11-30T03:18:21.123Z` from milliseconds since the epoch (UTC, proleptic Gregorian).
+pub fn rfc3339_ms(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+/// A record type pattern: `*` matches any run of characters.
+fn glob(pattern: &str, s: &str) -> bool {
+    let (p, t) = (pattern.as_bytes(), s.as_bytes());
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some(pi);
+            pi += 1;
+            mark = ti;
+        } else if pi < p.len() && p[pi] == t[ti] {
+            pi += 1;
+            ti += 1;
+        } else if let Some(sp) = star {
+            pi = sp + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+fn invalid(field: &str, reason: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("{field}: {reason}"))
+}
+
+/// A validated export request.
+#[derive(Debug, Clone)]
+pub struct Filter {
+    pub from: u64,
+    pub to: Option<u64>,
+    pub since_ms: Option<u64>,
+    pub until_ms: Option<u64>,
+    pub types: Vec<String>,
+    pub client: Option<String>,
+    pub spiffe: Option<String>,
+    pub actor: Option<String>,
+    pub follow: bool,
+}
+
+impl Filter {
+    /// Check a request against the archive's head (`head`): every bad field is named.
+    pub fn parse(r: &v1::ExportRequest, head: u64) -> Result<Self, Status> {
+        let from = r.from_sequence.max(1);
+        if from > head + 1 {
+            return Err(invalid(
+                "from_sequence",
+                format!(
+                    "{} is past the archive's head ({head}); resume from at most {}",
+                    r.from_sequence,
+                    head + 1
+                ),
+            ));
+        }
+        let to = (r.to_sequence != 0).then_some(r.to_sequence);
+        if let Some(t) = to {
+            if t < from {
+                return Err(invalid(
+                    "to_sequence",
+                    format!("{t} is before from_sequence {from}"),
+                ));
+            }
+            if t > head && !r.follow {
+                return Err(invalid(
+                    "to_sequence",
+                    format!("{t} is past the archive's head ({head}); ask with follow to wait for it"),
+                ));
+            }
+        }
+        let since_ms = (r.since_ms != 0).then_some(r.since_ms);
+        let until_ms = (r.until_ms != 0).then_some(r.until_ms);
+        if let (Some(s), Some(u)) = (since_ms, until_ms) {
+            if u <= s {
+                return Err(invalid(
+                    "until_ms",
+                    format!("the time range ends ({u}) before it starts ({s})"),
+                ));
+            }
+        }
+        if r.types.len() > TYPES_MAX {
+            return Err(invalid("types", format!("at most {TYPES_MAX} patterns")));
+        }
+        let mut types = Vec::new();
+        for t in &r.types {
+            let t = t.trim();
+            if t.is_empty()
+                || t.len() > 64
+                || !t
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._*".contains(&b))
+            {
+                return Err(invalid(
+                    "types",
+                    format!("{t:?} is not a record type pattern (lowercase letters, digits, '.', '_' and '*', e.g. delegation.*)"),
+                ));
+            }
+            if !authsec_domain::event::KINDS.iter().any(|k| glob(t, k)) {
+                return Err(invalid(
+                    "types",
+                    format!(
+                        "{t:?} matches no record type; the types are: {}",
+                        authsec_domain::event::KINDS.join(", ")
+                    ),
+                ));
+            }
+            types.push(t.to_owned());
+        }
+        let text = |field: &str, v: &str| -> Result<Option<String>, Status> {
+            let v = v.trim();
+            if v.is_empty() {
+                return Ok(None);
+            }
+            if v.len() > FILTER_BYTES_MAX {
+                return Err(invalid(field, format!("at most {FILTER_BYTES_MAX} bytes")));
+            }
+            Ok(Some(v.to_owned()))
+        };
+        let client = text("client_id", &r.client_id)?;
+        if let Some(c) = &client {
+            ClientId::parse(c).map_err(|e| invalid("client_id", e))?;
+        }
+        let spiffe = text("spiffe_id", &r.spiffe_id)?;
+        if let Some(s) = &spiffe {
+            SpiffeId::parse(s).map_err(|e| invalid("spiffe_id", e))?;
+        }
+        let actor = text("actor", &r.actor)?;
+        Ok(Self {
+            from,
+            to,
+            since_ms,
+            until_ms,
+            types,
+            client,
+            spiffe,
+            actor,
+            follow: r.follow,
+        })
+    }
+
+    fn needs_json(&self) -> bool {
+        self.client.is_some() || self.spiffe.is_some()
+    }
+
+    /// Whether `r` passes the filters other than the sequence and time bounds. `event_json`
+    /// is the event as JSON when [`Filter::needs_json`].
+    fn matches(&self, r: &AuditRecord, event_json: Option<&serde_json::Value>) -> bool {
+        if !self.types.is_empty() && !self.types.iter().any(|t| glob(t, &r.kind)) {
+            return false;
+        }
+        if let Some(a) = &self.actor {
+            let p = r.actor.principal.to_string();
+            let ok = match a.strip_suffix('*') {
+                Some(prefix) => p.starts_with(prefix),
+                None => p == *a,
+            };
+            if !ok {
+                return false;
+            }
+        }
+        if let Some(c) = &self.client {
+            let own = r.subject.strip_prefix("client:") == Some(c.as_str());
+            if !own && !event_json.is_some_and(|j| mentions(j, c)) {
+                return false;
+            }
+        }
+        if let Some(s) = &self.spiffe {
+            if r.subject != *s && !event_json.is_some_and(|j| mentions(j, s)) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Whether any string in `v` is `needle` (a client id, a SPIFFE ID).
+fn mentions(v: &serde_json::Value, needle: &str) -> bool {
+    match v {
+        serde_json::Value::String(s) => s == needle,
+        serde_json::Value::Array(a) => a.iter().any(|x| mentions(x, needle)),
+        serde_json::Value::Object(o) => o.values().any(|x| mentions(x, needle)),
+        _ => false,
+    }
+}
+
+/// The wire form of one archived record.
+pub fn to_wire(
+    r: AuditRecord,
+    prev: &Hash32,
+    hash: &Hash32,
+    bytes: Vec<u8>,
+) -> Result<v1::AuditRecord, String> {
+    let json = serde_json::to_string(&r).map_err(|e| e.to_string())?;
+    Ok(v1::AuditRecord {
+        sequence: r.sequence,
+        log_index: r.log_index,
+        time_ms: r.time_ms,
+        kind: r.kind,
+        subject: r.subject,
+        actor: r.actor.principal.to_string(),
+        via_node: r.actor.via_node,
+        json,
+        record_bytes: bytes,
+        hash: hex::encode(hash),
+        prev_hash: hex::encode(prev),
+    })
+}
+
+/// The chain hash at `sequence` (the genesis hash at 0).
+pub fn chain_hash(reader: &Reader, sequence: u64) -> Result<Hash32, String> {
+    if sequence == 0 {
+        return Ok(GENESIS_HASH);
+    }
+    match reader.records(sequence, 1, 1) {
+        Ok(v) if v.first().is_some_and(|r| r.sequence == sequence) => Ok(v[0].hash),
+        Ok(_) => Err(format!("record {sequence} is not in this node's archive")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The first sequence at or after `from` whose time is at least `since_ms` (record times never
+/// decrease along the chain), by bisection over `[from, head]`.
+fn first_since(reader: &Reader, from: u64, head: u64, since_ms: u64) -> Result<u64, String> {
+    let (mut lo, mut hi) = (from, head + 1);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let rec = reader
+            .records(mid, 1, 1)
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .next()
+            .ok_or_else(|| format!("record {mid} is missing"))?;
+        let r = AuditRecord::from_bytes(&rec.bytes).map_err(|e| format!("record {mid}: {e}"))?;
+        if r.time_ms < since_ms {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    Ok(lo)
+}
+
+/// What one page produced: messages to send, where it ended, and whether the export is done.
+struct Page {
+    out: Vec<v1::ExportResponse>,
+    next: u64,
+    prev: Hash32,
+    done: bool,
+}
+
+fn export_page(
+    reader: &Reader,
+    f: &Filter,
+    next: u64,
+    prev: Hash32,
+    head: u64,
+) -> Result<Page, String> {
+    let records = reader
+        .records(next, PAGE, PAGE_BYTES)
+        .map_err(|e| e.to_string())?;
+    let mut page = Page {
+        out: Vec::new(),
+        next,
+        prev,
+        done: false,
+    };
+    for rec in records {
+        if rec.sequence != page.next {
+            return Err(format!(
+                "the archive skips from {} to {}",
+                page.next, rec.sequence
+            ));
+        }
+        if f.to.is_some_and(|t| rec.sequence > t) {
+            page.done = true;
+            break;
+        }
+        let r = AuditRecord::from_bytes(&rec.bytes)
+            .map_err(|e| format!("record {} does not decode: {e}", rec.sequence))?;
+        if f.until_ms.is_some_and(|u| r.time_ms >= u) {
+            page.done = true;
+            break;
+        }
+        let in_time = f.since_ms.is_none_or(|s| r.time_ms >= s);
+        let json = if in_time && f.needs_json() {
+            Some(serde_json::to_value(&r.event).map_err(|e| e.to_string())?)
+        } else {
+            None
+        };
+        let sequence = rec.sequence;
+        if in_time && f.matches(&r, json.as_ref()) {
+            page.out.push(v1::ExportResponse {
+                record: Some(to_wire(r, &page.prev, &rec.hash, rec.bytes)?),
+                scanned_through: sequence,
+                head_sequence: head,
+            });
+        }
+        page.prev = rec.hash;
+        page.next = sequence + 1;
+        if f.to == Some(sequence) {
+            page.done = true;
+            break;
+        }
+    }
+    if page.out.is_empty() && page.next > next {
+        // Nothing matched in a stretch: tell the client how far the scan went.
+        page.out.push(v1::ExportResponse {
+            record: None,
+            scanned_through: page.next - 1,
+            head_sequence: head,
+        });
+    }
+    Ok(page)
+}
+
+#[derive(Debug, Clone)]
+pub struct Audit {
+    pub ctx: Arc<Ctx>,
+    pub view: StateView,
+}
+
+type ExportStream = Pin<Box<dyn Stream<Item = Result<v1::ExportResponse, Status>> + Send>>;
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    tracing::error!(error = %e, "audit export failed");
+    Status::internal("reading the audit archive failed; see the node's log")
+}
+
+#[tonic::async_trait]
+impl v1::audit_service_server::AuditService for Audit {
+    type ExportStream = ExportStream;
+
+    async fn export(
+        &self,
+        req: Request<v1::ExportRequest>,
+    ) -> Result<Response<Self::ExportStream>, Status> {
+        let r = req.into_inner();
+        let head = self.ctx.head_rx.borrow().sequence;
+        let f = Filter::parse(&r, head)?;
+        let reader = self.ctx.reader.clone();
+        let mut head_rx = self.ctx.head_rx.clone();
+        // Where to begin: the first record in the time range, and the hash before it.
+        let (start, prev) = {
+            let (rd, f2) = (reader.clone(), f.clone());
+            tokio::task::spawn_blocking(move || -> Result<(u64, Hash32), String> {
+                let start = match f2.since_ms {
+                    Some(s) if f2.from <= head => first_since(&rd, f2.from, head, s)?,
+                    _ => f2.from,
+                };
+                Ok((start, chain_hash(&rd, start - 1)?))
+            })
+            .await
+            .map_err(internal)?
+            .map_err(internal)?
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<v1::ExportResponse, Status>>(4);
+        tokio::spawn(async move {
+            let (mut next, mut prev) = (start, prev);
+            loop {
+                let head = head_rx.borrow_and_update().sequence;
+                if next > head {
+                    if !f.follow {
+                        return;
+                    }
+                    // Wait for the head to pass `next`, or the client to go away.
+                    tokio::select! {
+                        changed = head_rx.changed() => if changed.is_err() { return },
+                        _ = tx.closed() => return,
+                    }
+                    continue;
+                }
+                let (rd, f2) = (reader.clone(), f.clone());
+                let page =
+                    tokio::task::spawn_blocking(move || export_page(&rd, &f2, next, prev, head))
+                        .await;
+                let page = match page {
+                    Ok(Ok(p)) => p,
+                    Ok(Err(e)) => {
+                        let _ = tx.send(Err(internal(e))).await;
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(internal(e))).await;
+                        return;
+                    }
+                };
+                if page.next == next && !page.done {
+                    // The head is past `next` yet nothing was read: a snapshot installation
+                    // is replacing the archive. Give it a moment instead of spinning.
+                    tokio::select! {
+                        _ = tx.closed() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    }
+                    continue;
+                }
+                for m in page.out {
+                    if tx.send(Ok(m)).await.is_err() {
+                        return;
+                    }
+                }
+                if page.done {
+                    return;
+                }
+                (next, prev) = (page.next, page.prev);
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn head(
+        &self,
+        _req: Request<v1::AuditHeadRequest>,
+    ) -> Result<Response<v1::AuditHeadResponse>, Status> {
+        let head = *self.ctx.head_rx.borrow();
+        let cp = self.view.read().audit_meta;
+        Ok(Response::new(v1::AuditHeadResponse {
+            head_sequence: head.sequence,
+            head_hash: hex::encode(head.hash),
+            checkpoint_sequence: cp.checkpoint_sequence,
+            checkpoint_hash: hex::encode(cp.checkpoint_hash),
+            trust_domain: self.ctx.sec.td.to_string(),
+        }))
+    }
+}
+
+fn node_actor(ctx: &Ctx) -> Actor {
+    Actor {
+        principal: Principal::Named(
+            authsec_raft::tls::node_spiffe_id(&ctx.sec.td, ctx.node_id).to_string(),
+        ),
+        via_node: ctx.node_id,
+    }
+}
+
+/// On the leader: sign a checkpoint of the chain once `every` records follow the last one, or
+/// `interval` after it if any record did. Runs on every node; acts only while leading.
+pub async fn checkpointer(
+    ctx: Arc<Ctx>,
+    view: StateView,
+    raft: authsec_raft::Raft,
+    every: u64,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut head_rx = ctx.head_rx.clone();
+    let tick = (interval / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let mut failures = 0u32;
+    loop {
+        tokio::select! {
+            r = head_rx.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(tick) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        if raft.metrics().borrow().current_leader != Some(ctx.node_id) {
+            continue;
+        }
+        let Some(key) = ctx.issuer.active_audit() else {
+            continue;
+        };
+        let head = *head_rx.borrow_and_update();
+        let cp = view.read().audit_meta;
+        // The record right after a checkpoint is that checkpoint's own: nothing new.
+        if head.sequence <= cp.checkpoint_sequence + 1 {
+            continue;
+        }
+        let since = crate::issuer::now_ms().saturating_sub(cp.checkpoint_time_ms);
+        if head.sequence - cp.checkpoint_sequence < every && since < interval.as_millis() as u64 {
+            continue;
+        }
+        let message = checkpoint_message(ctx.sec.td.as_str(), head.sequence, &head.hash);
+        let checkpoint = Checkpoint {
+            node_id: ctx.node_id,
+            kid: key.kid.clone(),
+            sequence: head.sequence,
+            head_hash: head.hash,
+            signature: key.sign(&message).to_vec(),
+        };
+        match ctx
+            .write(node_actor(&ctx), Command::RecordCheckpoint(checkpoint))
+            .await
+        {
+            Ok(_) => {
+                failures = 0;
+                tracing::debug!(sequence = head.sequence, kid = %key.kid, "audit checkpoint signed");
+            }
+            Err(e) => {
+                failures += 1;
+                // Another checkpoint got there first, or leadership moved: try again later.
+                tracing::debug!(error = %e.message(), failures, "audit checkpoint not recorded");
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(failures.min(20)))).await;
+            }
+        }
+    }
+}
+
+/// Distinct (client, source, endpoint) keys counted per interval; beyond it, attempts are
+/// counted under one overflow key, so a flood of made-up client ids cannot grow memory or the
+/// log.
+const FAILURE_KEYS_MAX: usize = 10_000;
+
+/// Failed authentications of the current interval, counted per client, source and endpoint.
+#[derive(Debug, Default)]
+pub struct FailureLog {
+    window: Mutex<HashMap<(String, String, &'static str), AuthFailure>>,
+}
+
+impl FailureLog {
+    /// Count one failure. `client` is what the caller claimed, if anything.
+    pub fn record(&self, client: Option<&str>, source: std::net::IpAddr, endpoint: &'static str, reason: &str) {
+        let now = crate::issuer::now_ms();
+        let clip = |s: &str| -> String {
+            let max = authsec_domain::audit::AUTH_FAILURE_TEXT_BYTES_MAX;
+            if s.len() <= max {
+                return s.to_owned();
+            }
+            let mut end = max;
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            s[..end].to_owned()
+        };
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        let mut key = (clip(client.unwrap_or("-")), source.to_string(), endpoint);
+        if !w.contains_key(&key) && w.len() >= FAILURE_KEYS_MAX {
+            key = ("*".into(), "*".into(), endpoint);
+        }
+        let e = w.entry(key.clone()).or_insert_with(|| AuthFailure {
+            client_id: key.0.clone(),
+            source: key.1.clone(),
+            endpoint: endpoint.to_owned(),
+            reason: String::new(),
+            count: 0,
+            first_ms: now,
+            last_ms: now,
+        });
+        e.count += 1;
+        e.last_ms = now;
+        e.reason = clip(reason);
+    }
+
+    fn take(&self) -> Vec<AuthFailure> {
+        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v: Vec<AuthFailure> = std::mem::take(&mut *w).into_values().collect();
+        v.sort_by(|a, b| (&a.client_id, &a.source).cmp(&(&b.client_id, &b.source)));
+        v
+    }
+}
+
+/// Record each interval's failures in the log, in commands of at most 1,000 aggregates.
+pub async fn failure_flusher(
+    ctx: Arc<Ctx>,
+    log: Arc<FailureLog>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let stopping = tokio::select! {
+            _ = tokio::time::sleep(interval) => false,
+            _ = shutdown.wait_for(|s| *s) => true,
+        };
+        let all = log.take();
+        for chunk in all.chunks(authsec_domain::audit::AUTH_FAILURES_PER_COMMAND_MAX) {
+            let cmd = Command::RecordAuthFailures {
+                node_id: ctx.node_id,
+                failures: chunk.to_vec(),
+            };
+            if let Err(e) = ctx.write(node_actor(&ctx), cmd).await {
+                tracing::warn!(error = %e.message(), aggregates = chunk.len(), "recording failed authentications failed");
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs() {
+        assert!(glob("delegation.*", "delegation.created"));
+        assert!(!glob("delegation.*", "client.created"));
+        assert!(glob("*", "anything.at_all"));
+        assert!(glob("*.created", "client.created"));
+        assert!(glob("credential.issued", "credential.issued"));
+        assert!(!glob("credential.issue", "credential.issued"));
+        assert!(glob("c*l.*", "credential.issued"));
+        assert!(!glob("c*d.*", "credential.issued"));
+    }
+
+    #[test]
+    fn times_render_as_rfc3339() {
+        assert_eq!(rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(1_796_008_701_123), "2026-11-30T03:18:21.123Z");
+    }
+
+    fn req() -> v1::ExportRequest {
+        v1::ExportRequest::default()
+    }
+
+    #[test]
+    fn bad_requests_name_their_field() {
+        let bad = |r: v1::ExportRequest, field: &str| {
+            let e = Filter::parse(&r, 100).expect_err("refused");
+            assert_eq!(e.code(), tonic::Code::InvalidArgument);
+            assert!(e.message().starts_with(field), "{}", e.message());
+        };
+        bad(
+            v1::ExportRequest {
+                from_sequence: 102,
+                ..req()
+            },
+            "from_sequence",
+        );
+        bad(
+            v1::ExportRequest {
+                from_sequence: 50,
+                to_sequence: 10,
+                ..req()
+            },
+            "to_sequence",
+        );
+        bad(
+            v1::ExportRequest {
+                to_sequence: 500,
+                ..req()
+            },
+            "to_sequence",
+        );
+        bad(
+            v1::ExportRequest {
+                since_ms: 2000,
+                until_ms: 1000,
+                ..req()
+            },
+            "until_ms",
+        );
+        bad(
+            v1::ExportRequest {
+                types: vec!["nosuch.*".into()],
+                ..req()
+            },
+            "types",
+        );
+        bad(
+            v1::ExportRequest {
+                types: vec!["Bad Type".into()],
+                ..req()
+            },
+            "types",
+        );
+        bad(
+            v1::ExportRequest {
+                client_id: "not a client id!".into(),
+                ..req()
+            },
+            "client_id",
+        );
+        bad(
+            v1::ExportRequest {
+                spiffe_id: "http://x".into(),
+                ..req()
+            },
+            "spiffe_id",
+        );
+        // The next sequence is a valid place to resume (and follow from).
+        Filter::parse(
+            &v1::ExportRequest {
+                from_sequence: 101,
+                follow: true,
+                ..req()
+            },
+            100,
+        )
+        .expect("resume at head + 1");
+        Filter::parse(
+            &v1::ExportRequest {
+                types: vec!["delegation.*".into(), "credential.issued".into()],
+                ..req()
+            },
+            100,
+        )
+        .expect("known types");
+    }
+}
