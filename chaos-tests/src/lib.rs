@@ -291,7 +291,8 @@ pub struct Options {
     pub offline_root: bool,
     /// TOML appended to every node's `[oauth]` table (trusted issuers, limits).
     pub oauth_extra: String,
-    /// TOML appended to every node's config, after every table (`[agents]`, ...).
+    /// TOML appended to every node's config, after every table (`[agents]`, ...);
+    /// `{data_dir}` and `{node_id}` are replaced by the node's.
     pub extra_toml: String,
 }
 
@@ -583,7 +584,11 @@ impl Cluster {
                 .join(", ");
             text += "]\n";
         }
-        text += &self.opts.extra_toml;
+        text += &self
+            .opts
+            .extra_toml
+            .replace("{data_dir}", &data_dir.display().to_string())
+            .replace("{node_id}", &id.to_string());
         std::fs::write(&config, text)?;
         self.nodes.insert(
             id,

@@ -441,7 +441,8 @@ async fn recover(cluster: &mut Cluster, oracle: &Oracle, since: Duration) -> any
 }
 
 /// The current leader among the members, or an error.
-async fn leader(cluster: &Cluster) -> anyhow::Result<u64> {
+/// The current leader, as the members report it.
+pub async fn leader(cluster: &Cluster) -> anyhow::Result<u64> {
     let members: Vec<u64> = cluster.members.iter().copied().collect();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -487,7 +488,8 @@ async fn hold(ms: u64) {
 }
 
 /// A membership change through whichever member leads, retried while leadership moves.
-async fn change_membership(
+/// Add or remove a member through the leader, retried until a deadline.
+pub async fn change_membership(
     cluster: &Cluster,
     add: Option<(u64, String)>,
     remove: Option<u64>,
@@ -537,7 +539,8 @@ async fn change_membership(
 }
 
 /// Wait until a (re)started node answers status.
-async fn wait_up(cluster: &Cluster, id: u64) -> anyhow::Result<()> {
+/// Wait until node `id` answers status.
+pub async fn wait_up(cluster: &Cluster, id: u64) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while cluster.status(id).await.is_err() {
         anyhow::ensure!(

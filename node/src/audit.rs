@@ -433,10 +433,21 @@ impl v1::audit_service_server::AuditService for Audit {
         req: Request<v1::ExportRequest>,
     ) -> Result<Response<Self::ExportStream>, Status> {
         let r = req.into_inner();
-        let head = self.ctx.head_rx.borrow().sequence;
+        let mut head_rx = self.ctx.head_rx.clone();
+        let mut head = head_rx.borrow_and_update().sequence;
+        if r.follow && r.from_sequence > head + 1 {
+            // A follower resuming here after another node served it may be ahead of this
+            // node for a moment: give this node a few seconds to catch up.
+            let want = r.from_sequence - 1;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                head_rx.wait_for(|h| h.sequence >= want),
+            )
+            .await;
+            head = head_rx.borrow_and_update().sequence;
+        }
         let f = Filter::parse(&r, head)?;
         let reader = self.ctx.reader.clone();
-        let mut head_rx = self.ctx.head_rx.clone();
         // Where to begin: the first record in the time range, and the hash before it.
         let (start, prev) = {
             let (rd, f2) = (reader.clone(), f.clone());

@@ -58,6 +58,10 @@ pub enum AuditCmd {
         /// Pass even if no signed checkpoint covers the records (a fresh cluster).
         #[arg(long)]
         allow_unsigned: bool,
+        /// A filtered export (--type, --client, ...): accept gaps between sequences, checking
+        /// each record's own link. Without it a missing record fails.
+        #[arg(long)]
+        partial: bool,
     },
 }
 
@@ -424,6 +428,7 @@ pub async fn run(cmd: AuditCmd) -> anyhow::Result<()> {
             target,
             expect_head,
             allow_unsigned,
+            partial,
         } => {
             let bundle = match bundle {
                 Some(b) => b,
@@ -441,7 +446,7 @@ pub async fn run(cmd: AuditCmd) -> anyhow::Result<()> {
                 ))
             };
             let started = Instant::now();
-            let report = verify(input, &roots)?;
+            let report = verify(input, &roots, partial)?;
             let secs = started.elapsed().as_secs_f64();
             match report.broken {
                 Some(b) => {
@@ -689,13 +694,20 @@ fn audit_key(
 const VERIFY_BATCH: usize = 4096;
 
 /// Verify an export read from `input` against `roots`.
-pub fn verify(input: Box<dyn BufRead>, roots: &[Vec<u8>]) -> anyhow::Result<Report> {
+pub fn verify(
+    input: Box<dyn BufRead>,
+    roots: &[Vec<u8>],
+    partial: bool,
+) -> anyhow::Result<Report> {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
         .clamp(1, 8);
     let mut report = Report::default();
-    let mut state = Chain::default();
+    let mut state = Chain {
+        partial,
+        ..Chain::default()
+    };
     let mut lines = input.lines();
     let mut line_no = 0u64;
     loop {
@@ -757,6 +769,8 @@ pub fn verify(input: Box<dyn BufRead>, roots: &[Vec<u8>]) -> anyhow::Result<Repo
 /// The in-order part of verification.
 #[derive(Default)]
 struct Chain {
+    /// Gaps between sequences are allowed (a filtered export).
+    partial: bool,
     last: Option<(u64, Hash32)>,
     /// Chain hashes seen since the last verified checkpoint, for the next one to name.
     hashes: HashMap<u64, Hash32>,
@@ -785,8 +799,17 @@ impl Chain {
                             "its prev_hash is not the hash of record {seq}: a record before it was removed, added or changed"
                         )));
                     }
-                } else {
+                } else if self.partial {
                     report.gaps += 1;
+                } else {
+                    let missing = if c.sequence == seq + 2 {
+                        format!("record {} is missing", seq + 1)
+                    } else {
+                        format!("records {} to {} are missing", seq + 1, c.sequence - 1)
+                    };
+                    return Err(at(format!(
+                        "it follows sequence {seq}: {missing} (verify a filtered export with --partial)"
+                    )));
                 }
             }
         }

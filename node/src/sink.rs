@@ -44,7 +44,7 @@ pub struct SinkConfig {
     /// Names the cursor file; letters, digits, '-' and '_'.
     pub name: String,
     pub kind: SinkKind,
-    /// File sinks: where the lines go.
+    /// File sinks: where the lines go (relative to the node's data_dir unless absolute).
     #[serde(default)]
     pub path: Option<PathBuf>,
     /// File sinks: rotate at this size.
@@ -256,12 +256,17 @@ fn lines(
 /// Run one sink until shutdown.
 pub async fn run(
     ctx: Arc<Ctx>,
-    cfg: SinkConfig,
+    mut cfg: SinkConfig,
     data_dir: PathBuf,
     gate: Arc<crate::sink::Gate>,
     stats: Arc<SinkStats>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    if let Some(p) = cfg.path.as_mut() {
+        if p.is_relative() {
+            *p = data_dir.join(&*p);
+        }
+    }
     let mut head_rx = ctx.head_rx.clone();
     let mut acked = match read_cursor(&data_dir, &cfg.name) {
         Ok(c) => c,
@@ -278,18 +283,23 @@ pub async fn run(
         }
     };
     let mut failures = 0u32;
-    loop {
-        let head = head_rx.borrow_and_update().sequence;
+    // How far behind the sink is, for the metrics and the write gate: on every turn and on
+    // every new record while a delivery waits to be retried.
+    let judge = |head: u64, acked: u64| {
         let lag = head.saturating_sub(acked);
         stats.set(&cfg.name, acked, lag);
         let behind = lag > cfg.max_lag_records;
-        if behind {
-            tracing::warn!(sink = %cfg.name, lag, max = cfg.max_lag_records, "audit sink is behind");
-        }
         gate.set(
             &cfg.name,
             (behind && cfg.on_lag == OnLag::RefuseWrites).then_some(lag),
         );
+        behind.then_some(lag)
+    };
+    loop {
+        let head = head_rx.borrow_and_update().sequence;
+        if let Some(lag) = judge(head, acked) {
+            tracing::warn!(sink = %cfg.name, lag, max = cfg.max_lag_records, "audit sink is behind");
+        }
         if acked >= head {
             tokio::select! {
                 r = head_rx.changed() => if r.is_err() { return },
@@ -318,7 +328,7 @@ pub async fn run(
             }
         };
         let delivered = tokio::select! {
-            r = out.deliver(&cfg, &body, from, last) => r,
+            r = out.deliver(ctx.node_id, &cfg, &body, from, last) => r,
             _ = shutdown.wait_for(|s| *s) => return,
         };
         match delivered {
@@ -336,9 +346,18 @@ pub async fn run(
                 failures += 1;
                 let wait = Duration::from_millis(200 * 2u64.pow(failures.min(6)));
                 tracing::warn!(sink = %cfg.name, error = format!("{e:#}"), failures, retry_in_ms = wait.as_millis() as u64, "audit sink delivery failed");
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = shutdown.wait_for(|s| *s) => return,
+                let retry = tokio::time::Instant::now() + wait;
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(retry) => break,
+                        r = head_rx.changed() => {
+                            if r.is_err() {
+                                return;
+                            }
+                            judge(head_rx.borrow_and_update().sequence, acked);
+                        }
+                        _ = shutdown.wait_for(|s| *s) => return,
+                    }
                 }
             }
         }
@@ -400,6 +419,7 @@ impl Output {
 
     async fn deliver(
         &mut self,
+        node_id: u64,
         cfg: &SinkConfig,
         body: &[u8],
         first: u64,
@@ -424,8 +444,8 @@ impl Output {
                     cfg.url.as_deref().unwrap_or_default(),
                     tls.clone(),
                     body,
-                    first,
-                    last,
+                    (first, last),
+                    node_id,
                 )
                 .await
             }
@@ -459,14 +479,15 @@ async fn rotate(path: &Path, keep: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One POST of a batch; `Ok` only on a 2xx answer. A new connection per batch: batches are
+/// One POST of a batch, saying which sequences it carries and which node sent it; `Ok` only
+/// on a 2xx answer. A new connection per batch: batches are
 /// large and a webhook behind a load balancer may move.
 async fn post(
     url: &str,
     tls: Option<Arc<rustls::ClientConfig>>,
     body: &[u8],
-    first: u64,
-    last: u64,
+    (first, last): (u64, u64),
+    node_id: u64,
 ) -> anyhow::Result<()> {
     use http_body_util::{BodyExt, Full};
     let (_, host, port, path) = split_url(url).map_err(anyhow::Error::msg)?;
@@ -475,6 +496,7 @@ async fn post(
         .header(http::header::CONTENT_TYPE, "application/x-ndjson")
         .header("x-authsec-sequence-first", first)
         .header("x-authsec-sequence-last", last)
+        .header("x-authsec-node", node_id)
         .body(Full::new(bytes_of(body)))?;
     let work = async {
         let tcp = tokio::net::TcpStream::connect((host.as_str(), port))

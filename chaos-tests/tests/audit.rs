@@ -1,0 +1,970 @@
+//! Issue 9's acceptance: the audit export of a three-node cluster with snapshots and log
+//! compaction on, after 10,000 mixed operations (clients, roles, entries, access tokens,
+//! X.509- and JWT-SVIDs, revocations, failed client authentications):
+//!
+//! - `authsec audit export` from each node gives the same bytes (same head hash), and
+//!   `authsec audit verify` passes; a changed byte fails verify at that record;
+//! - a node wiped and rejoined through a snapshot exports the same full history;
+//! - every token and SVID the clients got is in the export (counts equal), and every failed
+//!   authentication is counted;
+//! - follow mode delivers a new record within a second, and a follower whose node dies resumes
+//!   on another with nothing missed and nothing repeated;
+//! - no secret the test created (client secrets, tokens, private keys) is anywhere in it;
+//! - export needs `authsec.admin:audit.read`; bad filters are INVALID_ARGUMENT with a reason.
+//!
+//! And the sinks: a webhook that fails at first still receives every record (at least once),
+//! a rotating file sink holds exactly the export, and a lagging `refuse_writes` sink holds
+//! admin writes back until it catches up.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+use authsec_api::v1;
+use authsec_chaos_tests::oauth::{claims, Admin};
+use authsec_chaos_tests::runner::{change_membership, wait_up};
+use authsec_chaos_tests::{authsec_bin, init_test_tracing, Cluster, Options, TRUST_DOMAIN};
+use base64::Engine;
+use serde_json::Value;
+use tonic::transport::Channel;
+
+const T: Duration = Duration::from_secs(60);
+const OPS: u64 = 10_000;
+const WORKERS: u64 = 12;
+
+fn cli(addr: &str, admin: &Path, args: &[&str]) -> anyhow::Result<Output> {
+    Ok(Command::new(authsec_bin()?)
+        .args(args)
+        .args(["--endpoint", addr])
+        .arg("--admin-dir")
+        .arg(admin)
+        .output()?)
+}
+
+fn ok(out: &Output) -> anyhow::Result<String> {
+    anyhow::ensure!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout.clone())?)
+}
+
+/// `authsec audit export` from node `id` into `file`.
+fn export_to(c: &Cluster, id: u64, file: &Path) -> anyhow::Result<()> {
+    let out = Command::new(authsec_bin()?)
+        .args(["audit", "export", "--endpoint", &c.addr(id)?])
+        .arg("--admin-dir")
+        .arg(c.admin_dir())
+        .stdout(std::fs::File::create(file)?)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "export from node {id}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+fn verify(c: &Cluster, file: &Path) -> anyhow::Result<Output> {
+    Ok(Command::new(authsec_bin()?)
+        .args(["audit", "verify"])
+        .arg(file)
+        .arg("--admin-dir")
+        .arg(c.admin_dir())
+        .output()?)
+}
+
+async fn head(c: &Cluster, id: u64) -> anyhow::Result<v1::AuditHeadResponse> {
+    Ok(
+        v1::audit_service_client::AuditServiceClient::new(c.channel(id).await?)
+            .head(v1::AuditHeadRequest {})
+            .await?
+            .into_inner(),
+    )
+}
+
+/// Wait until every node in `ids` has the same head and a checkpoint covers it (the record
+/// after a checkpoint is that checkpoint's own).
+async fn wait_signed(c: &Cluster, ids: &[u64]) -> anyhow::Result<v1::AuditHeadResponse> {
+    let deadline = Instant::now() + T;
+    loop {
+        let mut heads = Vec::new();
+        for &id in ids {
+            heads.push(head(c, id).await?);
+        }
+        let same = heads.windows(2).all(|w| w[0].head_hash == w[1].head_hash);
+        let h = &heads[0];
+        if same && h.checkpoint_sequence + 1 >= h.head_sequence && h.checkpoint_sequence > 0 {
+            return Ok(h.clone());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no common signed head: {heads:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Records of an export file: the lines as JSON.
+fn lines(file: &Path) -> anyhow::Result<Vec<Value>> {
+    std::fs::read_to_string(file)?
+        .lines()
+        .map(|l| Ok(serde_json::from_str(l)?))
+        .collect()
+}
+
+/// Credentials recorded by kind, and failed authentications counted, in an export.
+fn recorded(lines: &[Value]) -> (BTreeMap<String, u64>, u64) {
+    let mut kinds = BTreeMap::new();
+    let mut failures = 0;
+    for l in lines {
+        if l["kind"] == "credential.issued" {
+            for i in l["event"]["IssuancesRecorded"]["issuances"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                *kinds
+                    .entry(i["kind"].as_str().unwrap_or("?").to_owned())
+                    .or_default() += 1;
+            }
+        }
+        if l["kind"] == "auth.failed" {
+            for f in l["event"]["AuthFailuresRecorded"]["failures"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                failures += f["count"].as_u64().unwrap_or(0);
+            }
+        }
+    }
+    (kinds, failures)
+}
+
+/// What the clients got and did.
+#[derive(Debug, Default)]
+struct Tally {
+    tokens: AtomicU64,
+    x509: AtomicU64,
+    jwt_svids: AtomicU64,
+    failures: AtomicU64,
+    writes: AtomicU64,
+    /// Every secret the test saw: client secrets, tokens, private keys.
+    secrets: Mutex<Vec<String>>,
+}
+
+impl Tally {
+    fn secret(&self, s: impl Into<String>) {
+        self.secrets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(s.into());
+    }
+}
+
+struct Worker {
+    id: u64,
+    channels: Vec<Channel>,
+    oauth: Vec<String>,
+    https: authsec_chaos_tests::oauth::Https,
+    tally: Arc<Tally>,
+    clients: Vec<(String, String)>,
+    entries: Vec<String>,
+    tokens: Vec<(String, u64)>,
+}
+
+impl Worker {
+    async fn create_client(&mut self, via: usize, name: String) -> anyhow::Result<()> {
+        let r = v1::client_service_client::ClientServiceClient::new(self.channels[via].clone())
+            .create_client(v1::CreateClientRequest {
+                client_id: name.clone(),
+                kind: v1::ClientKind::Service as i32,
+                allowed_scopes: vec!["orders:read".into()],
+                default_audience: "orders".into(),
+                generate_secret: true,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        self.tally.secret(r.client_secret.clone());
+        self.clients.push((name, r.client_secret));
+        Ok(())
+    }
+
+    async fn create_entry(&mut self, via: usize, i: u64) -> anyhow::Result<()> {
+        let r = v1::entry_service_client::EntryServiceClient::new(self.channels[via].clone())
+            .create_entry(v1::CreateEntryRequest {
+                spiffe_id: format!("spiffe://{TRUST_DOMAIN}/svc/{i}"),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        self.entries
+            .push(r.entry.map(|e| e.entry_id).context("entry")?);
+        Ok(())
+    }
+
+    async fn op(&mut self, i: u64) -> anyhow::Result<()> {
+        let via = (i % 3) as usize;
+        let pick = (i / WORKERS) as usize;
+        match i % 10 {
+            0 => self.create_client(via, format!("w{}-c{i}", self.id)).await?,
+            1 => {
+                v1::role_service_client::RoleServiceClient::new(self.channels[via].clone())
+                    .create_role(v1::CreateRoleRequest {
+                        name: format!("r{i}"),
+                        permissions: vec!["orders:read".into()],
+                        ..Default::default()
+                    })
+                    .await?;
+            }
+            2 => self.create_entry(via, i).await?,
+            3..=5 => {
+                let (id, secret) = self.clients[pick % self.clients.len()].clone();
+                let r = self
+                    .https
+                    .client_credentials(&self.oauth[via], &id, &secret, &[])
+                    .await?;
+                anyhow::ensure!(r.status == 200, "token: {r:?}");
+                let token = r.json()?["access_token"]
+                    .as_str()
+                    .context("access_token")?
+                    .to_owned();
+                let c = claims(&token)?;
+                self.tokens.push((
+                    c["jti"].as_str().context("jti")?.to_owned(),
+                    c["exp"].as_u64().context("exp")? * 1000,
+                ));
+                self.tally.tokens.fetch_add(1, Ordering::Relaxed);
+                self.tally.secret(token);
+                return Ok(());
+            }
+            6 => {
+                let key = rcgen::KeyPair::generate()?;
+                let csr = rcgen::CertificateParams::default().serialize_request(&key)?;
+                let entry = self.entries[pick % self.entries.len()].clone();
+                v1::svid_service_client::SvidServiceClient::new(self.channels[via].clone())
+                    .mint_x509_svid(v1::MintX509SvidRequest {
+                        entry_id: entry,
+                        csr_der: csr.der().to_vec(),
+                        ttl_seconds: 0,
+                    })
+                    .await?;
+                self.tally.x509.fetch_add(1, Ordering::Relaxed);
+                self.tally.secret(key.serialize_pem());
+                return Ok(());
+            }
+            7 => {
+                if let Some((jti, exp)) = self.tokens.pop() {
+                    v1::revocation_service_client::RevocationServiceClient::new(
+                        self.channels[via].clone(),
+                    )
+                    .revoke(v1::RevokeRequest {
+                        target: Some(v1::revoke_request::Target::Token(v1::TokenRef {
+                            jti,
+                            expires_at_ms: exp,
+                        })),
+                    })
+                    .await?;
+                } else {
+                    self.create_client(via, format!("w{}-c{i}", self.id)).await?;
+                }
+            }
+            8 => {
+                let (id, _) = self.clients[pick % self.clients.len()].clone();
+                let wrong = format!("as_cs_wrong{i}");
+                let r = self
+                    .https
+                    .client_credentials(&self.oauth[via], &id, &wrong, &[])
+                    .await?;
+                anyhow::ensure!(
+                    r.status == 401 || r.status == 429,
+                    "a wrong secret: {r:?}"
+                );
+                self.tally.failures.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+            _ => {
+                let entry = self.entries[pick % self.entries.len()].clone();
+                let r = v1::svid_service_client::SvidServiceClient::new(self.channels[via].clone())
+                    .mint_jwt_svid(v1::MintJwtSvidRequest {
+                        entry_id: entry,
+                        audience: vec!["orders".into()],
+                        ttl_seconds: 0,
+                    })
+                    .await?
+                    .into_inner();
+                self.tally.jwt_svids.fetch_add(1, Ordering::Relaxed);
+                self.tally.secret(r.token);
+                return Ok(());
+            }
+        }
+        self.tally.writes.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// Run the mixed workload; returns the tally.
+async fn workload(c: &Cluster) -> anyhow::Result<Arc<Tally>> {
+    let tally = Arc::new(Tally::default());
+    let mut channels = Vec::new();
+    let mut oauth = Vec::new();
+    for id in 1..=3 {
+        channels.push(c.channel(id).await?);
+        oauth.push(c.oauth_addr(id)?);
+    }
+    let mut tasks = Vec::new();
+    for w in 0..WORKERS {
+        let mut worker = Worker {
+            id: w,
+            channels: channels.clone(),
+            oauth: oauth.clone(),
+            https: c.https()?,
+            tally: tally.clone(),
+            clients: Vec::new(),
+            entries: Vec::new(),
+            tokens: Vec::new(),
+        };
+        tasks.push(tokio::spawn(async move {
+            // Each worker's first client and entry (two of its operations).
+            worker
+                .create_client(w as usize % 3, format!("w{w}-base"))
+                .await?;
+            worker.create_entry(w as usize % 3, 1_000_000 + w).await?;
+            worker.tally.writes.fetch_add(2, Ordering::Relaxed);
+            let mut i = w + 2 * WORKERS;
+            while i < OPS {
+                worker
+                    .op(i)
+                    .await
+                    .with_context(|| format!("operation {i}"))?;
+                i += WORKERS;
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(tally)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn export_is_complete_identical_verifiable_and_secret_free() -> anyhow::Result<()> {
+    init_test_tracing();
+    let mut c = Cluster::start(
+        3,
+        Options {
+            snapshot_logs_since_last: 300,
+            max_in_snapshot_log_to_keep: 30,
+            // Every client here calls from 127.0.0.1: the per-source lockout would refuse the
+            // good calls after the deliberate failures.
+            oauth_extra: "auth_failures_per_minute = 1000000\n".into(),
+            extra_toml: "[audit]\ncheckpoint_records = 1000\ncheckpoint_interval_s = 2\nfailure_interval_s = 1\n".into(),
+            ..Options::default()
+        },
+    )?;
+    c.wait_issuing(&[1, 2, 3], T).await?;
+    let dir = tempfile::tempdir()?;
+
+    // 10,000 mixed operations.
+    let started = Instant::now();
+    let tally = workload(&c).await?;
+    let (tokens, x509, jwts, failures) = (
+        tally.tokens.load(Ordering::Relaxed),
+        tally.x509.load(Ordering::Relaxed),
+        tally.jwt_svids.load(Ordering::Relaxed),
+        tally.failures.load(Ordering::Relaxed),
+    );
+    let total = tokens + x509 + jwts + failures + tally.writes.load(Ordering::Relaxed);
+    assert_eq!(total, OPS, "the workload ran every operation");
+    tracing::info!(
+        secs = started.elapsed().as_secs_f64(),
+        tokens,
+        x509,
+        jwts,
+        failures,
+        "phase: 10,000 operations done"
+    );
+
+    // The issuance outboxes and the failure windows drain into the log; then every node
+    // holds the same chain, signed to its head.
+    let deadline = Instant::now() + T;
+    let f1 = dir.path().join("node1.jsonl");
+    loop {
+        export_to(&c, 1, &f1)?;
+        let (kinds, failed) = recorded(&lines(&f1)?);
+        let got = (
+            kinds.get("AccessToken").copied().unwrap_or(0),
+            kinds.get("X509Svid").copied().unwrap_or(0),
+            kinds.get("JwtSvid").copied().unwrap_or(0),
+            failed,
+        );
+        if got == (tokens, x509, jwts, failures) {
+            tracing::info!(?got, "every credential and failure is in the export");
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the export records (tokens, x509, jwt, failures) = {got:?}, the clients saw {:?}",
+            (tokens, x509, jwts, failures)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let signed = wait_signed(&c, &[1, 2, 3]).await?;
+    let statuses = c.wait_converged(&[1, 2, 3], 0, T).await?;
+    assert!(
+        statuses.iter().any(|s| s.purged_index > 0 && s.snapshot_index > 0),
+        "snapshots and log compaction ran: {statuses:?}"
+    );
+
+    // The same bytes from every node.
+    let mut files = Vec::new();
+    for id in 1..=3 {
+        let f = dir.path().join(format!("node{id}.jsonl"));
+        export_to(&c, id, &f)?;
+        files.push(std::fs::read(&f)?);
+    }
+    assert!(
+        files.windows(2).all(|w| w[0] == w[1]),
+        "every node exports the same bytes"
+    );
+    let all = lines(&f1)?;
+    let last = all.last().context("records")?;
+    assert_eq!(last["hash"], signed.head_hash, "the export ends at the head");
+    assert_eq!(last["sequence"], signed.head_sequence);
+    tracing::info!(
+        records = all.len(),
+        head = %signed.head_hash,
+        "phase: three identical exports"
+    );
+
+    // verify passes...
+    let out = verify(&c, &f1)?;
+    let report = ok(&out)?;
+    assert!(report.starts_with("ok: "), "{report}");
+    tracing::info!(report = report.trim(), "phase: verify passed");
+
+    // ...and fails at the record whose line changed: in the hashed bytes, in the readable
+    // part, or by a line removed.
+    let text = std::fs::read_to_string(&f1)?;
+    let original: Vec<&str> = text.lines().collect();
+    let n = original.len() / 2;
+    let seq = all[n]["sequence"].as_u64().context("sequence")?;
+    let tampered = |f: &dyn Fn(&str) -> String, name: &str| -> anyhow::Result<String> {
+        let mut ls: Vec<String> = original.iter().map(|s| s.to_string()).collect();
+        ls[n] = f(&ls[n]);
+        let path = dir.path().join(name);
+        std::fs::write(&path, ls.join("\n") + "\n")?;
+        let out = verify(&c, &path)?;
+        anyhow::ensure!(!out.status.success(), "{name}: verify passed a changed file");
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let flip = |line: &str, at: usize| -> String {
+        let mut b = line.as_bytes().to_vec();
+        b[at] = if b[at] == b'A' { b'B' } else { b'A' };
+        String::from_utf8_lossy(&b).into_owned()
+    };
+    let in_bytes = tampered(
+        &|l: &str| flip(l, l.find("\"record_bytes\":\"").unwrap_or(0) + 20),
+        "bytes.jsonl",
+    )?;
+    assert!(
+        in_bytes.contains(&format!("record {seq} ")),
+        "names record {seq}: {in_bytes}"
+    );
+    let in_text = tampered(
+        &|l: &str| flip(l, l.find("\"subject\":\"").unwrap_or(0) + 11),
+        "text.jsonl",
+    )?;
+    assert!(
+        in_text.contains(&format!("record {seq} ")),
+        "names record {seq}: {in_text}"
+    );
+    let removed = {
+        let mut ls: Vec<&str> = original.clone();
+        ls.remove(n);
+        let path = dir.path().join("removed.jsonl");
+        std::fs::write(&path, ls.join("\n") + "\n")?;
+        String::from_utf8_lossy(&verify(&c, &path)?.stdout).into_owned()
+    };
+    assert!(
+        removed.contains(&format!("record {} ", seq + 1)),
+        "names the record after the gap: {removed}"
+    );
+    tracing::info!(in_bytes = in_bytes.trim(), in_text = in_text.trim(), removed = removed.trim(), "phase: changed files fail");
+
+    // No secret anywhere: not in the text, not in the hashed bytes.
+    let mut haystack = text.clone().into_bytes();
+    for l in &all {
+        haystack.extend(
+            base64::engine::general_purpose::STANDARD
+                .decode(l["record_bytes"].as_str().unwrap_or(""))?,
+        );
+    }
+    let mut secrets = tally
+        .secrets
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    secrets.push(std::fs::read_to_string(c.admin_dir().join("admin.key"))?);
+    secrets.push(hex::encode(std::fs::read(c.kek_file())?));
+    // The whole secret, and for PEM keys each base64 body line (a key's bytes in any
+    // encoding of the export would show one).
+    let mut needles: Vec<&str> = Vec::new();
+    for s in &secrets {
+        needles.push(s.trim());
+        if s.contains("-----BEGIN") {
+            needles.extend(s.lines().filter(|l| !l.starts_with("-----") && l.len() >= 40));
+        }
+    }
+    assert!(
+        find_any(&haystack, &[signed.head_hash.as_str()]).is_some(),
+        "the search finds what is there"
+    );
+    if let Some(found) = find_any(&haystack, &needles) {
+        panic!("a secret is in the export: {}…", &found[..found.len().min(12)]);
+    }
+    let needles = needles.len();
+    tracing::info!(secrets = secrets.len(), needles, "phase: no secret in the export");
+
+    // A node wiped and rejoined through a snapshot exports the same full history.
+    let target = 3;
+    change_membership(&c, None, Some(target)).await?;
+    c.kill9(target)?;
+    c.wipe(target)?;
+    c.unbootstrap(target);
+    c.prepare(target, None)?;
+    c.spawn(target)?;
+    wait_up(&c, target).await?;
+    change_membership(&c, Some((target, c.addr(target)?)), None).await?;
+    let deadline = Instant::now() + T;
+    loop {
+        let s = c.status(target).await?;
+        if s.snapshot_index > 0 && s.applied_index > 0 {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "node {target} holds no snapshot: {s:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_signed(&c, &[1, 2, 3]).await?;
+    let (a, b) = (dir.path().join("after1.jsonl"), dir.path().join("after3.jsonl"));
+    export_to(&c, 1, &a)?;
+    export_to(&c, target, &b)?;
+    let (after1, after3) = (std::fs::read(&a)?, std::fs::read(&b)?);
+    assert_eq!(after1, after3, "the rejoined node exports the same history");
+    assert!(
+        after3.starts_with(&files[0]),
+        "and it begins with the history exported before the wipe"
+    );
+    assert!(ok(&verify(&c, &b)?)?.starts_with("ok: "));
+    tracing::info!(bytes = after3.len(), "phase: the rejoined node exports the same history");
+
+    // Follow: a new record within a second; a follower whose node dies resumes elsewhere.
+    follow_and_resume(&mut c).await?;
+
+    // Export needs audit.read; bad input is INVALID_ARGUMENT with a reason.
+    permissions_and_bad_input(&c, dir.path()).await?;
+    Ok(())
+}
+
+/// The first of `needles` (each at least `K` bytes) that occurs in `hay`: every needle's
+/// first `K` bytes in a set, one pass over the haystack's windows.
+fn find_any<'a>(hay: &[u8], needles: &[&'a str]) -> Option<&'a str> {
+    const K: usize = 16;
+    let mut by_prefix: std::collections::HashMap<&[u8], Vec<&'a str>> = Default::default();
+    for n in needles {
+        assert!(n.len() >= K, "a secret shorter than {K} bytes: {n:?}");
+        by_prefix.entry(&n.as_bytes()[..K]).or_default().push(n);
+    }
+    for (i, w) in hay.windows(K).enumerate() {
+        if let Some(ns) = by_prefix.get(w) {
+            if let Some(n) = ns.iter().find(|n| hay[i..].starts_with(n.as_bytes())) {
+                return Some(n);
+            }
+        }
+    }
+    None
+}
+
+async fn follow_and_resume(c: &mut Cluster) -> anyhow::Result<()> {
+    let h = head(c, 1).await?.head_sequence;
+    let eps = format!("{},{},{}", c.addr(1)?, c.addr(2)?, c.addr(3)?);
+    let mut child = Command::new(authsec_bin()?)
+        .args(["audit", "export", "--follow", "--endpoint", &eps])
+        .args(["--from-seq", &(h + 1).to_string()])
+        .arg("--admin-dir")
+        .arg(c.admin_dir())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = child.stdout.take().context("stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel::<(Instant, Value)>();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&l) {
+                if tx.send((Instant::now(), v)).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let result = async {
+        let mut got: Vec<Value> = Vec::new();
+        let mut wait_for = |subject: &str, deadline: Instant| -> anyhow::Result<Instant> {
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let (at, v) = rx
+                    .recv_timeout(left)
+                    .map_err(|_| anyhow!("{subject} never reached the follower"))?;
+                let hit = v["subject"] == subject;
+                got.push(v);
+                if hit {
+                    return Ok(at);
+                }
+            }
+        };
+        // Latency of a new record, measured three times.
+        for k in 0..3 {
+            let name = format!("follow-{k}");
+            let sent = Instant::now();
+            Admin(c).role(&name, &["orders:read"]).await?;
+            let at = wait_for(&format!("role:{name}"), Instant::now() + Duration::from_secs(10))?;
+            let latency = at.duration_since(sent);
+            tracing::info!(ms = latency.as_millis() as u64, "follow latency");
+            anyhow::ensure!(
+                latency < Duration::from_secs(1),
+                "a record reached the follower after {latency:?}"
+            );
+        }
+        // The follower is on node 1 (the first endpoint): kill it, write elsewhere, and the
+        // follower resumes from node 2 with its last sequence.
+        c.kill9(1)?;
+        let leader = c.wait_leader(&[2, 3], T).await?;
+        let mut roles =
+            v1::role_service_client::RoleServiceClient::new(c.channel(leader).await?);
+        for k in 0..20 {
+            roles
+                .create_role(v1::CreateRoleRequest {
+                    name: format!("after-kill-{k}"),
+                    permissions: vec!["orders:read".into()],
+                    ..Default::default()
+                })
+                .await?;
+        }
+        wait_for("role:after-kill-19", Instant::now() + T)?;
+        let seqs: Vec<u64> = got.iter().filter_map(|v| v["sequence"].as_u64()).collect();
+        let want: Vec<u64> = (h + 1..=*seqs.last().context("records")?).collect();
+        anyhow::ensure!(
+            seqs == want,
+            "the follower got {} records from {} to {}, with gaps or repeats",
+            seqs.len(),
+            h + 1,
+            seqs.last().copied().unwrap_or(0)
+        );
+        tracing::info!(records = seqs.len(), "phase: follow resumed without gaps or repeats");
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    result?;
+    c.spawn(1)?;
+    wait_up(c, 1).await?;
+    Ok(())
+}
+
+async fn permissions_and_bad_input(c: &Cluster, dir: &Path) -> anyhow::Result<()> {
+    let addr = c.addr(2)?;
+    let admin = c.admin_dir();
+    let auditor = dir.join("auditor");
+    ok(&cli(&addr, &admin, &["admin", "issue", "--name", "auditor", "--out", auditor.to_str().context("path")?])?)?;
+    let out = cli(&addr, &auditor, &["audit", "export", "--to-seq", "5"])?;
+    assert_eq!(out.status.code(), Some(6), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("PERMISSION_DENIED") && err.contains("authsec.admin:audit.read"),
+        "{err}"
+    );
+    let mut roles = v1::role_service_client::RoleServiceClient::new(c.channel(2).await?);
+    roles
+        .create_role(v1::CreateRoleRequest {
+            name: "auditor".into(),
+            permissions: vec!["authsec.admin:audit.read".into()],
+            ..Default::default()
+        })
+        .await?;
+    roles
+        .bind(v1::Binding {
+            role: "auditor".into(),
+            subject: format!("spiffe://{TRUST_DOMAIN}/authsec/admin/auditor"),
+        })
+        .await?;
+    let out = ok(&cli(&addr, &auditor, &["audit", "export", "--to-seq", "5"])?)?;
+    assert_eq!(out.lines().count(), 5, "the auditor exports: {out}");
+
+    for (args, code, want) in [
+        (vec!["--type", "nosuch.*"], 2, "matches no record type"),
+        (vec!["--type", "Bad Type"], 2, "not a record type pattern"),
+        (vec!["--from-seq", "99999999"], 2, "past the archive's head"),
+        (vec!["--from-seq", "10", "--to-seq", "5"], 2, "before from_sequence"),
+        (vec!["--since", "1h", "--until", "2h"], 2, "ends"),
+        (vec!["--client", "not a client!"], 2, "client_id"),
+        (vec!["--spiffe-id", "http://x"], 2, "spiffe_id"),
+        (vec!["--since", "yesterday"], 1, "is not a time"),
+    ] {
+        let mut a = vec!["audit", "export"];
+        a.extend(args.iter().copied());
+        let out = cli(&addr, &admin, &a)?;
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+        if code == 2 {
+            assert!(err.contains("INVALID_ARGUMENT"), "{args:?}: {err}");
+        }
+        assert!(out.stdout.is_empty(), "{args:?} wrote records");
+    }
+    // A filter that matches: only those records, each with its own link.
+    let out = ok(&cli(&addr, &admin, &["audit", "export", "--type", "role.*", "--format", "csv"])?)?;
+    let rows: Vec<&str> = out.lines().collect();
+    assert!(rows[0].starts_with("sequence,time,kind"), "{out}");
+    assert!(rows.len() > 1000, "role records: {}", rows.len());
+    assert!(rows[1..].iter().all(|r| r.split(',').nth(2).is_some_and(|k| k.starts_with("role."))));
+    Ok(())
+}
+
+/// A tiny HTTP/1.1 receiver: each POST body's lines, by the sending node; answers 500 while
+/// `failing` (and to the first `fail_first` requests), else 200.
+#[derive(Default)]
+struct Receiver {
+    lines: Mutex<BTreeMap<u64, Vec<String>>>,
+    requests: AtomicU64,
+    fail_first: u64,
+    failing: AtomicBool,
+}
+
+async fn serve(r: Arc<Receiver>) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = l.local_addr()?.to_string();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let r = r.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 65536];
+                let (head_end, len) = loop {
+                    let n = match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..i]).to_ascii_lowercase();
+                        let len = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        break (i + 4, len);
+                    }
+                };
+                while buf.len() < head_end + len {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                let node = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("x-authsec-node:"))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .unwrap_or(0);
+                let n = r.requests.fetch_add(1, Ordering::SeqCst);
+                let fail = n < r.fail_first || r.failing.load(Ordering::SeqCst);
+                if !fail {
+                    let body = String::from_utf8_lossy(&buf[head_end..head_end + len]).into_owned();
+                    r.lines
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .entry(node)
+                        .or_default()
+                        .extend(body.lines().map(str::to_owned));
+                }
+                let status = if fail { "500 Internal Server Error" } else { "200 OK" };
+                let _ = s
+                    .write_all(
+                        format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                            .as_bytes(),
+                    )
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sinks_receive_every_record_and_a_lagging_required_sink_holds_writes() -> anyhow::Result<()> {
+    init_test_tracing();
+    let siem = Arc::new(Receiver {
+        fail_first: 3,
+        ..Default::default()
+    });
+    let strict = Arc::new(Receiver::default());
+    strict.failing.store(true, Ordering::SeqCst);
+    let (siem_addr, strict_addr) = (serve(siem.clone()).await?, serve(strict.clone()).await?);
+    let toml = format!(
+        r#"
+[audit]
+checkpoint_interval_s = 1
+
+[[audit.sinks]]
+name = "siem"
+kind = "webhook"
+url = "http://{siem_addr}/ingest"
+batch_records = 100
+
+[[audit.sinks]]
+name = "file"
+kind = "file"
+path = "audit/audit.jsonl"
+max_bytes = 65536
+keep_files = 1000
+
+[[audit.sinks]]
+name = "strict"
+kind = "webhook"
+url = "http://{strict_addr}/ingest"
+max_lag_records = 20
+on_lag = "refuse_writes"
+"#
+    );
+    let c = Cluster::start(
+        3,
+        Options {
+            extra_toml: toml,
+            ..Options::default()
+        },
+    )?;
+    c.wait_issuing(&[1, 2, 3], T).await?;
+
+    // The strict sink is down and behind: admin writes are refused, naming it.
+    let mut roles = v1::role_service_client::RoleServiceClient::new(c.channel(1).await?);
+    let refused = roles
+        .create_role(v1::CreateRoleRequest {
+            name: "held-back".into(),
+            permissions: vec!["orders:read".into()],
+            ..Default::default()
+        })
+        .await
+        .expect_err("a lagging refuse_writes sink holds writes back");
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("audit sink strict"), "{refused:?}");
+    // It comes back: writes are taken again once it caught up.
+    strict.failing.store(false, Ordering::SeqCst);
+    let deadline = Instant::now() + T;
+    loop {
+        match roles
+            .create_role(v1::CreateRoleRequest {
+                name: "held-back".into(),
+                permissions: vec!["orders:read".into()],
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(_) => break,
+            Err(e) if e.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+
+    for k in 0..500 {
+        roles
+            .create_role(v1::CreateRoleRequest {
+                name: format!("s{k}"),
+                permissions: vec!["orders:read".into()],
+                ..Default::default()
+            })
+            .await?;
+    }
+    let h = wait_signed(&c, &[1, 2, 3]).await?;
+    let dir = tempfile::tempdir()?;
+    let export = dir.path().join("export.jsonl");
+    export_to(&c, 1, &export)?;
+    let want: Vec<String> = std::fs::read_to_string(&export)?
+        .lines()
+        .map(str::to_owned)
+        .take(h.head_sequence as usize)
+        .collect();
+
+    // Every node's webhook deliveries hold every record (a failed batch is sent again, so a
+    // line may come twice, never zero times), each line exactly the export's.
+    let deadline = Instant::now() + T;
+    loop {
+        let done = {
+            let got = siem.lines.lock().unwrap_or_else(|p| p.into_inner());
+            (1..=3).all(|node| {
+                got.get(&node).is_some_and(|ls| {
+                    let set: BTreeSet<&String> = ls.iter().collect();
+                    want.iter().all(|w| set.contains(w))
+                })
+            })
+        };
+        if done {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the webhook misses records");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(siem.requests.load(Ordering::SeqCst) > 3, "the first batches failed and were sent again");
+
+    // Each node's file sink, rotated files oldest first, is exactly the export.
+    for node in 1..=3u64 {
+        let base: PathBuf = c.data_dir(node)?.join("audit").join("audit.jsonl");
+        let deadline = Instant::now() + T;
+        loop {
+            let mut numbered: Vec<(u32, PathBuf)> = Vec::new();
+            for e in std::fs::read_dir(base.parent().context("dir")?)? {
+                let p = e?.path();
+                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("").to_owned();
+                if let Some(n) = name.strip_prefix("audit.jsonl.").and_then(|n| n.parse().ok()) {
+                    numbered.push((n, p));
+                }
+            }
+            numbered.sort_by(|a, b| b.0.cmp(&a.0));
+            let mut text = String::new();
+            for (_, p) in &numbered {
+                text += &std::fs::read_to_string(p)?;
+            }
+            text += &std::fs::read_to_string(&base).unwrap_or_default();
+            let got: Vec<&str> = text.lines().take(want.len()).collect();
+            if got.len() == want.len() {
+                assert!(numbered.len() > 1, "node {node}'s file sink rotated");
+                assert_eq!(got, want, "node {node}'s file sink is the export");
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "node {node}'s file sink has {} lines", got.len());
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    // And what a sink wrote verifies like an export.
+    let sink_copy = dir.path().join("sink.jsonl");
+    let mut f = std::fs::File::create(&sink_copy)?;
+    for l in &want {
+        writeln!(f, "{l}")?;
+    }
+    assert!(ok(&verify(&c, &sink_copy)?)?.starts_with("ok: "));
+    Ok(())
+}
