@@ -216,7 +216,10 @@ impl Worker {
         let via = (i % 3) as usize;
         let pick = (i / WORKERS) as usize;
         match i % 10 {
-            0 => self.create_client(via, format!("w{}-c{i}", self.id)).await?,
+            0 => {
+                self.create_client(via, format!("w{}-c{i}", self.id))
+                    .await?
+            }
             1 => {
                 v1::role_service_client::RoleServiceClient::new(self.channels[via].clone())
                     .create_role(v1::CreateRoleRequest {
@@ -275,7 +278,8 @@ impl Worker {
                     })
                     .await?;
                 } else {
-                    self.create_client(via, format!("w{}-c{i}", self.id)).await?;
+                    self.create_client(via, format!("w{}-c{i}", self.id))
+                        .await?;
                 }
             }
             8 => {
@@ -285,10 +289,7 @@ impl Worker {
                     .https
                     .client_credentials(&self.oauth[via], &id, &wrong, &[])
                     .await?;
-                anyhow::ensure!(
-                    r.status == 401 || r.status == 429,
-                    "a wrong secret: {r:?}"
-                );
+                anyhow::ensure!(r.status == 401 || r.status == 429, "a wrong secret: {r:?}");
                 self.tally.failures.fetch_add(1, Ordering::Relaxed);
                 return Ok(());
             }
@@ -422,7 +423,9 @@ async fn export_is_complete_identical_verifiable_and_secret_free() -> anyhow::Re
     let signed = wait_signed(&c, &[1, 2, 3]).await?;
     let statuses = c.wait_converged(&[1, 2, 3], 0, T).await?;
     assert!(
-        statuses.iter().any(|s| s.purged_index > 0 && s.snapshot_index > 0),
+        statuses
+            .iter()
+            .any(|s| s.purged_index > 0 && s.snapshot_index > 0),
         "snapshots and log compaction ran: {statuses:?}"
     );
 
@@ -439,7 +442,10 @@ async fn export_is_complete_identical_verifiable_and_secret_free() -> anyhow::Re
     );
     let all = lines(&f1)?;
     let last = all.last().context("records")?;
-    assert_eq!(last["hash"], signed.head_hash, "the export ends at the head");
+    assert_eq!(
+        last["hash"], signed.head_hash,
+        "the export ends at the head"
+    );
     assert_eq!(last["sequence"], signed.head_sequence);
     tracing::info!(
         records = all.len(),
@@ -465,7 +471,10 @@ async fn export_is_complete_identical_verifiable_and_secret_free() -> anyhow::Re
         let path = dir.path().join(name);
         std::fs::write(&path, ls.join("\n") + "\n")?;
         let out = verify(&c, &path)?;
-        anyhow::ensure!(!out.status.success(), "{name}: verify passed a changed file");
+        anyhow::ensure!(
+            !out.status.success(),
+            "{name}: verify passed a changed file"
+        );
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     };
     let flip = |line: &str, at: usize| -> String {
@@ -500,7 +509,12 @@ async fn export_is_complete_identical_verifiable_and_secret_free() -> anyhow::Re
         removed.contains(&format!("record {} ", seq + 1)),
         "names the record after the gap: {removed}"
     );
-    tracing::info!(in_bytes = in_bytes.trim(), in_text = in_text.trim(), removed = removed.trim(), "phase: changed files fail");
+    tracing::info!(
+        in_bytes = in_bytes.trim(),
+        in_text = in_text.trim(),
+        removed = removed.trim(),
+        "phase: changed files fail"
+    );
 
     // No secret anywhere: not in the text, not in the hashed bytes.
     let mut haystack = text.clone().into_bytes();
@@ -523,7 +537,10 @@ async fn export_is_complete_identical_verifiable_and_secret_free() -> anyhow::Re
     for s in &secrets {
         needles.push(s.trim());
         if s.contains("-----BEGIN") {
-            needles.extend(s.lines().filter(|l| !l.starts_with("-----") && l.len() >= 40));
+            needles.extend(
+                s.lines()
+                    .filter(|l| !l.starts_with("-----") && l.len() >= 40),
+            );
         }
     }
     assert!(
@@ -531,10 +548,17 @@ async fn export_is_complete_identical_verifiable_and_secret_free() -> anyhow::Re
         "the search finds what is there"
     );
     if let Some(found) = find_any(&haystack, &needles) {
-        panic!("a secret is in the export: {}…", &found[..found.len().min(12)]);
+        panic!(
+            "a secret is in the export: {}…",
+            &found[..found.len().min(12)]
+        );
     }
     let needles = needles.len();
-    tracing::info!(secrets = secrets.len(), needles, "phase: no secret in the export");
+    tracing::info!(
+        secrets = secrets.len(),
+        needles,
+        "phase: no secret in the export"
+    );
 
     // A node wiped and rejoined through a snapshot exports the same full history.
     let target = 3;
@@ -552,11 +576,17 @@ async fn export_is_complete_identical_verifiable_and_secret_free() -> anyhow::Re
         if s.snapshot_index > 0 && s.applied_index > 0 {
             break;
         }
-        anyhow::ensure!(Instant::now() < deadline, "node {target} holds no snapshot: {s:?}");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "node {target} holds no snapshot: {s:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     wait_signed(&c, &[1, 2, 3]).await?;
-    let (a, b) = (dir.path().join("after1.jsonl"), dir.path().join("after3.jsonl"));
+    let (a, b) = (
+        dir.path().join("after1.jsonl"),
+        dir.path().join("after3.jsonl"),
+    );
     export_to(&c, 1, &a)?;
     export_to(&c, target, &b)?;
     let (after1, after3) = (std::fs::read(&a)?, std::fs::read(&b)?);
@@ -566,7 +596,10 @@ async fn export_is_complete_identical_verifiable_and_secret_free() -> anyhow::Re
         "and it begins with the history exported before the wipe"
     );
     assert!(ok(&verify(&c, &b)?)?.starts_with("ok: "));
-    tracing::info!(bytes = after3.len(), "phase: the rejoined node exports the same history");
+    tracing::info!(
+        bytes = after3.len(),
+        "phase: the rejoined node exports the same history"
+    );
 
     // Follow: a new record within a second; a follower whose node dies resumes elsewhere.
     follow_and_resume(&mut c).await?;
@@ -609,7 +642,10 @@ async fn follow_and_resume(c: &mut Cluster) -> anyhow::Result<()> {
     let stdout = child.stdout.take().context("stdout")?;
     let (tx, rx) = std::sync::mpsc::channel::<(Instant, Value)>();
     std::thread::spawn(move || {
-        for l in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        for l in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             if let Ok(v) = serde_json::from_str::<Value>(&l) {
                 if tx.send((Instant::now(), v)).is_err() {
                     return;
@@ -637,7 +673,10 @@ async fn follow_and_resume(c: &mut Cluster) -> anyhow::Result<()> {
             let name = format!("follow-{k}");
             let sent = Instant::now();
             Admin(c).role(&name, &["orders:read"]).await?;
-            let at = wait_for(&format!("role:{name}"), Instant::now() + Duration::from_secs(10))?;
+            let at = wait_for(
+                &format!("role:{name}"),
+                Instant::now() + Duration::from_secs(10),
+            )?;
             let latency = at.duration_since(sent);
             tracing::info!(ms = latency.as_millis() as u64, "follow latency");
             anyhow::ensure!(
@@ -649,8 +688,7 @@ async fn follow_and_resume(c: &mut Cluster) -> anyhow::Result<()> {
         // follower resumes from node 2 with its last sequence.
         c.kill9(1)?;
         let leader = c.wait_leader(&[2, 3], T).await?;
-        let mut roles =
-            v1::role_service_client::RoleServiceClient::new(c.channel(leader).await?);
+        let mut roles = v1::role_service_client::RoleServiceClient::new(c.channel(leader).await?);
         for k in 0..20 {
             roles
                 .create_role(v1::CreateRoleRequest {
@@ -670,7 +708,10 @@ async fn follow_and_resume(c: &mut Cluster) -> anyhow::Result<()> {
             h + 1,
             seqs.last().copied().unwrap_or(0)
         );
-        tracing::info!(records = seqs.len(), "phase: follow resumed without gaps or repeats");
+        tracing::info!(
+            records = seqs.len(),
+            "phase: follow resumed without gaps or repeats"
+        );
         Ok::<_, anyhow::Error>(())
     }
     .await;
@@ -686,7 +727,18 @@ async fn permissions_and_bad_input(c: &Cluster, dir: &Path) -> anyhow::Result<()
     let addr = c.addr(2)?;
     let admin = c.admin_dir();
     let auditor = dir.join("auditor");
-    ok(&cli(&addr, &admin, &["admin", "issue", "--name", "auditor", "--out", auditor.to_str().context("path")?])?)?;
+    ok(&cli(
+        &addr,
+        &admin,
+        &[
+            "admin",
+            "issue",
+            "--name",
+            "auditor",
+            "--out",
+            auditor.to_str().context("path")?,
+        ],
+    )?)?;
     let out = cli(&addr, &auditor, &["audit", "export", "--to-seq", "5"])?;
     assert_eq!(out.status.code(), Some(6), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
@@ -708,14 +760,22 @@ async fn permissions_and_bad_input(c: &Cluster, dir: &Path) -> anyhow::Result<()
             subject: format!("spiffe://{TRUST_DOMAIN}/authsec/admin/auditor"),
         })
         .await?;
-    let out = ok(&cli(&addr, &auditor, &["audit", "export", "--to-seq", "5"])?)?;
+    let out = ok(&cli(
+        &addr,
+        &auditor,
+        &["audit", "export", "--to-seq", "5"],
+    )?)?;
     assert_eq!(out.lines().count(), 5, "the auditor exports: {out}");
 
     for (args, code, want) in [
         (vec!["--type", "nosuch.*"], 2, "matches no record type"),
         (vec!["--type", "Bad Type"], 2, "not a record type pattern"),
         (vec!["--from-seq", "99999999"], 2, "past the archive's head"),
-        (vec!["--from-seq", "10", "--to-seq", "5"], 2, "before from_sequence"),
+        (
+            vec!["--from-seq", "10", "--to-seq", "5"],
+            2,
+            "before from_sequence",
+        ),
         (vec!["--since", "1h", "--until", "2h"], 2, "ends"),
         (vec!["--client", "not a client!"], 2, "client_id"),
         (vec!["--spiffe-id", "http://x"], 2, "spiffe_id"),
@@ -733,11 +793,17 @@ async fn permissions_and_bad_input(c: &Cluster, dir: &Path) -> anyhow::Result<()
         assert!(out.stdout.is_empty(), "{args:?} wrote records");
     }
     // A filter that matches: only those records, each with its own link.
-    let out = ok(&cli(&addr, &admin, &["audit", "export", "--type", "role.*", "--format", "csv"])?)?;
+    let out = ok(&cli(
+        &addr,
+        &admin,
+        &["audit", "export", "--type", "role.*", "--format", "csv"],
+    )?)?;
     let rows: Vec<&str> = out.lines().collect();
     assert!(rows[0].starts_with("sequence,time,kind"), "{out}");
     assert!(rows.len() > 1000, "role records: {}", rows.len());
-    assert!(rows[1..].iter().all(|r| r.split(',').nth(2).is_some_and(|k| k.starts_with("role."))));
+    assert!(rows[1..]
+        .iter()
+        .all(|r| r.split(',').nth(2).is_some_and(|k| k.starts_with("role."))));
     Ok(())
 }
 
@@ -800,11 +866,17 @@ async fn serve(r: Arc<Receiver>) -> anyhow::Result<String> {
                         .or_default()
                         .extend(body.lines().map(str::to_owned));
                 }
-                let status = if fail { "500 Internal Server Error" } else { "200 OK" };
+                let status = if fail {
+                    "500 Internal Server Error"
+                } else {
+                    "200 OK"
+                };
                 let _ = s
                     .write_all(
-                        format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
-                            .as_bytes(),
+                        format!(
+                            "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                        )
+                        .as_bytes(),
                     )
                     .await;
             });
@@ -814,7 +886,8 @@ async fn serve(r: Arc<Receiver>) -> anyhow::Result<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sinks_receive_every_record_and_a_lagging_required_sink_holds_writes() -> anyhow::Result<()> {
+async fn sinks_receive_every_record_and_a_lagging_required_sink_holds_writes() -> anyhow::Result<()>
+{
     init_test_tracing();
     let siem = Arc::new(Receiver {
         fail_first: 3,
@@ -869,7 +942,10 @@ on_lag = "refuse_writes"
         .await
         .expect_err("a lagging refuse_writes sink holds writes back");
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
-    assert!(refused.message().contains("audit sink strict"), "{refused:?}");
+    assert!(
+        refused.message().contains("audit sink strict"),
+        "{refused:?}"
+    );
     // It comes back: writes are taken again once it caught up.
     strict.failing.store(false, Ordering::SeqCst);
     let deadline = Instant::now() + T;
@@ -928,7 +1004,10 @@ on_lag = "refuse_writes"
         anyhow::ensure!(Instant::now() < deadline, "the webhook misses records");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(siem.requests.load(Ordering::SeqCst) > 3, "the first batches failed and were sent again");
+    assert!(
+        siem.requests.load(Ordering::SeqCst) > 3,
+        "the first batches failed and were sent again"
+    );
 
     // Each node's file sink, rotated files oldest first, is exactly the export.
     for node in 1..=3u64 {
@@ -938,12 +1017,19 @@ on_lag = "refuse_writes"
             let mut numbered: Vec<(u32, PathBuf)> = Vec::new();
             for e in std::fs::read_dir(base.parent().context("dir")?)? {
                 let p = e?.path();
-                let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("").to_owned();
-                if let Some(n) = name.strip_prefix("audit.jsonl.").and_then(|n| n.parse().ok()) {
+                let name = p
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("")
+                    .to_owned();
+                if let Some(n) = name
+                    .strip_prefix("audit.jsonl.")
+                    .and_then(|n| n.parse().ok())
+                {
                     numbered.push((n, p));
                 }
             }
-            numbered.sort_by(|a, b| b.0.cmp(&a.0));
+            numbered.sort_by_key(|e| std::cmp::Reverse(e.0));
             let mut text = String::new();
             for (_, p) in &numbered {
                 text += &std::fs::read_to_string(p)?;
@@ -955,7 +1041,11 @@ on_lag = "refuse_writes"
                 assert_eq!(got, want, "node {node}'s file sink is the export");
                 break;
             }
-            anyhow::ensure!(Instant::now() < deadline, "node {node}'s file sink has {} lines", got.len());
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "node {node}'s file sink has {} lines",
+                got.len()
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }

@@ -1,4 +1,4 @@
-//! docs/guide, run: every `sh` block of the four parts, in order, in one bash session against a
+//! docs/guide, run: every `sh` block of the five parts, in order, in one bash session against a
 //! real three-node cluster, with the real binaries (`authsec`, `authsec-agent`, the examples)
 //! and the real Python libraries (py-spiffe, Authlib). A command that fails fails the test, so
 //! the guide cannot rot.
@@ -14,6 +14,7 @@ const PARTS: &[&str] = &[
     "2-agent-and-sdk.md",
     "3-delegation.md",
     "4-faq.md",
+    "5-audit.md",
 ];
 
 fn repo() -> PathBuf {
@@ -51,7 +52,7 @@ async fn every_command_of_the_guide_runs() -> anyhow::Result<()> {
     let c = Cluster::start(
         3,
         Options {
-            extra_toml: "[agents]\nheartbeat_s = 1\n".into(),
+            extra_toml: "[agents]\nheartbeat_s = 1\n[audit]\nfailure_interval_s = 1\ncheckpoint_interval_s = 2\n".into(),
             ..Options::default()
         },
     )?;

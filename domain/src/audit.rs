@@ -62,7 +62,8 @@ pub struct AuthFailure {
     pub client_id: String,
     /// Where the attempts came from (the peer's IP address).
     pub source: String,
-    /// Where they failed (`token`, `introspect`, ...).
+    /// Where they failed (`oauth`: the token, introspection and revocation endpoints'
+    /// client authentication).
     pub endpoint: String,
     /// The last reason given.
     pub reason: String,
@@ -102,10 +103,7 @@ pub(crate) fn checkpoint(state: &State, c: &Checkpoint) -> Result<Vec<Event>, Re
     if key.kind != KeyKind::Audit || key.node_id != c.node_id || key.state != KeyState::Active {
         return Err(invalid(
             "kid",
-            format!(
-                "{} is not an active audit key of node {}",
-                c.kid, c.node_id
-            ),
+            format!("{} is not an active audit key of node {}", c.kid, c.node_id),
         ));
     }
     if c.signature.len() != SIGNATURE_BYTES {

@@ -9,6 +9,7 @@
 //! every node that applies the same log reaches the same state, byte for byte.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod codec;
 pub mod command;
 pub mod decide;
@@ -17,7 +18,6 @@ pub mod evolve;
 pub mod federation;
 pub mod identity;
 pub mod ids;
-pub mod audit;
 pub mod issuance;
 pub mod keys;
 pub mod limits;

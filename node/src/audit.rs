@@ -162,7 +162,9 @@ impl Filter {
             if t > head && !r.follow {
                 return Err(invalid(
                     "to_sequence",
-                    format!("{t} is past the archive's head ({head}); ask with follow to wait for it"),
+                    format!(
+                        "{t} is past the archive's head ({head}); ask with follow to wait for it"
+                    ),
                 ));
             }
         }
@@ -617,7 +619,13 @@ pub struct FailureLog {
 
 impl FailureLog {
     /// Count one failure. `client` is what the caller claimed, if anything.
-    pub fn record(&self, client: Option<&str>, source: std::net::IpAddr, endpoint: &'static str, reason: &str) {
+    pub fn record(
+        &self,
+        client: Option<&str>,
+        source: std::net::IpAddr,
+        endpoint: &'static str,
+        reason: &str,
+    ) {
         let now = crate::issuer::now_ms();
         let clip = |s: &str| -> String {
             let max = authsec_domain::audit::AUTH_FAILURE_TEXT_BYTES_MAX;

@@ -62,6 +62,11 @@ pub enum AuditCmd {
         /// each record's own link. Without it a missing record fails.
         #[arg(long)]
         partial: bool,
+        /// Audit keys from another export (for a FILE that starts after the keys' publication:
+        /// `authsec audit export --type node_key.published > keys.jsonl`). Each key's
+        /// certificate is checked against the bundle.
+        #[arg(long)]
+        keys: Option<PathBuf>,
     },
 }
 
@@ -196,7 +201,9 @@ fn parse_rfc3339(t: &str) -> anyhow::Result<u64> {
     Ok(secs as u64 * 1000 + frac_ms as u64)
 }
 
-async fn client(t: &Target) -> anyhow::Result<(Vec<String>, AuditServiceClient<tonic::transport::Channel>)> {
+async fn client(
+    t: &Target,
+) -> anyhow::Result<(Vec<String>, AuditServiceClient<tonic::transport::Channel>)> {
     let eps = crate::cli::endpoints(t)?;
     let (_, ch) = crate::cli::connect(&eps).await?;
     Ok((
@@ -338,7 +345,10 @@ pub async fn export(a: ExportArgs) -> anyhow::Result<()> {
 fn is_transient(e: &tonic::Status) -> bool {
     matches!(
         e.code(),
-        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::Internal
+        tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::Cancelled
+            | tonic::Code::Internal
     )
 }
 
@@ -391,7 +401,8 @@ pub async fn run(cmd: AuditCmd) -> anyhow::Result<()> {
                         failures = 0;
                         if let Some(r) = &m.record {
                             let line = if json {
-                                render(Format::Jsonl, r).map_err(|e| tonic::Status::internal(e.to_string()))?
+                                render(Format::Jsonl, r)
+                                    .map_err(|e| tonic::Status::internal(e.to_string()))?
                             } else {
                                 format!(
                                     "{} #{} {} {} by {}",
@@ -413,7 +424,10 @@ pub async fn run(cmd: AuditCmd) -> anyhow::Result<()> {
                     Ok(()) => return Ok(()),
                     Err(e) if is_transient(&e) && failures < 100 => {
                         failures += 1;
-                        tokio::time::sleep(Duration::from_millis(200 * u64::from(failures.min(10)))).await;
+                        tokio::time::sleep(Duration::from_millis(
+                            200 * u64::from(failures.min(10)),
+                        ))
+                        .await;
                         if let Ok((_, fresh)) = client(&target).await {
                             c = fresh;
                         }
@@ -429,6 +443,7 @@ pub async fn run(cmd: AuditCmd) -> anyhow::Result<()> {
             expect_head,
             allow_unsigned,
             partial,
+            keys,
         } => {
             let bundle = match bundle {
                 Some(b) => b,
@@ -442,11 +457,16 @@ pub async fn run(cmd: AuditCmd) -> anyhow::Result<()> {
             } else {
                 Box::new(std::io::BufReader::with_capacity(
                     1 << 20,
-                    std::fs::File::open(&file).with_context(|| format!("open {}", file.display()))?,
+                    std::fs::File::open(&file)
+                        .with_context(|| format!("open {}", file.display()))?,
                 ))
             };
+            let known = match keys {
+                Some(k) => keys_from(&k, &roots)?,
+                None => HashMap::new(),
+            };
             let started = Instant::now();
-            let report = verify(input, &roots, partial)?;
+            let report = verify(input, &roots, partial, known)?;
             let secs = started.elapsed().as_secs_f64();
             match report.broken {
                 Some(b) => {
@@ -495,7 +515,10 @@ pub fn load_bundle(path: &std::path::Path) -> anyhow::Result<Vec<Vec<u8>>> {
     } else {
         use rustls::pki_types::pem::PemObject;
         for c in rustls::pki_types::CertificateDer::pem_slice_iter(&text) {
-            roots.push(c.with_context(|| format!("parse {}", path.display()))?.to_vec());
+            roots.push(
+                c.with_context(|| format!("parse {}", path.display()))?
+                    .to_vec(),
+            );
         }
     }
     if roots.is_empty() {
@@ -512,6 +535,8 @@ pub struct Report {
     pub last_sequence: u64,
     pub head_hash: Option<Hash32>,
     pub gaps: u64,
+    /// Lines seen twice (a sink's at-least-once delivery), skipped.
+    pub duplicates: u64,
     /// Checkpoints whose signature and hash verified.
     pub checkpoints: u64,
     pub signers: BTreeSet<u64>,
@@ -540,6 +565,12 @@ impl Report {
         if unsigned > 0 {
             s.push_str(&format!(
                 "; the last {unsigned} record(s) follow the last checkpoint (chained, not yet signed)"
+            ));
+        }
+        if self.duplicates > 0 {
+            s.push_str(&format!(
+                "; {} line(s) delivered twice, identical, skipped",
+                self.duplicates
             ));
         }
         if self.gaps > 0 {
@@ -588,16 +619,15 @@ fn check_line(line_no: u64, line: &str) -> Result<Checked, String> {
             "its hash is not SHA-256(prev_hash || record_bytes): the record was changed".into(),
         ));
     }
-    let record = AuditRecord::from_bytes(&bytes)
-        .map_err(|e| at(format!("its bytes do not decode: {e}")))?;
+    let record =
+        AuditRecord::from_bytes(&bytes).map_err(|e| at(format!("its bytes do not decode: {e}")))?;
     if record.sequence != l.sequence {
         return Err(at(format!(
             "the line says sequence {}, its bytes {}",
             l.sequence, record.sequence
         )));
     }
-    let canonical =
-        crate::audit::render_line(&record, &prev, &hash, &bytes).map_err(at)?;
+    let canonical = crate::audit::render_line(&record, &prev, &hash, &bytes).map_err(at)?;
     if canonical != line {
         return Err(at(
             "the readable fields differ from the hashed bytes: the line was changed".into(),
@@ -613,7 +643,7 @@ fn check_line(line_no: u64, line: &str) -> Result<Checked, String> {
 }
 
 /// An audit key the export published, its certificate chain checked against the bundle.
-struct AuditKeyInfo {
+pub struct AuditKeyInfo {
     node_id: u64,
     trust_domain: String,
     key: ed25519_dalek::VerifyingKey,
@@ -621,21 +651,18 @@ struct AuditKeyInfo {
     not_after_ms: u64,
 }
 
-fn audit_key(
-    chain: &[u8],
-    node_id: u64,
-    roots: &[Vec<u8>],
-) -> Result<AuditKeyInfo, String> {
+fn audit_key(chain: &[u8], node_id: u64, roots: &[Vec<u8>]) -> Result<AuditKeyInfo, String> {
     use x509_parser::prelude::*;
     let (rest, leaf) =
         X509Certificate::from_der(chain).map_err(|e| format!("the leaf does not parse: {e}"))?;
-    let (rest, ca) =
-        X509Certificate::from_der(rest).map_err(|e| format!("the intermediate does not parse: {e}"))?;
+    let (rest, ca) = X509Certificate::from_der(rest)
+        .map_err(|e| format!("the intermediate does not parse: {e}"))?;
     if !rest.is_empty() {
         return Err("trailing bytes after the certificate chain".into());
     }
-    leaf.verify_signature(Some(ca.public_key()))
-        .map_err(|_| "the audit certificate is not signed by the intermediate beside it".to_owned())?;
+    leaf.verify_signature(Some(ca.public_key())).map_err(|_| {
+        "the audit certificate is not signed by the intermediate beside it".to_owned()
+    })?;
     if !ca.is_ca() {
         return Err("the certificate beside the audit key is not a CA".into());
     }
@@ -661,7 +688,9 @@ fn audit_key(
     let rest = uri
         .strip_prefix("spiffe://")
         .ok_or("the audit certificate's URI is not a SPIFFE ID")?;
-    let (td, path) = rest.split_once('/').ok_or("the audit certificate's SPIFFE ID has no path")?;
+    let (td, path) = rest
+        .split_once('/')
+        .ok_or("the audit certificate's SPIFFE ID has no path")?;
     if path != format!("authsec/node/{node_id}") {
         return Err(format!(
             "the audit certificate names {uri}, not node {node_id}"
@@ -694,10 +723,38 @@ fn audit_key(
 const VERIFY_BATCH: usize = 4096;
 
 /// Verify an export read from `input` against `roots`.
+/// The audit keys published in an export file, each line checked by itself and each key's
+/// certificate chain against `roots`.
+fn keys_from(
+    path: &std::path::Path,
+    roots: &[Vec<u8>],
+) -> anyhow::Result<HashMap<String, AuditKeyInfo>> {
+    let f = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    let mut keys = HashMap::new();
+    for (i, l) in std::io::BufReader::new(f).lines().enumerate() {
+        let l = l?;
+        if l.is_empty() {
+            continue;
+        }
+        let c =
+            check_line(i as u64 + 1, &l).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        if let Event::NodeKeyPublished { key } = &c.record.event {
+            if key.kind == KeyKind::Audit {
+                let info = audit_key(&key.public, key.node_id, roots).map_err(|e| {
+                    anyhow::anyhow!("{}: audit key {}: {e}", path.display(), key.kid)
+                })?;
+                keys.insert(key.kid.clone(), info);
+            }
+        }
+    }
+    Ok(keys)
+}
+
 pub fn verify(
     input: Box<dyn BufRead>,
     roots: &[Vec<u8>],
     partial: bool,
+    keys: HashMap<String, AuditKeyInfo>,
 ) -> anyhow::Result<Report> {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -706,6 +763,7 @@ pub fn verify(
     let mut report = Report::default();
     let mut state = Chain {
         partial,
+        keys,
         ..Chain::default()
     };
     let mut lines = input.lines();
@@ -743,7 +801,10 @@ pub fn verify(
                 .collect();
             handles
                 .into_iter()
-                .flat_map(|h| h.join().unwrap_or_else(|_| vec![Err("a verify thread panicked".into())]))
+                .flat_map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| vec![Err("a verify thread panicked".into())])
+                })
                 .collect()
         });
         for c in checked {
@@ -774,6 +835,9 @@ struct Chain {
     last: Option<(u64, Hash32)>,
     /// Chain hashes seen since the last verified checkpoint, for the next one to name.
     hashes: HashMap<u64, Hash32>,
+    /// Every chain hash from the first record on (an unfiltered export is contiguous), so a
+    /// line delivered twice (a sink delivers at least once) is recognized.
+    seen: Vec<Hash32>,
     keys: HashMap<String, AuditKeyInfo>,
 }
 
@@ -784,11 +848,22 @@ impl Chain {
             None => {
                 report.first_sequence = c.sequence;
                 if c.sequence == 1 && c.prev != GENESIS_HASH {
-                    return Err(at("the first record's prev_hash is not the genesis hash".into()));
+                    return Err(at(
+                        "the first record's prev_hash is not the genesis hash".into()
+                    ));
                 }
             }
             Some((seq, hash)) => {
                 if c.sequence <= seq {
+                    let again = c
+                        .sequence
+                        .checked_sub(report.first_sequence)
+                        .and_then(|i| self.seen.get(i as usize))
+                        .is_some_and(|h| *h == c.hash);
+                    if again && !self.partial {
+                        report.duplicates += 1;
+                        return Ok(());
+                    }
                     return Err(at(format!(
                         "out of order or repeated: it follows sequence {seq}"
                     )));
@@ -814,7 +889,17 @@ impl Chain {
             }
         }
         self.hashes.insert(c.sequence, c.hash);
+        if !self.partial {
+            self.seen.push(c.hash);
+        }
         match &c.record.event {
+            // A retired key signs nothing after its retirement; a revoked node nothing at all.
+            Event::NodeKeyRetired { kid } => {
+                self.keys.remove(kid);
+            }
+            Event::NodeRevoked { node_id } => {
+                self.keys.retain(|_, k| k.node_id != *node_id);
+            }
             Event::NodeKeyPublished { key } if key.kind == KeyKind::Audit => {
                 let info = audit_key(&key.public, key.node_id, roots)
                     .map_err(|e| at(format!("audit key {}: {e}", key.kid)))?;
@@ -823,7 +908,7 @@ impl Chain {
             Event::CheckpointRecorded { checkpoint: cp } => {
                 let key = self.keys.get(&cp.kid).ok_or_else(|| {
                     at(format!(
-                        "checkpoint signed with {}, a key the export has not published before it",
+                        "checkpoint signed with {}, a key the export has not published before it (or retired, or of a revoked node); for an export that starts later, pass --keys with an export of the node_key.published records",
                         cp.kid
                     ))
                 })?;
@@ -900,8 +985,16 @@ mod tests {
             parse_time("2026-11-30T04:18:21.123+01:00", now).expect("ok"),
             1_796_008_701_123
         );
-        assert_eq!(parse_time("1796008701123", now).expect("ms"), 1_796_008_701_123);
-        for bad in ["yesterday", "2026-13-01T00:00:00Z", "2026-11-30T00:00:00", "2h30"] {
+        assert_eq!(
+            parse_time("1796008701123", now).expect("ms"),
+            1_796_008_701_123
+        );
+        for bad in [
+            "yesterday",
+            "2026-13-01T00:00:00Z",
+            "2026-11-30T00:00:00",
+            "2h30",
+        ] {
             assert!(parse_time(bad, now).is_err(), "{bad}");
         }
     }

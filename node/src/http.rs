@@ -142,5 +142,34 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
         "Outbox records committed to the log by this node.",
         o.proposed.load(Ordering::Relaxed),
     );
+    let sinks = s
+        .ctx
+        .sink_stats
+        .sinks
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    if !sinks.is_empty() {
+        let _ = writeln!(
+            out,
+            "# HELP authsec_audit_sink_acked_sequence Last audit record the sink acknowledged.\n# TYPE authsec_audit_sink_acked_sequence gauge"
+        );
+        for (name, acked, _) in &sinks {
+            let _ = writeln!(
+                out,
+                "authsec_audit_sink_acked_sequence{{node_id=\"{id}\",sink=\"{name}\"}} {acked}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP authsec_audit_sink_lag_records Records committed but not yet acknowledged by the sink.\n# TYPE authsec_audit_sink_lag_records gauge"
+        );
+        for (name, _, lag) in &sinks {
+            let _ = writeln!(
+                out,
+                "authsec_audit_sink_lag_records{{node_id=\"{id}\",sink=\"{name}\"}} {lag}"
+            );
+        }
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

@@ -34,7 +34,12 @@ pub fn load_keys(reader: &Reader) -> Result<Vec<NodeKey>, authsec_storage::Store
 
 /// The kinds of key every node keeps, in the order they are made: the audit key's
 /// certificate is signed by the intermediate, so it comes after it.
-const KINDS: [KeyKind; 4] = [KeyKind::X509Ca, KeyKind::Jwt, KeyKind::Token, KeyKind::Audit];
+const KINDS: [KeyKind; 4] = [
+    KeyKind::X509Ca,
+    KeyKind::Jwt,
+    KeyKind::Token,
+    KeyKind::Audit,
+];
 
 /// What one pass did.
 #[derive(Debug, PartialEq, Eq)]

@@ -36,8 +36,8 @@ mod planted;
 mod secrets;
 mod security;
 mod server;
-mod sink;
 mod services;
+mod sink;
 mod svid_api;
 mod writer;
 

@@ -181,9 +181,15 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
         agents: cfg.agents.clone(),
         auth_failures: Arc::new(crate::audit::FailureLog::default()),
         sink_gate: Arc::new(crate::sink::Gate::default()),
+        sink_stats: Arc::new(crate::sink::SinkStats::default()),
     });
 
-    let sink_stats = Arc::new(crate::sink::SinkStats::default());
+    if cfg!(feature = "unaudited-bench") {
+        tracing::error!(
+            node_id,
+            "BENCHMARK BUILD (feature unaudited-bench): credentials this node issues are NOT audited; never run it for real"
+        );
+    }
     let (shutdown, shutdown_rx) = watch::channel(false);
     let stop = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -462,7 +468,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
             sink.clone(),
             cfg.data_dir.clone(),
             ctx.sink_gate.clone(),
-            sink_stats.clone(),
+            ctx.sink_stats.clone(),
             shutdown_rx.clone(),
         )));
     }

@@ -39,6 +39,8 @@ pub struct Ctx {
     pub auth_failures: Arc<crate::audit::FailureLog>,
     /// Audit sinks that hold writes back while they lag (`on_lag = "refuse_writes"`).
     pub sink_gate: Arc<crate::sink::Gate>,
+    /// Each sink's acknowledged sequence and lag, for `/metrics`.
+    pub sink_stats: Arc<crate::sink::SinkStats>,
 }
 
 fn internal(e: impl std::fmt::Display) -> Status {
@@ -71,7 +73,11 @@ impl Ctx {
     ) -> Result<(v1::WriteReceipt, authsec_domain::Applied), Status> {
         // A lagging required sink holds back what callers ask for; the node's own upkeep
         // (keys, checkpoints, the issuance audit) goes on.
-        let own = matches!(&actor.principal, Principal::Named(p) if *p == self.node_principal());
+        let own = match &actor.principal {
+            Principal::System => true,
+            Principal::Named(p) => *p == self.node_principal(),
+            Principal::Anonymous => false,
+        };
         if !own {
             if let Some(reason) = self.sink_gate.refusal() {
                 return Err(Status::unavailable(reason));
@@ -754,8 +760,8 @@ impl EventService for Events {
                 }
                 for rec in page {
                     next = rec.sequence + 1;
-                    let item = record_to_wire(rec.sequence, &prev, &rec.hash, rec.bytes)
-                        .map_err(internal);
+                    let item =
+                        record_to_wire(rec.sequence, &prev, &rec.hash, rec.bytes).map_err(internal);
                     prev = rec.hash;
                     if tx.send(item).await.is_err() {
                         return;

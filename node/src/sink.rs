@@ -160,7 +160,11 @@ impl Gate {
     pub fn refusal(&self) -> Option<String> {
         let l = self.lagging.lock().unwrap_or_else(|p| p.into_inner());
         l.iter().next().map(|(name, lag)| {
-            format!("audit sink {name} is {lag} records behind (on_lag = refuse_writes); this node takes writes again once it catches up")
+            if *lag == u64::MAX {
+                format!("audit sink {name} could not start (see the node's log) and has on_lag = refuse_writes; fix it and restart the node")
+            } else {
+                format!("audit sink {name} is {lag} records behind (on_lag = refuse_writes); this node takes writes again once it catches up")
+            }
         })
     }
 
@@ -244,7 +248,9 @@ fn lines(
         }
         let r = AuditRecord::from_bytes(&rec.bytes)
             .map_err(|e| format!("record {} does not decode: {e}", rec.sequence))?;
-        out.extend_from_slice(crate::audit::render_line(&r, &prev, &rec.hash, &rec.bytes)?.as_bytes());
+        out.extend_from_slice(
+            crate::audit::render_line(&r, &prev, &rec.hash, &rec.bytes)?.as_bytes(),
+        );
         out.push(b'\n');
         prev = rec.hash;
         last = rec.sequence;
@@ -268,19 +274,21 @@ pub async fn run(
         }
     }
     let mut head_rx = ctx.head_rx.clone();
+    // A sink that cannot start is as far behind as a sink can be: with refuse_writes the
+    // node holds writes back until it is fixed (and restarted); it never silently goes on.
+    let cannot_start = |e: anyhow::Error| {
+        tracing::error!(sink = %cfg.name, error = format!("{e:#}"), "audit sink cannot start");
+        if cfg.on_lag == OnLag::RefuseWrites {
+            gate.set(&cfg.name, Some(u64::MAX));
+        }
+    };
     let mut acked = match read_cursor(&data_dir, &cfg.name) {
         Ok(c) => c,
-        Err(e) => {
-            tracing::error!(sink = %cfg.name, error = format!("{e:#}"), "audit sink cannot start");
-            return;
-        }
+        Err(e) => return cannot_start(e),
     };
     let mut out = match Output::open(&cfg).await {
         Ok(o) => o,
-        Err(e) => {
-            tracing::error!(sink = %cfg.name, error = format!("{e:#}"), "audit sink cannot start");
-            return;
-        }
+        Err(e) => return cannot_start(e),
     };
     let mut failures = 0u32;
     // How far behind the sink is, for the metrics and the write gate: on every turn and on
@@ -387,8 +395,8 @@ impl Output {
                 Ok(Output::File { file, size })
             }
             SinkKind::Webhook => {
-                let (https, ..) =
-                    split_url(cfg.url.as_deref().unwrap_or_default()).map_err(anyhow::Error::msg)?;
+                let (https, ..) = split_url(cfg.url.as_deref().unwrap_or_default())
+                    .map_err(anyhow::Error::msg)?;
                 let tls = if https {
                     let mut roots = rustls::RootCertStore::empty();
                     match &cfg.ca_file {

@@ -443,11 +443,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             // here, against this node's chain (the same on every node).
                             Command::RecordCheckpoint(c) => {
                                 match self.chain_hash_at(c.sequence, &written) {
-                                    Ok(h) if h == c.head_hash => apply_proposal(
-                                        &mut write_state(&self.state),
-                                        p,
-                                        log_index,
-                                    ),
+                                    Ok(h) if h == c.head_hash => {
+                                        apply_proposal(&mut write_state(&self.state), p, log_index)
+                                    }
                                     Ok(h) => Err(Rejection::InvalidField {
                                         field: "head_hash".into(),
                                         reason: format!(
