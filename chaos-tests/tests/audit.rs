@@ -126,13 +126,11 @@ fn recorded(lines: &[Value]) -> (BTreeMap<String, u64>, u64) {
     let mut failures = 0;
     for l in lines {
         if l["kind"] == "credential.issued" {
-            for i in l["event"]["IssuancesRecorded"]["issuances"]
-                .as_array()
-                .into_iter()
-                .flatten()
-            {
+            let b = &l["event"]["IssuanceBatchRecorded"]["batch"];
+            for i in b["items"].as_array().into_iter().flatten() {
+                let p = &b["profiles"][i["profile"].as_u64().unwrap_or(u64::MAX) as usize];
                 *kinds
-                    .entry(i["kind"].as_str().unwrap_or("?").to_owned())
+                    .entry(p["kind"].as_str().unwrap_or("?").to_owned())
                     .or_default() += 1;
             }
         }

@@ -109,8 +109,14 @@ async fn recorded_jtis(c: &Cluster, id: u64) -> anyhow::Result<BTreeSet<String>>
             continue;
         }
         let rec = authsec_domain::AuditRecord::from_bytes(&r.bytes)?;
-        if let authsec_domain::Event::IssuancesRecorded { issuances, .. } = rec.event {
-            out.extend(issuances.into_iter().map(|i| i.id));
+        match rec.event {
+            authsec_domain::Event::IssuancesRecorded { issuances, .. } => {
+                out.extend(issuances.into_iter().map(|i| i.id))
+            }
+            authsec_domain::Event::IssuanceBatchRecorded { batch, .. } => {
+                out.extend(batch.items.into_iter().map(|i| i.id))
+            }
+            _ => {}
         }
     }
     Ok(out)

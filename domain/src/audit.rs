@@ -62,8 +62,8 @@ pub struct AuthFailure {
     pub client_id: String,
     /// Where the attempts came from (the peer's IP address).
     pub source: String,
-    /// Where they failed (`oauth`: the token, introspection and revocation endpoints'
-    /// client authentication).
+    /// Where they failed: `oauth` (client authentication at the token, introspection and
+    /// revocation endpoints) or `agent_attest` (an agent's join token refused).
     pub endpoint: String,
     /// The last reason given.
     pub reason: String,

@@ -369,6 +369,11 @@ pub enum Command {
         node_id: u64,
         failures: Vec<crate::audit::AuthFailure>,
     },
+    /// Credentials a node issued, in the compact form (what the outbox proposes since issue 9).
+    RecordIssuanceBatch {
+        node_id: u64,
+        batch: crate::issuance::IssuanceBatch,
+    },
 }
 
 /// Where a rotated root's sealed key is kept in `sealed_secrets`.
@@ -423,6 +428,7 @@ impl Command {
             Command::PruneRevocations => "prune_revocations",
             Command::RecordCheckpoint(_) => "record_checkpoint",
             Command::RecordAuthFailures { .. } => "record_auth_failures",
+            Command::RecordIssuanceBatch { .. } => "record_issuance_batch",
         }
     }
 

@@ -183,6 +183,11 @@ pub enum Event {
         node_id: u64,
         failures: Vec<crate::audit::AuthFailure>,
     },
+    /// Credentials a node issued, in the compact form (one profile per shared set of fields).
+    IssuanceBatchRecorded {
+        node_id: u64,
+        batch: crate::issuance::IssuanceBatch,
+    },
 }
 
 /// Every record type ([`Event::kind`]), for validating export filters.
@@ -285,6 +290,7 @@ impl Event {
             Event::RevocationsPruned { .. } => "token.revocations_pruned",
             Event::CheckpointRecorded { .. } => "audit.checkpoint",
             Event::AuthFailuresRecorded { .. } => "auth.failed",
+            Event::IssuanceBatchRecorded { .. } => "credential.issued",
         }
     }
 
@@ -350,7 +356,8 @@ impl Event {
             Event::IssuancesRecorded { node_id, .. } => format!("node:{node_id}"),
             Event::RevocationsPruned { .. } => "revocations".into(),
             Event::CheckpointRecorded { checkpoint } => format!("node:{}", checkpoint.node_id),
-            Event::AuthFailuresRecorded { node_id, .. } => format!("node:{node_id}"),
+            Event::AuthFailuresRecorded { node_id, .. }
+            | Event::IssuanceBatchRecorded { node_id, .. } => format!("node:{node_id}"),
         }
     }
 }

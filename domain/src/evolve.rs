@@ -323,6 +323,9 @@ pub fn evolve(state: &mut State, event: &Event, time_ms: u64) {
             crate::audit::evolve_checkpoint(state, checkpoint, time_ms)
         }
         Event::AuthFailuresRecorded { .. } => {}
+        Event::IssuanceBatchRecorded { node_id, batch } => {
+            crate::issuance::evolve_batch(state, *node_id, batch)
+        }
         Event::RevocationsPruned { jtis } => {
             for j in jtis {
                 if let Some(t) = state.revoked_tokens.remove(j) {
@@ -430,6 +433,7 @@ impl Event {
             Event::RevocationsPruned { .. } => ProjectionKey::Meta,
             Event::CheckpointRecorded { .. } => ProjectionKey::AuditMeta,
             Event::AuthFailuresRecorded { .. } => ProjectionKey::Meta,
+            Event::IssuanceBatchRecorded { .. } => ProjectionKey::IssuanceMeta,
         }
     }
 

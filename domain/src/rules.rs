@@ -1153,6 +1153,9 @@ pub(crate) fn decide_identity(
         Command::RecordAuthFailures { node_id, failures } => {
             crate::audit::auth_failures(state, *node_id, failures)
         }
+        Command::RecordIssuanceBatch { node_id, batch } => {
+            crate::issuance::record_batch(state, *node_id, batch)
+        }
         _ => return None,
     })
 }

@@ -276,6 +276,12 @@ impl AgentApiService for AgentApi {
         req: Request<v1::AttestAgentRequest>,
     ) -> Result<Response<v1::AgentSvid>, Status> {
         let actor = self.ctx().actor(&req);
+        let source = req
+            .extensions()
+            .get::<authsec_raft::tls::PeerInfo>()
+            .and_then(|p| p.remote)
+            .map(|a| a.ip())
+            .or_else(|| req.remote_addr().map(|a| a.ip()));
         let r = req.into_inner();
         let token = AgentJoinToken::parse(&r.join_token)?;
         let td = &self.ctx().sec.td;
@@ -285,7 +291,7 @@ impl AgentApiService for AgentApi {
         // is one we would sign.
         self.svids.issuer.check_fresh()?;
         crate::issuer::check_csr(&r.csr_der, &id)?;
-        let (receipt, _) = self
+        let written = self
             .ctx()
             .write(
                 actor,
@@ -295,7 +301,24 @@ impl AgentApiService for AgentApi {
                     agent_id: id.clone(),
                 },
             )
-            .await?;
+            .await;
+        let (receipt, _) = match written {
+            Ok(w) => w,
+            Err(s) => {
+                // A wrong, spent or expired token: a failed authentication, counted.
+                if s.code() == tonic::Code::Unauthenticated {
+                    if let Some(ip) = source {
+                        self.ctx().auth_failures.record(
+                            Some(&token.name),
+                            ip,
+                            "agent_attest",
+                            s.message(),
+                        );
+                    }
+                }
+                return Err(s);
+            }
+        };
         tracing::info!(agent = %id, log_index = receipt.log_index, "agent attested");
         Ok(Response::new(self.mint(&id, &r.csr_der).await?))
     }

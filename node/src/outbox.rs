@@ -6,8 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use authsec_domain::codec::{self, Tag};
-use authsec_domain::issuance::{Issuance, ISSUANCES_PER_COMMAND_MAX};
+use authsec_domain::issuance::{Issuance, IssuanceBatch, BATCH_ITEMS_MAX};
 use authsec_domain::{Actor, Command, Principal};
 use authsec_storage::outbox::Outbox;
 use tokio::sync::{mpsc, oneshot, watch, Notify};
@@ -24,8 +23,8 @@ const LINGER: Duration = Duration::from_micros(200);
 const PROPOSAL_BYTES_MAX: usize = 256 * 1024;
 /// How often the outbox is proposed when nothing wakes the flusher sooner.
 const FLUSH_EVERY: Duration = Duration::from_millis(250);
-/// Records waiting that wake the flusher before its tick: a full proposal's worth.
-const WAKE_AT: u64 = ISSUANCES_PER_COMMAND_MAX as u64;
+/// Records waiting that wake the flusher before its tick.
+const WAKE_AT: u64 = 1024;
 
 #[derive(Debug, thiserror::Error)]
 #[error("the issuance could not be recorded in the outbox: {0}")]
@@ -199,27 +198,26 @@ pub async fn flush_loop(ctx: Arc<Ctx>, recorder: Recorder, mut shutdown: watch::
         };
         loop {
             let ob = recorder.outbox.clone();
-            let batch = match tokio::task::spawn_blocking(move || {
-                ob.oldest(from, ISSUANCES_PER_COMMAND_MAX)
-            })
-            .await
-            {
-                Ok(Ok(b)) => b,
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "reading the issuance outbox failed");
-                    break;
-                }
-                Err(_) => break,
-            };
-            if batch.is_empty() || (full_only && batch.len() < ISSUANCES_PER_COMMAND_MAX) {
+            let batch =
+                match tokio::task::spawn_blocking(move || ob.oldest(from, BATCH_ITEMS_MAX)).await {
+                    Ok(Ok(b)) => b,
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "reading the issuance outbox failed");
+                        break;
+                    }
+                    Err(_) => break,
+                };
+            if batch.is_empty() || (full_only && (batch.len() as u64) < WAKE_AT) {
                 backoff = FLUSH_EVERY;
                 break;
             }
+            // An item costs its id and a few varints; a profile, its text (counted per item,
+            // an overestimate that keeps the proposal under its bound without encoding it).
             let mut size = 0;
             let take = batch
                 .iter()
                 .take_while(|r| {
-                    size += codec::encode(Tag::ISSUANCE, *r).len();
+                    size += r.id.len() + 40;
                     size <= PROPOSAL_BYTES_MAX
                 })
                 .count()
@@ -232,9 +230,9 @@ pub async fn flush_loop(ctx: Arc<Ctx>, recorder: Recorder, mut shutdown: watch::
                 principal: Principal::System,
                 via_node: ctx.node_id,
             };
-            let command = Command::RecordIssuances {
+            let command = Command::RecordIssuanceBatch {
                 node_id: ctx.node_id,
-                issuances,
+                batch: IssuanceBatch::pack(&issuances),
             };
             match ctx.write(actor, command).await {
                 Ok(_) => {
