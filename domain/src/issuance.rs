@@ -90,6 +90,34 @@ fn check_text(field: &str, s: &str) -> Result<(), Rejection> {
     Ok(())
 }
 
+/// The bounds of the fields credentials share: `[subject, client_id, method]`,
+/// `[delegation, actor]`, `[audience, scopes]`.
+fn check_shared(
+    what: &str,
+    texts: [&String; 3],
+    optional: [&Option<String>; 2],
+    lists: [&Vec<String>; 2],
+) -> Result<(), Rejection> {
+    for (f, s) in ["subject", "client_id", "method"].into_iter().zip(texts) {
+        check_text(f, s)?;
+    }
+    for (f, s) in ["delegation", "actor"].into_iter().zip(optional) {
+        if let Some(s) = s {
+            check_text(f, s)?;
+        }
+    }
+    if lists.iter().any(|l| l.len() > ISSUANCE_LIST_MAX) {
+        return Err(invalid(
+            what,
+            format!("at most {ISSUANCE_LIST_MAX} audiences and scopes per credential"),
+        ));
+    }
+    for s in lists.into_iter().flatten() {
+        check_text("audience/scope", s)?;
+    }
+    Ok(())
+}
+
 /// `RecordIssuances`: the records this node has not recorded yet, in order. A batch already
 /// recorded is accepted with no event.
 pub(crate) fn record(
@@ -115,28 +143,13 @@ pub(crate) fn record(
             ));
         }
         last = i.seq;
-        for (f, s) in [
-            ("id", &i.id),
-            ("subject", &i.subject),
-            ("client_id", &i.client_id),
-            ("method", &i.method),
-        ] {
-            check_text(f, s)?;
-        }
-        for (f, s) in [("delegation", &i.delegation), ("actor", &i.actor)] {
-            if let Some(s) = s {
-                check_text(f, s)?;
-            }
-        }
-        if i.audience.len() > ISSUANCE_LIST_MAX || i.scopes.len() > ISSUANCE_LIST_MAX {
-            return Err(invalid(
-                "issuances",
-                format!("at most {ISSUANCE_LIST_MAX} audiences and scopes per record"),
-            ));
-        }
-        for s in i.audience.iter().chain(&i.scopes) {
-            check_text("audience/scope", s)?;
-        }
+        check_text("id", &i.id)?;
+        check_shared(
+            "issuances",
+            [&i.subject, &i.client_id, &i.method],
+            [&i.delegation, &i.actor],
+            [&i.audience, &i.scopes],
+        )?;
     }
     let done = state
         .issuance_meta
@@ -271,27 +284,12 @@ pub(crate) fn record_batch(
         return Err(invalid("profiles", "more profiles than credentials"));
     }
     for p in &batch.profiles {
-        for (f, s) in [
-            ("subject", &p.subject),
-            ("client_id", &p.client_id),
-            ("method", &p.method),
-        ] {
-            check_text(f, s)?;
-        }
-        for (f, s) in [("delegation", &p.delegation), ("actor", &p.actor)] {
-            if let Some(s) = s {
-                check_text(f, s)?;
-            }
-        }
-        if p.audience.len() > ISSUANCE_LIST_MAX || p.scopes.len() > ISSUANCE_LIST_MAX {
-            return Err(invalid(
-                "profiles",
-                format!("at most {ISSUANCE_LIST_MAX} audiences and scopes per profile"),
-            ));
-        }
-        for s in p.audience.iter().chain(&p.scopes) {
-            check_text("audience/scope", s)?;
-        }
+        check_shared(
+            "profiles",
+            [&p.subject, &p.client_id, &p.method],
+            [&p.delegation, &p.actor],
+            [&p.audience, &p.scopes],
+        )?;
     }
     let mut last = 0;
     for i in &batch.items {

@@ -999,6 +999,86 @@ mod tests {
         }
     }
 
+    /// Three chained lines of role records, as an export renders them.
+    fn export(n: u64) -> Vec<String> {
+        let mut prev = GENESIS_HASH;
+        (1..=n)
+            .map(|seq| {
+                let r = AuditRecord {
+                    sequence: seq,
+                    log_index: seq,
+                    time_ms: 1_000 + seq,
+                    actor: authsec_domain::Actor {
+                        principal: authsec_domain::Principal::System,
+                        via_node: 1,
+                    },
+                    kind: "role.deleted".into(),
+                    subject: format!("role:r{seq}"),
+                    event: Event::RoleDeleted {
+                        name: authsec_domain::RoleName::parse(&format!("r{seq}")).expect("name"),
+                    },
+                };
+                let bytes = r.to_bytes();
+                let hash = chain_next(&prev, &bytes);
+                let line = crate::audit::render_line(&r, &prev, &hash, &bytes).expect("line");
+                prev = hash;
+                line
+            })
+            .collect()
+    }
+
+    fn check(lines: &[String]) -> Report {
+        let text = lines.join("\n") + "\n";
+        verify(
+            Box::new(std::io::Cursor::new(text.into_bytes())),
+            &[],
+            false,
+            HashMap::new(),
+        )
+        .expect("reads")
+    }
+
+    #[test]
+    fn verify_names_the_first_broken_record() {
+        let lines = export(5);
+        let ok = check(&lines);
+        assert_eq!((ok.broken, ok.records, ok.last_sequence), (None, 5, 5));
+        assert_eq!(ok.checkpoints, 0, "no checkpoint in this chain");
+
+        let mut changed = lines.clone();
+        changed[2] = changed[2].replace("role:r3", "role:r9");
+        let b = check(&changed).broken.expect("a changed subject fails");
+        assert!(b.starts_with("record 3 (line 3)"), "{b}");
+
+        let mut removed = lines.clone();
+        removed.remove(1);
+        let b = check(&removed).broken.expect("a removed record fails");
+        assert!(b.contains("record 2 is missing"), "{b}");
+
+        let mut swapped = lines.clone();
+        swapped.swap(1, 2);
+        assert!(
+            check(&swapped).broken.is_some(),
+            "records out of order fail"
+        );
+
+        let mut twice = lines.clone();
+        twice.insert(3, lines[2].clone());
+        let r = check(&twice);
+        assert_eq!(
+            (r.broken, r.duplicates, r.records),
+            (None, 1, 5),
+            "a line delivered twice is skipped"
+        );
+
+        let mut other = lines.clone();
+        other.insert(3, export(3)[2].replace("r3", "r4"));
+        assert!(
+            check(&other).broken.is_some(),
+            "a different line at a seen sequence fails"
+        );
+    }
+
     #[test]
     fn csv_quotes_what_needs_it() {
         assert_eq!(csv_field("plain"), "plain");

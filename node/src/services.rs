@@ -700,34 +700,25 @@ impl EventService for Events {
             let mut next = r.from_sequence.max(1);
             let mut prev = {
                 let rd = reader.clone();
-                match tokio::task::spawn_blocking(move || crate::audit::chain_hash(&rd, next - 1))
-                    .await
+                match crate::audit::blocking(move || crate::audit::chain_hash(&rd, next - 1)).await
                 {
-                    Ok(Ok(h)) => h,
-                    Ok(Err(e)) => {
-                        let _ = tx.send(Err(internal(e))).await;
-                        return;
-                    }
+                    Ok(h) => h,
                     Err(e) => {
-                        let _ = tx.send(Err(internal(e))).await;
+                        let _ = tx.send(Err(e)).await;
                         return;
                     }
                 }
             };
             loop {
                 let rd = reader.clone();
-                let page = tokio::task::spawn_blocking(move || {
+                let page = match crate::audit::blocking(move || {
                     rd.records(next, FEED_PAGE, FEED_PAGE_BYTES)
                 })
-                .await;
-                let page = match page {
-                    Ok(Ok(p)) => p,
-                    Ok(Err(e)) => {
-                        let _ = tx.send(Err(internal(e))).await;
-                        return;
-                    }
+                .await
+                {
+                    Ok(p) => p,
                     Err(e) => {
-                        let _ = tx.send(Err(internal(e))).await;
+                        let _ = tx.send(Err(e)).await;
                         return;
                     }
                 };
