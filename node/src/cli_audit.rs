@@ -258,8 +258,15 @@ fn hash_hex(s: &str) -> anyhow::Result<Hash32> {
 /// after the last one considered, so nothing is missed and nothing repeated.
 pub async fn export(a: ExportArgs) -> anyhow::Result<()> {
     let now = crate::issuer::now_ms();
-    let since_ms = a.since.as_deref().map(|s| parse_time(s, now)).transpose()?;
-    let until_ms = a.until.as_deref().map(|s| parse_time(s, now)).transpose()?;
+    // A time the CLI cannot read is bad input like any other: INVALID_ARGUMENT (exit 2).
+    let time = |flag: &str, v: &Option<String>| -> anyhow::Result<Option<u64>> {
+        v.as_deref()
+            .map(|s| parse_time(s, now))
+            .transpose()
+            .map_err(|e| call(tonic::Status::invalid_argument(format!("{flag}: {e:#}"))))
+    };
+    let since_ms = time("--since", &a.since)?;
+    let until_ms = time("--until", &a.until)?;
     let (eps, mut c) = client(&a.target).await?;
     let mut req = v1::ExportRequest {
         from_sequence: a.from_seq,
