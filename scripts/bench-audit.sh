@@ -33,22 +33,11 @@ AUTHSEC_BIN="$bin" "$CARGO_TARGET_DIR/release/authsec-audit-bench" --records "$r
 
 echo "== issuance with and without its audit"
 export XDG_CONFIG_HOME="$work/config" XDG_DATA_HOME="$work/data"
+. scripts/bench-dev.sh
 tokens() {
   local b="$1" name="$2" base dev_pid secret
-  base="$(python3 scripts/free-base.py)"
   rm -rf "$work/cluster" "$work/config"
-  "$b" dev --dir "$work/cluster" --base-port "$base" >"$work/dev-$name.log" 2>&1 &
-  dev_pid=$!
-  pids+=($dev_pid)
-  local deadline=$((SECONDS + 90))
-  until "$b" cluster status --json 2>/dev/null | grep -q '"issuing":true.*"issuing":true.*"issuing":true'; do
-    [ $SECONDS -lt $deadline ] || { tail -20 "$work/dev-$name.log"; exit 1; }
-    sleep 0.2
-  done
-  "$b" role create bench-reader --permission orders:read >/dev/null
-  secret="$("$b" client create --id bench --kind service --scope 'orders:*' --audience https://orders.example \
-    --output json | python3 -c 'import json,sys; print(json.load(sys.stdin)["client_secret"])')"
-  "$b" bind bench-reader client:bench >/dev/null
+  bench_dev_cluster "$b" "$work/cluster" "$work/dev-$name.log"
   "$bin" oauth bench --url "https://127.0.0.1:$((base + 301))/oauth2/token" --cacert "$work/cluster/admin/ca.crt" \
     --basic "bench:$secret" --form 'grant_type=client_credentials&scope=orders:read' --connections 64 \
     --seconds "$secs" --warmup-seconds 2 | python3 -c "import json,sys; r=json.load(sys.stdin); print(json.dumps({'build': '$name', **r}))"

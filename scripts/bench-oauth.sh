@@ -93,19 +93,8 @@ kill "$oidc_pid"; wait "$oidc_pid" 2>/dev/null || true
 
 # authsec: a three-node dev cluster.
 export XDG_CONFIG_HOME="$work/config" XDG_DATA_HOME="$work/data"
-base="$(python3 scripts/free-base.py)"
-"$bin" dev --dir "$work/cluster" --base-port "$base" >"$work/dev.log" 2>&1 &
-dev_pid=$!
-pids+=($dev_pid)
-deadline=$((SECONDS + 90))
-until "$bin" cluster status --json 2>/dev/null | grep -q '"issuing":true.*"issuing":true.*"issuing":true'; do
-  [ $SECONDS -lt $deadline ] || { tail -20 "$work/dev.log"; exit 1; }
-  sleep 0.2
-done
-"$bin" role create bench-reader --permission orders:read >/dev/null
-secret="$("$bin" client create --id bench --kind service --scope 'orders:*' --audience https://orders.example \
-  --output json | python3 -c 'import json,sys; print(json.load(sys.stdin)["client_secret"])')"
-"$bin" bind bench-reader client:bench >/dev/null
+. scripts/bench-dev.sh
+bench_dev_cluster "$bin" "$work/cluster" "$work/dev.log"
 ca="$work/cluster/admin/ca.crt"
 u() { echo "https://127.0.0.1:$((base + 300 + $1))/oauth2/token"; }
 echo "== authsec, three-node cluster in one process"
