@@ -45,6 +45,28 @@ pub fn authsec_bin() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
+/// Run the admin CLI (`authsec ARGS --endpoint ADDR --admin-dir ADMIN`).
+pub fn run_cli(addr: &str, admin: &Path, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    Ok(Command::new(authsec_bin()?)
+        .args(args)
+        .args(["--endpoint", addr])
+        .arg("--admin-dir")
+        .arg(admin)
+        .env_remove("AUTHSEC_OUTPUT")
+        .output()?)
+}
+
+/// A CLI run's stdout, or an error with its exit code and stderr.
+pub fn cli_ok(out: &std::process::Output) -> anyhow::Result<String> {
+    anyhow::ensure!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout.clone())?)
+}
+
 /// The `authsec-agent` binary: `AUTHSEC_AGENT_BIN`, else beside `authsec`.
 pub fn agent_bin() -> anyhow::Result<PathBuf> {
     if let Some(p) = std::env::var_os("AUTHSEC_AGENT_BIN") {
@@ -972,6 +994,16 @@ impl Cluster {
         let mut req = tonic::Request::new(v1::StatusRequest {});
         req.set_timeout(Duration::from_secs(3));
         Ok(c.status(req).await?.into_inner())
+    }
+
+    /// Node `id`'s audit chain head and last checkpoint.
+    pub async fn audit_head(&self, id: u64) -> anyhow::Result<v1::AuditHeadResponse> {
+        Ok(
+            v1::audit_service_client::AuditServiceClient::new(self.channel(id).await?)
+                .head(v1::AuditHeadRequest {})
+                .await?
+                .into_inner(),
+        )
     }
 
     pub async fn clients(&self, id: u64) -> anyhow::Result<ClientServiceClient<Channel>> {

@@ -37,24 +37,7 @@ const T: Duration = Duration::from_secs(60);
 const OPS: u64 = 10_000;
 const WORKERS: u64 = 12;
 
-fn cli(addr: &str, admin: &Path, args: &[&str]) -> anyhow::Result<Output> {
-    Ok(Command::new(authsec_bin()?)
-        .args(args)
-        .args(["--endpoint", addr])
-        .arg("--admin-dir")
-        .arg(admin)
-        .output()?)
-}
-
-fn ok(out: &Output) -> anyhow::Result<String> {
-    anyhow::ensure!(
-        out.status.success(),
-        "exit {:?}: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout.clone())?)
-}
+use authsec_chaos_tests::{cli_ok as ok, run_cli as cli};
 
 /// `authsec audit export` from node `id` into `file`.
 fn export_to(c: &Cluster, id: u64, file: &Path) -> anyhow::Result<()> {
@@ -82,12 +65,7 @@ fn verify(c: &Cluster, file: &Path) -> anyhow::Result<Output> {
 }
 
 async fn head(c: &Cluster, id: u64) -> anyhow::Result<v1::AuditHeadResponse> {
-    Ok(
-        v1::audit_service_client::AuditServiceClient::new(c.channel(id).await?)
-            .head(v1::AuditHeadRequest {})
-            .await?
-            .into_inner(),
-    )
+    c.audit_head(id).await
 }
 
 /// Wait until every node in `ids` has the same head and a checkpoint covers it (the record

@@ -3,8 +3,6 @@
 //! delegation from grant to revocation, a race between two nodes, admin permissions, and bad
 //! input that names its field and writes nothing.
 
-use std::path::Path;
-use std::process::Output;
 use std::time::{Duration, Instant};
 
 use authsec_api::v1;
@@ -14,27 +12,7 @@ use serde_json::Value;
 
 const T: Duration = Duration::from_secs(60);
 
-fn run(addr: &str, admin: &Path, args: &[&str]) -> anyhow::Result<Output> {
-    Ok(
-        std::process::Command::new(authsec_chaos_tests::authsec_bin()?)
-            .args(args)
-            .args(["--endpoint", addr])
-            .arg("--admin-dir")
-            .arg(admin)
-            .env_remove("AUTHSEC_OUTPUT")
-            .output()?,
-    )
-}
-
-fn ok(out: &Output) -> anyhow::Result<String> {
-    anyhow::ensure!(
-        out.status.success(),
-        "exit {:?}: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8(out.stdout.clone())?)
-}
+use authsec_chaos_tests::{cli_ok as ok, run_cli as run};
 
 fn json_lines(s: &str) -> anyhow::Result<Vec<Value>> {
     s.lines()

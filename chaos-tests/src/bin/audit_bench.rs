@@ -30,15 +30,6 @@ struct Args {
     rounds: u32,
 }
 
-async fn head(c: &Cluster, id: u64) -> anyhow::Result<v1::AuditHeadResponse> {
-    Ok(
-        v1::audit_service_client::AuditServiceClient::new(c.channel(id).await?)
-            .head(v1::AuditHeadRequest {})
-            .await?
-            .into_inner(),
-    )
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let a = Args::parse();
@@ -77,7 +68,7 @@ async fn main() -> anyhow::Result<()> {
     // A checkpoint over the head, on every node.
     let deadline = Instant::now() + Duration::from_secs(120);
     let h = loop {
-        let h = head(&c, 1).await?;
+        let h = c.audit_head(1).await?;
         if h.checkpoint_sequence + 1 >= h.head_sequence && h.head_sequence >= a.records {
             break h;
         }
