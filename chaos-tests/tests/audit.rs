@@ -768,6 +768,57 @@ async fn permissions_and_bad_input(c: &Cluster, dir: &Path) -> anyhow::Result<()
         }
         assert!(out.stdout.is_empty(), "{args:?} wrote records");
     }
+    // Refused join tokens, of an agent and of a node, are failed authentications too.
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&rcgen::KeyPair::generate()?)?
+        .der()
+        .to_vec();
+    let refused = v1::agent_api_service_client::AgentApiServiceClient::new(c.channel(2).await?)
+        .attest(v1::AttestAgentRequest {
+            join_token: format!("ghost.{}", "0".repeat(64)),
+            csr_der: csr.clone(),
+        })
+        .await
+        .expect_err("an unknown agent token");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    let refused = v1::node_service_client::NodeServiceClient::new(c.channel(2).await?)
+        .join(v1::JoinRequest {
+            token: format!("{}.{}", "ab".repeat(8), "0".repeat(64)),
+            node_id: 77,
+            csr_der: csr,
+            ..Default::default()
+        })
+        .await
+        .expect_err("an unknown node token");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    let deadline = Instant::now() + T;
+    loop {
+        let out = ok(&cli(
+            &addr,
+            &admin,
+            &["audit", "export", "--type", "auth.failed", "--since", "5m"],
+        )?)?;
+        let seen = |endpoint: &str, client: &str| {
+            out.lines().any(|l| {
+                serde_json::from_str::<Value>(l).is_ok_and(|v| {
+                    v["event"]["AuthFailuresRecorded"]["failures"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .any(|f| f["endpoint"] == endpoint && f["client_id"] == client)
+                })
+            })
+        };
+        if seen("agent_attest", "ghost") && seen("node_join", &"ab".repeat(8)) {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the refused join tokens are not in the log: {out}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
     // A filter that matches: only those records, each with its own link.
     let out = ok(&cli(
         &addr,

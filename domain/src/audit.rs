@@ -63,7 +63,8 @@ pub struct AuthFailure {
     /// Where the attempts came from (the peer's IP address).
     pub source: String,
     /// Where they failed: `oauth` (client authentication at the token, introspection and
-    /// revocation endpoints) or `agent_attest` (an agent's join token refused).
+    /// revocation endpoints), `agent_attest` (an agent's join token refused) or `node_join`
+    /// (a node's join token refused).
     pub endpoint: String,
     /// The last reason given.
     pub reason: String,

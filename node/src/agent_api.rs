@@ -276,12 +276,7 @@ impl AgentApiService for AgentApi {
         req: Request<v1::AttestAgentRequest>,
     ) -> Result<Response<v1::AgentSvid>, Status> {
         let actor = self.ctx().actor(&req);
-        let source = req
-            .extensions()
-            .get::<authsec_raft::tls::PeerInfo>()
-            .and_then(|p| p.remote)
-            .map(|a| a.ip())
-            .or_else(|| req.remote_addr().map(|a| a.ip()));
+        let source = crate::audit::source_of(&req);
         let r = req.into_inner();
         let token = AgentJoinToken::parse(&r.join_token)?;
         let td = &self.ctx().sec.td;

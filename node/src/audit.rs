@@ -619,6 +619,15 @@ pub async fn checkpointer(
     }
 }
 
+/// The caller's address: from the TLS connection, else from the plaintext socket.
+pub fn source_of<T>(req: &Request<T>) -> Option<std::net::IpAddr> {
+    req.extensions()
+        .get::<authsec_raft::tls::PeerInfo>()
+        .and_then(|p| p.remote)
+        .or_else(|| req.remote_addr())
+        .map(|a| a.ip())
+}
+
 /// Distinct (client, source, endpoint) keys counted per interval; beyond it, attempts are
 /// counted under one overflow key, so a flood of made-up client ids cannot grow memory or the
 /// log.

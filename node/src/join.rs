@@ -84,6 +84,7 @@ impl NodeService for Nodes {
         &self,
         req: Request<v1::JoinRequest>,
     ) -> Result<Response<v1::JoinResponse>, Status> {
+        let source = crate::audit::source_of(&req);
         let r = req.into_inner();
         let (token, sans) = check_join_request(&r)?;
         // Can this node sign at all? Ask before spending the token.
@@ -92,7 +93,8 @@ impl NodeService for Nodes {
             principal: Principal::Named(format!("join-token:{}", token.id)),
             via_node: self.0.node_id,
         };
-        self.0
+        let consumed = self
+            .0
             .write(
                 actor,
                 Command::ConsumeJoinToken {
@@ -101,7 +103,16 @@ impl NodeService for Nodes {
                     node_id: r.node_id,
                 },
             )
-            .await?;
+            .await;
+        if let Err(s) = consumed {
+            // A wrong, spent or expired token: a failed authentication, counted.
+            if let (tonic::Code::Unauthenticated, Some(ip)) = (s.code(), source) {
+                self.0
+                    .auth_failures
+                    .record(Some(&token.id), ip, "node_join", s.message());
+            }
+            return Err(s);
+        }
         let (cert_chain_der, bundle_der) = self
             .0
             .sec
