@@ -14,13 +14,8 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 records="${AUTHSEC_BENCH_RECORDS:-200000}"
 secs="${AUTHSEC_BENCH_SECS:-10}"
-work="$(mktemp -d)"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+. scripts/bench-dev.sh
+bench_work
 
 # The baseline first, kept aside; then the normal build (left in place).
 cargo build --release --locked -p authsec-node --features unaudited-bench
@@ -33,7 +28,6 @@ AUTHSEC_BIN="$bin" "$CARGO_TARGET_DIR/release/authsec-audit-bench" --records "$r
 
 echo "== issuance with and without its audit"
 export XDG_CONFIG_HOME="$work/config" XDG_DATA_HOME="$work/data"
-. scripts/bench-dev.sh
 tokens() {
   local b="$1" name="$2" base dev_pid secret
   rm -rf "$work/cluster" "$work/config"

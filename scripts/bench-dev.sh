@@ -1,4 +1,18 @@
-# Sourced by the token benchmarks (bench-oauth.sh, bench-audit.sh): start `BIN dev` in DIR on a
+# Sourced by the token benchmarks (bench-oauth.sh, bench-audit.sh).
+
+# A work folder ($work) and the background processes ($pids) removed and stopped on exit.
+bench_work() {
+  work="$(mktemp -d)"
+  pids=()
+  trap bench_cleanup EXIT
+}
+
+bench_cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  rm -rf "$work"
+}
+
+# Start `BIN dev` in DIR on a
 # free base port (log in LOG), wait until its three nodes issue, and create the benchmark's
 # client (`bench`, a role granting orders:read). Sets base, dev_pid (also added to pids) and
 # secret. The caller sets XDG_CONFIG_HOME, so the dev CLI config stays in its work folder.

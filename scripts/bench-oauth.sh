@@ -26,13 +26,8 @@ if [ ! -d "$oidc/node_modules/oidc-provider" ]; then
   (cd "$oidc" && { [ -f package.json ] || npm init -y >/dev/null; } && npm install --no-audit --no-fund oidc-provider@8.8.1 >/dev/null)
 fi
 
-work="$(mktemp -d)"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
+. scripts/bench-dev.sh
+bench_work
 tck="$(getconf CLK_TCK)"
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -93,7 +88,6 @@ kill "$oidc_pid"; wait "$oidc_pid" 2>/dev/null || true
 
 # authsec: a three-node dev cluster.
 export XDG_CONFIG_HOME="$work/config" XDG_DATA_HOME="$work/data"
-. scripts/bench-dev.sh
 bench_dev_cluster "$bin" "$work/cluster" "$work/dev.log"
 ca="$work/cluster/admin/ca.crt"
 u() { echo "https://127.0.0.1:$((base + 300 + $1))/oauth2/token"; }

@@ -170,8 +170,17 @@ pub(crate) fn record(
 /// At most this many credentials in one `RecordIssuanceBatch`.
 pub const BATCH_ITEMS_MAX: usize = 4096;
 
+/// An [`IssuanceProfile`] borrowed from an [`Issuance`]: kind, [subject, client, method],
+/// [audience, scopes], [delegation, actor].
+type ProfileKey<'a> = (
+    CredentialKind,
+    [&'a str; 3],
+    [&'a [String]; 2],
+    [Option<&'a str>; 2],
+);
+
 /// What credentials of one batch share: recorded once per batch, not once per credential.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IssuanceProfile {
     pub kind: CredentialKind,
     pub subject: String,
@@ -209,24 +218,35 @@ pub struct IssuanceBatch {
 impl IssuanceBatch {
     /// Pack records (in outbox order).
     pub fn pack(records: &[Issuance]) -> Self {
-        let mut index: std::collections::HashMap<IssuanceProfile, u32> = Default::default();
+        // Profiles are looked up by the record's own fields, borrowed: a record whose profile
+        // the batch already has costs no copy of them (this runs for every credential).
+        let mut index: std::collections::HashMap<ProfileKey<'_>, u32> = Default::default();
         let mut b = IssuanceBatch::default();
         for r in records {
-            let p = IssuanceProfile {
-                kind: r.kind,
-                subject: r.subject.clone(),
-                client_id: r.client_id.clone(),
-                method: r.method.clone(),
-                audience: r.audience.clone(),
-                scopes: r.scopes.clone(),
-                delegation: r.delegation.clone(),
-                actor: r.actor.clone(),
+            let key = (
+                r.kind,
+                [r.subject.as_str(), r.client_id.as_str(), r.method.as_str()],
+                [r.audience.as_slice(), r.scopes.as_slice()],
+                [r.delegation.as_deref(), r.actor.as_deref()],
+            );
+            let profile = match index.get(&key) {
+                Some(i) => *i,
+                None => {
+                    let i = b.profiles.len() as u32;
+                    b.profiles.push(IssuanceProfile {
+                        kind: r.kind,
+                        subject: r.subject.clone(),
+                        client_id: r.client_id.clone(),
+                        method: r.method.clone(),
+                        audience: r.audience.clone(),
+                        scopes: r.scopes.clone(),
+                        delegation: r.delegation.clone(),
+                        actor: r.actor.clone(),
+                    });
+                    index.insert(key, i);
+                    i
+                }
             };
-            let next = b.profiles.len() as u32;
-            let profile = *index.entry(p.clone()).or_insert_with(|| {
-                b.profiles.push(p);
-                next
-            });
             b.items.push(IssuedItem {
                 seq: r.seq,
                 profile,

@@ -840,15 +840,26 @@ struct Chain {
     /// Gaps between sequences are allowed (a filtered export).
     partial: bool,
     last: Option<(u64, Hash32)>,
-    /// Chain hashes seen since the last verified checkpoint, for the next one to name.
-    hashes: HashMap<u64, Hash32>,
-    /// Every chain hash from the first record on (an unfiltered export is contiguous), so a
-    /// line delivered twice (a sink delivers at least once) is recognized.
+    /// Every chain hash from the first record on, by `sequence - first`: an unfiltered export
+    /// is contiguous. Checkpoints name hashes from it, and a line delivered twice (a sink
+    /// delivers at least once) is recognized by it.
     seen: Vec<Hash32>,
+    /// A filtered export has gaps: its hashes by sequence instead.
+    by_sequence: HashMap<u64, Hash32>,
     keys: HashMap<String, AuditKeyInfo>,
 }
 
 impl Chain {
+    /// The chain hash this export holds at `sequence` (`first`: its first sequence).
+    fn hash_at(&self, sequence: u64, first: u64) -> Option<Hash32> {
+        if self.partial {
+            self.by_sequence.get(&sequence).copied()
+        } else {
+            let i = sequence.checked_sub(first)?;
+            self.seen.get(usize::try_from(i).ok()?).copied()
+        }
+    }
+
     fn link(&mut self, c: &Checked, roots: &[Vec<u8>], report: &mut Report) -> Result<(), String> {
         let at = |what: String| format!("record {} (line {}): {what}", c.sequence, c.line_no);
         match self.last {
@@ -862,11 +873,9 @@ impl Chain {
             }
             Some((seq, hash)) => {
                 if c.sequence <= seq {
-                    let again = c
-                        .sequence
-                        .checked_sub(report.first_sequence)
-                        .and_then(|i| self.seen.get(i as usize))
-                        .is_some_and(|h| *h == c.hash);
+                    let again = self
+                        .hash_at(c.sequence, report.first_sequence)
+                        .is_some_and(|h| h == c.hash);
                     if again && !self.partial {
                         report.duplicates += 1;
                         return Ok(());
@@ -895,8 +904,9 @@ impl Chain {
                 }
             }
         }
-        self.hashes.insert(c.sequence, c.hash);
-        if !self.partial {
+        if self.partial {
+            self.by_sequence.insert(c.sequence, c.hash);
+        } else {
             self.seen.push(c.hash);
         }
         match &c.record.event {
@@ -941,12 +951,11 @@ impl Chain {
                 key.key
                     .verify_strict(&msg, &sig)
                     .map_err(|_| at("the checkpoint's signature does not verify".into()))?;
-                match self.hashes.get(&cp.sequence) {
-                    Some(h) if *h == cp.head_hash => {
+                match self.hash_at(cp.sequence, report.first_sequence) {
+                    Some(h) if h == cp.head_hash => {
                         report.checkpoints += 1;
                         report.signers.insert(cp.node_id);
                         report.signed_through = cp.sequence;
-                        self.hashes.retain(|s, _| *s >= cp.sequence);
                     }
                     Some(_) => {
                         return Err(at(format!(

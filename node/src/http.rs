@@ -149,25 +149,27 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    if !sinks.is_empty() {
-        let _ = writeln!(
-            out,
-            "# HELP authsec_audit_sink_acked_sequence Last audit record the sink acknowledged.\n# TYPE authsec_audit_sink_acked_sequence gauge"
-        );
-        for (name, acked, _) in &sinks {
+    type Pick = fn(&(String, u64, u64)) -> u64;
+    let per_sink: [(&str, &str, Pick); 2] = [
+        (
+            "authsec_audit_sink_acked_sequence",
+            "Last audit record the sink acknowledged.",
+            |s| s.1,
+        ),
+        (
+            "authsec_audit_sink_lag_records",
+            "Records committed but not yet acknowledged by the sink.",
+            |s| s.2,
+        ),
+    ];
+    for (metric, help, pick) in per_sink.iter().filter(|_| !sinks.is_empty()) {
+        let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} gauge");
+        for s in &sinks {
             let _ = writeln!(
                 out,
-                "authsec_audit_sink_acked_sequence{{node_id=\"{id}\",sink=\"{name}\"}} {acked}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP authsec_audit_sink_lag_records Records committed but not yet acknowledged by the sink.\n# TYPE authsec_audit_sink_lag_records gauge"
-        );
-        for (name, _, lag) in &sinks {
-            let _ = writeln!(
-                out,
-                "authsec_audit_sink_lag_records{{node_id=\"{id}\",sink=\"{name}\"}} {lag}"
+                "{metric}{{node_id=\"{id}\",sink=\"{}\"}} {}",
+                s.0,
+                pick(s)
             );
         }
     }
