@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod checkers;
+pub mod creds;
 pub mod nemesis;
 pub mod oauth;
 pub mod oracle;
@@ -380,6 +381,8 @@ pub struct Cluster {
     routes: BTreeMap<u64, BTreeMap<String, String>>,
     /// The voters and learners, as this harness last changed them.
     pub members: BTreeSet<u64>,
+    /// Issuer replicas: learners that issue credentials and never vote.
+    pub replicas: BTreeSet<u64>,
     mounts: Vec<PathBuf>,
     /// How the harness dials nodes: as the bootstrap admin over mutual TLS (once the first
     /// node is initialized), or plaintext.
@@ -403,6 +406,7 @@ impl Cluster {
             net: None,
             routes: BTreeMap::new(),
             members: (1..=n).collect(),
+            replicas: BTreeSet::new(),
             mounts: Vec::new(),
             transport: None,
         };
@@ -1074,6 +1078,15 @@ impl Cluster {
             }
         }
         Ok(())
+    }
+
+    /// Set (or with `None`, remove) one environment variable of node `id`'s next spawn.
+    pub fn set_env(&mut self, id: u64, key: &str, value: Option<String>) {
+        let env = self.opts.env.entry(id).or_default();
+        env.retain(|(k, _)| k != key);
+        if let Some(v) = value {
+            env.push((key.to_owned(), v));
+        }
     }
 
     /// Wait until the given nodes agree on a leader; returns it.

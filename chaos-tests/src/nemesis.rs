@@ -41,6 +41,17 @@ pub enum Fault {
     AddRemoveMember,
     /// No fault: load only (a baseline, and room for planted bugs to show).
     Quiet { ms: u64 },
+    /// The leader and one follower cut off together (a deposed leader that still reaches a
+    /// node; with three voters, the leader alone).
+    IsolateLeaderWith { pick: u64, ms: u64 },
+    /// A minority cut off while tokens are revoked through nodes on both sides.
+    PartitionRevoking { pick: u64, ms: u64 },
+    /// The leader cut off with the smallest minority while the role is changed.
+    PartitionChangingRoles { ms: u64 },
+    /// One node restarted with its wall clock skewed, held, then restarted without.
+    ClockSkew { pick: u64, offset_ms: i64, ms: u64 },
+    /// The issuer replica cut off from every voter.
+    IsolateReplica { ms: u64 },
 }
 
 impl fmt::Display for Fault {
@@ -76,6 +87,27 @@ impl fmt::Display for Fault {
             Fault::DiskFull => write!(f, "disk full on the tmpfs node"),
             Fault::AddRemoveMember => write!(f, "add the spare node, then remove it"),
             Fault::Quiet { ms } => write!(f, "no fault for {ms} ms"),
+            Fault::IsolateLeaderWith { pick, ms } => {
+                write!(f, "isolate leader with follower #{pick} for {ms} ms")
+            }
+            Fault::PartitionRevoking { pick, ms } => {
+                write!(
+                    f,
+                    "partition minority #{pick} during revocations for {ms} ms"
+                )
+            }
+            Fault::PartitionChangingRoles { ms } => {
+                write!(
+                    f,
+                    "partition leader's minority during role changes for {ms} ms"
+                )
+            }
+            Fault::ClockSkew {
+                pick,
+                offset_ms,
+                ms,
+            } => write!(f, "skew node #{pick}'s clock by {offset_ms} ms for {ms} ms"),
+            Fault::IsolateReplica { ms } => write!(f, "isolate the issuer replica for {ms} ms"),
         }
     }
 }
@@ -96,6 +128,12 @@ pub enum Scenario {
     SlowLossyLinks,
     /// Load without faults. Not in [`Scenario::ALL`].
     Steady,
+    // Credential scenarios (part two): they need the credential workload.
+    DeposedLeaderWithFollower,
+    PartitionDuringRevocation,
+    PartitionDuringRoleChange,
+    ClockSkew,
+    ReplicaPartitioned,
 }
 
 impl Scenario {
@@ -113,6 +151,16 @@ impl Scenario {
         Scenario::SlowLossyLinks,
     ];
 
+    /// The scenarios of the credential workload, drawn besides [`Scenario::ALL`] when a run
+    /// has it.
+    pub const CREDENTIAL: [Scenario; 5] = [
+        Scenario::DeposedLeaderWithFollower,
+        Scenario::PartitionDuringRevocation,
+        Scenario::PartitionDuringRoleChange,
+        Scenario::ClockSkew,
+        Scenario::ReplicaPartitioned,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Scenario::LeaderKillLoop => "leader-kill-loop",
@@ -127,18 +175,25 @@ impl Scenario {
             Scenario::OneWayPartition => "one-way-partition",
             Scenario::SlowLossyLinks => "slow-lossy-links",
             Scenario::Steady => "steady",
+            Scenario::DeposedLeaderWithFollower => "deposed-leader-with-follower",
+            Scenario::PartitionDuringRevocation => "partition-during-revocation",
+            Scenario::PartitionDuringRoleChange => "partition-during-role-change",
+            Scenario::ClockSkew => "clock-skew",
+            Scenario::ReplicaPartitioned => "replica-partitioned",
         }
     }
 
     pub fn parse(s: &str) -> anyhow::Result<Self> {
         Self::ALL
             .into_iter()
+            .chain(Self::CREDENTIAL)
             .chain([Scenario::Steady])
             .find(|x| x.name() == s)
             .ok_or_else(|| {
                 anyhow::anyhow!(
-                    "unknown scenario {s:?}; known: {}",
-                    Self::ALL.map(Self::name).join(", ")
+                    "unknown scenario {s:?}; known: {}, {}",
+                    Self::ALL.map(Self::name).join(", "),
+                    Self::CREDENTIAL.map(Self::name).join(", ")
                 )
             })
     }
@@ -178,6 +233,31 @@ impl Scenario {
                 ms: ms(rng, 2000, 4000),
             }],
             Scenario::Steady => vec![Fault::Quiet {
+                ms: ms(rng, 4000, 6000),
+            }],
+            // Held well past the freshness bound (1.5 s in credential runs), so the cut-off
+            // side must stop issuing within the fault.
+            Scenario::DeposedLeaderWithFollower => vec![Fault::IsolateLeaderWith {
+                pick: rng.gen(),
+                ms: ms(rng, 4000, 6000),
+            }],
+            Scenario::PartitionDuringRevocation => vec![Fault::PartitionRevoking {
+                pick: rng.gen(),
+                ms: ms(rng, 4000, 6000),
+            }],
+            Scenario::PartitionDuringRoleChange => vec![Fault::PartitionChangingRoles {
+                ms: ms(rng, 4000, 6000),
+            }],
+            Scenario::ClockSkew => vec![Fault::ClockSkew {
+                pick: rng.gen(),
+                offset_ms: if rng.gen() {
+                    rng.gen_range(5_000..=60_000)
+                } else {
+                    -rng.gen_range(5_000..=60_000)
+                },
+                ms: ms(rng, 4000, 6000),
+            }],
+            Scenario::ReplicaPartitioned => vec![Fault::IsolateReplica {
                 ms: ms(rng, 4000, 6000),
             }],
             Scenario::SlowLossyLinks => vec![

@@ -12,7 +12,8 @@ use authsec_api::v1;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::checkers::{self, History, Violation};
+use crate::checkers::{self, CredHistory, FaultLog, History, Span, Violation};
+use crate::creds::{CredOptions, CredWorkload};
 use crate::nemesis::{Fault, Scenario};
 use crate::oracle::{OpResult, Oracle, Workload, WorkloadOptions};
 use crate::{Cluster, Options};
@@ -36,6 +37,14 @@ pub struct RunConfig {
     pub tag: String,
     /// How long the healed cluster may take to converge before the checkers judge it as is.
     pub converge_timeout: Duration,
+    /// Run the credential workload (part two) besides the registrations, with its checkers
+    /// and scenarios.
+    pub credentials: bool,
+    /// Add an issuer replica (a learner that issues) to the credential workload's targets.
+    pub replica: bool,
+    /// The nodes' freshness bound in credential runs (short, so faults outlast it).
+    pub max_staleness_ms: u64,
+    pub cred: CredOptions,
 }
 
 impl RunConfig {
@@ -51,6 +60,10 @@ impl RunConfig {
             tmpfs_mib: 512,
             tag: "chaos".into(),
             converge_timeout: Duration::from_secs(120),
+            credentials: false,
+            replica: false,
+            max_staleness_ms: 1500,
+            cred: CredOptions::default(),
         }
     }
 }
@@ -98,6 +111,13 @@ pub struct Summary {
     pub failovers: Vec<Duration>,
     pub records: usize,
     pub notes: Vec<String>,
+    /// Credential runs: requests, credentials received, acknowledged revocations.
+    pub cred_requests: usize,
+    pub cred_issued: usize,
+    pub cred_revocations: usize,
+    pub issuance: Option<checkers::availability::Figure>,
+    pub probes: Option<checkers::revocation::Tally>,
+    pub lost_with_wipes: usize,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
@@ -143,6 +163,45 @@ impl Summary {
             ms(self.failover_p(0.5)),
             ms(self.failover_p(0.99))
         );
+        if let Some(f) = &self.issuance {
+            let _ = writeln!(
+                s,
+                "| credential requests / credentials issued | {} / {} |",
+                self.cred_requests, self.cred_issued
+            );
+            let _ = writeln!(
+                s,
+                "| token revocations acknowledged | {} |",
+                self.cred_revocations
+            );
+            if let Some(p) = &self.probes {
+                let _ = writeln!(
+                    s,
+                    "| revocation probes judged / excused (node cut or down) / unanswered | {} / {} / {} |",
+                    p.judged, p.excused, p.unanswered
+                );
+            }
+            let _ = writeln!(
+                s,
+                "| issuance availability, majority side: requests issued | {:.1} % ({} of {}; {} unavailable, {} no answer; {} refused by policy, not counted) |",
+                f.request_share() * 100.0,
+                f.issued,
+                f.requests,
+                f.refused,
+                f.failed,
+                f.denied
+            );
+            let _ = writeln!(
+                s,
+                "| issuance availability, majority side: 1 s windows with a credential | {:.1} % |",
+                f.window_share() * 100.0
+            );
+            let _ = writeln!(
+                s,
+                "| credentials lost with a wiped disk (not audited) | {} |",
+                self.lost_with_wipes
+            );
+        }
         s
     }
 }
@@ -170,6 +229,12 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Summary> {
     };
     if root {
         opts.tmpfs_mib.insert(tmpfs_node, cfg.tmpfs_mib);
+    }
+    if cfg.credentials {
+        opts.extra_toml += &format!("[issuer]\nmax_staleness_ms = {}\n", cfg.max_staleness_ms);
+        if cfg.replica {
+            opts.spare = 2;
+        }
     }
     let mut summary = Summary {
         seed: cfg.seed,
@@ -222,6 +287,46 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Summary> {
         cfg.workload.clone(),
     )?;
     wait_acks(&oracle, Duration::ZERO, 20, Duration::from_secs(60)).await?;
+    let t0_wall_ms = wall_ms().saturating_sub(oracle.now().as_millis() as u64);
+    let mut flog = FaultLog::default();
+    let creds = if cfg.credentials {
+        let mut targets = ids.clone();
+        if cfg.replica {
+            let rid = cfg.nodes + 2;
+            add_replica(&mut cluster, rid).await?;
+            targets.push(rid);
+        }
+        cluster
+            .wait_issuing(&targets, Duration::from_secs(60))
+            .await?;
+        let w = CredWorkload::start(
+            &cluster,
+            &targets,
+            oracle.clone(),
+            &cfg.tag,
+            cfg.cred.clone(),
+        )
+        .await?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while w.issued_since(Duration::ZERO) < 20 {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the credential workload got fewer than 20 credentials within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Some(w)
+    } else {
+        None
+    };
+    let scenarios: Vec<Scenario> = Scenario::ALL
+        .into_iter()
+        .chain(
+            Scenario::CREDENTIAL
+                .into_iter()
+                .filter(|s| cfg.credentials && (cfg.replica || *s != Scenario::ReplicaPartitioned)),
+        )
+        .collect();
 
     let mut kills: Vec<(Duration, u64)> = Vec::new();
     let run_scenario = |s: Scenario, rng: &mut StdRng| s.faults(rng);
@@ -247,7 +352,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Summary> {
                     break;
                 }
                 if qi >= queue.len() {
-                    let s = Scenario::ALL[rng.gen_range(0..Scenario::ALL.len())];
+                    let s = scenarios[rng.gen_range(0..scenarios.len())];
                     queue.extend(run_scenario(s, &mut rng));
                 }
                 queue[qi].clone()
@@ -264,7 +369,12 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Summary> {
         let at = oracle.now();
         say(&format!("[{:>7.1}s] fault: {fault}", at.as_secs_f64()));
         summary.faults.push((at, fault.to_string()));
-        match inject(&mut cluster, &oracle, &fault, &mut kills, tmpfs_node).await {
+        let mut fx = Fx {
+            oracle: &oracle,
+            flog: &mut flog,
+            creds: creds.as_ref(),
+        };
+        match inject(&mut cluster, &mut fx, &fault, &mut kills, tmpfs_node).await {
             Ok(note) => {
                 if let Some(n) = note {
                     say(&format!("           {n}"));
@@ -292,12 +402,17 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Summary> {
 
     let end_of_load = oracle.now();
     workload.stop().await;
+    let cred_log = match creds {
+        Some(w) => Some(w.stop().await),
+        None => None,
+    };
     summary.attempted = 0;
     if let Some(net) = &cluster.net {
         net.heal();
     }
     let members: Vec<u64> = cluster.members.iter().copied().collect();
-    for id in &members {
+    let replicas: Vec<u64> = cluster.replicas.iter().copied().collect();
+    for id in members.iter().chain(&replicas) {
         if !cluster.node_mut(*id).is_some_and(|n| n.is_running()) {
             cluster.spawn(*id)?;
         }
@@ -365,7 +480,60 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Summary> {
             }
         };
     }
+    if let Some(log) = cred_log {
+        // Every credential request, for reading a run by hand.
+        if let Some(path) = std::env::var_os("AUTHSEC_CHAOS_CRED_DUMP") {
+            let mut text = String::new();
+            for r in &log.requests {
+                let _ = writeln!(
+                    text,
+                    "{:>8.3} {:>8.3} node {} {:<16} {:?}",
+                    r.start.as_secs_f64(),
+                    r.end.as_secs_f64(),
+                    r.node,
+                    r.kind.name(),
+                    r.outcome
+                );
+            }
+            for r in &log.revocations {
+                let _ = writeln!(text, "revocation {r:?}");
+            }
+            for (i, w) in log.writes.iter().enumerate() {
+                let _ = writeln!(text, "write {i} {w:?}");
+            }
+            let _ = std::fs::write(&path, text);
+        }
+        let export_node = members[0];
+        let export = settled_export(&cluster, export_node, &log).await?;
+        h.creds = Some(CredHistory {
+            log,
+            faults: flog,
+            max_staleness: Duration::from_millis(cfg.max_staleness_ms),
+            t0_wall_ms,
+            export,
+            export_node,
+        });
+    }
     summary.violations.extend(checkers::check_all(&h));
+    if let Some(c) = &h.creds {
+        summary.cred_requests = c.log.requests.len();
+        summary.cred_issued = c
+            .log
+            .requests
+            .iter()
+            .filter(|r| r.issued().is_some())
+            .count();
+        summary.cred_revocations = c.log.revocations.len();
+        summary.issuance = checkers::availability::figure(&h);
+        summary.probes = Some(checkers::revocation::tally(&h));
+        summary.lost_with_wipes = checkers::audit_complete::lost_with_wipes(&h);
+        if summary.lost_with_wipes > 0 {
+            summary.notes.push(format!(
+                "{} credential(s) issued by a node shortly before the nemesis wiped its disk are not in the audit export: their issuance records went with the disk",
+                summary.lost_with_wipes
+            ));
+        }
+    }
     summary.records = h.archives.values().next().map_or(0, Vec::len);
     summary.acked = h.ops.iter().filter(|o| o.acked()).count();
     summary.unknown = h
@@ -553,57 +721,290 @@ pub async fn wait_up(cluster: &Cluster, id: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What a fault injection reads and records besides the cluster.
+struct Fx<'a> {
+    oracle: &'a Oracle,
+    flog: &'a mut FaultLog,
+    creds: Option<&'a CredWorkload>,
+}
+
+impl Fx<'_> {
+    fn now(&self) -> Duration {
+        self.oracle.now()
+    }
+
+    fn cut(&mut self, nodes: &[u64], from: Duration) {
+        let to = self.now();
+        for n in nodes {
+            self.flog.cuts.push(Span { node: *n, from, to });
+        }
+    }
+
+    fn down(&mut self, nodes: &[u64], from: Duration) {
+        let to = self.now();
+        for n in nodes {
+            self.flog.downs.push(Span { node: *n, from, to });
+        }
+    }
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Add node `id` as an issuer replica: a learner that issues credentials and never votes.
+async fn add_replica(cluster: &mut Cluster, id: u64) -> anyhow::Result<()> {
+    cluster.prepare(id, None)?;
+    cluster.spawn(id)?;
+    wait_up(cluster, id).await?;
+    let addr = cluster.addr(id)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let l = leader(cluster).await?;
+        let mut c =
+            v1::cluster_service_client::ClusterServiceClient::new(cluster.channel(l).await?);
+        match c
+            .add_node(v1::AddNodeRequest {
+                node_id: id,
+                addr: addr.clone(),
+                learner_only: true,
+            })
+            .await
+        {
+            Ok(_) => break,
+            Err(e) if Instant::now() < deadline => {
+                tracing::info!(error = %e, "adding the issuer replica retried");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => bail!("adding issuer replica {id}: {e}"),
+        }
+    }
+    cluster.replicas.insert(id);
+    say(&format!("node {id} joined as an issuer replica (learner)"));
+    Ok(())
+}
+
+/// The audit export of node `id`, once it holds the issuance record of every credential the
+/// workload received (the issuing nodes hand them to the log asynchronously), or as it
+/// stands after 30 s: the audit checker names what is missing then.
+async fn settled_export(
+    cluster: &Cluster,
+    id: u64,
+    log: &crate::creds::CredLog,
+) -> anyhow::Result<Vec<authsec_domain::AuditRecord>> {
+    let want: BTreeSet<&str> = log
+        .requests
+        .iter()
+        .filter_map(|r| r.issued().map(|i| i.id.as_str()))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut c = v1::audit_service_client::AuditServiceClient::new(cluster.channel(id).await?)
+            .max_decoding_message_size(16 << 20);
+        let mut s = c
+            .export(v1::ExportRequest::default())
+            .await
+            .context("audit export")?
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(r) = s.message().await? {
+            if let Some(rec) = r.record {
+                out.push(
+                    authsec_domain::AuditRecord::from_bytes(&rec.record_bytes)
+                        .with_context(|| format!("audit record {}", rec.sequence))?,
+                );
+            }
+        }
+        let mut have = BTreeSet::new();
+        for rec in &out {
+            if let authsec_domain::Event::IssuanceBatchRecorded { batch, .. } = &rec.event {
+                have.extend(batch.items.iter().map(|i| i.id.clone()));
+            }
+        }
+        let missing = want.iter().filter(|w| !have.contains(**w)).count();
+        if missing == 0 || Instant::now() > deadline {
+            say(&format!(
+                "audit export of node {id}: {} records, {} of {} received credentials recorded",
+                out.len(),
+                want.len() - missing,
+                want.len()
+            ));
+            return Ok(out);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Partition `minor` from every other node; returns the other side.
+fn cut_off(cluster: &Cluster, net: &crate::proxy::Net, minor: &[u64]) -> Vec<u64> {
+    let rest: Vec<u64> = all_ids(cluster)
+        .into_iter()
+        .filter(|x| !minor.contains(x))
+        .collect();
+    net.partition(minor, &rest);
+    rest
+}
+
+/// Hold a partition for `ms`, asking the credential workload for `urgent` work at its start
+/// and halfway.
+async fn hold_with(fx: &Fx<'_>, ms: u64, urgent: impl Fn(&CredWorkload)) {
+    if let Some(w) = fx.creds {
+        urgent(w);
+    }
+    hold(ms / 2).await;
+    if let Some(w) = fx.creds {
+        urgent(w);
+    }
+    hold(ms - ms / 2).await;
+}
+
 /// Apply one fault and undo it (the caller heals the network). Returns a note for the report.
 async fn inject(
     cluster: &mut Cluster,
-    oracle: &Oracle,
+    fx: &mut Fx<'_>,
     fault: &Fault,
     kills: &mut Vec<(Duration, u64)>,
     tmpfs_node: u64,
 ) -> anyhow::Result<Option<String>> {
     let net = cluster.net()?.clone();
+    let oracle = fx.oracle;
+    let t = fx.now();
     match fault {
         Fault::KillLeader { down_ms } => {
             let l = leader(cluster).await?;
-            kills.push((oracle.now(), l));
+            let t = fx.now();
+            kills.push((t, l));
             cluster.kill9(l)?;
             hold(*down_ms).await;
             cluster.spawn(l)?;
+            fx.down(&[l], t);
             Ok(Some(format!("killed leader {l}")))
         }
         Fault::PauseLeader { ms } => {
             let l = leader(cluster).await?;
+            let t = fx.now();
             cluster.pause(l)?;
             hold(*ms).await;
             cluster.resume(l)?;
+            fx.down(&[l], t);
             Ok(Some(format!("paused leader {l}")))
         }
         Fault::IsolateLeader { ms } => {
             let l = leader(cluster).await?;
-            let others: Vec<u64> = all_ids(cluster).into_iter().filter(|x| *x != l).collect();
-            net.partition(&[l], &others);
+            let t = fx.now();
+            cut_off(cluster, &net, &[l]);
             hold(*ms).await;
+            fx.cut(&[l], t);
             Ok(Some(format!("isolated leader {l}")))
         }
         Fault::PartitionMinority { pick, ms } => {
             let members: Vec<u64> = cluster.members.iter().copied().collect();
             let mut r = StdRng::seed_from_u64(*pick);
             let minor = minority(&members, &mut r);
-            let rest: Vec<u64> = all_ids(cluster)
-                .into_iter()
-                .filter(|x| !minor.contains(x))
-                .collect();
-            net.partition(&minor, &rest);
+            let rest = cut_off(cluster, &net, &minor);
             hold(*ms).await;
+            fx.cut(&minor, t);
             Ok(Some(format!("partitioned {minor:?} from {rest:?}")))
         }
         Fault::OneWayFromLeader { pick, ms } => {
             let l = leader(cluster).await?;
             let f = followers(cluster, l);
             let target = f[(*pick % f.len() as u64) as usize];
+            let t = fx.now();
             net.one_way(&[l], &[target]);
             hold(*ms).await;
+            fx.down(&[target], t);
             Ok(Some(format!("leader {l} -/-> {target}")))
+        }
+        Fault::IsolateLeaderWith { pick, ms } => {
+            let l = leader(cluster).await?;
+            let f = followers(cluster, l);
+            let mut side = vec![l];
+            if cluster.members.len() >= 5 {
+                side.push(f[(*pick % f.len() as u64) as usize]);
+            }
+            let t = fx.now();
+            let rest = cut_off(cluster, &net, &side);
+            hold(*ms).await;
+            fx.cut(&side, t);
+            Ok(Some(format!(
+                "deposed leader {l} cut off with {side:?} from {rest:?}"
+            )))
+        }
+        Fault::PartitionRevoking { pick, ms } => {
+            let members: Vec<u64> = cluster.members.iter().copied().collect();
+            let mut r = StdRng::seed_from_u64(*pick);
+            let minor = minority(&members, &mut r);
+            let rest = cut_off(cluster, &net, &minor);
+            hold_with(fx, *ms, |w| w.revoke_now(8)).await;
+            fx.cut(&minor, t);
+            Ok(Some(format!(
+                "partitioned {minor:?} from {rest:?} while revoking tokens through every node"
+            )))
+        }
+        Fault::PartitionChangingRoles { ms } => {
+            let l = leader(cluster).await?;
+            let f = followers(cluster, l);
+            let mut side = vec![l];
+            side.extend(f.iter().take((cluster.members.len() - 1) / 2 - 1));
+            let t = fx.now();
+            let rest = cut_off(cluster, &net, &side);
+            hold_with(fx, *ms, |w| w.change_roles_now(4)).await;
+            fx.cut(&side, t);
+            Ok(Some(format!(
+                "leader {l} cut off with {side:?} from {rest:?} while the role changes"
+            )))
+        }
+        Fault::IsolateReplica { ms } => {
+            let Some(rid) = cluster.replicas.iter().next().copied() else {
+                return Ok(Some("no issuer replica in this run".into()));
+            };
+            let rest = cut_off(cluster, &net, &[rid]);
+            hold_with(fx, *ms, |w| w.revoke_now(4)).await;
+            fx.cut(&[rid], t);
+            Ok(Some(format!("issuer replica {rid} cut off from {rest:?}")))
+        }
+        Fault::ClockSkew {
+            pick,
+            offset_ms,
+            ms,
+        } => {
+            let members: Vec<u64> = cluster.members.iter().copied().collect();
+            let id = members[(*pick % members.len() as u64) as usize];
+            let key = "AUTHSEC_TEST_CLOCK_OFFSET_MS";
+            let t = fx.now();
+            let st = cluster.stop(id)?;
+            anyhow::ensure!(st.success(), "node {id} exited with {st} on SIGTERM");
+            cluster.set_env(id, key, Some(offset_ms.to_string()));
+            cluster.spawn(id)?;
+            wait_up(cluster, id).await?;
+            fx.down(&[id], t);
+            let skewed = fx.now();
+            hold_with(fx, *ms, |w| {
+                w.revoke_now(6);
+                w.change_roles_now(2);
+            })
+            .await;
+            let t = fx.now();
+            fx.flog.skews.push((
+                Span {
+                    node: id,
+                    from: skewed,
+                    to: t,
+                },
+                *offset_ms,
+            ));
+            let st = cluster.stop(id)?;
+            cluster.set_env(id, key, None);
+            anyhow::ensure!(st.success(), "node {id} exited with {st} on SIGTERM");
+            cluster.spawn(id)?;
+            wait_up(cluster, id).await?;
+            fx.down(&[id], t);
+            Ok(Some(format!(
+                "node {id} ran with its clock {offset_ms} ms off, then without"
+            )))
         }
         Fault::Flapping {
             pick,
@@ -616,12 +1017,10 @@ async fn inject(
             let mut flaps = 0;
             while Instant::now() < end {
                 let minor = minority(&members, &mut r);
-                let rest: Vec<u64> = all_ids(cluster)
-                    .into_iter()
-                    .filter(|x| !minor.contains(x))
-                    .collect();
-                net.partition(&minor, &rest);
+                let t = fx.now();
+                cut_off(cluster, &net, &minor);
                 hold(*period_ms).await;
+                fx.cut(&minor, t);
                 net.heal();
                 hold(*period_ms / 2).await;
                 flaps += 1;
@@ -645,23 +1044,29 @@ async fn inject(
             Ok(None)
         }
         Fault::LossyLinks { ms, per_mille } => {
+            let ids = all_ids(cluster);
             net.all(
-                &all_ids(cluster),
+                &ids,
                 crate::proxy::LinkFault {
                     drop_per_mille: *per_mille,
                     ..Default::default()
                 },
             );
             hold(*ms).await;
+            // Links that drop data mid-stream break connections: no node counts as
+            // reliably connected meanwhile.
+            fx.down(&ids, t);
             Ok(None)
         }
         Fault::RollingRestart => {
             let members: Vec<u64> = cluster.members.iter().copied().collect();
             for id in &members {
+                let t = fx.now();
                 let st = cluster.stop(*id)?;
                 anyhow::ensure!(st.success(), "node {id} exited with {st} on SIGTERM");
                 cluster.spawn(*id)?;
                 wait_up(cluster, *id).await?;
+                fx.down(&[*id], t);
                 cluster
                     .wait_leader(&members, Duration::from_secs(60))
                     .await?;
@@ -675,9 +1080,11 @@ async fn inject(
             let compacted = cluster.status(l).await?.purged_index > 0;
             let f = followers(cluster, l);
             let target = f[(*pick % f.len() as u64) as usize];
+            let t = fx.now();
             change_membership(cluster, None, Some(target)).await?;
             cluster.members.remove(&target);
             cluster.kill9(target)?;
+            fx.flog.wipes.push((target, fx.now()));
             cluster.wipe(target)?;
             cluster.unbootstrap(target);
             cluster.prepare(target, None)?;
@@ -690,6 +1097,7 @@ async fn inject(
             loop {
                 let s = cluster.status(target).await?;
                 if s.applied_index > 0 && (s.snapshot_index > 0 || !compacted) {
+                    fx.down(&[target], t);
                     return Ok(Some(format!(
                         "node {target} wiped and rejoined; snapshot at index {}",
                         s.snapshot_index
@@ -707,6 +1115,7 @@ async fn inject(
             anyhow::ensure!(cluster.members.contains(&id), "node {id} is not a member");
             let dir = cluster.data_dir(id)?.to_path_buf();
             let filler = dir.join("filler");
+            let t = fx.now();
             let filled = fill(&filler)?;
             let exit = cluster.wait_exit(id, Duration::from_secs(120));
             let log = cluster.log_tail(id, 30);
@@ -727,6 +1136,7 @@ async fn inject(
                 .to_owned();
             cluster.spawn(id)?;
             wait_up(cluster, id).await?;
+            fx.down(&[id], t);
             Ok(Some(format!(
                 "node {id}: disk filled ({} MiB), exited with {st}: {}",
                 filled >> 20,
@@ -741,7 +1151,7 @@ async fn inject(
             let spare = cluster
                 .reserved_ids()
                 .into_iter()
-                .find(|id| !cluster.members.contains(id))
+                .find(|id| !cluster.members.contains(id) && !cluster.replicas.contains(id))
                 .ok_or_else(|| anyhow!("no spare node id"))?;
             if cluster.nodes.contains_key(&spare) {
                 let _ = cluster.kill9(spare);

@@ -127,6 +127,11 @@ pub enum ProjectionKey {
 /// All projections. Ordered maps only, so iteration (and so the digest) is deterministic.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct State {
+    /// The log index of the last entry these projections include, whole: a credential
+    /// decided on this state carries it (`authsec_index`), so "revoked below index R" and
+    /// "as the log stood at issuance" mean exactly this state. Kept in memory only: the state
+    /// machine sets it in the same critical section as the entry's changes.
+    pub applied_index: u64,
     pub meta: StateMeta,
     pub security: SecurityState,
     pub nodes: BTreeMap<u64, NodeRecord>,

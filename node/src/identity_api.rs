@@ -48,10 +48,7 @@ fn secret_key_status(e: SecretKeyError) -> Status {
 }
 
 fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    crate::clock::now_ms()
 }
 
 /// `<prefix>-<20 hex digits>` from the OS random source (never in the state machine).

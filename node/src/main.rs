@@ -16,6 +16,7 @@ mod cli_audit;
 mod cli_identity;
 mod cli_oauth;
 mod cli_svid;
+mod clock;
 mod config;
 mod dev;
 mod federation;

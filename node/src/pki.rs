@@ -12,7 +12,7 @@ use std::fmt;
 use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use authsec_domain::{SpiffeId, TrustDomain};
 use rcgen::{
@@ -250,9 +250,7 @@ impl Sans {
 }
 
 fn now() -> Duration {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
+    crate::clock::unix_now()
 }
 
 fn at(t: Duration) -> time::OffsetDateTime {

@@ -22,6 +22,23 @@ pub enum PlantedBug {
     /// had. (A registration rather than any record: the nodes' own key events interleave
     /// with the workload's writes at times no test controls.)
     DropRecord(u64),
+    /// This node issues credentials whatever its freshness bound says: a node cut off from
+    /// the majority keeps minting on a view that may be arbitrarily stale.
+    IgnoreFreshness,
+    /// This node's state machine archives revocations but never applies them to its
+    /// projections: its introspection and its revocation stream keep honouring revoked
+    /// tokens.
+    SkipRevocations,
+    /// Token exchange grants whatever scope the agent asks for under a live delegation,
+    /// instead of the delegation cut to the roles as the log stands.
+    WidenDelegation,
+}
+
+static ACTIVE: std::sync::OnceLock<PlantedBug> = std::sync::OnceLock::new();
+
+/// The defect this process runs with (set once at start-up; `None` in release builds).
+pub fn active() -> PlantedBug {
+    ACTIVE.get().copied().unwrap_or_default()
 }
 
 impl PlantedBug {
@@ -37,15 +54,19 @@ impl PlantedBug {
         let bug = match v.split_once('=') {
             None if v == "ack-before-sync" => Self::AckBeforeSync,
             None if v == "reorder-writes" => Self::ReorderWrites,
+            None if v == "ignore-freshness" => Self::IgnoreFreshness,
+            None if v == "skip-revocations" => Self::SkipRevocations,
+            None if v == "widen-delegation" => Self::WidenDelegation,
             Some(("drop-record", n)) => Self::DropRecord(
                 n.parse()
                     .map_err(|_| anyhow::anyhow!("{ENV}: drop-record=N needs a sequence"))?,
             ),
             _ => anyhow::bail!(
-                "{ENV}={v:?}: expected ack-before-sync, reorder-writes or drop-record=N"
+                "{ENV}={v:?}: expected ack-before-sync, reorder-writes, drop-record=N, ignore-freshness, skip-revocations or widen-delegation"
             ),
         };
         tracing::error!(bug = ?bug, "PLANTED BUG ACTIVE: this node is deliberately broken for a checker test");
+        let _ = ACTIVE.set(bug);
         Ok(bug)
     }
 }

@@ -127,8 +127,10 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
     #[allow(unused_mut)]
     let mut sm = StateMachine::open(store.clone(), head_tx).context("check the state machine")?;
     #[cfg(debug_assertions)]
-    if let crate::planted::PlantedBug::DropRecord(seq) = cfg.planted_bug {
-        sm.plant_drop_record(seq);
+    match cfg.planted_bug {
+        crate::planted::PlantedBug::DropRecord(seq) => sm.plant_drop_record(seq),
+        crate::planted::PlantedBug::SkipRevocations => sm.plant_skip_revocations(),
+        _ => {}
     }
     tracing::info!(
         node_id,

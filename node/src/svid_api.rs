@@ -29,23 +29,17 @@ pub struct Svids {
 }
 
 impl Svids {
-    fn entry(&self, id: &str) -> Result<Entry, Status> {
+    /// The entry, and the log index of the state it was read from: the credential carries
+    /// that index, so a revocation "below index R" covers exactly what was decided before it.
+    fn entry(&self, id: &str) -> Result<(Entry, u64), Status> {
         let id =
             authsec_api::identity::entry_id(id).map_err(|e| Status::from(ApiError::from(e)))?;
-        let row = self
-            .ctx
-            .reader
-            .row(cf::PROJ_ENTRIES, id.as_str().as_bytes())
-            .map_err(|e| {
-                tracing::error!(error = %e, "reading an entry failed");
-                Status::internal("storage read failed; see the node's log")
-            })?;
-        let entry: Entry = match row {
-            Some(v) => codec::decode(Tag::ENTRY, &v).map_err(|e| {
-                tracing::error!(error = %e, "decoding an entry failed");
-                Status::internal("storage read failed; see the node's log")
-            })?,
-            None => return Err(Status::not_found(format!("entry {id} does not exist"))),
+        let (entry, index) = {
+            let state = self.view.read();
+            match state.entries.get(&id) {
+                Some(e) => (e.clone(), state.applied_index),
+                None => return Err(Status::not_found(format!("entry {id} does not exist"))),
+            }
         };
         // Never a node's or an admin's credential, whatever the entry says (the rules refuse
         // such entries; this holds for any written before they did).
@@ -55,7 +49,7 @@ impl Svids {
                 entry.spiffe_id
             )));
         }
-        Ok(entry)
+        Ok((entry, index))
     }
 
     /// The entry's parent agent, or an admin allowed to mint for any entry.
@@ -168,9 +162,9 @@ impl Svids {
     /// entry and this node's applied index, which the credential will carry.
     fn admit<T>(&self, req: &Request<T>, entry_id: &str) -> Result<(Entry, u64), Status> {
         self.issuer.check_fresh()?;
-        let entry = self.entry(entry_id)?;
+        let (entry, index) = self.entry(entry_id)?;
         self.authorize(req, &entry)?;
-        Ok((entry, applied_index(&self.ctx)))
+        Ok((entry, index))
     }
 }
 

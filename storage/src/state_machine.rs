@@ -69,6 +69,9 @@ pub struct StateMachine {
     /// client registration whose archive sequence is at least this one is neither archived
     /// nor projected here (once; the planted state is not persisted).
     drop_record: Option<u64>,
+    /// A planted defect (debug builds only): revocations are archived but never applied to
+    /// this node's projections.
+    skip_revocations: bool,
 }
 
 impl std::fmt::Debug for StateMachine {
@@ -151,6 +154,15 @@ impl StateMachine {
         self.drop_record = Some(sequence);
     }
 
+    /// Plant a defect: revocations are decided and archived as on every node, but this node's
+    /// projections never see them, so its introspection and revocation stream keep honouring
+    /// revoked credentials. Only for proving the chaos checkers; absent from release builds.
+    #[cfg(debug_assertions)]
+    pub fn plant_skip_revocations(&mut self) {
+        tracing::error!("PLANTED BUG: this node will not apply revocations");
+        self.skip_revocations = true;
+    }
+
     /// Open the state machine: finish an interrupted snapshot installation, then load and check
     /// every projection and the whole archive chain. Any damage stops the node here, naming it.
     pub fn open(store: Store, head_tx: watch::Sender<ArchiveHead>) -> Result<Self, StoreError> {
@@ -188,7 +200,8 @@ impl StateMachine {
             head,
         } = read_sm_meta(|k| store.db.get_cf(meta, k))?;
         let reader = crate::reader::Reader::new(store.clone());
-        let state = reader.load_state()?;
+        let mut state = reader.load_state()?;
+        state.applied_index = applied.map_or(0, |l| l.index);
         let verified = reader.verify_archive()?;
         if verified != head {
             return Err(StoreError::Damaged {
@@ -217,6 +230,7 @@ impl StateMachine {
             snapshot_lock,
             receiving: None,
             drop_record: None,
+            skip_revocations: false,
         })
     }
 
@@ -419,9 +433,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // Chain hashes of the records archived by this call, not yet in RocksDB.
         let mut written: HashMap<u64, [u8; 32]> = HashMap::new();
         let archive = self.store.cf(cf::ARCHIVE);
+        let shared = self.state.clone();
         for entry in entries {
             let log_index = entry.log_id.index;
             self.applied = Some(entry.log_id);
+            // One critical section per entry: a reader sees an entry's changes all at once,
+            // together with its index, never a part of them.
+            let mut state = write_state(&shared);
             let mut reply = BatchOutcome {
                 log_index,
                 outcomes: Vec::new(),
@@ -444,7 +462,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             Command::RecordCheckpoint(c) => {
                                 match self.chain_hash_at(c.sequence, &written) {
                                     Ok(h) if h == c.head_hash => {
-                                        apply_proposal(&mut write_state(&self.state), p, log_index)
+                                        apply_proposal(&mut state, p, log_index)
                                     }
                                     Ok(h) => Err(Rejection::InvalidField {
                                         field: "head_hash".into(),
@@ -461,7 +479,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                     }),
                                 }
                             }
-                            _ => apply_proposal(&mut write_state(&self.state), p, log_index),
+                            // The planted defect: decided on a copy, so the events are archived
+                            // while this node's projections stay as they were.
+                            Command::Revoke(_) if self.skip_revocations => {
+                                let mut scratch = state.clone();
+                                apply_proposal(&mut scratch, p, log_index)
+                            }
+                            _ => apply_proposal(&mut state, p, log_index),
                         };
                         let outcome = decided.map(|(events, time_ms)| {
                             touched.insert(ProjectionKey::Meta);
@@ -529,6 +553,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     }
                 }
             }
+            state.applied_index = log_index;
+            drop(state);
             replies.push(reply);
         }
         let security = {

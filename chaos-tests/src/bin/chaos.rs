@@ -4,6 +4,7 @@
 //! authsec-chaos --nodes 5 --duration 30m            # random scenarios for 30 minutes
 //! authsec-chaos --nodes 3 --scenario leader-kill-loop --scenario disk-full
 //! authsec-chaos --seed 1234 ...                      # replay a run's fault schedule
+//! authsec-chaos --nodes 5 --duration 30m --credentials --replica   # part two's soak
 //! ```
 //! It prints the seed and every fault as it starts, and ends with the summary table; the
 //! exit code is 1 if any invariant was violated.
@@ -43,6 +44,12 @@ struct Args {
     /// Build a snapshot every this many log entries (snapshots carry the whole archive).
     #[arg(long, default_value_t = 2000)]
     snapshot_every: u64,
+    /// Run the credential workload too (part two): its checkers and its scenarios.
+    #[arg(long)]
+    credentials: bool,
+    /// With --credentials: add an issuer replica (a learner that issues).
+    #[arg(long)]
+    replica: bool,
     /// Write the summary table (markdown) to this file too.
     #[arg(long)]
     report: Option<std::path::PathBuf>,
@@ -81,6 +88,8 @@ async fn main() -> anyhow::Result<ExitCode> {
     cfg.workload.think = Duration::from_millis(a.think_ms);
     cfg.tmpfs_mib = 2048;
     cfg.snapshot_logs_since_last = a.snapshot_every;
+    cfg.credentials = a.credentials;
+    cfg.replica = a.credentials && a.replica;
     let summary = runner::run(cfg).await?;
     if let Some(p) = a.report {
         let mut text = summary.table();

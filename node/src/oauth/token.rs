@@ -153,6 +153,8 @@ struct Grant {
     audience: Vec<String>,
     scopes: BTreeSet<Scope>,
     delegated: Option<Delegated>,
+    /// The log index of the state the grant was decided on (the token's `authsec_index`).
+    index: u64,
 }
 
 /// A delegated token's extra content (RFC 8693).
@@ -186,7 +188,7 @@ async fn issue(s: &Oauth, g: Grant) -> Response {
             "this node's access-token key has expired; its successor is being prepared",
         );
     }
-    let applied = crate::svid_api::applied_index(&s.ctx);
+    let applied = g.index;
     let mut jti = [0u8; 16];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut jti);
     let jti = hex::encode(jti);
@@ -353,7 +355,7 @@ pub async fn token(
         let requested = requested.unwrap_or_else(|| c.default_scopes.clone());
         let time = crate::issuer::now_ms().max(state.meta.clock_ms);
         match permissions::effective(&state, &client.client_id, &requested, None, time) {
-            Ok(scopes) => (audience, scopes),
+            Ok(scopes) => (audience, scopes, state.applied_index),
             Err(d) => return denial(d),
         }
     };
@@ -364,6 +366,7 @@ pub async fn token(
             audience: granted.0,
             scopes: granted.1,
             delegated: None,
+            index: granted.2,
         },
     )
     .await
@@ -618,6 +621,10 @@ async fn exchange(s: &Oauth, client: Authenticated, form: &Form) -> Result<Grant
                 chosen = Some((*d, scopes));
                 break;
             }
+            Err(_) if crate::planted::active() == crate::planted::PlantedBug::WidenDelegation => {
+                chosen = Some((*d, wanted));
+                break;
+            }
             Err(e) => last_denial = Some(e),
         }
     }
@@ -653,6 +660,7 @@ async fn exchange(s: &Oauth, client: Authenticated, form: &Form) -> Result<Grant
             act,
             max_exp,
         }),
+        index: state.applied_index,
     })
 }
 
@@ -780,6 +788,11 @@ pub async fn introspect(
         || holds(&state, &caller.client_id, ADMIN_TOKENS_READ);
     if !allowed {
         return inactive();
+    }
+    // A node beyond its freshness bound may not have applied a revocation the majority
+    // committed: it does not vouch for a token then (an inactive answer is always safe).
+    if let Err(e) = s.issuer.check_fresh() {
+        return unavailable(e.to_string());
     }
     let mut out = jws.claims.clone();
     out.insert("active".into(), json!(true));
