@@ -10,8 +10,9 @@ cargo fmt --all -- --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 cargo build --locked --workspace --all-targets
 cargo test --locked --workspace -- --test-threads 2 --skip no_violation
-# The short chaos suite (3 and 5 nodes, about a minute), with its seed, fault schedule and
-# summary table on the output. Same build selection as above, so nothing is rebuilt.
+# The short chaos suite (3 and 5 nodes, and 3 nodes with an issuer replica through the
+# credential scenarios; about two minutes), with its seed, fault schedule and summary table
+# on the output. Same build selection as above, so nothing is rebuilt.
 cargo test --locked --workspace -- --test-threads 1 --nocapture no_violation
 # SVIDs against other verifiers: openssl for X.509-SVIDs from every node, PyJWT for JWT-SVIDs.
 scripts/svid-acceptance.sh

@@ -799,6 +799,24 @@ impl Worker {
                 }
                 for (node, v) in verifiers.iter() {
                     let start = oracle.now();
+                    // A verifier whose stream is down is not subscribed: it decides on the
+                    // last set it had, within its grace, which is its documented trade.
+                    if !v.revocation_status().connected {
+                        push(
+                            &log,
+                            |l| &mut l.probes,
+                            Probe {
+                                jti: jti.clone(),
+                                node: *node,
+                                via: ProbeVia::Verifier,
+                                start,
+                                end: oracle.now(),
+                                accepted: None,
+                                detail: "not subscribed (its stream is down)".into(),
+                            },
+                        );
+                        continue;
+                    }
                     let r = v.verify(&token, None).await;
                     push(
                         &log,
@@ -876,6 +894,19 @@ impl Worker {
             .await
             .is_ok_and(|r| r.into_inner().entry.is_some());
         self.wrote("onboard an AI agent", t.id, ok);
+        if !ok {
+            return;
+        }
+        // Bind it through the next node.
+        let next = self.target(i + 1);
+        let mut r = v1::role_service_client::RoleServiceClient::new(next.grpc.clone());
+        let mut req = tonic::Request::new(v1::Binding {
+            role: ROLE.into(),
+            subject: format!("client:{id}"),
+        });
+        req.set_timeout(Duration::from_secs(12));
+        let ok = r.bind(req).await.is_ok();
+        self.wrote("bind the role to the new agent", next.id, ok);
     }
 }
 

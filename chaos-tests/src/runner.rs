@@ -837,6 +837,18 @@ async fn settled_export(
     }
 }
 
+/// Wait (at most 30 s) until node `id` issues again: it runs, hears from a leader and has
+/// applied what that leader had committed. Until then it is not back for the checkers.
+async fn back(cluster: &Cluster, id: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if cluster.status(id).await.is_ok_and(|s| s.issuing) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Partition `minor` from every other node; returns the other side.
 fn cut_off(cluster: &Cluster, net: &crate::proxy::Net, minor: &[u64]) -> Vec<u64> {
     let rest: Vec<u64> = all_ids(cluster)
@@ -879,6 +891,7 @@ async fn inject(
             cluster.kill9(l)?;
             hold(*down_ms).await;
             cluster.spawn(l)?;
+            back(cluster, l).await;
             fx.down(&[l], t);
             Ok(Some(format!("killed leader {l}")))
         }
@@ -888,6 +901,7 @@ async fn inject(
             cluster.pause(l)?;
             hold(*ms).await;
             cluster.resume(l)?;
+            back(cluster, l).await;
             fx.down(&[l], t);
             Ok(Some(format!("paused leader {l}")))
         }
@@ -980,6 +994,7 @@ async fn inject(
             cluster.set_env(id, key, Some(offset_ms.to_string()));
             cluster.spawn(id)?;
             wait_up(cluster, id).await?;
+            back(cluster, id).await;
             fx.down(&[id], t);
             let skewed = fx.now();
             hold_with(fx, *ms, |w| {
@@ -1001,6 +1016,7 @@ async fn inject(
             anyhow::ensure!(st.success(), "node {id} exited with {st} on SIGTERM");
             cluster.spawn(id)?;
             wait_up(cluster, id).await?;
+            back(cluster, id).await;
             fx.down(&[id], t);
             Ok(Some(format!(
                 "node {id} ran with its clock {offset_ms} ms off, then without"
@@ -1066,6 +1082,7 @@ async fn inject(
                 anyhow::ensure!(st.success(), "node {id} exited with {st} on SIGTERM");
                 cluster.spawn(*id)?;
                 wait_up(cluster, *id).await?;
+                back(cluster, *id).await;
                 fx.down(&[*id], t);
                 cluster
                     .wait_leader(&members, Duration::from_secs(60))
@@ -1097,6 +1114,7 @@ async fn inject(
             loop {
                 let s = cluster.status(target).await?;
                 if s.applied_index > 0 && (s.snapshot_index > 0 || !compacted) {
+                    back(cluster, target).await;
                     fx.down(&[target], t);
                     return Ok(Some(format!(
                         "node {target} wiped and rejoined; snapshot at index {}",
@@ -1136,6 +1154,7 @@ async fn inject(
                 .to_owned();
             cluster.spawn(id)?;
             wait_up(cluster, id).await?;
+            back(cluster, id).await;
             fx.down(&[id], t);
             Ok(Some(format!(
                 "node {id}: disk filled ({} MiB), exited with {st}: {}",

@@ -1204,9 +1204,9 @@ mod tests {
         assert!(
             matches!(f.issuer.check_fresh(), Err(IssueError::Unavailable(m)) if m.contains("has not heard"))
         );
-        f.issuer.freshness.heard(1, 10);
+        f.issuer.freshness.heard(1, 10, 0);
         f.issuer.check_fresh().expect("fresh");
-        f.issuer.freshness.heard(1, 31_000);
+        f.issuer.freshness.heard(1, 31_000, 0);
         match f.issuer.check_fresh() {
             Err(IssueError::Unavailable(m)) => {
                 assert!(m.contains("freshness bound") && m.contains("node 1"), "{m}")

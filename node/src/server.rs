@@ -362,6 +362,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
         loop {
             {
                 let m = leading.borrow_and_update();
+                fresh.applied(m.last_applied.map_or(0, |l| l.index));
                 fresh.observe_leader(if m.state == openraft::ServerState::Leader {
                     m.millis_since_quorum_ack
                 } else {

@@ -516,15 +516,30 @@ impl Writer {
             } else {
                 self.metrics.forwarded.fetch_add(1, Ordering::Relaxed);
                 let remaining = deadline.saturating_duration_since(Instant::now());
-                self.forwarder(leader, &addr)
-                    .forward(
-                        ForwardRequest {
-                            actor: actor.clone(),
-                            command: command.clone(),
-                        },
-                        remaining,
-                    )
-                    .await
+                let forwarder = self.forwarder(leader, &addr);
+                let forwarded = forwarder.forward(
+                    ForwardRequest {
+                        actor: actor.clone(),
+                        command: command.clone(),
+                    },
+                    remaining,
+                );
+                // A leader that this node sees replaced (cut off, say) may never answer: tell
+                // the caller as soon as another leader is known rather than at the deadline.
+                // The write's outcome is unknown either way (the old leader may have
+                // replicated it), so it is not retried here.
+                let wait = self.raft.wait(Some(remaining));
+                let replaced = wait.metrics(
+                    move |m| m.current_leader.is_some_and(|l| l != leader),
+                    "another leader",
+                );
+                tokio::select! {
+                    r = forwarded => r,
+                    Ok(m) = replaced => Err(ForwardError::Unavailable(format!(
+                        "node {leader} stopped leading (node {} leads now) while the write was in flight to it; its outcome is unknown: read before retrying",
+                        m.current_leader.unwrap_or_default()
+                    ))),
+                }
             };
             match res {
                 Ok(r) => {

@@ -1,11 +1,16 @@
-//! The freshness bound (DESIGN.md): how long ago a quorum last acknowledged the leader this
-//! node follows. The leader knows its own figure from openraft's `millis_since_quorum_ack` and
-//! stamps it on every AppendEntries; a follower or learner adds the time since it last heard
-//! from that leader. A node whose figure exceeds `max_staleness` stops issuing credentials, so a
-//! deposed leader cut off with a minority, and the followers it still reaches, stop together.
+//! The freshness bound (DESIGN.md): how old this node's view of the log is. The leader knows its
+//! own figure from openraft's `millis_since_quorum_ack` and stamps it on every AppendEntries,
+//! which also carries the leader's commit index. A follower or learner is as fresh as the newest
+//! stamp whose commit index it has *applied*: its projections then hold everything the cluster
+//! had committed as of `received - stamp`, and its figure is the stamp plus the time since. A
+//! node that hears from a leader but still replays a backlog (a restart, a rejoin, a slow disk)
+//! is as stale as the backlog, not as fresh as the heartbeat. A node whose figure exceeds
+//! `max_staleness` stops issuing credentials, so a deposed leader cut off with a minority, the
+//! followers it still reaches, and a node catching up all stop until they are current.
 //!
 //! Only monotonic clocks are read here; nothing of it enters the replicated state.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -14,17 +19,28 @@ use crate::NodeId;
 /// gRPC metadata key that carries the leader's quorum-acknowledgement age on AppendEntries.
 pub const QUORUM_AGE_HEADER: &str = "authsec-quorum-age-ms";
 
+/// Stamps kept while this node's applied index is behind them (about 12 s of heartbeats at
+/// 50 ms); when full the oldest goes, which only makes the node look staler until it catches
+/// up.
+const PENDING_MAX: usize = 256;
+
 #[derive(Debug, Default)]
 pub struct Freshness {
     inner: Mutex<Inner>,
 }
 
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct Inner {
     /// As leader: when the metrics were read and the age they reported.
     leader: Option<(Instant, u64)>,
-    /// As follower or learner: when the leader was last heard, what it stamped, and who it is.
-    heard: Option<(Instant, u64, NodeId)>,
+    /// As follower or learner: the newest stamp this node's applied state covers (when it
+    /// was received, its age, who sent it).
+    covered: Option<(Instant, u64, NodeId)>,
+    /// Stamps whose commit index this node has not applied yet: (received, age, leader,
+    /// leader's commit index), oldest first.
+    pending: VecDeque<(Instant, u64, NodeId, u64)>,
+    /// This node's applied index, as last observed.
+    applied: u64,
 }
 
 /// Where a node's freshness figure comes from.
@@ -38,7 +54,7 @@ pub enum Source {
 
 impl Freshness {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        // The data is two plain values: a poisoned lock still holds consistent ones.
+        // The data is plain values: a poisoned lock still holds consistent ones.
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -55,21 +71,46 @@ impl Freshness {
     }
 
     /// An AppendEntries from `leader` was accepted (the sender is the leader this node
-    /// recognises), stamped with `age_ms`.
-    pub fn heard(&self, leader: NodeId, age_ms: u64) {
-        self.lock().heard = Some((Instant::now(), age_ms, leader));
+    /// recognises), stamped with `age_ms`, carrying the leader's commit index `committed`.
+    pub fn heard(&self, leader: NodeId, age_ms: u64, committed: u64) {
+        let mut g = self.lock();
+        let now = Instant::now();
+        if committed <= g.applied {
+            g.covered = Some((now, age_ms, leader));
+            g.pending.clear();
+            return;
+        }
+        if g.pending.len() >= PENDING_MAX {
+            g.pending.pop_front();
+        }
+        g.pending.push_back((now, age_ms, leader, committed));
     }
 
-    /// How stale this node's view is, and whence; `None` if it has never heard from a leader.
+    /// This node has applied the log through `index`.
+    pub fn applied(&self, index: u64) {
+        let mut g = self.lock();
+        if index <= g.applied {
+            return;
+        }
+        g.applied = index;
+        while g.pending.front().is_some_and(|p| p.3 <= index) {
+            if let Some((at, ms, leader, _)) = g.pending.pop_front() {
+                g.covered = Some((at, ms, leader));
+            }
+        }
+    }
+
+    /// How stale this node's view is, and whence; `None` if it has never applied what a
+    /// leader had committed when it heard from one.
     pub fn age(&self) -> Option<(Duration, Source)> {
-        let g = *self.lock();
+        let g = self.lock();
         if let Some((at, ms)) = g.leader {
             return Some((
                 Duration::from_millis(ms).saturating_add(at.elapsed()),
                 Source::Leader,
             ));
         }
-        g.heard.map(|(at, ms, leader)| {
+        g.covered.map(|(at, ms, leader)| {
             (
                 Duration::from_millis(ms).saturating_add(at.elapsed()),
                 Source::Follower { leader },
@@ -92,7 +133,7 @@ mod tests {
     #[test]
     fn a_follower_adds_its_own_wait_to_the_stamp() {
         let f = Freshness::default();
-        f.heard(3, 1_000);
+        f.heard(3, 1_000, 0);
         let (age, src) = f.age().expect("heard");
         assert_eq!(src, Source::Follower { leader: 3 });
         assert!(age >= Duration::from_millis(1_000));
@@ -102,7 +143,7 @@ mod tests {
     #[test]
     fn leading_takes_precedence_and_stepping_down_clears_it() {
         let f = Freshness::default();
-        f.heard(3, 5);
+        f.heard(3, 5, 0);
         f.observe_leader(Some(40_000));
         let (age, src) = f.age().expect("leads");
         assert_eq!(src, Source::Leader);
@@ -111,5 +152,25 @@ mod tests {
         f.observe_leader(None);
         assert_eq!(f.age().map(|a| a.1), Some(Source::Follower { leader: 3 }));
         assert!(f.leader_age_ms().is_none());
+    }
+
+    #[test]
+    fn a_node_behind_the_leaders_commit_is_as_stale_as_its_backlog() {
+        let f = Freshness::default();
+        f.applied(10);
+        // Heard, but the leader had committed past what this node applied: not fresh yet.
+        f.heard(2, 0, 50);
+        f.heard(2, 0, 60);
+        assert!(
+            f.age().is_none(),
+            "a heartbeat alone does not make a lagging node fresh"
+        );
+        // Caught up to the first stamp: fresh as of it, not of the newer one.
+        f.applied(55);
+        assert_eq!(f.age().map(|a| a.1), Some(Source::Follower { leader: 2 }));
+        f.applied(60);
+        f.heard(2, 7, 60);
+        let (age, _) = f.age().expect("current");
+        assert!(age >= Duration::from_millis(7) && age < Duration::from_millis(60_000));
     }
 }

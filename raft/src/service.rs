@@ -68,12 +68,13 @@ impl PeerService for PeerServer {
         let rpc: openraft::raft::AppendEntriesRequest<crate::TypeConfig> =
             messages::decode(TAG_APPEND_REQ, &req.into_inner().data).map_err(bad)?;
         let from = rpc.vote.leader_id().voted_for();
+        let committed = rpc.leader_commit.map_or(0, |l| l.index);
         let res = self.raft.append_entries(rpc).await;
         // Accepted from the leader this node recognises (not refused for a higher vote): its
-        // stamp is this node's freshness from now on.
+        // stamp counts once this node has applied what that leader had committed.
         if let (Some(age), Some(leader), Ok(r)) = (stamped, from, &res) {
             if !matches!(r, openraft::raft::AppendEntriesResponse::HigherVote(_)) {
-                self.freshness.heard(leader, age);
+                self.freshness.heard(leader, age, committed);
             }
         }
         Ok(Response::new(Payload {

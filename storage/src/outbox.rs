@@ -21,6 +21,14 @@ pub struct Outbox {
     store: Store,
 }
 
+/// The first sequence of a new outbox (see [`Outbox::open`]).
+fn fresh_start(last: u64) -> u64 {
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    (ms << 20).max(last + 1).max(1)
+}
+
 impl Outbox {
     /// Open the outbox and answer the next unused sequence.
     pub fn open(store: Store) -> Result<(Self, u64), StoreError> {
@@ -29,9 +37,8 @@ impl Outbox {
             .db
             .get_cf(meta, KEY_NEXT)
             .map_err(StoreError::rocks("read the outbox's next sequence"))?;
-        let kept = decode_at::<Option<u64>>(cf::LOCAL_META, KEY_NEXT, Tag::ISSUANCE, kept)?
-            .flatten()
-            .unwrap_or(1);
+        let kept_raw =
+            decode_at::<Option<u64>>(cf::LOCAL_META, KEY_NEXT, Tag::ISSUANCE, kept)?.flatten();
         let last = {
             let mut it = store.db.raw_iterator_cf(store.cf(cf::LOCAL_OUTBOX));
             it.seek_to_last();
@@ -40,7 +47,17 @@ impl Outbox {
                 .map_err(StoreError::rocks("scan the issuance outbox"))?;
             last
         };
-        Ok((Self { store }, kept.max(last + 1).max(1)))
+        let next = match kept_raw {
+            Some(n) => n.max(last + 1).max(1),
+            // A new outbox: this node's data is new, or was wiped and the node rejoined under
+            // the same id. The log remembers the highest sequence it recorded for the node and
+            // drops anything at or below it as a duplicate, so numbering from 1 again would
+            // lose every issuance record until the old mark was passed. Start above any
+            // sequence an earlier incarnation can have used: wall time in ms times 2^20
+            // leaves room for a million credentials per millisecond between incarnations.
+            None => fresh_start(last),
+        };
+        Ok((Self { store }, next))
     }
 
     /// Append records (their `seq` already set, increasing) and the next free sequence, in one
@@ -150,8 +167,11 @@ mod tests {
     fn sequences_are_never_reused_across_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = crate::open(dir.path()).expect("open");
-        let (ob, next) = Outbox::open(store.clone()).expect("outbox");
-        assert_eq!(next, 1);
+        let (ob, first) = Outbox::open(store.clone()).expect("outbox");
+        assert!(
+            first > 1 << 40,
+            "a new outbox numbers from the clock: {first}"
+        );
         ob.append(&[rec(1), rec(2), rec(3)], 4).expect("append");
         assert_eq!(
             ob.oldest(0, 2)
@@ -168,5 +188,30 @@ mod tests {
         let store = crate::open(dir.path()).expect("reopen");
         let (_, next) = Outbox::open(store).expect("outbox");
         assert_eq!(next, 4, "an emptied outbox still remembers its sequence");
+    }
+
+    /// A node wiped and rejoined under the same id starts a new outbox: its sequences must
+    /// start above the old incarnation's, which the log remembers and would drop as
+    /// duplicates.
+    #[test]
+    fn a_new_outbox_numbers_above_a_wiped_one() {
+        let old = tempfile::tempdir().expect("tempdir");
+        let store = crate::open(old.path()).expect("open");
+        let (ob, first) = Outbox::open(store.clone()).expect("outbox");
+        let used: Vec<Issuance> = (first..first + 1000).map(rec).collect();
+        ob.append(&used, first + 1000).expect("append");
+        drop((ob, store));
+        // The rejoin comes later in time (seconds, in practice); here, the next millisecond.
+        while fresh_start(0) >> 20 <= first >> 20 {
+            std::thread::yield_now();
+        }
+        let wiped = tempfile::tempdir().expect("tempdir");
+        let store = crate::open(wiped.path()).expect("open");
+        let (_, again) = Outbox::open(store).expect("outbox");
+        assert!(
+            again > first + 1000,
+            "{again} must be above {}",
+            first + 1000
+        );
     }
 }

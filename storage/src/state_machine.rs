@@ -755,6 +755,52 @@ mod tests {
         }
     }
 
+    /// Readers see an entry's changes all at once, together with its index: never part of an
+    /// entry, never an index ahead of (or behind) the changes. Credentials carry this index,
+    /// and revocation "below index R" relies on it. Reopening keeps it.
+    #[tokio::test]
+    async fn the_state_and_its_applied_index_move_together() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = crate::open(dir.path()).expect("open");
+        let (tx, _rx) = watch::channel(ArchiveHead::default());
+        let mut sm = StateMachine::open(store.clone(), tx).expect("sm");
+        let view = sm.view();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (view, stop) = (view.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut seen = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let st = view.read();
+                    assert_eq!(
+                        st.clients.len() as u64,
+                        5 * st.applied_index,
+                        "a reader saw part of an entry, or an index without its changes"
+                    );
+                    seen = seen.max(st.applied_index);
+                }
+                seen
+            })
+        };
+        for index in 1..=40u64 {
+            let entry = Entry::<TypeConfig> {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+                payload: EntryPayload::Normal(Batch {
+                    proposals: (0..5).map(|k| register((index * 5 + k) as u8)).collect(),
+                }),
+            };
+            sm.apply([entry]).await.expect("apply");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(reader.join().expect("reader") <= 40);
+        assert_eq!(view.read().applied_index, 40);
+        assert_eq!(view.read().clients.len(), 200);
+        drop(sm);
+        let (tx, _rx) = watch::channel(ArchiveHead::default());
+        let sm = StateMachine::open(store, tx).expect("reopen");
+        assert_eq!(sm.view().read().applied_index, 40);
+    }
+
     /// A crash half-way through installing a snapshot leaves the marker and partial data; the
     /// next open finishes the installation from the kept file and ends in the leader's state.
     #[tokio::test]
