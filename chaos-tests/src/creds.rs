@@ -105,6 +105,9 @@ pub struct Revocation {
     /// When the client had the acknowledgement.
     pub acked: Duration,
     pub index: u64,
+    /// Revoked as every credential of this subject below `index` (the token's own index is
+    /// below it), rather than by its `jti`: ordered by the log, never by a node's clock.
+    pub subject: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,6 +222,8 @@ struct Worker {
     delegation: Arc<AtomicU64>,
     /// Recent access tokens: (jti, expiry ms, the token).
     tokens: Vec<(String, u64, String)>,
+    /// Revocations asked for so far (every fourth is by subject).
+    revoked: Arc<AtomicU64>,
     verifiers: Arc<Vec<(u64, Verifier)>>,
     probes: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
@@ -396,6 +401,7 @@ impl CredWorkload {
                 entry,
                 delegation: Arc::default(),
                 tokens: Vec::new(),
+                revoked: Arc::default(),
                 verifiers: verifiers.clone(),
                 probes: Arc::default(),
             });
@@ -745,12 +751,25 @@ impl Worker {
             return self.access(t).await;
         };
         let start = self.oracle.now();
+        // Every fourth revocation is of the agent as a subject: every credential it holds
+        // below the revocation's log index, this token among them, whichever node's clock
+        // stamped it (the clock-skew scenario's ordering).
+        let subject = (self.revoked.fetch_add(1, Ordering::Relaxed) % 4 == 3)
+            .then(|| format!("client:{}", self.agent.0));
+        let token_index = claims(&token)
+            .ok()
+            .and_then(|c| c["authsec_index"].as_u64())
+            .unwrap_or(0);
         let mut c = v1::revocation_service_client::RevocationServiceClient::new(t.grpc.clone());
-        let mut req = tonic::Request::new(v1::RevokeRequest {
-            target: Some(v1::revoke_request::Target::Token(v1::TokenRef {
+        let target = match &subject {
+            Some(s) => v1::revoke_request::Target::Subject(s.clone()),
+            None => v1::revoke_request::Target::Token(v1::TokenRef {
                 jti: jti.clone(),
                 expires_at_ms: exp,
-            })),
+            }),
+        };
+        let mut req = tonic::Request::new(v1::RevokeRequest {
+            target: Some(target),
         });
         req.set_timeout(Duration::from_secs(12));
         let r = match c.revoke(req).await {
@@ -762,12 +781,17 @@ impl Worker {
             }
         };
         self.wrote("revoke a token", t.id, true);
+        if subject.is_some() && token_index >= r.revoked_at_index {
+            // Issued at or after the revocation's index: not covered, nothing to probe.
+            return;
+        }
         let rev = Revocation {
             jti: jti.clone(),
             node: t.id,
             start,
             acked: self.oracle.now(),
             index: r.revoked_at_index,
+            subject,
         };
         push(&self.log, |l| &mut l.revocations, rev.clone());
         // The token is probed through every node and every subscribed verifier once the

@@ -369,6 +369,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Summary> {
         let at = oracle.now();
         say(&format!("[{:>7.1}s] fault: {fault}", at.as_secs_f64()));
         summary.faults.push((at, fault.to_string()));
+        let cuts_before = flog.cuts.len();
         let mut fx = Fx {
             oracle: &oracle,
             flog: &mut flog,
@@ -388,6 +389,20 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Summary> {
         }
         if let Some(net) = &cluster.net {
             net.heal();
+        }
+        // A node cut off is back once it issues again: heard from a leader and applied what
+        // that leader had committed. Until then it is catching up, not connected.
+        if creds.is_some() {
+            let healed = oracle.now();
+            let cut: BTreeSet<u64> = flog.cuts[cuts_before..].iter().map(|s| s.node).collect();
+            for id in cut {
+                back(&cluster, id).await;
+                flog.downs.push(Span {
+                    node: id,
+                    from: healed,
+                    to: oracle.now(),
+                });
+            }
         }
         // Recovered: every member answers, they agree on a leader, and writes flow again.
         let healed = oracle.now();
@@ -929,6 +944,8 @@ async fn inject(
             let t = fx.now();
             net.one_way(&[l], &[target]);
             hold(*ms).await;
+            net.heal();
+            back(cluster, target).await;
             fx.down(&[target], t);
             Ok(Some(format!("leader {l} -/-> {target}")))
         }
@@ -1070,7 +1087,13 @@ async fn inject(
             );
             hold(*ms).await;
             // Links that drop data mid-stream break connections: no node counts as
-            // reliably connected meanwhile.
+            // reliably connected meanwhile, nor until it issues again.
+            net.heal();
+            for id in &ids {
+                if cluster.members.contains(id) || cluster.replicas.contains(id) {
+                    back(cluster, *id).await;
+                }
+            }
             fx.down(&ids, t);
             Ok(None)
         }

@@ -18,15 +18,35 @@ use crate::NodeId;
 
 /// gRPC metadata key that carries the leader's quorum-acknowledgement age on AppendEntries.
 pub const QUORUM_AGE_HEADER: &str = "authsec-quorum-age-ms";
+/// gRPC metadata key that carries the leader's own monotonic clock (ms) when it sent the
+/// AppendEntries: not comparable with the receiver's clock, but differences between messages
+/// are, so a message that spent longer in flight than the fastest recent one is seen as older
+/// by that much.
+pub const LEADER_CLOCK_HEADER: &str = "authsec-leader-clock-ms";
+
+/// How long samples of the leader's clock against this node's are kept for the fastest
+/// delivery (short enough that the two clocks' drift within it is a few milliseconds).
+const DELAY_WINDOW: Duration = Duration::from_secs(60);
 
 /// Stamps kept while this node's applied index is behind them (about 12 s of heartbeats at
 /// 50 ms); when full the oldest goes, which only makes the node look staler until it catches
 /// up.
 const PENDING_MAX: usize = 256;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Freshness {
     inner: Mutex<Inner>,
+    /// This process's clock origin, for [`Freshness::clock_ms`].
+    epoch: Instant,
+}
+
+impl Default for Freshness {
+    fn default() -> Self {
+        Self {
+            inner: Mutex::default(),
+            epoch: Instant::now(),
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -41,6 +61,12 @@ struct Inner {
     pending: VecDeque<(Instant, u64, NodeId, u64)>,
     /// This node's applied index, as last observed.
     applied: u64,
+    /// Recent (received, receive clock minus the leader's send clock) samples of the leader
+    /// heard last, oldest first; their minimum is the fastest delivery seen lately.
+    offsets: VecDeque<(Instant, i128)>,
+    /// Whose clock the samples are of: (leader, term). A leader that restarts restarts its
+    /// clock, and leads again only in a new term.
+    offsets_of: Option<(NodeId, u64)>,
 }
 
 /// Where a node's freshness figure comes from.
@@ -70,11 +96,58 @@ impl Freshness {
             .map(|(at, ms)| ms.saturating_add(at.elapsed().as_millis() as u64))
     }
 
+    /// This process's monotonic clock in ms, stamped by a leader on what it sends.
+    pub fn clock_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
     /// An AppendEntries from `leader` was accepted (the sender is the leader this node
     /// recognises), stamped with `age_ms`, carrying the leader's commit index `committed`.
     pub fn heard(&self, leader: NodeId, age_ms: u64, committed: u64) {
-        let mut g = self.lock();
+        self.heard_at(leader, 0, age_ms, committed, None);
+    }
+
+    /// As [`Freshness::heard`], with the leader's clock when it sent the message. A message
+    /// that was held in flight (a partition that healed, a stalled connection) arrives with
+    /// the age it had when it was sent; the time it spent in flight beyond the fastest recent
+    /// delivery from the same leader is added to it, so a stale message never makes a node
+    /// look fresh.
+    pub fn heard_at(
+        &self,
+        leader: NodeId,
+        term: u64,
+        age_ms: u64,
+        committed: u64,
+        sent_ms: Option<u64>,
+    ) {
         let now = Instant::now();
+        let received_ms = self.clock_ms();
+        let mut g = self.lock();
+        let age_ms = match sent_ms {
+            Some(sent) => {
+                if g.offsets_of != Some((leader, term)) {
+                    g.offsets.clear();
+                    g.offsets_of = Some((leader, term));
+                }
+                while g
+                    .offsets
+                    .front()
+                    .is_some_and(|(at, _)| now.duration_since(*at) > DELAY_WINDOW)
+                {
+                    g.offsets.pop_front();
+                }
+                let offset = i128::from(received_ms) - i128::from(sent);
+                // Keep the window's minima only: a sample above a newer one never is one.
+                while g.offsets.back().is_some_and(|(_, o)| *o >= offset) {
+                    g.offsets.pop_back();
+                }
+                g.offsets.push_back((now, offset));
+                let fastest = g.offsets.front().map_or(offset, |(_, o)| *o);
+                let late = u64::try_from(offset - fastest).unwrap_or(0);
+                age_ms.saturating_add(late)
+            }
+            None => age_ms,
+        };
         if committed <= g.applied {
             g.covered = Some((now, age_ms, leader));
             g.pending.clear();
@@ -172,5 +245,27 @@ mod tests {
         f.heard(2, 7, 60);
         let (age, _) = f.age().expect("current");
         assert!(age >= Duration::from_millis(7) && age < Duration::from_millis(60_000));
+    }
+
+    #[test]
+    fn a_message_held_in_flight_is_as_old_as_its_delay() {
+        let f = Freshness::default();
+        // Two prompt deliveries from leader 2 in term 5: its clock ran 10 s ahead of ours.
+        let now = f.clock_ms() + 10_000;
+        f.heard_at(2, 5, 0, 0, Some(now));
+        f.heard_at(2, 5, 0, 0, Some(now));
+        let (age, _) = f.age().expect("current");
+        assert!(age < Duration::from_millis(1_000), "{age:?}");
+        // A heartbeat the leader sent 5 s before it arrived (held by a partition).
+        f.heard_at(2, 5, 0, 0, Some(now - 5_000));
+        let (age, _) = f.age().expect("heard");
+        assert!(
+            age >= Duration::from_millis(5_000),
+            "the delay counts: {age:?}"
+        );
+        // A new term (the leader restarted, its clock with it) starts over.
+        f.heard_at(2, 6, 0, 0, Some(3));
+        let (age, _) = f.age().expect("current");
+        assert!(age < Duration::from_millis(1_000), "{age:?}");
     }
 }

@@ -92,10 +92,16 @@ impl PeerClient {
         let mut c = self.client()?;
         let mut req = tonic::Request::new(Payload { data });
         if kind == RPCTypes::AppendEntries {
-            if let Some(ms) = self.freshness.as_ref().and_then(|f| f.leader_age_ms()) {
-                if let Ok(v) = ms.to_string().parse() {
-                    req.metadata_mut()
-                        .insert(crate::freshness::QUORUM_AGE_HEADER, v);
+            if let Some(f) = self.freshness.as_ref() {
+                if let Some(ms) = f.leader_age_ms() {
+                    if let Ok(v) = ms.to_string().parse() {
+                        req.metadata_mut()
+                            .insert(crate::freshness::QUORUM_AGE_HEADER, v);
+                    }
+                    if let Ok(v) = f.clock_ms().to_string().parse() {
+                        req.metadata_mut()
+                            .insert(crate::freshness::LEADER_CLOCK_HEADER, v);
+                    }
                 }
             }
         }

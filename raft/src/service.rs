@@ -60,21 +60,26 @@ fn bad(e: impl std::fmt::Display) -> Status {
 #[tonic::async_trait]
 impl PeerService for PeerServer {
     async fn append_entries(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
-        let stamped: Option<u64> = req
-            .metadata()
-            .get(crate::freshness::QUORUM_AGE_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
+        let header = |name: &str| -> Option<u64> {
+            req.metadata()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+        };
+        let stamped = header(crate::freshness::QUORUM_AGE_HEADER);
+        let sent_at = header(crate::freshness::LEADER_CLOCK_HEADER);
         let rpc: openraft::raft::AppendEntriesRequest<crate::TypeConfig> =
             messages::decode(TAG_APPEND_REQ, &req.into_inner().data).map_err(bad)?;
         let from = rpc.vote.leader_id().voted_for();
+        let term = rpc.vote.leader_id().get_term();
         let committed = rpc.leader_commit.map_or(0, |l| l.index);
         let res = self.raft.append_entries(rpc).await;
         // Accepted from the leader this node recognises (not refused for a higher vote): its
         // stamp counts once this node has applied what that leader had committed.
         if let (Some(age), Some(leader), Ok(r)) = (stamped, from, &res) {
             if !matches!(r, openraft::raft::AppendEntriesResponse::HigherVote(_)) {
-                self.freshness.heard(leader, age, committed);
+                self.freshness
+                    .heard_at(leader, term, age, committed, sent_at);
             }
         }
         Ok(Response::new(Payload {

@@ -70,7 +70,7 @@ fn judge(h: &History, t: &mut Tally) -> Vec<Violation> {
                 out.push(Violation {
                     checker: NAME,
                     detail: format!(
-                        "node {} {} honoured token {} {} ms after its revocation was acknowledged (through node {}, at log index {}): {}",
+                        "node {} {} honoured token {} {} ms after its revocation{} was acknowledged (through node {}, at log index {}): {}",
                         p.node,
                         match p.via {
                             ProbeVia::Introspection => "(introspection)",
@@ -78,6 +78,10 @@ fn judge(h: &History, t: &mut Tally) -> Vec<Violation> {
                         },
                         p.jti,
                         (p.start - rev.acked).as_millis(),
+                        rev.subject
+                            .as_deref()
+                            .map(|s| format!(" (as {s}, every credential below the index)"))
+                            .unwrap_or_default(),
                         rev.node,
                         rev.index,
                         p.detail
