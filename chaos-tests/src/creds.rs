@@ -228,23 +228,6 @@ struct Worker {
     probes: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
 }
 
-fn https_roots(c: &Cluster) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-    use rustls::pki_types::pem::PemObject;
-    let ca = c.admin_dir().join("ca.crt");
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_file_iter(&ca)
-        .with_context(|| format!("read {}", ca.display()))?
-    {
-        roots.add(cert?)?;
-    }
-    Ok(Arc::new(
-        rustls::ClientConfig::builder_with_provider(authsec_tls::tls::provider())
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    ))
-}
-
 /// A write, retried while the cluster settles (set-up runs before any fault).
 async fn settle<T, F, Fut>(what: &str, mut f: F) -> anyhow::Result<T>
 where
@@ -319,7 +302,7 @@ impl CredWorkload {
         })?;
 
         // SDK verifiers, one subscribed to each node's revocation stream.
-        let tls = https_roots(cluster)?;
+        let tls = cluster.https_roots()?;
         let jwks: Vec<String> = targets
             .iter()
             .map(|t| format!("https://{}/.well-known/jwks.json", t.oauth))
@@ -825,23 +808,14 @@ impl Worker {
                     let start = oracle.now();
                     // A verifier whose stream is down is not subscribed: it decides on the
                     // last set it had, within its grace, which is its documented trade.
-                    if !v.revocation_status().connected {
-                        push(
-                            &log,
-                            |l| &mut l.probes,
-                            Probe {
-                                jti: jti.clone(),
-                                node: *node,
-                                via: ProbeVia::Verifier,
-                                start,
-                                end: oracle.now(),
-                                accepted: None,
-                                detail: "not subscribed (its stream is down)".into(),
-                            },
-                        );
-                        continue;
-                    }
-                    let r = v.verify(&token, None).await;
+                    let (accepted, detail) = if v.revocation_status().connected {
+                        match v.verify(&token, None).await {
+                            Ok(_) => (Some(true), "accepted".to_owned()),
+                            Err(e) => (Some(false), e.to_string()),
+                        }
+                    } else {
+                        (None, "not subscribed (its stream is down)".to_owned())
+                    };
                     push(
                         &log,
                         |l| &mut l.probes,
@@ -851,11 +825,8 @@ impl Worker {
                             via: ProbeVia::Verifier,
                             start,
                             end: oracle.now(),
-                            accepted: Some(r.is_ok()),
-                            detail: match r {
-                                Ok(_) => "accepted".into(),
-                                Err(e) => e.to_string(),
-                            },
+                            accepted,
+                            detail,
                         },
                     );
                 }

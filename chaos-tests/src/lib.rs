@@ -1080,6 +1080,24 @@ impl Cluster {
         Ok(())
     }
 
+    /// TLS roots for HTTPS to the nodes' OAuth endpoints: the cluster CA the admin holds.
+    pub fn https_roots(&self) -> anyhow::Result<std::sync::Arc<rustls::ClientConfig>> {
+        use rustls::pki_types::pem::PemObject;
+        let ca = self.admin_dir().join("ca.crt");
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_file_iter(&ca)
+            .with_context(|| format!("read {}", ca.display()))?
+        {
+            roots.add(cert?)?;
+        }
+        Ok(std::sync::Arc::new(
+            rustls::ClientConfig::builder_with_provider(authsec_tls::tls::provider())
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        ))
+    }
+
     /// Set (or with `None`, remove) one environment variable of node `id`'s next spawn.
     pub fn set_env(&mut self, id: u64, key: &str, value: Option<String>) {
         let env = self.opts.env.entry(id).or_default();

@@ -28,23 +28,6 @@ const ORDERS: &str = "https://orders.example";
 /// What the revocation must take at most, from its acknowledgement to the verifier refusing.
 const REVOCATION_BOUND: Duration = Duration::from_secs(1);
 
-fn https_roots(c: &Cluster) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-    use rustls::pki_types::pem::PemObject;
-    let ca = c.admin_dir().join("ca.crt");
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_file_iter(&ca)
-        .with_context(|| format!("read {}", ca.display()))?
-    {
-        roots.add(cert?)?;
-    }
-    Ok(Arc::new(
-        rustls::ClientConfig::builder_with_provider(authsec_tls::tls::provider())
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    ))
-}
-
 /// Poll the verifier until it refuses `token` as revoked; the time that took since `acked`.
 async fn refused_within(
     v: &Verifier,
@@ -89,7 +72,7 @@ async fn sdk_tokens_verify_and_revocations_reach_the_verifier_within_a_second() 
         })
         .await?;
     admin.bind("orders-reader", "client:svc").await?;
-    let tls = https_roots(&c)?;
+    let tls = c.https_roots()?;
 
     tracing::info!("phase: a token from the SDK client verifies with the SDK verifier");
     // Node 1 took the admin's writes and answered once it applied them: ask it.
