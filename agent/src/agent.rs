@@ -552,13 +552,16 @@ impl Agent {
             let (ch, addr) = self.nodes.at(node);
             let addr = addr.to_owned();
             match SvidServiceClient::new(ch)
-                .watch_revocations(v1::WatchRevocationsRequest {})
+                .watch_revocations(v1::WatchRevocationsRequest::default())
                 .await
             {
                 Ok(r) => {
                     let mut stream = r.into_inner();
                     while let Ok(Some(set)) = stream.message().await {
                         backoff = Duration::from_millis(100);
+                        if set.heartbeat {
+                            continue; // not asked for; the set held still holds
+                        }
                         self.apply_revocations(&set);
                     }
                     tracing::debug!(node = %addr, "revocation stream ended");

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use authsec_api::v1;
-use authsec_sdk::{KeySource, RevocationSource, Verifier, VerifierConfig};
+use authsec_sdk::{KeySource, RevocationSource, Verifier, VerifierConfig, VerifyError};
 use tonic::transport::Channel;
 
 use crate::oauth::{claims, Https};
@@ -806,15 +806,13 @@ impl Worker {
                 }
                 for (node, v) in verifiers.iter() {
                     let start = oracle.now();
-                    // A verifier whose stream is down is not subscribed: it decides on the
-                    // last set it had, within its grace, which is its documented trade.
-                    let (accepted, detail) = if v.revocation_status().connected {
-                        match v.verify(&token, None).await {
-                            Ok(_) => (Some(true), "accepted".to_owned()),
-                            Err(e) => (Some(false), e.to_string()),
-                        }
-                    } else {
-                        (None, "not subscribed (its stream is down)".to_owned())
+                    // Asked whatever its stream's state: a verifier decides only on a
+                    // revocation view younger than its bound, so one whose node is cut off
+                    // or whose stream is down answers "unavailable", never "accepted".
+                    let (accepted, detail) = match v.verify(&token, None).await {
+                        Ok(_) => (Some(true), "accepted".to_owned()),
+                        Err(e @ VerifyError::RevocationsUnavailable(_)) => (None, e.to_string()),
+                        Err(e) => (Some(false), e.to_string()),
                     };
                     push(
                         &log,

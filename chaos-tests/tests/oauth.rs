@@ -219,7 +219,7 @@ const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer
 async fn tokens_from_every_node_verify_everywhere_and_bad_input_writes_nothing(
 ) -> anyhow::Result<()> {
     authsec_chaos_tests::init_test_tracing();
-    let c = Cluster::start(
+    let mut c = Cluster::start(
         3,
         Options {
             oauth_extra: "auth_failures_per_minute = 1000".into(),
@@ -566,6 +566,39 @@ async fn tokens_from_every_node_verify_everywhere_and_bad_input_writes_nothing(
         head,
         "bad input wrote to the log"
     );
+
+    // Node 3 cut off from the majority (the other two killed). Within its 30 s issuance bound
+    // it still issues, but past the 750 ms revocation bound it no longer vouches that a token
+    // lives: its view may miss a revocation the majority acknowledged. Introspection answers
+    // 503 `temporarily_unavailable` with the reason, never `active: true`.
+    let live = token_of(
+        &h.client_credentials(&addrs[2], "svc", &svc, &[("scope", "orders:read")])
+            .await?,
+    )?;
+    let r = introspect(&addrs[2], ("orders-api", &rs), &live).await?;
+    assert_eq!(r.json()?["active"], true, "before the cut: {r:?}");
+    c.kill9(1)?;
+    c.kill9(2)?;
+    let deadline = Instant::now() + T;
+    let r = loop {
+        let r = introspect(&addrs[2], ("orders-api", &rs), &live).await?;
+        if r.status != 200 {
+            break r;
+        }
+        assert_eq!(r.json()?["active"], true, "{r:?}");
+        anyhow::ensure!(Instant::now() < deadline, "node 3 vouched for ever");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        (r.status, r.error().as_str()),
+        (503, "temporarily_unavailable"),
+        "{r:?}"
+    );
+    assert!(r.body.contains("revocation_staleness 750 ms"), "{r:?}");
+    let r = h
+        .client_credentials(&addrs[2], "svc", &svc, &[("scope", "orders:read")])
+        .await?;
+    assert_eq!(r.status, 200, "issuance keeps its own 30 s bound: {r:?}");
     Ok(())
 }
 

@@ -578,7 +578,7 @@ async fn a_learner_issues_like_any_node_and_its_removal_retires_its_keys() -> an
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revocations_stream_to_subscribers_by_serial_and_by_index() -> anyhow::Result<()> {
     authsec_chaos_tests::init_test_tracing();
-    let c = Cluster::start(3, Options::default())?;
+    let mut c = Cluster::start(3, Options::default())?;
     let leader = c.wait_leader(&[1, 2, 3], T).await?;
     c.wait_issuing(&[1, 2, 3], T).await?;
     let web = create_entry(&c, leader, "web", None).await?;
@@ -586,7 +586,7 @@ async fn revocations_stream_to_subscribers_by_serial_and_by_index() -> anyhow::R
 
     let mut stream = svids(&c, 3)
         .await?
-        .watch_revocations(v1::WatchRevocationsRequest {})
+        .watch_revocations(v1::WatchRevocationsRequest::default())
         .await?
         .into_inner();
     let first = tokio::time::timeout(T, stream.message())
@@ -676,6 +676,56 @@ async fn revocations_stream_to_subscribers_by_serial_and_by_index() -> anyhow::R
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+
+    // Heartbeats: a subscriber that asks for them learns how old node 3's view is, at least
+    // every 100 ms here. A nonsense interval is refused.
+    let e = svids(&c, 3)
+        .await?
+        .watch_revocations(v1::WatchRevocationsRequest {
+            heartbeats: true,
+            heartbeat_ms: 5,
+        })
+        .await
+        .expect_err("5 ms heartbeats");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("50 to 10000"), "{}", e.message());
+    let mut beats = svids(&c, 3)
+        .await?
+        .watch_revocations(v1::WatchRevocationsRequest {
+            heartbeats: true,
+            heartbeat_ms: 100,
+        })
+        .await?
+        .into_inner();
+    let first = tokio::time::timeout(T, beats.message())
+        .await??
+        .context("first set")?;
+    assert!(!first.heartbeat && !first.subjects.is_empty(), "{first:?}");
+    assert!(first.view_age_ms.is_some_and(|a| a < 750), "{first:?}");
+    for _ in 0..3 {
+        let m = tokio::time::timeout(T, beats.message())
+            .await??
+            .context("heartbeat")?;
+        if m.heartbeat {
+            assert!(m.credentials.is_empty() && m.subjects.is_empty(), "{m:?}");
+            assert!(m.view_age_ms.is_some_and(|a| a < 750), "{m:?}");
+        }
+    }
+    // Node 3 cut off from the majority (the other two killed): its heartbeats go on, and the
+    // view age they report grows past the 750 ms revocation bound, so no verifier following
+    // it vouches for a token any more.
+    c.kill9(1)?;
+    c.kill9(2)?;
+    let stale = async {
+        loop {
+            let m = beats.message().await?.context("stream ended")?;
+            if m.heartbeat && m.view_age_ms.is_none_or(|a| a > 750) {
+                return Ok::<_, anyhow::Error>(m);
+            }
+        }
+    };
+    let m = tokio::time::timeout(T, stale).await??;
+    assert!(m.credentials.is_empty() && m.subjects.is_empty(), "{m:?}");
     Ok(())
 }
 

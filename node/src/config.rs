@@ -136,6 +136,12 @@ pub struct IssuerSection {
     /// The freshness bound: beyond it (no quorum acknowledged this node's leader for that
     /// long) the node refuses to issue, and resumes by itself.
     pub max_staleness_ms: u64,
+    /// The revocation bound, kept apart from issuance's: introspection answers `active: true`,
+    /// and the revocation stream vouches for its set, only while this node's view holds
+    /// everything the cluster acknowledged this long ago. A revocation acknowledged anywhere
+    /// is then honoured everywhere within this plus delivery (the 1 s promise leaves 250 ms
+    /// for delivery and for the age estimate).
+    pub revocation_staleness_ms: u64,
     /// Lifetime of the node's intermediate CA; a successor is prepared at half of it and
     /// activated at a sixth remaining (as SPIRE does). SVIDs never outlive their issuer.
     pub ca_ttl_s: u64,
@@ -147,6 +153,7 @@ impl Default for IssuerSection {
     fn default() -> Self {
         Self {
             max_staleness_ms: 30_000,
+            revocation_staleness_ms: 750,
             ca_ttl_s: 24 * 3600,
             jwt_key_ttl_s: 24 * 3600,
         }
@@ -441,6 +448,11 @@ impl NodeConfig {
         }
         if self.issuer.max_staleness_ms < 1_000 {
             bail!("issuer.max_staleness_ms must be 1000 or more");
+        }
+        if !(100..=60_000).contains(&self.issuer.revocation_staleness_ms) {
+            bail!(
+                "issuer.revocation_staleness_ms must be 100 to 60000 (a view younger than a few heartbeats cannot be promised)"
+            );
         }
         let min = crate::issuer::CA_TTL_MIN.as_secs();
         if self.issuer.ca_ttl_s < min || self.issuer.jwt_key_ttl_s < min {

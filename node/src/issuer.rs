@@ -384,6 +384,8 @@ pub struct SvidIssuer {
     serials: Serials,
     pub freshness: Arc<Freshness>,
     pub max_staleness: Duration,
+    /// How old a view may be for this node to vouch that a credential is not revoked.
+    pub revocation_staleness: Duration,
     pub ca_ttl: Duration,
     pub jwt_key_ttl: Duration,
 }
@@ -414,6 +416,7 @@ impl SvidIssuer {
             serials: Serials::new(node_id),
             freshness,
             max_staleness: Duration::from_millis(cfg.max_staleness_ms),
+            revocation_staleness: Duration::from_millis(cfg.revocation_staleness_ms),
             ca_ttl: Duration::from_secs(cfg.ca_ttl_s),
             jwt_key_ttl: Duration::from_secs(cfg.jwt_key_ttl_s),
         }
@@ -499,22 +502,46 @@ impl SvidIssuer {
 
     /// `Err` with the reason when this node is beyond its freshness bound.
     pub fn check_fresh(&self) -> Result<Duration, IssueError> {
+        self.check_age(self.max_staleness, "max_staleness", "issuing")
+    }
+
+    /// `Err` with the reason when this node's view may miss a revocation acknowledged more
+    /// than the revocation bound ago: it then does not vouch that a credential is live.
+    /// Call it *before* reading the state the answer comes from: the age then describes a
+    /// view no newer than the one read.
+    pub fn check_vouch(&self) -> Result<Duration, IssueError> {
+        self.check_age(
+            self.revocation_staleness.min(self.max_staleness),
+            "revocation_staleness",
+            "vouching for credentials",
+        )
+    }
+
+    /// This node's view age (`None`: unknown), for the revocation stream.
+    pub fn view_age(&self) -> Option<Duration> {
+        if crate::planted::active() == crate::planted::PlantedBug::IgnoreFreshness {
+            return Some(Duration::ZERO);
+        }
+        self.freshness.age().map(|(age, _)| age)
+    }
+
+    fn check_age(&self, bound: Duration, knob: &str, what: &str) -> Result<Duration, IssueError> {
         if crate::planted::active() == crate::planted::PlantedBug::IgnoreFreshness {
             return Ok(Duration::ZERO);
         }
-        let max = self.max_staleness.as_millis();
+        let max = bound.as_millis();
         match self.freshness.age() {
             None => Err(IssueError::Unavailable(format!(
-                "node {} has not heard from a Raft leader since it started, so it cannot bound how stale its view is; it issues once it does (ask another node meanwhile)",
+                "node {} has not heard from a Raft leader since it started, so it cannot bound how stale its view is; it resumes {what} once it does (ask another node meanwhile)",
                 self.node_id
             ))),
-            Some((age, src)) if age > self.max_staleness => {
+            Some((age, src)) if age > bound => {
                 let whose = match src {
                     Source::Leader => "this node (the leader)".to_owned(),
                     Source::Follower { leader } => format!("its leader, node {leader},"),
                 };
                 Err(IssueError::Unavailable(format!(
-                    "node {} is beyond its freshness bound: no quorum has acknowledged {whose} for {} ms (max_staleness {max} ms); it resumes issuing by itself once a leader with a quorum reaches it (ask another node meanwhile)",
+                    "node {} is beyond its freshness bound: no quorum has acknowledged {whose} for {} ms ({knob} {max} ms); it resumes {what} by itself once a leader with a quorum reaches it (ask another node meanwhile)",
                     self.node_id,
                     age.as_millis(),
                 )))

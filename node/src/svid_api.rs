@@ -7,6 +7,7 @@
 //! (INVALID_ARGUMENT).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use authsec_api::v1::{self, svid_service_server::SvidService};
 use authsec_api::ApiError;
@@ -236,8 +237,12 @@ fn revocations(
         applied_index,
         credentials,
         subjects,
+        ..Default::default()
     })
 }
+
+/// How often the revocation stream sends a heartbeat to a subscriber that asks for them.
+const HEARTBEAT_DEFAULT: Duration = Duration::from_millis(200);
 
 type RevocationStream =
     std::pin::Pin<Box<dyn futures::Stream<Item = Result<v1::RevocationSet, Status>> + Send>>;
@@ -248,41 +253,92 @@ impl SvidService for Svids {
 
     async fn watch_revocations(
         &self,
-        _req: Request<v1::WatchRevocationsRequest>,
+        req: Request<v1::WatchRevocationsRequest>,
     ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
-        let ctx = self.ctx.clone();
-        let view = self.view.clone();
+        let r = req.into_inner();
+        let beat = match (r.heartbeats, r.heartbeat_ms) {
+            (false, _) => None,
+            (true, 0) => Some(HEARTBEAT_DEFAULT),
+            (true, ms @ 50..=10_000) => Some(Duration::from_millis(u64::from(ms))),
+            (true, ms) => {
+                return Err(Status::invalid_argument(format!(
+                    "heartbeat_ms {ms}: must be 0 (the default, 200 ms) or 50 to 10000"
+                )))
+            }
+        };
+        let (ctx, view, issuer) = (self.ctx.clone(), self.view.clone(), self.issuer.clone());
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
             let mut changes = ctx.head_rx.clone();
             let mut last: Option<(Vec<v1::RevokedCredential>, Vec<v1::RevokedSubjectSet>)> = None;
+            // The applied index read before the last scan: while it holds, so does the set.
+            let mut scanned_at: Option<u64> = None;
+            let mut next_beat = beat.map(|b| tokio::time::Instant::now() + b);
             loop {
-                let set = match revocations(&ctx, &view) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::error!(error = %e, "reading revocations failed");
-                        let _ = tx
-                            .send(Err(Status::internal(
-                                "storage read failed; see the node's log",
-                            )))
-                            .await;
-                        return;
+                // The view's age first, then the applied index, then the set: the age then
+                // describes a view no newer than the set sent, so a subscriber that trusts it
+                // never misses a revocation the age claims is in.
+                let age = issuer.view_age();
+                let view_age_ms = age.map(|a| a.as_millis() as u64);
+                let applied = applied_index(&ctx);
+                let mut sent = false;
+                if scanned_at != Some(applied) {
+                    let mut set = match revocations(&ctx, &view) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::error!(error = %e, "reading revocations failed");
+                            let _ = tx
+                                .send(Err(Status::internal(
+                                    "storage read failed; see the node's log",
+                                )))
+                                .await;
+                            return;
+                        }
+                    };
+                    scanned_at = Some(applied);
+                    let content = (set.credentials.clone(), set.subjects.clone());
+                    if last.as_ref() != Some(&content) {
+                        set.view_age_ms = view_age_ms;
+                        if tx.send(Ok(set)).await.is_err() {
+                            return; // the subscriber left
+                        }
+                        last = Some(content);
+                        sent = true;
+                    }
+                }
+                if let (Some(b), Some(at)) = (beat, next_beat.as_mut()) {
+                    let now = tokio::time::Instant::now();
+                    if sent {
+                        *at = now + b;
+                    } else if now >= *at {
+                        let hb = v1::RevocationSet {
+                            applied_index: applied,
+                            view_age_ms,
+                            heartbeat: true,
+                            ..Default::default()
+                        };
+                        if tx.send(Ok(hb)).await.is_err() {
+                            return;
+                        }
+                        *at = now + b;
+                    }
+                }
+                // Wake on the next applied record (at most ten times a second) or the next
+                // heartbeat; notice a subscriber that left even when nothing changes.
+                let beat_due = async {
+                    match next_beat {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
                     }
                 };
-                let content = (set.credentials.clone(), set.subjects.clone());
-                if last.as_ref() != Some(&content) {
-                    if tx.send(Ok(set)).await.is_err() {
-                        return; // the subscriber left
-                    }
-                    last = Some(content);
-                }
-                // Wake on the next applied record, at most ten times a second; notice a
-                // subscriber that left even when nothing changes.
                 tokio::select! {
-                    r = changes.changed() => if r.is_err() { return },
+                    r = changes.changed() => {
+                        if r.is_err() { return }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    _ = beat_due => {}
                     _ = tx.closed() => return,
                 }
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             }
         });
         Ok(Response::new(Box::pin(

@@ -16,7 +16,11 @@
 //!   (`client:<client_id>`), or for a delegated token its delegation (`delegation:<id>`) or its
 //!   delegator, revoked below the log index the token carries (`authsec_index`). A
 //!   revocation a node applied reaches a subscriber within its next wake-up (100 ms), so a
-//!   revoked token is refused well within a second, with no call per request. What the set
+//!   revoked token is refused well within a second, with no call per request. The node also
+//!   sends heartbeats with the age of its view (how long ago the cluster had acknowledged
+//!   nothing it lacks); past `revocation_max_age` (default 750 ms) the verifier refuses
+//!   tokens as unverifiable (503) rather than vouch from a view that may miss a revocation:
+//!   a node cut off from the majority, or a stalled stream, cannot keep a revoked token alive. What the set
 //!   does not carry (a client disabled without revoking its credentials) only introspection
 //!   sees; an expired delegation needs no entry, its tokens never outlive it.
 //! - **A cache of verified tokens**, keyed by the token's SHA-256 and bounded, skips parsing
@@ -58,6 +62,9 @@ pub const CACHE_ENTRIES_MAX: usize = 10_000;
 /// Default time the verifier keeps accepting tokens on a revocation set it can no longer
 /// refresh (the stream is down) before it refuses them as unverifiable.
 pub const REVOCATION_GRACE: Duration = Duration::from_secs(60);
+/// Default bound on the age of the revocation view the verifier decides on: the cluster's
+/// 1 s revocation promise, less 250 ms for delivery and the age estimate.
+pub const REVOCATION_MAX_AGE: Duration = Duration::from_millis(750);
 /// The revocation set can be large (every unexpired revoked token); allow it.
 const REVOCATION_MESSAGE_BYTES_MAX: usize = 64 << 20;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -694,6 +701,9 @@ struct RevocationState {
     connected: bool,
     /// Since when the stream has been down (after having been up, or since the start).
     down_since: Option<Instant>,
+    /// The set held has every revocation the cluster acknowledged before this instant (as
+    /// the nodes reported their view's age); `None`: no node could say.
+    complete_as_of: Option<Instant>,
 }
 
 /// What the verifier knows of revocations, for health checks.
@@ -704,6 +714,9 @@ pub struct RevocationStatus {
     pub connected: bool,
     pub credentials: usize,
     pub subjects: usize,
+    /// How old the revocation view held is: it may miss revocations acknowledged longer ago
+    /// than this, none before (`None`: unknown).
+    pub view_age: Option<Duration>,
 }
 
 /// Where the revocation stream comes from: channels to nodes of the trust domain, tried in
@@ -757,7 +770,10 @@ async fn follow_revocations(src: RevocationSource, tx: Arc<watch::Sender<Revocat
             v1::svid_service_client::SvidServiceClient::new(src.channels[node].clone())
                 .max_decoding_message_size(REVOCATION_MESSAGE_BYTES_MAX);
         let why = match client
-            .watch_revocations(v1::WatchRevocationsRequest {})
+            .watch_revocations(v1::WatchRevocationsRequest {
+                heartbeats: true,
+                heartbeat_ms: 0,
+            })
             .await
         {
             Err(s) => format!("subscribing failed: {}: {}", s.code(), s.message()),
@@ -765,6 +781,10 @@ async fn follow_revocations(src: RevocationSource, tx: Arc<watch::Sender<Revocat
                 let mut stream = resp.into_inner();
                 loop {
                     match stream.message().await {
+                        Ok(Some(set)) if set.heartbeat => {
+                            apply_heartbeat(&tx, &set);
+                            backoff = BACKOFF_MIN;
+                        }
                         Ok(Some(set)) => {
                             apply_set(&tx, &set);
                             backoff = BACKOFF_MIN;
@@ -800,10 +820,32 @@ async fn follow_revocations(src: RevocationSource, tx: Arc<watch::Sender<Revocat
     }
 }
 
+/// When a message with `view_age_ms` received now says the node's view was complete.
+fn complete_as_of(set: &v1::RevocationSet) -> Option<Instant> {
+    set.view_age_ms
+        .and_then(|ms| Instant::now().checked_sub(Duration::from_millis(ms)))
+}
+
+/// A heartbeat: the set held still holds, now as of the node's reported view age.
+fn apply_heartbeat(tx: &watch::Sender<RevocationState>, hb: &v1::RevocationSet) {
+    let as_of = complete_as_of(hb);
+    tx.send_modify(|s| {
+        if s.set.is_some() {
+            s.complete_as_of = s.complete_as_of.max(as_of);
+        }
+        s.connected = true;
+        s.down_since = None;
+    });
+}
+
 fn apply_set(tx: &watch::Sender<RevocationState>, set: &v1::RevocationSet) {
     let mut new = RevocationIndex::from_set(set);
     let now_ms = unix_now_ms();
+    let as_of = complete_as_of(set);
     tx.send_modify(|s| {
+        // What is held is a superset of both sets (a set from a node behind keeps what the
+        // one before revoked): complete as of the later of the two.
+        s.complete_as_of = s.complete_as_of.max(as_of);
         if let Some(old) = &s.set {
             if old.applied_index > new.applied_index {
                 new.keep_from(old, now_ms);
@@ -885,6 +927,12 @@ pub struct VerifierConfig {
     /// (on the last set held). `None`: for ever. Before the first set arrives tokens are
     /// refused as unverifiable (503), as a revoked one must never pass.
     pub revocation_grace: Option<Duration>,
+    /// With a revocation source: the oldest revocation view the verifier decides on. The
+    /// node reports its view's age with every message and heartbeat; once what the verifier
+    /// holds may miss a revocation acknowledged longer ago than this, tokens are refused as
+    /// unverifiable (503). `None`: not checked, and a lost stream is tolerated for
+    /// `revocation_grace` (a revoked token may then pass for that long).
+    pub revocation_max_age: Option<Duration>,
 }
 
 impl VerifierConfig {
@@ -900,6 +948,7 @@ impl VerifierConfig {
             jwks_max_age: JWKS_MAX_AGE,
             fetch_timeout: FETCH_TIMEOUT,
             revocation_grace: Some(REVOCATION_GRACE),
+            revocation_max_age: Some(REVOCATION_MAX_AGE),
         }
     }
 
@@ -916,6 +965,7 @@ struct Inner {
     required_scopes: Vec<String>,
     leeway_s: u64,
     revocation_grace: Option<Duration>,
+    revocation_max_age: Option<Duration>,
     keys: Arc<KeyStore>,
     cache: Mutex<VerifiedCache>,
     /// Whether a revocation source was given (then no set means "cannot check").
@@ -1023,6 +1073,7 @@ impl Verifier {
                 required_scopes: config.required_scopes,
                 leeway_s: config.leeway.as_secs(),
                 revocation_grace: config.revocation_grace,
+                revocation_max_age: config.revocation_max_age,
                 keys,
                 cache: Mutex::new(VerifiedCache::new(config.cache_entries_max)),
                 follows_revocations,
@@ -1100,6 +1151,7 @@ impl Verifier {
             connected: s.connected,
             credentials: s.set.as_ref().map_or(0, |r| r.credentials.len()),
             subjects: s.set.as_ref().map_or(0, |r| r.subjects.len()),
+            view_age: s.complete_as_of.map(|t| t.elapsed()),
         }
     }
 
@@ -1133,6 +1185,23 @@ impl Verifier {
             Some(set) if set.revokes(claims) => {
                 tracing::debug!(jti = %claims.jti, client_id = %claims.client_id, "refused a revoked token");
                 Err(VerifyError::Revoked)
+            }
+            Some(_)
+                if self.inner.follows_revocations
+                    && self
+                        .inner
+                        .revocation_max_age
+                        .is_some_and(|max| s.complete_as_of.is_none_or(|t| t.elapsed() > max)) =>
+            {
+                let max = self.inner.revocation_max_age.unwrap_or_default();
+                Err(VerifyError::RevocationsUnavailable(match s.complete_as_of {
+                    Some(t) => format!(
+                        "the revocation view is {} ms old (at most {} ms): it may miss a revocation; the node followed is cut off or the stream stalled",
+                        t.elapsed().as_millis(),
+                        max.as_millis()
+                    ),
+                    None => "the node followed cannot tell how old its revocation view is (it has not heard from a leader with a quorum)".into(),
+                }))
             }
             Some(_) => match (s.down_since, self.inner.revocation_grace) {
                 (Some(since), Some(grace))
@@ -1429,6 +1498,7 @@ mod tests {
                         below_index: *b,
                     })
                     .collect(),
+                ..Default::default()
             })
         };
         let c = claims(base_claims()); // jti j1, client svc, index 50
@@ -1566,7 +1636,7 @@ mod tests {
                 expires_at_ms: u64::MAX,
                 revoked_at_index: 2,
             }],
-            subjects: vec![],
+            ..Default::default()
         });
         assert_eq!(v.verify(&good, None).await, Err(VerifyError::Revoked));
         v.set_revocations(&v1::RevocationSet {
@@ -1685,8 +1755,86 @@ mod tests {
         assert!(matches!(e, VerifyError::RevocationsUnavailable(_)), "{e}");
         assert_eq!(e.status(), http::StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(e.code(), None);
+        // A set whose node cannot say how old its view is vouches for nothing.
         v.set_revocations(&v1::RevocationSet::default());
+        let e = v.verify(&good, None).await.expect_err("age unknown");
+        assert!(e.to_string().contains("cannot tell how old"), "{e}");
+        v.set_revocations(&v1::RevocationSet {
+            view_age_ms: Some(0),
+            ..Default::default()
+        });
         assert!(v.verify(&good, None).await.is_ok());
         assert_eq!(v.revocation_status().applied_index, Some(0));
+    }
+
+    #[tokio::test]
+    async fn a_verifier_refuses_on_a_revocation_view_older_than_its_bound() {
+        let es = Es::new();
+        let jwks = Jwks::parse(
+            serde_json::json!({"keys": [es.jwk("k1")]})
+                .to_string()
+                .as_bytes(),
+        )
+        .expect("jwks");
+        let never = tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+        let v = Verifier::new(
+            VerifierConfig::new(
+                "https://authsec.test",
+                "https://orders.example",
+                KeySource::Static(jwks),
+            ),
+            Some(RevocationSource::new(vec![never]).expect("source")),
+        )
+        .expect("verifier");
+        let good = es.sign(
+            &serde_json::json!({"alg":"ES256","typ":"at+jwt","kid":"k1"}),
+            &now_claims(),
+        );
+        let tx = v.inner.revocations.clone();
+        // A set from a node whose view is 5 s old: a revocation acknowledged 1 s ago may be
+        // missing from it, so no token passes.
+        apply_set(
+            &tx,
+            &v1::RevocationSet {
+                applied_index: 7,
+                view_age_ms: Some(5_000),
+                ..Default::default()
+            },
+        );
+        let e = v.verify(&good, None).await.expect_err("stale view");
+        assert!(matches!(e, VerifyError::RevocationsUnavailable(_)), "{e}");
+        assert!(e.to_string().contains("ms old (at most 750 ms)"), "{e}");
+        assert!(v.revocation_status().view_age >= Some(Duration::from_secs(5)));
+        // A heartbeat from the same node, now current: the set held holds again.
+        let beat = |ms: Option<u64>| v1::RevocationSet {
+            applied_index: 7,
+            view_age_ms: ms,
+            heartbeat: true,
+            ..Default::default()
+        };
+        apply_heartbeat(&tx, &beat(Some(20)));
+        assert!(v.verify(&good, None).await.is_ok());
+        // A heartbeat that cannot tell (the node lost its leader) or that reports an older
+        // view never makes what is held look younger than it is, nor older.
+        apply_heartbeat(&tx, &beat(None));
+        apply_heartbeat(&tx, &beat(Some(60_000)));
+        assert!(v.verify(&good, None).await.is_ok());
+        assert!(v.revocation_status().view_age < Some(Duration::from_secs(1)));
+        // A heartbeat revokes nothing and un-revokes nothing: the revoked token stays refused.
+        apply_set(
+            &tx,
+            &v1::RevocationSet {
+                applied_index: 8,
+                view_age_ms: Some(0),
+                credentials: vec![v1::RevokedCredential {
+                    id: "j1".into(),
+                    expires_at_ms: u64::MAX,
+                    revoked_at_index: 8,
+                }],
+                ..Default::default()
+            },
+        );
+        apply_heartbeat(&tx, &beat(Some(0)));
+        assert_eq!(v.verify(&good, None).await, Err(VerifyError::Revoked));
     }
 }

@@ -770,6 +770,10 @@ pub async fn introspect(
     };
     let token = token.as_str();
     let inactive = || json_ok(json!({ "active": false }));
+    // A node whose view may miss a revocation acknowledged more than the revocation bound ago
+    // does not vouch for a token (an inactive answer is always safe). The age is read before
+    // the state, so it describes a view no newer than the one the answer comes from.
+    let vouch = s.issuer.check_vouch();
     let state = s.view.read();
     let Some(jws) = own_token(&s, &state, token) else {
         return inactive();
@@ -789,9 +793,7 @@ pub async fn introspect(
     if !allowed {
         return inactive();
     }
-    // A node beyond its freshness bound may not have applied a revocation the majority
-    // committed: it does not vouch for a token then (an inactive answer is always safe).
-    if let Err(e) = s.issuer.check_fresh() {
+    if let Err(e) = vouch {
         return unavailable(e.to_string());
     }
     let mut out = jws.claims.clone();
