@@ -9,6 +9,7 @@ pub mod oauth;
 pub mod oracle;
 pub mod proxy;
 pub mod runner;
+pub mod webdriver;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;

@@ -37,6 +37,7 @@ pub fn admin_permission(path: &str) -> String {
         "EventService" | "AuditService" => "audit",
         "SvidService" => "svids",
         "FederationService" => "federation",
+        "ConsoleService" => "console",
         "RootService" => "ca",
         "ClusterService" if method == "IssueAdmin" => "admins",
         "ClusterService" if method == "SaveSnapshot" => "backup",
@@ -289,6 +290,7 @@ mod tests {
             ("/authsec.v1.ClusterService/RemoveNode", "cluster.write"),
             ("/authsec.v1.ClusterService/IssueAdmin", "admins.write"),
             ("/authsec.v1.ClusterService/SaveSnapshot", "backup.read"),
+            ("/authsec.v1.ConsoleService/CreateLogin", "console.write"),
             ("/authsec.v1.Unknown/Thing", "other.write"),
         ] {
             assert_eq!(admin_permission(path), want, "{path}");

@@ -212,6 +212,11 @@ async fn client(
     ))
 }
 
+/// A record's JSON line, exactly as `authsec audit export` writes it (what `verify` checks).
+pub fn jsonl_line(r: &v1::AuditRecord) -> anyhow::Result<String> {
+    render(Format::Jsonl, r)
+}
+
 /// One line of output for a record, in `format`.
 fn render(format: Format, r: &v1::AuditRecord) -> anyhow::Result<String> {
     let rec = AuditRecord::from_bytes(&r.record_bytes)

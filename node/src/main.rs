@@ -18,6 +18,7 @@ mod cli_oauth;
 mod cli_svid;
 mod clock;
 mod config;
+mod console;
 mod dev;
 mod federation;
 #[cfg(test)]
@@ -114,6 +115,9 @@ enum Cmd {
     /// Read the audit event feed.
     #[command(subcommand)]
     Events(EventsCmd),
+    /// The web console (served by every node on its OAuth listener under /ui): sign-in links.
+    #[command(subcommand)]
+    Console(console::ConsoleCmd),
     /// The audit log: export (JSON lines or CSV, filtered, follow), tail, head, and verify an
     /// export offline against the trust bundle.
     #[command(subcommand)]
@@ -615,6 +619,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Cmd::Bundle(c) => cli_identity::bundle(c).await?,
         Cmd::Svid(c) => cli_svid::svid(c).await?,
         Cmd::Audit(c) => cli_audit::run(c).await?,
+        Cmd::Console(c) => console::run(c).await?,
         Cmd::Federation(c) => cli_svid::federation(c).await?,
         Cmd::Oauth(c) => cli_oauth::run(c).await?,
         Cmd::Roots(c) => cli_svid::roots(c).await?,

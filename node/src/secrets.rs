@@ -175,6 +175,21 @@ impl SecretKey {
         Ok(Self(hmac::Key::new(hmac::HMAC_SHA256, &raw.0)))
     }
 
+    /// A key of its own for another use (`label` names it), so one cluster key serves
+    /// several purposes without any two sharing a key.
+    pub fn derive(&self, label: &str) -> hmac::Key {
+        hmac::Key::new(
+            hmac::HMAC_SHA256,
+            hmac::sign(&self.0, label.as_bytes()).as_ref(),
+        )
+    }
+
+    /// A key from raw bytes (tests).
+    #[cfg(test)]
+    pub fn from_raw(raw: &[u8]) -> Self {
+        Self(hmac::Key::new(hmac::HMAC_SHA256, raw))
+    }
+
     pub fn hash(&self, secret: &str) -> SecretHash {
         let tag = hmac::sign(&self.0, secret.as_bytes());
         let mut out = [0u8; 32];

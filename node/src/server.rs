@@ -203,6 +203,9 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
         recorder: recorder.clone(),
         view: view.clone(),
     };
+    // The console is served with the OAuth endpoint, built below; its sign-in links are made
+    // over gRPC, which starts first.
+    let console_slot: Arc<std::sync::OnceLock<Arc<crate::console::Console>>> = Arc::default();
     let grpc = TcpListener::bind(cfg.grpc_addr)
         .await
         .with_context(|| format!("bind gRPC {}", cfg.grpc_addr))?;
@@ -292,6 +295,11 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
                 },
             )
             .max_decoding_message_size(API_MESSAGE_BYTES_MAX),
+        )
+        .add_service(
+            authsec_api::v1::console_service_server::ConsoleServiceServer::new(
+                crate::console::Logins(console_slot.clone()),
+            ),
         );
     let grpc_stop = stop(shutdown_rx.clone());
     let server_tls = match &sec.tls {
@@ -425,10 +433,12 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
                 bound,
             )?;
             tracing::info!(node_id, addr = %bound, issuer = %oauth.issuer_url, "serving OAuth 2.0");
+            let console = crate::console::Console::new(oauth.clone(), bound);
+            let _ = console_slot.set(console.clone());
             tasks.push(tokio::spawn(crate::oauth::serve(
                 l,
                 config,
-                oauth.router(),
+                console.router().merge(oauth.router()),
                 shutdown_rx.clone(),
             )));
             Some(bound)

@@ -1,0 +1,536 @@
+//! The web console over real HTTPS on a three-node cluster: sign-in with a one-time link
+//! from `authsec console login`, the session cookie's attributes, CSRF, permissions, the
+//! security headers, a secret shown once, and the audit record naming the admin.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use authsec_chaos_tests::oauth::{Admin, Https, Resp};
+use authsec_chaos_tests::{cli_ok, run_cli, Cluster, Options, TRUST_DOMAIN};
+
+const T: Duration = Duration::from_secs(60);
+
+/// The value of the session cookie a response sets.
+fn session_cookie(r: &Resp) -> anyhow::Result<String> {
+    let set = r
+        .headers
+        .iter()
+        .find(|(k, v)| k == "set-cookie" && v.starts_with("__Host-authsec_session="))
+        .map(|(_, v)| v.clone())
+        .with_context(|| format!("no session cookie: {r:?}"))?;
+    for attr in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/"] {
+        anyhow::ensure!(set.contains(attr), "cookie lacks {attr}: {set}");
+    }
+    let value = set
+        .split(';')
+        .next()
+        .and_then(|kv| kv.split_once('='))
+        .map(|(_, v)| v.to_owned())
+        .context("cookie value")?;
+    Ok(value)
+}
+
+/// The CSRF token a page's forms carry.
+fn csrf_of(page: &str) -> anyhow::Result<String> {
+    let at = page
+        .find("name=\"_csrf\" value=\"")
+        .context("no CSRF field on the page")?;
+    let rest = &page[at + "name=\"_csrf\" value=\"".len()..];
+    Ok(rest[..rest.find('"').context("unterminated")?].to_owned())
+}
+
+fn urlencode(pairs: &[(&str, &str)]) -> Vec<u8> {
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
+        .into_bytes()
+}
+
+struct Browser<'a> {
+    h: &'a Https,
+    addr: String,
+    cookie: Option<String>,
+}
+
+impl Browser<'_> {
+    async fn get(&self, path: &str) -> anyhow::Result<Resp> {
+        let cookie = self
+            .cookie
+            .as_ref()
+            .map(|c| format!("__Host-authsec_session={c}"));
+        let mut headers = vec![];
+        if let Some(c) = &cookie {
+            headers.push(("Cookie", c.as_str()));
+        }
+        self.h.request(&self.addr, "GET", path, &headers, b"").await
+    }
+
+    async fn post(&self, path: &str, form: &[(&str, &str)]) -> anyhow::Result<Resp> {
+        let cookie = self
+            .cookie
+            .as_ref()
+            .map(|c| format!("__Host-authsec_session={c}"));
+        let mut headers = vec![
+            ("Content-Type", "application/x-www-form-urlencoded"),
+            ("Sec-Fetch-Site", "same-origin"),
+        ];
+        if let Some(c) = &cookie {
+            headers.push(("Cookie", c.as_str()));
+        }
+        self.h
+            .request(&self.addr, "POST", path, &headers, &urlencode(form))
+            .await
+    }
+}
+
+/// A sign-in link made with the admin credential in `admin_dir`, through node `via`.
+fn login_link(c: &Cluster, via: u64, admin_dir: &std::path::Path) -> anyhow::Result<String> {
+    let out = run_cli(&c.addr(via)?, admin_dir, &["console", "login", "--json"])?;
+    let v: serde_json::Value = serde_json::from_str(cli_ok(&out)?.trim())?;
+    Ok(v["url"].as_str().context("url")?.to_owned())
+}
+
+/// The path and query of a link (`https://host:port/ui/login?code=...`).
+fn path_of(url: &str) -> anyhow::Result<String> {
+    let rest = url.strip_prefix("https://").context("https link")?;
+    Ok(rest[rest.find('/').context("path")?..].to_owned())
+}
+
+async fn sign_in(b: &mut Browser<'_>, link: &str) -> anyhow::Result<()> {
+    let page = b.get(&path_of(link)?).await?;
+    anyhow::ensure!(page.status == 200, "{page:?}");
+    let code = link.split("code=").nth(1).context("code")?;
+    let r = b.post("/ui/login", &[("code", code)]).await?;
+    anyhow::ensure!(r.status == 303, "sign-in: {r:?}");
+    b.cookie = Some(session_cookie(&r)?);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_signs_in_with_a_one_time_link_and_guards_every_action() -> anyhow::Result<()> {
+    authsec_chaos_tests::init_test_tracing();
+    let c = Cluster::start(3, Options::default())?;
+    c.wait_leader(&[1, 2, 3], T).await?;
+    c.wait_issuing(&[1, 2, 3], T).await?;
+    let h = c.https()?;
+    let addr = c.oauth_addr(2)?;
+    let mut b = Browser {
+        h: &h,
+        addr: addr.clone(),
+        cookie: None,
+    };
+
+    // No session: every page sends the browser to sign in, and a post does nothing.
+    let r = b.get("/ui/clients").await?;
+    assert_eq!(r.status, 303, "{r:?}");
+    assert_eq!(r.header("location"), Some("/ui/login"));
+    let before = c.client_ids(1).await?;
+    let r = b
+        .post(
+            "/ui/clients",
+            &[
+                ("kind", "ai_agent"),
+                ("client_id", "sneaky"),
+                ("_csrf", "x"),
+            ],
+        )
+        .await?;
+    assert_eq!(r.status, 303, "{r:?}");
+    // The sign-in page explains both ways in, with the strict policy on it too.
+    let r = b.get("/ui/login").await?;
+    assert_eq!(r.status, 200);
+    assert!(r.body.contains("authsec console login"), "{}", r.body);
+    let csp = r.header("content-security-policy").context("CSP")?;
+    assert!(csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"));
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+
+    // A link made through node 2 signs in on node 2, once.
+    let link = login_link(&c, 2, &c.admin_dir())?;
+    assert!(
+        link.starts_with(&format!("https://{addr}/ui/login?code=")),
+        "{link}"
+    );
+    let page = b.get(&path_of(&link)?).await?;
+    assert!(
+        page.body
+            .contains(&format!("spiffe://{TRUST_DOMAIN}/authsec/admin/root")),
+        "the page names the admin: {}",
+        page.body
+    );
+    sign_in(&mut b, &link).await?;
+    let code = link.split("code=").nth(1).context("code")?;
+    let again = Browser {
+        h: &h,
+        addr: addr.clone(),
+        cookie: None,
+    }
+    .post("/ui/login", &[("code", code)])
+    .await?;
+    assert_eq!(again.status, 401, "a used link: {again:?}");
+    assert!(again.body.contains("already used"), "{}", again.body);
+    // Another node refuses a link it did not make.
+    let other = Browser {
+        h: &h,
+        addr: c.oauth_addr(3)?,
+        cookie: None,
+    };
+    let link2 = login_link(&c, 2, &c.admin_dir())?;
+    let r = other
+        .post(
+            "/ui/login",
+            &[("code", link2.split("code=").nth(1).context("code")?)],
+        )
+        .await?;
+    assert_eq!(r.status, 401, "{r:?}");
+    assert!(r.body.contains("made by node 2"), "{}", r.body);
+    // The session itself works on every node.
+    let on3 = Browser {
+        h: &h,
+        addr: c.oauth_addr(3)?,
+        cookie: b.cookie.clone(),
+    };
+    let r = on3.get("/ui/cluster").await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains("Members"), "{}", r.body);
+
+    // The clients page, empty state first.
+    let r = b.get("/ui/clients").await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains("No clients yet"), "{}", r.body);
+    let csrf = csrf_of(&r.body)?;
+
+    // A form post without the CSRF token (or with another's) is refused and writes nothing.
+    for bad in ["", "AAAA"] {
+        let r = b
+            .post(
+                "/ui/clients",
+                &[
+                    ("kind", "ai_agent"),
+                    ("client_id", "no-csrf"),
+                    ("_csrf", bad),
+                ],
+            )
+            .await?;
+        assert_eq!(r.status, 403, "{r:?}");
+        assert!(r.body.contains("CSRF"), "{}", r.body);
+    }
+    // A cross-site post is refused even with the token.
+    let r = h
+        .request(
+            &addr,
+            "POST",
+            "/ui/clients",
+            &[
+                ("Content-Type", "application/x-www-form-urlencoded"),
+                ("Sec-Fetch-Site", "cross-site"),
+                (
+                    "Cookie",
+                    &format!(
+                        "__Host-authsec_session={}",
+                        b.cookie.clone().unwrap_or_default()
+                    ),
+                ),
+            ],
+            &urlencode(&[
+                ("kind", "ai_agent"),
+                ("client_id", "xsite"),
+                ("_csrf", &csrf),
+            ]),
+        )
+        .await?;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(
+        c.client_ids(1).await?,
+        before,
+        "refused posts wrote nothing"
+    );
+
+    // Onboard an AI agent: its workload entry appears at once, awaiting its agent, and the
+    // secret is on this page only.
+    let r = b
+        .post(
+            "/ui/clients",
+            &[
+                ("_csrf", &csrf),
+                ("kind", "ai_agent"),
+                ("client_id", "research-agent"),
+                ("display_name", "Research <agent>"),
+                ("allowed_scopes", "orders:read orders:list"),
+                ("generate_secret", "1"),
+            ],
+        )
+        .await?;
+    assert_eq!(r.status, 201, "{r:?}");
+    assert!(r.body.contains("awaiting-agent"), "{}", r.body);
+    assert!(r.body.contains("/research-agent"), "{}", r.body);
+    let secret = {
+        let at = r
+            .body
+            .find("<code id=\"secret\">")
+            .context("secret shown")?;
+        let rest = &r.body[at + "<code id=\"secret\">".len()..];
+        rest[..rest.find('<').context("end")?].to_owned()
+    };
+    assert!(secret.starts_with("as_cs_"), "{secret}");
+    let list = b.get("/ui/clients").await?;
+    assert!(list.body.contains("research-agent"), "{}", list.body);
+    assert!(
+        list.body.contains("Research &lt;agent&gt;")
+            || list.body.contains("Research &#60;agent&#62;"),
+        "names are escaped: {}",
+        list.body
+    );
+    assert!(
+        !list.body.contains(&secret),
+        "the secret is never rendered twice"
+    );
+    let w = b.get("/ui/workloads").await?;
+    assert!(w.body.contains("research-agent") && w.body.contains("awaiting-agent"));
+    assert!(!w.body.contains(&secret));
+
+    // The audit log names the admin as the actor of the onboarding.
+    let admin_id = format!("spiffe://{TRUST_DOMAIN}/authsec/admin/root");
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let export = cli_ok(&run_cli(&c.addr(2)?, &c.admin_dir(), &["audit", "export"])?)?;
+        if export
+            .lines()
+            .any(|l| l.contains("research-agent") && l.contains(&admin_id))
+        {
+            assert!(!export.contains(&secret), "no secret in the audit log");
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "no audit record of the onboarding by {admin_id}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Roles and delegation. The agent and a service both hold orders:read and orders:list; a
+    // delegation from the service grants the agent both. When the agent's roles shrink to
+    // orders:read, the delegation's effective permissions are the intersection, and the page
+    // says which permission was cut.
+    let post_ok = |r: Resp| -> anyhow::Result<()> {
+        anyhow::ensure!(r.status == 303, "{r:?}");
+        Ok(())
+    };
+    for (name, perms) in [
+        ("orders-reader", "orders:read orders:list"),
+        ("orders-basic", "orders:read"),
+    ] {
+        post_ok(
+            b.post(
+                "/ui/access/roles",
+                &[("_csrf", &csrf), ("name", name), ("permissions", perms)],
+            )
+            .await?,
+        )?;
+    }
+    let r = b
+        .post(
+            "/ui/clients",
+            &[
+                ("_csrf", &csrf),
+                ("kind", "service"),
+                ("client_id", "orders-svc"),
+                ("allowed_scopes", "orders:read orders:list"),
+            ],
+        )
+        .await?;
+    assert_eq!(r.status, 201, "{r:?}");
+    for (role, subject) in [
+        ("orders-reader", "client:research-agent"),
+        ("orders-reader", "client:orders-svc"),
+    ] {
+        post_ok(
+            b.post(
+                "/ui/access/bindings",
+                &[("_csrf", &csrf), ("role", role), ("subject", subject)],
+            )
+            .await?,
+        )?;
+    }
+    post_ok(
+        b.post(
+            "/ui/access/delegations",
+            &[
+                ("_csrf", &csrf),
+                ("delegation_id", "d1"),
+                ("delegator", "client:orders-svc"),
+                ("delegate", "client:research-agent"),
+                ("permissions", "orders:read orders:list"),
+                ("ttl_seconds", "3600"),
+            ],
+        )
+        .await?,
+    )?;
+    let row = |page: &str, id: &str| -> anyhow::Result<String> {
+        let at = page
+            .find(&format!("data-delegation=\"{id}\""))
+            .with_context(|| format!("no row for {id}: {page}"))?;
+        let rest = &page[at..];
+        Ok(rest[..rest.find("</tr>").context("row end")?].to_owned())
+    };
+    let page = b.get("/ui/access").await?;
+    assert_eq!(page.status, 200, "{page:?}");
+    let d1 = row(&page.body, "d1")?;
+    assert!(
+        d1.contains("<td class=\"effective\">orders:list orders:read</td>"),
+        "{d1}"
+    );
+    assert!(d1.contains("status-active"), "{d1}");
+    Admin(&c)
+        .unbind("orders-reader", "client:research-agent")
+        .await?;
+    post_ok(
+        b.post(
+            "/ui/access/bindings",
+            &[
+                ("_csrf", &csrf),
+                ("role", "orders-basic"),
+                ("subject", "client:research-agent"),
+            ],
+        )
+        .await?,
+    )?;
+    c.wait_converged(&[1, 2, 3], 0, T).await?;
+    let d1 = row(&b.get("/ui/access").await?.body, "d1")?;
+    assert!(
+        d1.contains("<td class=\"effective\">orders:read</td>"),
+        "effective = the intersection with the delegate's roles now: {d1}"
+    );
+    assert!(
+        d1.contains("orders:list"),
+        "the cut permission is named: {d1}"
+    );
+    // Revoking shows what it cascades to before it is confirmed.
+    let preview = b.get("/ui/access/revoke?id=d1").await?;
+    assert_eq!(preview.status, 200, "{preview:?}");
+    assert!(preview.body.contains("confirm-revoke") && preview.body.contains("<code>d1</code>"));
+    let after_preview = row(&b.get("/ui/access").await?.body, "d1")?;
+    assert!(
+        after_preview.contains("status-active"),
+        "a preview revokes nothing"
+    );
+    let confirm_csrf = csrf_of(&preview.body)?;
+    post_ok(
+        b.post(
+            "/ui/access/revoke",
+            &[("_csrf", &confirm_csrf), ("id", "d1")],
+        )
+        .await?,
+    )?;
+    let d1 = row(&b.get("/ui/access").await?.body, "d1")?;
+    assert!(d1.contains("status-revoked"), "{d1}");
+
+    // The audit page: all of it, newest first, each subject linked to its page; a filter;
+    // a bad filter explained; the export verifies offline.
+    let page = b.get("/ui/audit").await?;
+    assert_eq!(page.status, 200, "{page:?}");
+    for want in [
+        "client:research-agent",
+        "delegation:d1",
+        "href=\"/ui/clients?q=research-agent\"",
+        admin_id.as_str(),
+    ] {
+        assert!(page.body.contains(want), "the audit page lacks {want}");
+    }
+    let page = b.get("/ui/audit?types=delegation.*").await?;
+    assert!(page.body.contains("delegation:d1"), "{}", page.body);
+    assert!(
+        !page.body.contains("client:orders-svc</a></td><td>"),
+        "filtered"
+    );
+    let r = b.get("/ui/audit?since=yesterday-ish").await?;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(r.body.contains("2h"), "{}", r.body);
+    let r = b.get("/ui/audit?types=nonsense.kind").await?;
+    assert_eq!(r.status, 400, "{r:?}");
+    let r = b.get("/ui/audit/export").await?;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/x-ndjson"));
+    assert!(!r.body.contains(&secret), "no secret in the export");
+    let file = c
+        .admin_dir()
+        .parent()
+        .context("dir")?
+        .join("console-export.jsonl");
+    std::fs::write(&file, &r.body)?;
+    let out = run_cli(
+        &c.addr(1)?,
+        &c.admin_dir(),
+        &[
+            "audit",
+            "verify",
+            file.to_str().context("path")?,
+            "--allow-unsigned",
+        ],
+    )?;
+    cli_ok(&out).with_context(|| format!("verify the console's export: {out:?}"))?;
+
+    // An admin whose roles grant the console and reading clients, but not writing them: it
+    // sees the page, and its create is refused with nothing written.
+    let ops_dir = c.admin_dir().parent().context("dir")?.join("ops-admin");
+    cli_ok(&run_cli(
+        &c.addr(1)?,
+        &c.admin_dir(),
+        &[
+            "admin",
+            "issue",
+            "--name",
+            "ops",
+            "--out",
+            ops_dir.to_str().context("path")?,
+        ],
+    )?)?;
+    let ops = format!("spiffe://{TRUST_DOMAIN}/authsec/admin/ops");
+    Admin(&c)
+        .role(
+            "console-reader",
+            &["authsec.admin:console.write", "authsec.admin:clients.read"],
+        )
+        .await?;
+    Admin(&c).bind("console-reader", &ops).await?;
+    c.wait_converged(&[1, 2, 3], 0, T).await?;
+    let mut o = Browser {
+        h: &h,
+        addr: addr.clone(),
+        cookie: None,
+    };
+    sign_in(&mut o, &login_link(&c, 2, &ops_dir)?).await?;
+    let r = o.get("/ui/clients").await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    let ops_csrf = csrf_of(&r.body)?;
+    assert_ne!(ops_csrf, csrf, "each session its own CSRF token");
+    let ids = c.client_ids(1).await?;
+    let r = o
+        .post(
+            "/ui/clients",
+            &[
+                ("_csrf", &ops_csrf),
+                ("kind", "service"),
+                ("client_id", "not-allowed"),
+            ],
+        )
+        .await?;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(r.body.contains("clients.write"), "{}", r.body);
+    let r = o.get("/ui/workloads").await?;
+    assert_eq!(r.status, 403, "no entries.read: {r:?}");
+    assert_eq!(
+        c.client_ids(1).await?,
+        ids,
+        "the refused create wrote nothing"
+    );
+
+    // Signing out clears the cookie.
+    let r = b.post("/ui/logout", &[("_csrf", &csrf)]).await?;
+    assert_eq!(r.status, 303, "{r:?}");
+    assert!(r
+        .headers
+        .iter()
+        .any(|(k, v)| k == "set-cookie" && v.contains("Max-Age=0")));
+    Ok(())
+}

@@ -1,0 +1,1816 @@
+//! The web console (issue 11), served by every node on its HTTPS (OAuth) listener under `/ui`.
+//!
+//! - **Pages are rendered here**, from askama templates compiled into the binary
+//!   (`node/templates/console/`), with a small stylesheet and script embedded beside them: no
+//!   build chain, no request leaves the cluster, and any node serves all of it.
+//! - **The console is a client of the node's own admin API, in process.** Every page and
+//!   every action is the gRPC call the CLI would make (`ClientService/CreateClient`, ...),
+//!   checked first with the same rule as the gRPC listener ([`crate::authz::check`], the
+//!   admin permission the call needs) and made with the signed-in admin as the caller, so the
+//!   audit log records that admin as the actor and the services' own validation applies.
+//! - **Sign-in**: an admin client certificate, or a session opened with a one-time link from
+//!   `authsec console login` ([`session`]). Sessions are `__Host-` cookies, HttpOnly, Secure,
+//!   SameSite=Strict; every form carries a CSRF token bound to the session (or to the
+//!   certificate), and a cross-site POST is refused before anything else.
+//! - **Headers**: a strict Content-Security-Policy (`default-src 'none'`, scripts and styles
+//!   from the console's own paths only, no inline code), `no-store`, `nosniff`, no referrer,
+//!   no framing.
+
+pub mod session;
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use askama::Template;
+use authsec_api::v1;
+use authsec_api::v1::client_service_server::ClientService;
+use authsec_api::v1::cluster_service_server::ClusterService;
+use authsec_api::v1::delegation_service_server::DelegationService;
+use authsec_api::v1::entry_service_server::EntryService;
+use authsec_api::v1::revocation_service_server::RevocationService;
+use authsec_api::v1::role_service_server::RoleService;
+use authsec_domain::SpiffeId;
+use authsec_raft::tls::PeerInfo;
+use axum::body::Bytes;
+use axum::extract::State as AxState;
+use axum::http::Uri;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+
+use crate::oauth::{Conn, Oauth};
+use session::{Claims, Sessions};
+
+/// The session cookie (the `__Host-` prefix: Secure, no Domain, Path=/, so no other host or
+/// path can set or read it).
+pub const SESSION_COOKIE: &str = "__Host-authsec_session";
+/// Form bodies the console accepts, at most.
+const FORM_BYTES_MAX: usize = 16 * 1024;
+/// Default lifetime of a sign-in link and of the session it opens.
+pub const LOGIN_TTL_DEFAULT_S: u32 = 300;
+pub const LOGIN_TTL_MAX_S: u32 = 900;
+pub const SESSION_DEFAULT_S: u32 = 3600;
+pub const SESSION_MAX_S: u32 = 43_200;
+/// Permissions of one delegation whose effect the page works out (one check each).
+const DELEGATION_PERMISSIONS_SHOWN: usize = 64;
+
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+                   connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+const APP_CSS: &str = include_str!("../../assets/console/app.css");
+const APP_JS: &str = include_str!("../../assets/console/app.js");
+
+/// The console's state: the authorization server's (for the node context, the in-memory
+/// projections and the cluster key) and the session keys, derived once the key is loaded.
+pub struct Console {
+    oauth: Arc<Oauth>,
+    /// Where the console is served (the OAuth listener), for sign-in links.
+    addr: std::net::SocketAddr,
+    sessions: OnceLock<Arc<Sessions>>,
+}
+
+impl std::fmt::Debug for Console {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Console").finish_non_exhaustive()
+    }
+}
+
+/// Who is signed in, and what their forms' CSRF token is bound to.
+#[derive(Debug, Clone)]
+struct Who {
+    admin: SpiffeId,
+    csrf: String,
+}
+
+impl Console {
+    pub fn new(oauth: Arc<Oauth>, addr: std::net::SocketAddr) -> Arc<Self> {
+        Arc::new(Self {
+            oauth,
+            addr,
+            sessions: OnceLock::new(),
+        })
+    }
+
+    /// The session keys, once the cluster's client-secret key is available on this node.
+    pub fn sessions(&self) -> Option<Arc<Sessions>> {
+        if let Some(s) = self.sessions.get() {
+            return Some(s.clone());
+        }
+        let key = self.oauth.secret_key()?;
+        let s = Arc::new(Sessions::new(&key, self.oauth.ctx.node_id));
+        Some(self.sessions.get_or_init(|| s).clone())
+    }
+
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/ui", get(|| async { see_other("/ui/clients") }))
+            .route("/ui/", get(|| async { see_other("/ui/clients") }))
+            .route("/ui/login", get(login_page).post(login))
+            .route("/ui/logout", post(logout))
+            .route("/ui/clients", get(clients_page).post(create_client))
+            .route("/ui/workloads", get(workloads_page))
+            .route("/ui/workloads/events", get(workloads_events))
+            .route("/ui/cluster", get(cluster_page))
+            .route("/ui/audit", get(audit_page))
+            .route("/ui/audit/events", get(audit_events))
+            .route("/ui/audit/export", get(audit_export))
+            .route("/ui/access", get(access_page))
+            .route("/ui/access/roles", post(create_role))
+            .route("/ui/access/bindings", post(bind_role))
+            .route("/ui/access/delegations", post(create_delegation))
+            .route(
+                "/ui/access/revoke",
+                get(revoke_preview).post(revoke_delegation),
+            )
+            .route(
+                "/ui/static/app.css",
+                get(|| async { asset("text/css", APP_CSS) }),
+            )
+            .route(
+                "/ui/static/app.js",
+                get(|| async { asset("text/javascript", APP_JS) }),
+            )
+            .route(
+                "/ui/{*rest}",
+                get(|| async {
+                    page_error(
+                        StatusCode::NOT_FOUND,
+                        "No such page. The console's pages: clients, workloads, cluster.",
+                    )
+                }),
+            )
+            .layer(axum::middleware::map_response(secure_headers))
+            .layer(axum::extract::DefaultBodyLimit::max(FORM_BYTES_MAX))
+            .with_state(self.clone())
+    }
+
+    fn tls(&self) -> Option<&Arc<authsec_raft::tls::TlsState>> {
+        self.oauth.ctx.sec.tls.as_ref()
+    }
+
+    /// The signed-in admin: a client certificate naming an admin, or a valid session cookie.
+    fn who(&self, conn: &Conn, headers: &HeaderMap) -> Result<Who, Response> {
+        let Some(tls) = self.tls() else {
+            return Err(page_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "This node runs without TLS identities (--insecure): the console needs them.",
+            ));
+        };
+        let td = tls.trust_domain();
+        let sessions = self.sessions();
+        if let Some(cert) = &conn.peer_cert {
+            if let Ok(id) = authsec_raft::tls::svid_id(cert) {
+                if crate::pki::admin_name_of(td, &id).is_some() {
+                    let fp = hex::encode(aws_lc_rs::digest::digest(
+                        &aws_lc_rs::digest::SHA256,
+                        cert.as_ref(),
+                    ));
+                    let csrf = match &sessions {
+                        Some(s) => s.csrf_token(&cert_claims(&id, &fp)),
+                        None => String::new(),
+                    };
+                    return Ok(Who { admin: id, csrf });
+                }
+            }
+        }
+        let Some(cookie) = cookie(headers, SESSION_COOKIE) else {
+            return Err(see_other("/ui/login"));
+        };
+        let Some(sessions) = sessions else {
+            return Err(page_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "This node does not hold the cluster key yet, so it cannot check sessions; try another node.",
+            ));
+        };
+        match sessions.session(cookie, crate::issuer::now_ms()) {
+            Ok(c) => match SpiffeId::parse(&c.admin) {
+                Ok(admin) if crate::pki::admin_name_of(td, &admin).is_some() => Ok(Who {
+                    csrf: sessions.csrf_token(&c),
+                    admin,
+                }),
+                _ => Err(login_again(
+                    "The session names no admin of this trust domain.",
+                )),
+            },
+            Err(e) => Err(login_again(&e.to_string())),
+        }
+    }
+
+    /// `Ok` when `who` may make the admin call at `path` (the gRPC listener's rule).
+    fn allow(&self, who: &Who, path: &str) -> Result<(), Response> {
+        let Some(tls) = self.tls() else {
+            return Err(page_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no TLS identities",
+            ));
+        };
+        let policy = crate::authz::AdminPolicy {
+            reader: self.oauth.ctx.reader.clone(),
+        };
+        crate::authz::check(tls, &policy, path, Some(&peer(&who.admin))).map_err(|s| {
+            tracing::info!(admin = %who.admin, path, reason = %s.message(), "console: refused");
+            page_error(StatusCode::FORBIDDEN, s.message())
+        })
+    }
+
+    /// A POST's checks: same-site, signed in, the CSRF token of the session.
+    fn post_who(&self, conn: &Conn, headers: &HeaderMap, form: &Form) -> Result<Who, Response> {
+        cross_site_refused(headers)?;
+        let who = self.who(conn, headers)?;
+        let presented = form.get("_csrf").unwrap_or("");
+        // The token expected for this session (or certificate), compared in constant time.
+        let expected = who.csrf.as_bytes();
+        let ok = !expected.is_empty()
+            && aws_lc_rs::constant_time::verify_slices_are_equal(expected, presented.as_bytes())
+                .is_ok();
+        if !ok {
+            tracing::info!(admin = %who.admin, "console: a form without a valid CSRF token; nothing done");
+            return Err(page_error(
+                StatusCode::FORBIDDEN,
+                "The form's CSRF token is missing or not this session's; reload the page and try again.",
+            ));
+        }
+        Ok(who)
+    }
+
+    fn chrome(&self, who: Option<&Who>, title: &'static str) -> Chrome {
+        Chrome::new(who, title, self.oauth.ctx.node_id)
+    }
+}
+
+/// `ConsoleService`: one-time sign-in links (the authz layer already checked that the
+/// caller is an admin holding `authsec.admin:console.write`).
+#[derive(Debug, Clone)]
+pub struct Logins(pub Arc<OnceLock<Arc<Console>>>);
+
+#[tonic::async_trait]
+impl v1::console_service_server::ConsoleService for Logins {
+    async fn create_login(
+        &self,
+        req: tonic::Request<v1::CreateConsoleLoginRequest>,
+    ) -> Result<tonic::Response<v1::CreateConsoleLoginResponse>, tonic::Status> {
+        let Some(console) = self.0.get() else {
+            return Err(tonic::Status::failed_precondition(
+                "this node serves no console: it is served on the OAuth endpoint ([oauth] addr)",
+            ));
+        };
+        let Some(admin) = crate::authz::caller(&req) else {
+            return Err(tonic::Status::unauthenticated(
+                "a console sign-in link is made for the calling admin: call with its certificate",
+            ));
+        };
+        let r = req.into_inner();
+        let ttl = match r.ttl_seconds {
+            0 => LOGIN_TTL_DEFAULT_S,
+            t @ 1..=LOGIN_TTL_MAX_S => t,
+            t => {
+                return Err(tonic::Status::invalid_argument(format!(
+                    "ttl_seconds {t}: at most {LOGIN_TTL_MAX_S}"
+                )))
+            }
+        };
+        let session = match r.session_seconds {
+            0 => SESSION_DEFAULT_S,
+            t @ 60..=SESSION_MAX_S => t,
+            t => {
+                return Err(tonic::Status::invalid_argument(format!(
+                    "session_seconds {t}: 60 to {SESSION_MAX_S}"
+                )))
+            }
+        };
+        let Some(sessions) = console.sessions() else {
+            return Err(tonic::Status::unavailable(
+                "this node does not hold the cluster key yet; ask another node",
+            ));
+        };
+        let claims = sessions.login_code(admin.as_str(), crate::issuer::now_ms(), ttl, session);
+        let code = sessions.encode(&claims);
+        tracing::info!(admin = %admin, ttl_s = ttl, "console: sign-in link made");
+        Ok(tonic::Response::new(v1::CreateConsoleLoginResponse {
+            url: format!("https://{}/ui/login?code={code}", console.addr),
+            expires_at_ms: claims.expires_at_ms,
+            code,
+        }))
+    }
+}
+
+/// What the CSRF token of a certificate-authenticated browser is bound to.
+fn cert_claims(id: &SpiffeId, fingerprint: &str) -> Claims {
+    Claims {
+        kind: session::Kind::Session,
+        admin: id.to_string(),
+        expires_at_ms: 0,
+        nonce: format!("cert:{fingerprint}"),
+        node: None,
+        session_s: None,
+    }
+}
+
+fn peer(id: &SpiffeId) -> PeerInfo {
+    PeerInfo {
+        remote: None,
+        spiffe_id: Some(id.clone()),
+        cert_fingerprint: None,
+    }
+}
+
+/// A request to the node's own service, made as `who`.
+fn as_admin<T>(who: &Who, msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.extensions_mut().insert(peer(&who.admin));
+    r
+}
+
+/// Browsers send `Sec-Fetch-Site`; a POST from another site is refused whatever it carries.
+fn cross_site_refused(headers: &HeaderMap) -> Result<(), Response> {
+    match headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
+        None | Some("same-origin") | Some("none") => Ok(()),
+        Some(other) => Err(page_error(
+            StatusCode::FORBIDDEN,
+            &format!("A form posted from another site ({other}) is refused."),
+        )),
+    }
+}
+
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// An urlencoded form, bounded, with repeated keys joined by a space.
+#[derive(Default)]
+struct Form(HashMap<String, String>);
+
+impl Form {
+    fn parse(body: &[u8]) -> Result<Self, Response> {
+        if body.len() > FORM_BYTES_MAX {
+            return Err(page_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "The form is too large.",
+            ));
+        }
+        let mut m: HashMap<String, String> = HashMap::new();
+        for (k, v) in form_urlencoded::parse(body) {
+            m.entry(k.into_owned())
+                .and_modify(|e| {
+                    e.push(' ');
+                    e.push_str(&v);
+                })
+                .or_insert_with(|| v.into_owned());
+        }
+        Ok(Self(m))
+    }
+
+    fn get(&self, k: &str) -> Option<&str> {
+        self.0.get(k).map(String::as_str)
+    }
+
+    fn text(&self, k: &str) -> String {
+        self.get(k).unwrap_or("").trim().to_owned()
+    }
+
+    fn words(&self, k: &str) -> Vec<String> {
+        self.get(k)
+            .unwrap_or("")
+            .split(|c: char| c.is_whitespace() || c == ',')
+            .filter(|w| !w.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// A request's query parameters (the first of each name; bounded by the request line).
+fn query(uri: &Uri) -> HashMap<String, String> {
+    let mut m = HashMap::new();
+    for (k, v) in form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()) {
+        m.entry(k.into_owned()).or_insert_with(|| v.into_owned());
+    }
+    m
+}
+
+fn see_other(to: &str) -> Response {
+    let mut r = StatusCode::SEE_OTHER.into_response();
+    if let Ok(v) = HeaderValue::from_str(to) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
+fn login_again(reason: &str) -> Response {
+    let mut r = see_other(&format!(
+        "/ui/login?reason={}",
+        form_urlencoded::byte_serialize(reason.as_bytes()).collect::<String>()
+    ));
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_static(
+            "__Host-authsec_session=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0",
+        ),
+    );
+    r
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    let mut r = ([(header::CONTENT_TYPE, content_type)], body).into_response();
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    r
+}
+
+async fn secure_headers(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    r
+}
+
+fn html(status: StatusCode, t: &impl Template) -> Response {
+    match t.render() {
+        Ok(body) => (
+            status,
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            body,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "console: rendering a page failed");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "rendering the page failed",
+            )
+                .into_response()
+        }
+    }
+}
+
+fn page_error(status: StatusCode, message: &str) -> Response {
+    html(
+        status,
+        &ErrorPage {
+            chrome: Chrome::new(None, "Error", 0),
+            status: status.as_u16(),
+            message: message.to_owned(),
+        },
+    )
+}
+
+fn status_error(s: &tonic::Status) -> Response {
+    let status = match s.code() {
+        tonic::Code::InvalidArgument | tonic::Code::OutOfRange => StatusCode::BAD_REQUEST,
+        tonic::Code::AlreadyExists | tonic::Code::FailedPrecondition | tonic::Code::Aborted => {
+            StatusCode::CONFLICT
+        }
+        tonic::Code::NotFound => StatusCode::NOT_FOUND,
+        tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
+        tonic::Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    page_error(status, s.message())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Templates
+
+#[derive(Debug)]
+pub struct NavItem {
+    pub href: &'static str,
+    pub label: &'static str,
+    pub current: bool,
+}
+
+/// What every page shows around its content.
+#[derive(Debug)]
+pub struct Chrome {
+    pub title: &'static str,
+    pub admin: String,
+    pub admin_name: String,
+    pub csrf: String,
+    pub node_id: u64,
+    pub nav: Vec<NavItem>,
+}
+
+impl Chrome {
+    fn new(who: Option<&Who>, title: &'static str, node_id: u64) -> Self {
+        let nav = [
+            ("/ui/clients", "Clients"),
+            ("/ui/workloads", "Autonomous Workloads"),
+            ("/ui/access", "Roles and delegation"),
+            ("/ui/audit", "Audit"),
+            ("/ui/cluster", "Cluster"),
+        ]
+        .into_iter()
+        .map(|(href, label)| NavItem {
+            href,
+            label,
+            current: label == title,
+        })
+        .collect();
+        let admin = who.map(|w| w.admin.to_string()).unwrap_or_default();
+        Self {
+            title,
+            admin_name: admin.rsplit('/').next().unwrap_or("").to_owned(),
+            admin,
+            csrf: who.map(|w| w.csrf.clone()).unwrap_or_default(),
+            node_id,
+            nav,
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "console/error.html")]
+struct ErrorPage {
+    chrome: Chrome,
+    status: u16,
+    message: String,
+}
+
+#[derive(Template)]
+#[template(path = "console/login.html")]
+struct LoginPage {
+    chrome: Chrome,
+    code: String,
+    admin: String,
+    reason: String,
+}
+
+#[derive(Debug)]
+pub struct ClientRow {
+    pub id: String,
+    pub kind: &'static str,
+    pub name: String,
+    pub owner: String,
+    pub scopes: String,
+    pub enabled: bool,
+}
+
+#[derive(Debug)]
+pub struct KindOption {
+    pub value: &'static str,
+    pub label: &'static str,
+    pub selected: bool,
+}
+
+#[derive(Template)]
+#[template(path = "console/clients.html")]
+struct ClientsPage {
+    chrome: Chrome,
+    q: String,
+    kinds: Vec<KindOption>,
+    filtered: bool,
+    clients: Vec<ClientRow>,
+}
+
+#[derive(Debug)]
+pub struct EntryRow {
+    pub entry_id: String,
+    pub spiffe_id: String,
+    pub parent_id: String,
+    pub selectors: String,
+    pub client_id: String,
+    pub status: String,
+}
+
+#[derive(Template)]
+#[template(path = "console/client_created.html")]
+struct ClientCreatedPage {
+    chrome: Chrome,
+    client_id: String,
+    kind: &'static str,
+    secret: String,
+    entry: Option<EntryRow>,
+    next_steps: Vec<String>,
+    issuer: String,
+}
+
+#[derive(Template)]
+#[template(path = "console/workloads.html")]
+struct WorkloadsPage {
+    chrome: Chrome,
+    status: String,
+    entries: Vec<EntryRow>,
+}
+
+#[derive(Debug)]
+pub struct MemberRow {
+    pub id: u64,
+    pub addr: String,
+    pub role: String,
+}
+
+#[derive(Template)]
+#[template(path = "console/cluster.html")]
+struct ClusterPage {
+    chrome: Chrome,
+    s: v1::StatusResponse,
+    members: Vec<MemberRow>,
+    freshness: String,
+}
+
+#[derive(Debug)]
+pub struct RoleRow {
+    pub name: String,
+    pub permissions: String,
+    pub subjects: String,
+}
+
+#[derive(Debug)]
+pub struct DelegationRow {
+    pub id: String,
+    pub delegator: String,
+    pub delegate: String,
+    pub granted: String,
+    /// The effective permissions: what the delegation grants that both ends still hold.
+    pub effective: String,
+    /// Granted by the delegation but cut by the roles (or why nothing is effective).
+    pub cut: String,
+    pub parent: String,
+    pub status: String,
+}
+
+#[derive(Template)]
+#[template(path = "console/access.html")]
+struct AccessPage {
+    chrome: Chrome,
+    roles: Vec<RoleRow>,
+    delegations: Vec<DelegationRow>,
+}
+
+#[derive(Template)]
+#[template(path = "console/revoke.html")]
+struct RevokePage {
+    chrome: Chrome,
+    id: String,
+    /// The delegation and everything derived from it, root first.
+    cascade: Vec<DelegationRow>,
+}
+
+#[derive(Debug)]
+pub struct AuditRow {
+    pub sequence: u64,
+    pub time: String,
+    pub kind: String,
+    pub subject: String,
+    /// Where the subject is shown in the console ("" when it has no page).
+    pub href: String,
+    pub actor: String,
+    pub via_node: u64,
+}
+
+#[derive(Template)]
+#[template(path = "console/audit.html")]
+struct AuditPage {
+    chrome: Chrome,
+    types: String,
+    client: String,
+    actor: String,
+    since: String,
+    /// The same filter as a query string, for the export link and the live stream.
+    filter_query: String,
+    head: u64,
+    shown: usize,
+    rows: Vec<AuditRow>,
+}
+
+const KINDS: [(&str, &str, v1::ClientKind); 4] = [
+    ("ai_agent", "AI agent", v1::ClientKind::AiAgent),
+    ("service", "Service", v1::ClientKind::Service),
+    ("ci", "CI job", v1::ClientKind::Ci),
+    ("device", "Device", v1::ClientKind::Device),
+];
+
+fn kind_label(k: i32) -> &'static str {
+    KINDS
+        .iter()
+        .find(|(_, _, kind)| *kind as i32 == k)
+        .map_or("unspecified", |(v, _, _)| *v)
+}
+
+fn entry_row(e: &v1::Entry) -> EntryRow {
+    EntryRow {
+        entry_id: e.entry_id.clone(),
+        spiffe_id: e.spiffe_id.clone(),
+        parent_id: e.parent_id.clone(),
+        selectors: e.selectors.join(" "),
+        client_id: e.client_id.clone(),
+        status: e.status.clone(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Handlers
+
+async fn login_page(AxState(c): AxState<Arc<Console>>, uri: Uri) -> Response {
+    let q = query(&uri);
+    let code = q.get("code").cloned().unwrap_or_default();
+    let mut reason = q.get("reason").cloned().unwrap_or_default();
+    let mut admin = String::new();
+    if !code.is_empty() {
+        // Show whom the link signs in as (its MAC checked), without spending it: a link
+        // prefetched by a mail scanner or a preview must not be used up.
+        match c.sessions().map(|s| s.peek(&code, crate::issuer::now_ms())) {
+            Some(Ok(cl)) => admin = cl.admin,
+            Some(Err(e)) => reason = e.to_string(),
+            None => {
+                reason = "This node does not hold the cluster key yet; try another node.".into()
+            }
+        }
+    }
+    html(
+        StatusCode::OK,
+        &LoginPage {
+            chrome: c.chrome(None, "Sign in"),
+            code: if admin.is_empty() {
+                String::new()
+            } else {
+                code
+            },
+            admin,
+            reason,
+        },
+    )
+}
+
+async fn login(AxState(c): AxState<Arc<Console>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(r) = cross_site_refused(&headers) {
+        return r;
+    }
+    let form = match Form::parse(&body) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let Some(sessions) = c.sessions() else {
+        return page_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "This node does not hold the cluster key yet; try another node.",
+        );
+    };
+    match sessions.redeem(&form.text("code"), crate::issuer::now_ms()) {
+        Ok((claims, cookie)) => {
+            tracing::info!(admin = %claims.admin, node_id = c.oauth.ctx.node_id, "console: session opened");
+            let max_age = claims.expires_at_ms.saturating_sub(crate::issuer::now_ms()) / 1000;
+            let mut r = see_other("/ui/clients");
+            if let Ok(v) = HeaderValue::from_str(&format!(
+                "{SESSION_COOKIE}={cookie}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={max_age}"
+            )) {
+                r.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            r
+        }
+        Err(e) => {
+            tracing::info!(reason = %e, "console: a sign-in link was refused");
+            html(
+                StatusCode::UNAUTHORIZED,
+                &LoginPage {
+                    chrome: c.chrome(None, "Sign in"),
+                    code: String::new(),
+                    admin: String::new(),
+                    reason: e.to_string(),
+                },
+            )
+        }
+    }
+}
+
+async fn logout(
+    AxState(c): AxState<Arc<Console>>,
+    Extension(conn): Extension<Conn>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let form = match Form::parse(&body) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    match c.post_who(&conn, &headers, &form) {
+        Ok(_) => login_again("Signed out."),
+        Err(r) => r,
+    }
+}
+
+async fn clients_page(
+    AxState(c): AxState<Arc<Console>>,
+    Extension(conn): Extension<Conn>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let q = query(&uri);
+    let who = match c.who(&conn, &headers) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    const PATH: &str = "/authsec.v1.ClientService/ListClients";
+    if let Err(r) = c.allow(&who, PATH) {
+        return r;
+    }
+    let kind = q.get("kind").map(String::as_str).unwrap_or("");
+    let text = q
+        .get("q")
+        .map(|s| s.trim().to_lowercase())
+        .unwrap_or_default();
+    let kind_filter = KINDS
+        .iter()
+        .find(|(v, _, _)| *v == kind)
+        .map(|(_, _, k)| *k);
+    let svc = crate::services::Clients(c.oauth.ctx.clone());
+    let mut rows = Vec::new();
+    let mut page_token = String::new();
+    // At most ten pages of 1000 here; a larger registry is for the CLI's paging.
+    for _ in 0..10 {
+        let r = match svc
+            .list_clients(as_admin(
+                &who,
+                v1::ListClientsRequest {
+                    page_size: 1000,
+                    page_token: page_token.clone(),
+                    kind: kind_filter.map_or(0, |k| k as i32),
+                    ..Default::default()
+                },
+            ))
+            .await
+        {
+            Ok(r) => r.into_inner(),
+            Err(s) => return status_error(&s),
+        };
+        rows.extend(
+            r.clients
+                .into_iter()
+                .filter(|cl| {
+                    text.is_empty()
+                        || cl.client_id.to_lowercase().contains(&text)
+                        || cl.display_name.to_lowercase().contains(&text)
+                        || cl.owner.to_lowercase().contains(&text)
+                })
+                .map(|cl| ClientRow {
+                    kind: kind_label(cl.kind),
+                    scopes: cl.allowed_scopes.join(" "),
+                    id: cl.client_id,
+                    name: cl.display_name,
+                    owner: cl.owner,
+                    enabled: cl.enabled,
+                }),
+        );
+        if r.next_page_token.is_empty() {
+            break;
+        }
+        page_token = r.next_page_token;
+    }
+    let mut kinds = vec![KindOption {
+        value: "",
+        label: "All kinds",
+        selected: kind_filter.is_none(),
+    }];
+    kinds.extend(KINDS.iter().map(|(v, l, _)| KindOption {
+        value: v,
+        label: l,
+        selected: *v == kind,
+    }));
+    html(
+        StatusCode::OK,
+        &ClientsPage {
+            chrome: c.chrome(Some(&who), "Clients"),
+            filtered: !text.is_empty() || kind_filter.is_some(),
+            q: text,
+            kinds,
+            clients: rows,
+        },
+    )
+}
+
+async fn create_client(
+    AxState(c): AxState<Arc<Console>>,
+    Extension(conn): Extension<Conn>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let form = match Form::parse(&body) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let who = match c.post_who(&conn, &headers, &form) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    const PATH: &str = "/authsec.v1.ClientService/CreateClient";
+    if let Err(r) = c.allow(&who, PATH) {
+        return r;
+    }
+    let kind_text = form.text("kind");
+    let Some((kind_value, _, kind)) = KINDS.iter().find(|(v, _, _)| *v == kind_text) else {
+        return page_error(
+            StatusCode::BAD_REQUEST,
+            &format!("Unknown client kind {kind_text:?}: choose ai_agent, service, ci or device."),
+        );
+    };
+    let svc = crate::services::Clients(c.oauth.ctx.clone());
+    let r = match svc
+        .create_client(as_admin(
+            &who,
+            v1::CreateClientRequest {
+                client_id: form.text("client_id"),
+                kind: *kind as i32,
+                display_name: form.text("display_name"),
+                owner: form.text("owner"),
+                allowed_scopes: form.words("allowed_scopes"),
+                default_audience: form.text("default_audience"),
+                generate_secret: form.get("generate_secret").is_some(),
+                ..Default::default()
+            },
+        ))
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(s) => return status_error(&s),
+    };
+    let client_id = r.client.map(|cl| cl.client_id).unwrap_or_default();
+    tracing::info!(admin = %who.admin, client_id = %client_id, "console: client created");
+    html(
+        StatusCode::CREATED,
+        &ClientCreatedPage {
+            chrome: c.chrome(Some(&who), "Clients"),
+            client_id,
+            kind: kind_value,
+            // Shown this once: the page is no-store and the node keeps only a keyed hash.
+            secret: r.client_secret,
+            entry: r.entry.as_ref().map(entry_row),
+            next_steps: r.next_steps,
+            issuer: c.oauth.issuer_url.clone(),
+        },
+    )
+}
+
+async fn workloads_page(
+    AxState(c): AxState<Arc<Console>>,
+    Extension(conn): Extension<Conn>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let q = query(&uri);
+    let who = match c.who(&conn, &headers) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    const PATH: &str = "/authsec.v1.EntryService/ListEntries";
+    if let Err(r) = c.allow(&who, PATH) {
+        return r;
+    }
+    let status = q.get("status").cloned().unwrap_or_default();
+    let svc = crate::identity_api::Entries(c.oauth.ctx.clone());
+    let mut entries = Vec::new();
+    let mut page_token = String::new();
+    for _ in 0..10 {
+        let r = match svc
+            .list_entries(as_admin(
+                &who,
+                v1::ListEntriesRequest {
+                    page_size: 1000,
+                    page_token: page_token.clone(),
+                    status: status.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+        {
+            Ok(r) => r.into_inner(),
+            Err(s) => return status_error(&s),
+        };
+        entries.extend(r.entries.iter().map(entry_row));
+        if r.next_page_token.is_empty() {
+            break;
+        }
+        page_token = r.next_page_token;
+    }
+    html(
+        StatusCode::OK,
+        &WorkloadsPage {
+            chrome: c.chrome(Some(&who), "Autonomous Workloads"),
+            status,
+            entries,
+        },
+    )
+}
+
+/// Every delegation (revoked ones too), through the node's own service as `who`.
+async fn all_delegations(c: &Console, who: &Who) -> Result<Vec<v1::Delegation>, Response> {
+    let svc = crate::identity_api::Delegations(c.oauth.ctx.clone());
+    let mut out = Vec::new();
+    let mut page_token = String::new();
+    for _ in 0..10 {
+        let r = svc
+            .list_delegations(as_admin(
+                who,
+                v1::ListDelegationsRequest {
+                    page_size: 1000,
+                    page_token: page_token.clone(),
+                    include_revoked: true,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .map_err(|s| status_error(&s))?
+            .into_inner();
+        out.extend(r.delegations);
+        if r.next_page_token.is_empty() {
+            break;
+        }
+        page_token = r.next_page_token;
+    }
+    Ok(out)
+}
+
+/// A delegation as the page shows it, with its effective permissions computed by the rule
+/// issuance uses (`DelegationService/Check` for the delegate, under the delegation).
+async fn delegation_row(c: &Console, who: &Who, d: &v1::Delegation) -> DelegationRow {
+    let svc = crate::identity_api::Delegations(c.oauth.ctx.clone());
+    let delegate = d.delegate.strip_prefix("client:").unwrap_or(&d.delegate);
+    let (effective, cut) = if d.status != "active" {
+        (
+            String::new(),
+            format!("nothing: the delegation is {}", d.status),
+        )
+    } else {
+        // One question per permission: Check answers all or nothing for a set of scopes.
+        let (mut granted, mut cut) = (Vec::new(), Vec::new());
+        for p in d.permissions.iter().take(DELEGATION_PERMISSIONS_SHOWN) {
+            match svc
+                .check(as_admin(
+                    who,
+                    v1::CheckRequest {
+                        client_id: delegate.to_owned(),
+                        scopes: vec![p.clone()],
+                        delegation_id: d.delegation_id.clone(),
+                        ..Default::default()
+                    },
+                ))
+                .await
+            {
+                Ok(r) if r.get_ref().allowed => granted.push(p.as_str()),
+                Ok(r) => cut.push(format!("{p} ({})", r.into_inner().reason)),
+                Err(s) => cut.push(format!("{p} ({})", s.message())),
+            }
+        }
+        (granted.join(" "), cut.join("; "))
+    };
+    DelegationRow {
+        id: d.delegation_id.clone(),
+        delegator: d.delegator.clone(),
+        delegate: d.delegate.clone(),
+        granted: d.permissions.join(" "),
+        effective,
+        cut,
+        parent: d.parent.clone(),
+        status: d.status.clone(),
+    }
+}
+
+async fn access_page(
+    AxState(c): AxState<Arc<Console>>,
+    Extension(conn): Extension<Conn>,
+    headers: HeaderMap,
+) -> Response {
+    let who = match c.who(&conn, &headers) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    for path in [
+        "/authsec.v1.RoleService/ListRoles",
+        "/authsec.v1.DelegationService/ListDelegations",
+    ] {
+        if let Err(r) = c.allow(&who, path) {
+            return r;
+        }
+    }
+    let roles_svc = crate::identity_api::Roles(c.oauth.ctx.clone());
+    let roles = match roles_svc
+        .list_roles(as_admin(
+            &who,
+            v1::ListRolesRequest {
+                page_size: 1000,
+                ..Default::default()
+            },
+        ))
+        .await
+    {
+        Ok(r) => r.into_inner().roles,
+        Err(s) => return status_error(&s),
+    };
+    let bindings = match roles_svc
+        .list_bindings(as_admin(
+            &who,
+            v1::ListBindingsRequest {
+                page_size: 1000,
+                ..Default::default()
+            },
+        ))
+        .await
+    {
+        Ok(r) => r.into_inner().bindings,
+        Err(s) => return status_error(&s),
+    };
+    let roles = roles
+        .into_iter()
+        .map(|r| RoleRow {
+            subjects: bindings
+                .iter()
+                .filter(|b| b.role == r.name)
+                .map(|b| b.subject.as_str())
+                .collect::<Vec<_>>()
+                .join(" "),
+            permissions: r.permissions.join(" "),
+            name: r.name,
+        })
+        .collect();
+    let ds = match all_delegations(&c, &who).await {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let mut delegations = Vec::with_capacity(ds.len());
+    for d in &ds {
+        delegations.push(delegation_row(&c, &who, d).await);
+    }
+    html(
+        StatusCode::OK,
+        &AccessPage {
+            chrome: c.chrome(Some(&who), "Roles and delegation"),
+            roles,
+            delegations,
+        },
+    )
+}
+
+/// After a write made through a form: back to the page it came from.
+fn written(r: Result<tonic::Response<impl Sized>, tonic::Status>, back: &str) -> Response {
+    match r {
+        Ok(_) => see_other(back),
+        Err(s) => status_error(&s),
+    }
+}
+
+async fn create_role(
+    AxState(c): AxState<Arc<Console>>,
+    Extension(conn): Extension<Conn>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let form = match Form::parse(&body) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let who = match c.post_who(&conn, &headers, &form) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    if let Err(r) = c.allow(&who, "/authsec.v1.RoleService/CreateRole") {
+        return r;
+    }
+    let svc = crate::identity_api::Roles(c.oauth.ctx.clone());
+    let r = svc
+        .create_role(as_admin(
+            &who,
+            v1::CreateRoleRequest {
+                name: form.text("name"),
+                description: form.text("description"),
+                permissions: form.words("permissions"),
+            },
+        ))
+        .await;
+    written(r, "/ui/access")
+}
+
+async fn bind_role(
+    AxState(c): AxState<Arc<Console>>,
+    Extension(conn): Extension<Conn>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let form = match Form::parse(&body) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let who = match c.post_who(&conn, &headers, &form) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    if let Err(r) = c.allow(&who, "/authsec.v1.RoleService/Bind") {
+        return r;
+    }
+    let svc = crate::identity_api::Roles(c.oauth.ctx.clone());
+    let r = svc
+        .bind(as_admin(
+            &who,
+            v1::Binding {
+                role: form.text("role"),
+                subject: form.text("subject"),
+            },
+        ))
+        .await;
+    written(r, "/ui/access")
+}
+
+async fn create_delegation(
+    AxState(c): AxState<Arc<Console>>,
+    Extension(conn): Extension<Conn>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let form = match Form::parse(&body) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let who = match c.post_who(&conn, &headers, &form) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    if let Err(r) = c.allow(&who, "/authsec.v1.DelegationService/CreateDelegation") {
+        return r;
+    }
+    let ttl = match form.text("ttl_seconds").as_str() {
+        "" => 0,
+        t => match t.parse::<u64>() {
+            Ok(v) => v,
+            Err(_) => {
+                return page_error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("Lifetime {t:?} is not a number of seconds."),
+                )
+            }
+        },
+    };
+    let svc = crate::identity_api::Delegations(c.oauth.ctx.clone());
+    let r = svc
+        .create_delegation(as_admin(
+            &who,
+            v1::CreateDelegationRequest {
+                delegation_id: form.text("delegation_id"),
+                delegator: form.text("delegator"),
+                // The delegate is a client; accept it written as a subject too.
+                delegate: form
+                    .text("delegate")
+                    .trim_start_matches("client:")
+                    .to_owned(),
+                permissions: form.words("permissions"),
+                ttl_seconds: ttl,
+                ..Default::default()
+            },
+        ))
+        .await;
+    written(r, "/ui/access")
+}
+
+/// The delegation `id` and every delegation derived from it (children by `parent`), root
+/// first: what revoking it cascades to.
+fn cascade<'a>(all: &'a [v1::Delegation], id: &str) -> Vec<&'a v1::Delegation> {
+    let mut out: Vec<&v1::Delegation> = all.iter().filter(|d| d.delegation_id == id).collect();
+    let mut i = 0;
+    while i < out.len() {
+        let parent = out[i].delegation_id.clone();
+        for d in all.iter().filter(|d| d.parent == parent) {
+            if !out.iter().any(|o| o.delegation_id == d.delegation_id) {
+                out.push(d);
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+async fn revoke_preview(
+    AxState(c): AxState<Arc<Console>>,
+    Extension(conn): Extension<Conn>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let q = query(&uri);
+    let who = match c.who(&conn, &headers) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    if let Err(r) = c.allow(&who, "/authsec.v1.DelegationService/ListDelegations") {
+        return r;
+    }
+    let id = q.get("id").cloned().unwrap_or_default();
+    let all = match all_delegations(&c, &who).await {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let chain = cascade(&all, &id);
+    if chain.is_empty() {
+        return page_error(StatusCode::NOT_FOUND, &format!("No delegation {id:?}."));
+    }
+    let mut rows = Vec::with_capacity(chain.len());
+    for d in chain {
+        rows.push(delegation_row(&c, &who, d).await);
+    }
+    html(
+        StatusCode::OK,
+        &RevokePage {
+            chrome: c.chrome(Some(&who), "Roles and delegation"),
+            id,
+            cascade: rows,
+        },
+    )
+}
+
+async fn revoke_delegation(
+    AxState(c): AxState<Arc<Console>>,
+    Extension(conn): Extension<Conn>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let form = match Form::parse(&body) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let who = match c.post_who(&conn, &headers, &form) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    if let Err(r) = c.allow(&who, "/authsec.v1.RevocationService/Revoke") {
+        return r;
+    }
+    let svc = crate::identity_api::Revocations(c.oauth.ctx.clone());
+    let r = svc
+        .revoke(as_admin(
+            &who,
+            v1::RevokeRequest {
+                target: Some(v1::revoke_request::Target::DelegationId(form.text("id"))),
+            },
+        ))
+        .await;
+    written(r, "/ui/access")
+}
+
+/// Records the audit page shows, at most.
+const AUDIT_ROWS_MAX: usize = 200;
+/// How far back from the head the page looks for them.
+const AUDIT_WINDOW: u64 = 20_000;
+
+/// The audit filter a page's query names, as the export request (`follow` and the range
+/// left to the caller).
+fn audit_filter(q: &HashMap<String, String>) -> Result<v1::ExportRequest, Response> {
+    let since_ms = match q.get("since").map(|s| s.trim()).filter(|s| !s.is_empty()) {
+        None => 0,
+        Some(s) => crate::cli_audit::parse_time(s, crate::issuer::now_ms()).map_err(|e| {
+            page_error(
+                StatusCode::BAD_REQUEST,
+                &format!("Since {s:?}: {e}. Write 30m, 2h, 7d or an RFC 3339 time."),
+            )
+        })?,
+    };
+    let text = |k: &str| q.get(k).map(|s| s.trim().to_owned()).unwrap_or_default();
+    Ok(v1::ExportRequest {
+        since_ms,
+        types: text("types")
+            .split(|c: char| c.is_whitespace() || c == ',')
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        client_id: text("client"),
+        actor: text("actor"),
+        ..Default::default()
+    })
+}
+
+/// Where a record's subject is shown in the console.
+fn subject_href(subject: &str) -> String {
+    let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    if let Some(id) = subject.strip_prefix("client:") {
+        format!("/ui/clients?q={}", enc(id))
+    } else if subject.starts_with("entry:") || subject.starts_with("spiffe://") {
+        "/ui/workloads".into()
+    } else if subject.starts_with("delegation:")
+        || subject.starts_with("role:")
+        || subject.starts_with("binding:")
+    {
+        "/ui/access".into()
+    } else if subject.starts_with("node:") {
+        "/ui/cluster".into()
+    } else {
+        String::new()
+    }
+}
+
+fn audit_row(r: &v1::AuditRecord) -> AuditRow {
+    AuditRow {
+        sequence: r.sequence,
+        time: crate::audit::rfc3339_ms(r.time_ms),
+        kind: r.kind.clone(),
+        href: subject_href(&r.subject),
+        subject: r.subject.clone(),
+        actor: r.actor.clone(),
+        via_node: r.via_node,
+    }
+}
+
+/// The records of `req` up to the archive's head when it started (export, not follow).
+async fn audit_records(
+    c: &Console,
+    who: &Who,
+    req: v1::ExportRequest,
+    keep_last: Option<usize>,
+    mut each: impl FnMut(&v1::AuditRecord) -> Result<(), Response>,
+) -> Result<(u64, Vec<v1::AuditRecord>), Response> {
+    use authsec_api::v1::audit_service_server::AuditService;
+    use futures::StreamExt;
+    let svc = crate::audit::Audit {
+        ctx: c.oauth.ctx.clone(),
+        view: c.oauth.view.clone(),
+    };
+    let mut stream = svc
+        .export(as_admin(who, req))
+        .await
+        .map_err(|s| status_error(&s))?
+        .into_inner();
+    let mut kept = std::collections::VecDeque::new();
+    let mut head = 0;
+    while let Some(m) = stream.next().await {
+        let m = m.map_err(|s| status_error(&s))?;
+        head = head.max(m.head_sequence);
+        if let Some(r) = m.record {
+            each(&r)?;
+            if let Some(n) = keep_last {
+                if kept.len() == n {
+                    kept.pop_front();
+                }
+                kept.push_back(r);
+            }
+        }
+    }
+    Ok((head, kept.into()))
+}
+
+async fn audit_page(
+    AxState(c): AxState<Arc<Console>>,
+    Extension(conn): Extension<Conn>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let q = query(&uri);
+    let who = match c.who(&conn, &headers) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    if let Err(r) = c.allow(&who, "/authsec.v1.AuditService/Export") {
+        return r;
+    }
+    let mut req = match audit_filter(&q) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let head = c.oauth.ctx.head_rx.borrow().sequence;
+    req.from_sequence = head.saturating_sub(AUDIT_WINDOW) + 1;
+    req.to_sequence = head;
+    let (_, recs) = match audit_records(&c, &who, req, Some(AUDIT_ROWS_MAX), |_| Ok(())).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let rows: Vec<AuditRow> = recs.iter().rev().map(audit_row).collect();
+    let text = |k: &str| q.get(k).map(|s| s.trim().to_owned()).unwrap_or_default();
+    let filter_query = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(
+            ["types", "client", "actor", "since"]
+                .iter()
+                .map(|k| (*k, text(k)))
+                .filter(|(_, v)| !v.is_empty()),
+        )
+        .finish();
+    html(
+        StatusCode::OK,
+        &AuditPage {
+            chrome: c.chrome(Some(&who), "Audit"),
+            types: text("types"),
+            client: text("client"),
+            actor: text("actor"),
+            since: text("since"),
+            filter_query,
+            head,
+            shown: rows.len(),
+            rows,
+        },
+    )
+}
+
+/// The current filter's records as JSON lines, exactly as `authsec audit export` writes them
+/// (so `authsec audit verify` checks a download).
+async fn audit_export(
+    AxState(c): AxState<Arc<Console>>,
+    Extension(conn): Extension<Conn>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let q = query(&uri);
+    let who = match c.who(&conn, &headers) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    if let Err(r) = c.allow(&who, "/authsec.v1.AuditService/Export") {
+        return r;
+    }
+    let req = match audit_filter(&q) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let mut out = String::new();
+    let done = audit_records(&c, &who, req, None, |r| {
+        let line = crate::cli_audit::jsonl_line(r).map_err(|e| {
+            tracing::error!(error = %e, sequence = r.sequence, "console: rendering a record failed");
+            page_error(StatusCode::INTERNAL_SERVER_ERROR, "rendering a record failed; see the node's log")
+        })?;
+        out.push_str(&line);
+        out.push('\n');
+        Ok(())
+    })
+    .await;
+    if let Err(r) = done {
+        return r;
+    }
+    tracing::info!(admin = %who.admin, bytes = out.len(), "console: audit export");
+    (
+        [
+            (header::CONTENT_TYPE, "application/x-ndjson"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"authsec-audit.jsonl\"",
+            ),
+        ],
+        out,
+    )
+        .into_response()
+}
+
+/// Live follow for the audit page: records matching the filter, from `from` on, as
+/// server-sent events.
+async fn audit_events(
+    AxState(c): AxState<Arc<Console>>,
+    Extension(conn): Extension<Conn>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    use authsec_api::v1::audit_service_server::AuditService;
+    use futures::StreamExt;
+    let q = query(&uri);
+    let who = match c.who(&conn, &headers) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    if let Err(r) = c.allow(&who, "/authsec.v1.AuditService/Export") {
+        return r;
+    }
+    let mut req = match audit_filter(&q) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    req.from_sequence = q.get("from").and_then(|f| f.parse().ok()).unwrap_or(0);
+    req.follow = true;
+    let svc = crate::audit::Audit {
+        ctx: c.oauth.ctx.clone(),
+        view: c.oauth.view.clone(),
+    };
+    let mut stream = match svc.export(as_admin(&who, req)).await {
+        Ok(s) => s.into_inner(),
+        Err(s) => return status_error(&s),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::convert::Infallible>>(16);
+    tokio::spawn(async move {
+        loop {
+            let next = tokio::select! {
+                m = stream.next() => m,
+                _ = tx.closed() => return,
+            };
+            let msg = match next {
+                Some(Ok(m)) => match m.record {
+                    Some(r) => {
+                        let row = audit_row(&r);
+                        let data = serde_json::json!({
+                            "sequence": row.sequence, "time": row.time, "kind": row.kind,
+                            "subject": row.subject, "href": row.href, "actor": row.actor,
+                            "via_node": row.via_node,
+                        });
+                        format!("event: record\ndata: {data}\n\n")
+                    }
+                    None => ": progress\n\n".to_owned(),
+                },
+                Some(Err(s)) => {
+                    format!("event: error\ndata: {}\n\n", s.message().replace('\n', " "))
+                }
+                None => return,
+            };
+            if tx.send(Ok(Bytes::from(msg))).await.is_err() {
+                return;
+            }
+        }
+    });
+    let body = axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// Server-sent events for the workloads page: every entry's status, sent again whenever this
+/// node applies a change (at most every 250 ms) and every 15 s, so an entry turns `active`
+/// in an open page when its agent attests, without a reload.
+async fn workloads_events(
+    AxState(c): AxState<Arc<Console>>,
+    Extension(conn): Extension<Conn>,
+    headers: HeaderMap,
+) -> Response {
+    let who = match c.who(&conn, &headers) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    const PATH: &str = "/authsec.v1.EntryService/ListEntries";
+    if let Err(r) = c.allow(&who, PATH) {
+        return r;
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::convert::Infallible>>(2);
+    let ctx = c.oauth.ctx.clone();
+    tokio::spawn(async move {
+        let mut changes = ctx.head_rx.clone();
+        let svc = crate::identity_api::Entries(ctx.clone());
+        let mut last = String::new();
+        loop {
+            let r = svc
+                .list_entries(as_admin(
+                    &who,
+                    v1::ListEntriesRequest {
+                        page_size: 1000,
+                        ..Default::default()
+                    },
+                ))
+                .await;
+            let data = match r {
+                Ok(r) => serde_json::Value::Array(
+                    r.into_inner()
+                        .entries
+                        .iter()
+                        .map(|e| serde_json::json!({"id": e.entry_id, "status": e.status, "parent": e.parent_id}))
+                        .collect(),
+                )
+                .to_string(),
+                Err(s) => {
+                    let _ = tx
+                        .send(Ok(Bytes::from(format!(
+                            "event: error\ndata: {}\n\n",
+                            s.message().replace('\n', " ")
+                        ))))
+                        .await;
+                    return;
+                }
+            };
+            let msg = if data != last {
+                format!("event: entries\ndata: {data}\n\n")
+            } else {
+                ": keep-alive\n\n".to_owned()
+            };
+            last = data;
+            if tx.send(Ok(Bytes::from(msg))).await.is_err() {
+                return; // the page closed
+            }
+            tokio::select! {
+                r = changes.changed() => if r.is_err() { return },
+                _ = tokio::time::sleep(std::time::Duration::from_secs(15)) => {}
+                _ = tx.closed() => return,
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+    });
+    let body = axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+async fn cluster_page(
+    AxState(c): AxState<Arc<Console>>,
+    Extension(conn): Extension<Conn>,
+    headers: HeaderMap,
+) -> Response {
+    let who = match c.who(&conn, &headers) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    const PATH: &str = "/authsec.v1.ClusterService/Status";
+    if let Err(r) = c.allow(&who, PATH) {
+        return r;
+    }
+    let svc = crate::services::Cluster(c.oauth.ctx.clone());
+    let s = match svc.status(as_admin(&who, v1::StatusRequest {})).await {
+        Ok(r) => r.into_inner(),
+        Err(s) => return status_error(&s),
+    };
+    let members = s
+        .members
+        .iter()
+        .map(|m| MemberRow {
+            id: m.node_id,
+            addr: m.addr.clone(),
+            role: match (m.node_id == s.leader_id, m.role.as_str()) {
+                (true, _) => "leader".into(),
+                (false, "learner") => "learner (issuer replica)".into(),
+                (false, r) => r.to_owned(),
+            },
+        })
+        .collect();
+    let freshness = match s.freshness_ms {
+        Some(ms) => format!("{ms} ms (bound {} ms)", s.max_staleness_ms),
+        None => "unknown (no leader heard since start)".into(),
+    };
+    html(
+        StatusCode::OK,
+        &ClusterPage {
+            chrome: c.chrome(Some(&who), "Cluster"),
+            s,
+            members,
+            freshness,
+        },
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// The CLI: `authsec console login`
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ConsoleCmd {
+    /// Print a one-time link that signs a browser in to the web console as this admin (the
+    /// node that makes it serves it, on its OAuth listener under /ui).
+    Login {
+        #[command(flatten)]
+        target: crate::cli::Target,
+        /// How long the link works, in seconds (at most 900).
+        #[arg(long, default_value_t = LOGIN_TTL_DEFAULT_S)]
+        ttl: u32,
+        /// How long the session it opens lasts, in seconds (60 to 43200).
+        #[arg(long, default_value_t = SESSION_DEFAULT_S)]
+        session: u32,
+        /// Print JSON (`url`, `expires_at_ms`).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub async fn run(cmd: ConsoleCmd) -> anyhow::Result<()> {
+    match cmd {
+        ConsoleCmd::Login {
+            target,
+            ttl,
+            session,
+            json,
+        } => {
+            let eps = crate::cli::endpoints(&target)?;
+            let (_, ch) = crate::cli::connect(&eps).await?;
+            let r = v1::console_service_client::ConsoleServiceClient::new(ch)
+                .create_login(v1::CreateConsoleLoginRequest {
+                    ttl_seconds: ttl,
+                    session_seconds: session,
+                })
+                .await
+                .map_err(|s| anyhow::Error::from(crate::cli_identity::CallError(s)))?
+                .into_inner();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"url": r.url, "expires_at_ms": r.expires_at_ms})
+                );
+            } else {
+                println!("{}", r.url);
+                eprintln!(
+                    "Open it once, within {ttl} s, in a browser that trusts the cluster's CA; it signs in as this admin. Treat it as a password."
+                );
+            }
+            Ok(())
+        }
+    }
+}
