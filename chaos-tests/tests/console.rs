@@ -377,7 +377,7 @@ async fn the_console_signs_in_with_a_one_time_link_and_guards_every_action() -> 
     assert_eq!(page.status, 200, "{page:?}");
     let d1 = row(&page.body, "d1")?;
     assert!(
-        d1.contains("<td class=\"effective\">orders:list orders:read</td>"),
+        d1.contains("class=\"effective\">orders:list orders:read</td>"),
         "{d1}"
     );
     assert!(d1.contains("status-active"), "{d1}");
@@ -398,7 +398,7 @@ async fn the_console_signs_in_with_a_one_time_link_and_guards_every_action() -> 
     c.wait_converged(&[1, 2, 3], 0, T).await?;
     let d1 = row(&b.get("/ui/access").await?.body, "d1")?;
     assert!(
-        d1.contains("<td class=\"effective\">orders:read</td>"),
+        d1.contains("class=\"effective\">orders:read</td>"),
         "effective = the intersection with the delegate's roles now: {d1}"
     );
     assert!(
@@ -424,6 +424,162 @@ async fn the_console_signs_in_with_a_one_time_link_and_guards_every_action() -> 
     )?;
     let d1 = row(&b.get("/ui/access").await?.body, "d1")?;
     assert!(d1.contains("status-revoked"), "{d1}");
+
+    // Agents: none yet; a join token shown once, with the command that uses it.
+    let page = b.get("/ui/agents").await?;
+    assert_eq!(page.status, 200, "{page:?}");
+    assert!(
+        page.body.contains("No agent has attested yet"),
+        "{}",
+        page.body
+    );
+    let r = b
+        .post(
+            "/ui/agents/tokens",
+            &[("_csrf", &csrf), ("name", "host9"), ("ttl_seconds", "600")],
+        )
+        .await?;
+    assert_eq!(r.status, 201, "{r:?}");
+    assert!(r.body.contains("/authsec/agent/host9"), "{}", r.body);
+    let join_token = {
+        let at = r.body.find("<code id=\"token\">").context("token shown")?;
+        let rest = &r.body[at + "<code id=\"token\">".len()..];
+        rest[..rest.find('<').context("end")?].to_owned()
+    };
+    assert!(
+        join_token.contains('.') && join_token.len() > 20,
+        "{join_token}"
+    );
+    assert!(!b.get("/ui/agents").await?.body.contains(&join_token));
+    let r = b
+        .post(
+            "/ui/agents/tokens",
+            &[
+                ("_csrf", &csrf),
+                ("name", "bad name!"),
+                ("ttl_seconds", "600"),
+            ],
+        )
+        .await?;
+    assert_eq!(r.status, 400, "a bad agent name is explained: {r:?}");
+
+    // Rotate the agent's secret: the new one is shown once and works; the old one stops.
+    let token_with = |secret: String| {
+        let (h, addr) = (h.clone(), addr.clone());
+        async move {
+            h.client_credentials(
+                &addr,
+                "research-agent",
+                &secret,
+                &[
+                    ("scope", "orders:read"),
+                    ("resource", "https://orders.example"),
+                ],
+            )
+            .await
+        }
+    };
+    let first = token_with(secret.clone()).await?;
+    assert_eq!(first.status, 200, "{first:?}");
+    let r = b
+        .post(
+            "/ui/clients/rotate",
+            &[("_csrf", &csrf), ("client_id", "research-agent")],
+        )
+        .await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    let new_secret = {
+        let at = r
+            .body
+            .find("<code id=\"secret\">")
+            .context("secret shown")?;
+        let rest = &r.body[at + "<code id=\"secret\">".len()..];
+        rest[..rest.find('<').context("end")?].to_owned()
+    };
+    assert_ne!(new_secret, secret);
+    c.wait_converged(&[1, 2, 3], 0, T).await?;
+    assert_eq!(
+        token_with(secret.clone()).await?.status,
+        401,
+        "the old secret stopped"
+    );
+    assert_eq!(token_with(new_secret.clone()).await?.status, 200);
+    assert!(!b.get("/ui/clients").await?.body.contains(&new_secret));
+
+    // Disable a client, and enable it again.
+    let client_row = |page: &str, id: &str| -> anyhow::Result<String> {
+        let at = page
+            .find(&format!("data-client=\"{id}\""))
+            .with_context(|| format!("no row for {id}"))?;
+        let rest = &page[at..];
+        Ok(rest[..rest.find("</tr>").context("row end")?].to_owned())
+    };
+    post_ok(
+        b.post(
+            "/ui/clients/disable",
+            &[("_csrf", &csrf), ("client_id", "orders-svc")],
+        )
+        .await?,
+    )?;
+    let row_now = client_row(&b.get("/ui/clients").await?.body, "orders-svc")?;
+    assert!(row_now.contains("<strong>disabled</strong>"), "{row_now}");
+    post_ok(
+        b.post(
+            "/ui/clients/disable",
+            &[
+                ("_csrf", &csrf),
+                ("client_id", "orders-svc"),
+                ("enable", "1"),
+            ],
+        )
+        .await?,
+    )?;
+    let row_now = client_row(&b.get("/ui/clients").await?.body, "orders-svc")?;
+    assert!(row_now.contains(">enabled<"), "{row_now}");
+
+    // Edit the agent's entry: parent and selectors; a stale revision is refused.
+    let w = b.get("/ui/workloads").await?;
+    let entry_id = {
+        let at = w.body.find("data-entry=\"").context("an entry row")?;
+        let rest = &w.body[at + "data-entry=\"".len()..];
+        rest[..rest.find('"').context("end")?].to_owned()
+    };
+    let edit = b.get(&format!("/ui/workloads/edit?id={entry_id}")).await?;
+    assert_eq!(edit.status, 200, "{edit:?}");
+    let revision = {
+        let at = edit
+            .body
+            .find("name=\"revision\" value=\"")
+            .context("revision")?;
+        let rest = &edit.body[at + "name=\"revision\" value=\"".len()..];
+        rest[..rest.find('"').context("end")?].to_owned()
+    };
+    let parent = format!("spiffe://{TRUST_DOMAIN}/authsec/agent/host9");
+    let form = |rev: &str| {
+        vec![
+            ("_csrf", csrf.clone()),
+            ("entry_id", entry_id.clone()),
+            ("revision", rev.to_owned()),
+            ("parent_id", parent.clone()),
+            (
+                "selectors",
+                "unix:uid:1000\r\nunix:path:/opt/agent/bin/agent\r\n".to_owned(),
+            ),
+        ]
+    };
+    let f = form(&revision);
+    let f: Vec<(&str, &str)> = f.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    post_ok(b.post("/ui/workloads/edit", &f).await?)?;
+    let edit = b.get(&format!("/ui/workloads/edit?id={entry_id}")).await?;
+    assert!(
+        edit.body.contains("unix:uid:1000")
+            && edit.body.contains("unix:path:/opt/agent/bin/agent")
+            && edit.body.contains(&parent),
+        "{}",
+        edit.body
+    );
+    let r = b.post("/ui/workloads/edit", &f).await?;
+    assert_eq!(r.status, 409, "a stale revision: {r:?}");
 
     // The audit page: all of it, newest first, each subject linked to its page; a filter;
     // a bad filter explained; the export verifies offline.

@@ -130,6 +130,25 @@ async fn an_operator_onboards_an_agent_and_delegates_in_the_browser() -> anyhow:
         "no navigation happened"
     );
     shoot(&b, "workloads-active").await?;
+    // The entry's page lists the SVIDs its agent was issued, and when they renew.
+    let edit_url = format!("{base}/ui/workloads/edit?id={entry_id}");
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        b.goto(&edit_url).await?;
+        if b.source().await?.contains("X.509-SVID") {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "no SVID listed for the entry: {}",
+            b.source().await?
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    shoot(&b, "workload").await?;
+    b.goto(&format!("{base}/ui/agents")).await?;
+    b.wait_text("#agents", "/authsec/agent/host1", T).await?;
+    shoot(&b, "agents").await?;
 
     // Roles and a delegation. Both ends hold orders:read and orders:list and the delegation
     // grants both; when the agent's roles shrink to orders:read, the effective permissions

@@ -26,6 +26,16 @@ if (table && window.EventSource) {
         s.textContent = e.status;
         s.className = `status status-${e.status}`;
       }
+      const parent = row.querySelector(".parent");
+      if (parent && e.parent && parent.textContent !== e.parent) {
+        const code = document.createElement("code");
+        code.textContent = e.parent;
+        parent.replaceChildren(code);
+      }
+      const sel = row.querySelector(".selectors");
+      if (sel && typeof e.selectors === "string" && sel.textContent !== e.selectors) {
+        sel.textContent = e.selectors;
+      }
     }
     const rows = table.querySelectorAll("tbody tr").length;
     const live = document.getElementById("live");

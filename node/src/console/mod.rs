@@ -23,6 +23,7 @@ use std::sync::{Arc, OnceLock};
 
 use askama::Template;
 use authsec_api::v1;
+use authsec_api::v1::agent_service_server::AgentService;
 use authsec_api::v1::client_service_server::ClientService;
 use authsec_api::v1::cluster_service_server::ClusterService;
 use authsec_api::v1::delegation_service_server::DelegationService;
@@ -111,6 +112,11 @@ impl Console {
             .route("/ui/clients", get(clients_page).post(create_client))
             .route("/ui/workloads", get(workloads_page))
             .route("/ui/workloads/events", get(workloads_events))
+            .route("/ui/workloads/edit", get(entry_edit_page).post(entry_edit))
+            .route("/ui/agents", get(agents_page))
+            .route("/ui/agents/tokens", post(create_join_token))
+            .route("/ui/clients/disable", post(disable_client))
+            .route("/ui/clients/rotate", post(rotate_secret))
             .route("/ui/cluster", get(cluster_page))
             .route("/ui/audit", get(audit_page))
             .route("/ui/audit/events", get(audit_events))
@@ -517,6 +523,7 @@ impl Chrome {
         let nav = [
             ("/ui/clients", "Clients"),
             ("/ui/workloads", "Autonomous Workloads"),
+            ("/ui/agents", "Agents"),
             ("/ui/access", "Roles and delegation"),
             ("/ui/audit", "Audit"),
             ("/ui/cluster", "Cluster"),
@@ -628,6 +635,65 @@ struct ClusterPage {
     s: v1::StatusResponse,
     members: Vec<MemberRow>,
     freshness: String,
+}
+
+#[derive(Debug)]
+pub struct AgentRow {
+    pub spiffe_id: String,
+    pub attested: String,
+    pub last_seen: String,
+    pub banned: bool,
+}
+
+#[derive(Template)]
+#[template(path = "console/agents.html")]
+struct AgentsPage {
+    chrome: Chrome,
+    agents: Vec<AgentRow>,
+}
+
+#[derive(Template)]
+#[template(path = "console/join_token.html")]
+struct JoinTokenPage {
+    chrome: Chrome,
+    agent_id: String,
+    token: String,
+    expires: String,
+    trust_domain: String,
+    server: String,
+}
+
+#[derive(Template)]
+#[template(path = "console/secret_rotated.html")]
+struct SecretRotatedPage {
+    chrome: Chrome,
+    client_id: String,
+    secret: String,
+    previous_valid_until: String,
+}
+
+#[derive(Debug)]
+pub struct SvidRow {
+    pub kind: &'static str,
+    pub id: String,
+    pub node: u64,
+    pub issued: String,
+    pub expires: String,
+    /// When its holder renews it (at half its lifetime, as agents do).
+    pub renews: String,
+}
+
+#[derive(Template)]
+#[template(path = "console/entry_edit.html")]
+struct EntryEditPage {
+    chrome: Chrome,
+    e: EntryRow,
+    svids: Vec<SvidRow>,
+    /// Why the SVIDs are not shown ("" when they are).
+    svids_note: String,
+    /// One selector per line.
+    selectors: String,
+    revision: u64,
 }
 
 #[derive(Debug)]
@@ -1363,6 +1429,366 @@ async fn revoke_delegation(
     written(r, "/ui/access")
 }
 
+/// "12 s ago" from unix ms (the node's clock).
+fn ago(ms: u64) -> String {
+    if ms == 0 {
+        return "never".into();
+    }
+    let s = crate::issuer::now_ms().saturating_sub(ms) / 1000;
+    match s {
+        0..=119 => format!("{s} s ago"),
+        120..=7199 => format!("{} min ago", s / 60),
+        _ => format!("{} h ago", s / 3600),
+    }
+}
+
+async fn agents_page(
+    AxState(c): AxState<Arc<Console>>,
+    Extension(conn): Extension<Conn>,
+    headers: HeaderMap,
+) -> Response {
+    let who = match c.who(&conn, &headers) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    if let Err(r) = c.allow(&who, "/authsec.v1.AgentService/ListAgents") {
+        return r;
+    }
+    let svc = crate::identity_api::Agents(c.oauth.ctx.clone());
+    let agents = match svc
+        .list_agents(as_admin(
+            &who,
+            v1::ListAgentsRequest {
+                page_size: 1000,
+                ..Default::default()
+            },
+        ))
+        .await
+    {
+        Ok(r) => r.into_inner().agents,
+        Err(s) => return status_error(&s),
+    };
+    html(
+        StatusCode::OK,
+        &AgentsPage {
+            chrome: c.chrome(Some(&who), "Agents"),
+            agents: agents
+                .iter()
+                .map(|a| AgentRow {
+                    spiffe_id: a.spiffe_id.clone(),
+                    attested: if a.attested_at_ms == 0 {
+                        "not yet".into()
+                    } else {
+                        crate::audit::rfc3339_ms(a.attested_at_ms)
+                    },
+                    last_seen: ago(a.last_seen_ms),
+                    banned: a.banned,
+                })
+                .collect(),
+        },
+    )
+}
+
+async fn create_join_token(
+    AxState(c): AxState<Arc<Console>>,
+    Extension(conn): Extension<Conn>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let form = match Form::parse(&body) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let who = match c.post_who(&conn, &headers, &form) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    if let Err(r) = c.allow(&who, "/authsec.v1.AgentService/CreateJoinToken") {
+        return r;
+    }
+    let ttl = match form.text("ttl_seconds").parse::<u64>() {
+        Ok(t) => t,
+        Err(_) => {
+            return page_error(
+                StatusCode::BAD_REQUEST,
+                "The token's lifetime must be a number of seconds.",
+            )
+        }
+    };
+    let svc = crate::identity_api::Agents(c.oauth.ctx.clone());
+    let r = match svc
+        .create_join_token(as_admin(
+            &who,
+            v1::CreateAgentTokenRequest {
+                ttl_seconds: ttl,
+                name: form.text("name"),
+            },
+        ))
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(s) => return status_error(&s),
+    };
+    tracing::info!(admin = %who.admin, agent_id = %r.agent_id, "console: agent join token made");
+    html(
+        StatusCode::CREATED,
+        &JoinTokenPage {
+            chrome: c.chrome(Some(&who), "Agents"),
+            agent_id: r.agent_id,
+            // Shown this once: the node keeps only its hash.
+            token: r.token,
+            expires: crate::audit::rfc3339_ms(r.expires_at_ms),
+            trust_domain: c
+                .tls()
+                .map(|t| t.trust_domain().to_string())
+                .unwrap_or_default(),
+            server: c.oauth.ctx.addr.clone(),
+        },
+    )
+}
+
+async fn disable_client(
+    AxState(c): AxState<Arc<Console>>,
+    Extension(conn): Extension<Conn>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let form = match Form::parse(&body) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let who = match c.post_who(&conn, &headers, &form) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    if let Err(r) = c.allow(&who, "/authsec.v1.ClientService/UpdateClient") {
+        return r;
+    }
+    let enable = form.get("enable").is_some();
+    let svc = crate::services::Clients(c.oauth.ctx.clone());
+    let r = svc
+        .update_client(as_admin(
+            &who,
+            v1::UpdateClientRequest {
+                client_id: form.text("client_id"),
+                enabled: Some(enable),
+                ..Default::default()
+            },
+        ))
+        .await;
+    written(r, "/ui/clients")
+}
+
+async fn rotate_secret(
+    AxState(c): AxState<Arc<Console>>,
+    Extension(conn): Extension<Conn>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let form = match Form::parse(&body) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let who = match c.post_who(&conn, &headers, &form) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    if let Err(r) = c.allow(&who, "/authsec.v1.ClientService/RotateSecret") {
+        return r;
+    }
+    let overlap = match form.text("overlap_seconds").as_str() {
+        "" => 0,
+        t => match t.parse::<u64>() {
+            Ok(v) => v,
+            Err(_) => {
+                return page_error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("Overlap {t:?} is not a number of seconds."),
+                )
+            }
+        },
+    };
+    let client_id = form.text("client_id");
+    let svc = crate::services::Clients(c.oauth.ctx.clone());
+    let r = match svc
+        .rotate_secret(as_admin(
+            &who,
+            v1::RotateSecretRequest {
+                client_id: client_id.clone(),
+                overlap_seconds: overlap,
+                ..Default::default()
+            },
+        ))
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(s) => return status_error(&s),
+    };
+    tracing::info!(admin = %who.admin, client_id = %client_id, "console: client secret rotated");
+    html(
+        StatusCode::OK,
+        &SecretRotatedPage {
+            chrome: c.chrome(Some(&who), "Clients"),
+            client_id,
+            secret: r.client_secret,
+            previous_valid_until: if r.previous_valid_until_ms == 0 {
+                "it stopped working now".into()
+            } else {
+                format!(
+                    "it keeps working until {}",
+                    crate::audit::rfc3339_ms(r.previous_valid_until_ms)
+                )
+            },
+        },
+    )
+}
+
+async fn entry_edit_page(
+    AxState(c): AxState<Arc<Console>>,
+    Extension(conn): Extension<Conn>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let q = query(&uri);
+    let who = match c.who(&conn, &headers) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    if let Err(r) = c.allow(&who, "/authsec.v1.EntryService/GetEntry") {
+        return r;
+    }
+    let svc = crate::identity_api::Entries(c.oauth.ctx.clone());
+    let e = match svc
+        .get_entry(as_admin(
+            &who,
+            v1::GetEntryRequest {
+                entry_id: q.get("id").cloned().unwrap_or_default(),
+                ..Default::default()
+            },
+        ))
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(s) => return status_error(&s),
+    };
+    let (svids, svids_note) = match entry_svids(&c, &who, &e.spiffe_id).await {
+        Ok(v) => (v, String::new()),
+        Err(why) => (Vec::new(), why),
+    };
+    html(
+        StatusCode::OK,
+        &EntryEditPage {
+            chrome: c.chrome(Some(&who), "Autonomous Workloads"),
+            svids,
+            svids_note,
+            selectors: e.selectors.join("\n"),
+            revision: e.revision,
+            e: entry_row(&e),
+        },
+    )
+}
+
+/// SVIDs shown per entry, at most (the newest).
+const ENTRY_SVIDS_MAX: usize = 20;
+
+/// The unexpired SVIDs issued for `spiffe_id` in the last day, newest first, from the
+/// issuance records of the audit log (every credential is recorded before it is handed out).
+async fn entry_svids(c: &Console, who: &Who, spiffe_id: &str) -> Result<Vec<SvidRow>, String> {
+    use authsec_domain::issuance::CredentialKind;
+    if c.allow(who, "/authsec.v1.AuditService/Export").is_err() {
+        return Err("Seeing the SVIDs issued for an entry needs authsec.admin:audit.read.".into());
+    }
+    let now = crate::issuer::now_ms();
+    let head = c.oauth.ctx.head_rx.borrow().sequence;
+    let req = v1::ExportRequest {
+        from_sequence: head.saturating_sub(AUDIT_WINDOW) + 1,
+        to_sequence: head,
+        since_ms: now.saturating_sub(24 * 3600 * 1000),
+        types: vec!["credential.issued".into()],
+        spiffe_id: spiffe_id.to_owned(),
+        ..Default::default()
+    };
+    let mut rows = Vec::new();
+    audit_records(c, who, req, None, |r| {
+        let Ok(rec) = authsec_domain::record::AuditRecord::from_bytes(&r.record_bytes) else {
+            return Ok(());
+        };
+        if let authsec_domain::Event::IssuanceBatchRecorded { node_id, batch } = &rec.event {
+            for item in &batch.items {
+                let Some(p) = batch.profiles.get(item.profile as usize) else {
+                    continue;
+                };
+                let kind = match p.kind {
+                    CredentialKind::X509Svid => "X.509-SVID",
+                    CredentialKind::JwtSvid => "JWT-SVID",
+                    CredentialKind::AccessToken => continue,
+                };
+                let expires = item.issued_at_ms.saturating_add(item.lifetime_ms);
+                if p.subject != spiffe_id || expires <= now {
+                    continue;
+                }
+                rows.push(SvidRow {
+                    kind,
+                    id: item.id.clone(),
+                    node: *node_id,
+                    issued: crate::audit::rfc3339_ms(item.issued_at_ms),
+                    expires: crate::audit::rfc3339_ms(expires),
+                    renews: crate::audit::rfc3339_ms(item.issued_at_ms + item.lifetime_ms / 2),
+                });
+            }
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|_| "Reading the issuance records failed; see the node's log.".to_owned())?;
+    rows.reverse();
+    rows.truncate(ENTRY_SVIDS_MAX);
+    Ok(rows)
+}
+
+async fn entry_edit(
+    AxState(c): AxState<Arc<Console>>,
+    Extension(conn): Extension<Conn>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let form = match Form::parse(&body) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let who = match c.post_who(&conn, &headers, &form) {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    if let Err(r) = c.allow(&who, "/authsec.v1.EntryService/UpdateEntry") {
+        return r;
+    }
+    let revision = form.text("revision").parse::<u64>().ok();
+    let selectors: Vec<String> = form
+        .get("selectors")
+        .unwrap_or("")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let svc = crate::identity_api::Entries(c.oauth.ctx.clone());
+    let r = svc
+        .update_entry(as_admin(
+            &who,
+            v1::UpdateEntryRequest {
+                entry_id: form.text("entry_id"),
+                parent_id: Some(form.text("parent_id")),
+                selectors: Some(v1::StringList { values: selectors }),
+                // Someone else's change in between is refused, not overwritten.
+                expected_revision: revision,
+                ..Default::default()
+            },
+        ))
+        .await;
+    written(r, "/ui/workloads")
+}
+
 /// Records the audit page shows, at most.
 const AUDIT_ROWS_MAX: usize = 200;
 /// How far back from the head the page looks for them.
@@ -1671,7 +2097,12 @@ async fn workloads_events(
                     r.into_inner()
                         .entries
                         .iter()
-                        .map(|e| serde_json::json!({"id": e.entry_id, "status": e.status, "parent": e.parent_id}))
+                        .map(|e| {
+                            serde_json::json!({
+                                "id": e.entry_id, "status": e.status, "parent": e.parent_id,
+                                "selectors": e.selectors.join(" "),
+                            })
+                        })
                         .collect(),
                 )
                 .to_string(),
