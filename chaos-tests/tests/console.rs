@@ -681,6 +681,63 @@ async fn the_console_signs_in_with_a_one_time_link_and_guards_every_action() -> 
         "the refused create wrote nothing"
     );
 
+    // Every page carries the strict policy.
+    for path in [
+        "/ui/clients",
+        "/ui/workloads",
+        "/ui/agents",
+        "/ui/access",
+        "/ui/audit",
+        "/ui/cluster",
+        "/ui/nowhere",
+    ] {
+        let r = b.get(path).await?;
+        let csp = r.header("content-security-policy").unwrap_or("");
+        assert!(
+            csp.contains("default-src 'none'") && csp.contains("script-src 'self'"),
+            "{path}: {csp:?}"
+        );
+        assert_eq!(r.header("cache-control"), Some("no-store"), "{path}");
+    }
+
+    // An admin client certificate signs in without a link; its forms still need the token.
+    let (chain, key) = {
+        use rustls::pki_types::pem::PemObject;
+        let dir = c.admin_dir();
+        let chain: Vec<rustls::pki_types::CertificateDer<'static>> =
+            rustls::pki_types::CertificateDer::pem_file_iter(dir.join("admin.crt"))?
+                .collect::<Result<_, _>>()?;
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_file(dir.join("admin.key"))?;
+        (chain, key)
+    };
+    let hc = Https::with_client_cert(&c.admin_dir().join("ca.crt"), chain, key)?;
+    let cert = Browser {
+        h: &hc,
+        addr: addr.clone(),
+        cookie: None,
+    };
+    let r = cert.get("/ui/clients").await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    let cert_csrf = csrf_of(&r.body)?;
+    let r = cert
+        .post(
+            "/ui/clients",
+            &[("kind", "service"), ("client_id", "by-cert"), ("_csrf", "")],
+        )
+        .await?;
+    assert_eq!(r.status, 403, "{r:?}");
+    let r = cert
+        .post(
+            "/ui/clients",
+            &[
+                ("kind", "service"),
+                ("client_id", "by-cert"),
+                ("_csrf", &cert_csrf),
+            ],
+        )
+        .await?;
+    assert_eq!(r.status, 201, "{r:?}");
+
     // Signing out clears the cookie.
     let r = b.post("/ui/logout", &[("_csrf", &csrf)]).await?;
     assert_eq!(r.status, 303, "{r:?}");
