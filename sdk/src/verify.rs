@@ -1727,8 +1727,9 @@ mod tests {
         assert_eq!(v.verify(&token, None).await, Err(VerifyError::Signature));
     }
 
-    #[tokio::test]
-    async fn without_a_revocation_set_a_following_verifier_refuses() {
+    /// A verifier following a revocation source that never answers (nothing listens on port
+    /// 1), and a token it would accept but for revocation.
+    fn following_verifier() -> (Verifier, String) {
         let es = Es::new();
         let jwks = Jwks::parse(
             serde_json::json!({"keys": [es.jwk("k1")]})
@@ -1736,7 +1737,6 @@ mod tests {
                 .as_bytes(),
         )
         .expect("jwks");
-        // A source that never answers (nothing listens on port 1).
         let never = tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
         let v = Verifier::new(
             VerifierConfig::new(
@@ -1751,6 +1751,12 @@ mod tests {
             &serde_json::json!({"alg":"ES256","typ":"at+jwt","kid":"k1"}),
             &now_claims(),
         );
+        (v, good)
+    }
+
+    #[tokio::test]
+    async fn without_a_revocation_set_a_following_verifier_refuses() {
+        let (v, good) = following_verifier();
         let e = v.verify(&good, None).await.expect_err("no set");
         assert!(matches!(e, VerifyError::RevocationsUnavailable(_)), "{e}");
         assert_eq!(e.status(), http::StatusCode::SERVICE_UNAVAILABLE);
@@ -1769,27 +1775,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_verifier_refuses_on_a_revocation_view_older_than_its_bound() {
-        let es = Es::new();
-        let jwks = Jwks::parse(
-            serde_json::json!({"keys": [es.jwk("k1")]})
-                .to_string()
-                .as_bytes(),
-        )
-        .expect("jwks");
-        let never = tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
-        let v = Verifier::new(
-            VerifierConfig::new(
-                "https://authsec.test",
-                "https://orders.example",
-                KeySource::Static(jwks),
-            ),
-            Some(RevocationSource::new(vec![never]).expect("source")),
-        )
-        .expect("verifier");
-        let good = es.sign(
-            &serde_json::json!({"alg":"ES256","typ":"at+jwt","kid":"k1"}),
-            &now_claims(),
-        );
+        let (v, good) = following_verifier();
         let tx = v.inner.revocations.clone();
         // A set from a node whose view is 5 s old: a revocation acknowledged 1 s ago may be
         // missing from it, so no token passes.

@@ -240,6 +240,28 @@ impl Console {
         Ok(who)
     }
 
+    /// A page's checks: signed in, and allowed the admin call at `path`.
+    fn signed_in(&self, conn: &Conn, headers: &HeaderMap, path: &str) -> Result<Who, Response> {
+        let who = self.who(conn, headers)?;
+        self.allow(&who, path)?;
+        Ok(who)
+    }
+
+    /// A form's checks: a bounded body, same-site, signed in, this session's CSRF token, and
+    /// allowed the admin call at `path`. Nothing is done unless all hold.
+    fn posted(
+        &self,
+        conn: &Conn,
+        headers: &HeaderMap,
+        body: &[u8],
+        path: &str,
+    ) -> Result<(Who, Form), Response> {
+        let form = Form::parse(body)?;
+        let who = self.post_who(conn, headers, &form)?;
+        self.allow(&who, path)?;
+        Ok((who, form))
+    }
+
     fn chrome(&self, who: Option<&Who>, title: &'static str) -> Chrome {
         Chrome::new(who, title, self.oauth.ctx.node_id)
     }
@@ -382,6 +404,19 @@ impl Form {
         self.get(k).unwrap_or("").trim().to_owned()
     }
 
+    /// A number of seconds (empty: 0), or the page that says what is wrong.
+    fn seconds(&self, k: &str, what: &str) -> Result<u64, Response> {
+        match self.text(k).as_str() {
+            "" => Ok(0),
+            t => t.parse::<u64>().map_err(|_| {
+                page_error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("{what} {t:?} is not a number of seconds."),
+                )
+            }),
+        }
+    }
+
     fn words(&self, k: &str) -> Vec<String> {
         self.get(k)
             .unwrap_or("")
@@ -421,6 +456,21 @@ fn login_again(reason: &str) -> Response {
         ),
     );
     r
+}
+
+/// A `text/event-stream` response fed by `rx`.
+fn event_stream(
+    rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::convert::Infallible>>,
+) -> Response {
+    let body = axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -884,14 +934,10 @@ async fn clients_page(
     uri: Uri,
 ) -> Response {
     let q = query(&uri);
-    let who = match c.who(&conn, &headers) {
+    let who = match c.signed_in(&conn, &headers, "/authsec.v1.ClientService/ListClients") {
         Ok(w) => w,
         Err(r) => return r,
     };
-    const PATH: &str = "/authsec.v1.ClientService/ListClients";
-    if let Err(r) = c.allow(&who, PATH) {
-        return r;
-    }
     let kind = q.get("kind").map(String::as_str).unwrap_or("");
     let text = q
         .get("q")
@@ -972,18 +1018,15 @@ async fn create_client(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let form = match Form::parse(&body) {
-        Ok(f) => f,
+    let (who, form) = match c.posted(
+        &conn,
+        &headers,
+        &body,
+        "/authsec.v1.ClientService/CreateClient",
+    ) {
+        Ok(x) => x,
         Err(r) => return r,
     };
-    let who = match c.post_who(&conn, &headers, &form) {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
-    const PATH: &str = "/authsec.v1.ClientService/CreateClient";
-    if let Err(r) = c.allow(&who, PATH) {
-        return r;
-    }
     let kind_text = form.text("kind");
     let Some((kind_value, _, kind)) = KINDS.iter().find(|(v, _, _)| *v == kind_text) else {
         return page_error(
@@ -1035,14 +1078,10 @@ async fn workloads_page(
     uri: Uri,
 ) -> Response {
     let q = query(&uri);
-    let who = match c.who(&conn, &headers) {
+    let who = match c.signed_in(&conn, &headers, "/authsec.v1.EntryService/ListEntries") {
         Ok(w) => w,
         Err(r) => return r,
     };
-    const PATH: &str = "/authsec.v1.EntryService/ListEntries";
-    if let Err(r) = c.allow(&who, PATH) {
-        return r;
-    }
     let status = q.get("status").cloned().unwrap_or_default();
     let svc = crate::identity_api::Entries(c.oauth.ctx.clone());
     let mut entries = Vec::new();
@@ -1241,17 +1280,10 @@ async fn create_role(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let form = match Form::parse(&body) {
-        Ok(f) => f,
+    let (who, form) = match c.posted(&conn, &headers, &body, "/authsec.v1.RoleService/CreateRole") {
+        Ok(x) => x,
         Err(r) => return r,
     };
-    let who = match c.post_who(&conn, &headers, &form) {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
-    if let Err(r) = c.allow(&who, "/authsec.v1.RoleService/CreateRole") {
-        return r;
-    }
     let svc = crate::identity_api::Roles(c.oauth.ctx.clone());
     let r = svc
         .create_role(as_admin(
@@ -1272,17 +1304,10 @@ async fn bind_role(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let form = match Form::parse(&body) {
-        Ok(f) => f,
+    let (who, form) = match c.posted(&conn, &headers, &body, "/authsec.v1.RoleService/Bind") {
+        Ok(x) => x,
         Err(r) => return r,
     };
-    let who = match c.post_who(&conn, &headers, &form) {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
-    if let Err(r) = c.allow(&who, "/authsec.v1.RoleService/Bind") {
-        return r;
-    }
     let svc = crate::identity_api::Roles(c.oauth.ctx.clone());
     let r = svc
         .bind(as_admin(
@@ -1302,28 +1327,18 @@ async fn create_delegation(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let form = match Form::parse(&body) {
-        Ok(f) => f,
+    let (who, form) = match c.posted(
+        &conn,
+        &headers,
+        &body,
+        "/authsec.v1.DelegationService/CreateDelegation",
+    ) {
+        Ok(x) => x,
         Err(r) => return r,
     };
-    let who = match c.post_who(&conn, &headers, &form) {
-        Ok(w) => w,
+    let ttl = match form.seconds("ttl_seconds", "Lifetime") {
+        Ok(v) => v,
         Err(r) => return r,
-    };
-    if let Err(r) = c.allow(&who, "/authsec.v1.DelegationService/CreateDelegation") {
-        return r;
-    }
-    let ttl = match form.text("ttl_seconds").as_str() {
-        "" => 0,
-        t => match t.parse::<u64>() {
-            Ok(v) => v,
-            Err(_) => {
-                return page_error(
-                    StatusCode::BAD_REQUEST,
-                    &format!("Lifetime {t:?} is not a number of seconds."),
-                )
-            }
-        },
     };
     let svc = crate::identity_api::Delegations(c.oauth.ctx.clone());
     let r = svc
@@ -1370,13 +1385,14 @@ async fn revoke_preview(
     uri: Uri,
 ) -> Response {
     let q = query(&uri);
-    let who = match c.who(&conn, &headers) {
+    let who = match c.signed_in(
+        &conn,
+        &headers,
+        "/authsec.v1.DelegationService/ListDelegations",
+    ) {
         Ok(w) => w,
         Err(r) => return r,
     };
-    if let Err(r) = c.allow(&who, "/authsec.v1.DelegationService/ListDelegations") {
-        return r;
-    }
     let id = q.get("id").cloned().unwrap_or_default();
     let all = match all_delegations(&c, &who).await {
         Ok(d) => d,
@@ -1406,17 +1422,15 @@ async fn revoke_delegation(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let form = match Form::parse(&body) {
-        Ok(f) => f,
+    let (who, form) = match c.posted(
+        &conn,
+        &headers,
+        &body,
+        "/authsec.v1.RevocationService/Revoke",
+    ) {
+        Ok(x) => x,
         Err(r) => return r,
     };
-    let who = match c.post_who(&conn, &headers, &form) {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
-    if let Err(r) = c.allow(&who, "/authsec.v1.RevocationService/Revoke") {
-        return r;
-    }
     let svc = crate::identity_api::Revocations(c.oauth.ctx.clone());
     let r = svc
         .revoke(as_admin(
@@ -1447,13 +1461,10 @@ async fn agents_page(
     Extension(conn): Extension<Conn>,
     headers: HeaderMap,
 ) -> Response {
-    let who = match c.who(&conn, &headers) {
+    let who = match c.signed_in(&conn, &headers, "/authsec.v1.AgentService/ListAgents") {
         Ok(w) => w,
         Err(r) => return r,
     };
-    if let Err(r) = c.allow(&who, "/authsec.v1.AgentService/ListAgents") {
-        return r;
-    }
     let svc = crate::identity_api::Agents(c.oauth.ctx.clone());
     let agents = match svc
         .list_agents(as_admin(
@@ -1495,25 +1506,18 @@ async fn create_join_token(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let form = match Form::parse(&body) {
-        Ok(f) => f,
+    let (who, form) = match c.posted(
+        &conn,
+        &headers,
+        &body,
+        "/authsec.v1.AgentService/CreateJoinToken",
+    ) {
+        Ok(x) => x,
         Err(r) => return r,
     };
-    let who = match c.post_who(&conn, &headers, &form) {
-        Ok(w) => w,
+    let ttl = match form.seconds("ttl_seconds", "The token's lifetime") {
+        Ok(v) => v,
         Err(r) => return r,
-    };
-    if let Err(r) = c.allow(&who, "/authsec.v1.AgentService/CreateJoinToken") {
-        return r;
-    }
-    let ttl = match form.text("ttl_seconds").parse::<u64>() {
-        Ok(t) => t,
-        Err(_) => {
-            return page_error(
-                StatusCode::BAD_REQUEST,
-                "The token's lifetime must be a number of seconds.",
-            )
-        }
     };
     let svc = crate::identity_api::Agents(c.oauth.ctx.clone());
     let r = match svc
@@ -1553,17 +1557,15 @@ async fn disable_client(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let form = match Form::parse(&body) {
-        Ok(f) => f,
+    let (who, form) = match c.posted(
+        &conn,
+        &headers,
+        &body,
+        "/authsec.v1.ClientService/UpdateClient",
+    ) {
+        Ok(x) => x,
         Err(r) => return r,
     };
-    let who = match c.post_who(&conn, &headers, &form) {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
-    if let Err(r) = c.allow(&who, "/authsec.v1.ClientService/UpdateClient") {
-        return r;
-    }
     let enable = form.get("enable").is_some();
     let svc = crate::services::Clients(c.oauth.ctx.clone());
     let r = svc
@@ -1585,28 +1587,18 @@ async fn rotate_secret(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let form = match Form::parse(&body) {
-        Ok(f) => f,
+    let (who, form) = match c.posted(
+        &conn,
+        &headers,
+        &body,
+        "/authsec.v1.ClientService/RotateSecret",
+    ) {
+        Ok(x) => x,
         Err(r) => return r,
     };
-    let who = match c.post_who(&conn, &headers, &form) {
-        Ok(w) => w,
+    let overlap = match form.seconds("overlap_seconds", "Overlap") {
+        Ok(v) => v,
         Err(r) => return r,
-    };
-    if let Err(r) = c.allow(&who, "/authsec.v1.ClientService/RotateSecret") {
-        return r;
-    }
-    let overlap = match form.text("overlap_seconds").as_str() {
-        "" => 0,
-        t => match t.parse::<u64>() {
-            Ok(v) => v,
-            Err(_) => {
-                return page_error(
-                    StatusCode::BAD_REQUEST,
-                    &format!("Overlap {t:?} is not a number of seconds."),
-                )
-            }
-        },
     };
     let client_id = form.text("client_id");
     let svc = crate::services::Clients(c.oauth.ctx.clone());
@@ -1650,13 +1642,10 @@ async fn entry_edit_page(
     uri: Uri,
 ) -> Response {
     let q = query(&uri);
-    let who = match c.who(&conn, &headers) {
+    let who = match c.signed_in(&conn, &headers, "/authsec.v1.EntryService/GetEntry") {
         Ok(w) => w,
         Err(r) => return r,
     };
-    if let Err(r) = c.allow(&who, "/authsec.v1.EntryService/GetEntry") {
-        return r;
-    }
     let svc = crate::identity_api::Entries(c.oauth.ctx.clone());
     let e = match svc
         .get_entry(as_admin(
@@ -1752,17 +1741,15 @@ async fn entry_edit(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let form = match Form::parse(&body) {
-        Ok(f) => f,
+    let (who, form) = match c.posted(
+        &conn,
+        &headers,
+        &body,
+        "/authsec.v1.EntryService/UpdateEntry",
+    ) {
+        Ok(x) => x,
         Err(r) => return r,
     };
-    let who = match c.post_who(&conn, &headers, &form) {
-        Ok(w) => w,
-        Err(r) => return r,
-    };
-    if let Err(r) = c.allow(&who, "/authsec.v1.EntryService/UpdateEntry") {
-        return r;
-    }
     let revision = form.text("revision").parse::<u64>().ok();
     let selectors: Vec<String> = form
         .get("selectors")
@@ -1895,13 +1882,10 @@ async fn audit_page(
     uri: Uri,
 ) -> Response {
     let q = query(&uri);
-    let who = match c.who(&conn, &headers) {
+    let who = match c.signed_in(&conn, &headers, "/authsec.v1.AuditService/Export") {
         Ok(w) => w,
         Err(r) => return r,
     };
-    if let Err(r) = c.allow(&who, "/authsec.v1.AuditService/Export") {
-        return r;
-    }
     let mut req = match audit_filter(&q) {
         Ok(r) => r,
         Err(r) => return r,
@@ -1948,13 +1932,10 @@ async fn audit_export(
     uri: Uri,
 ) -> Response {
     let q = query(&uri);
-    let who = match c.who(&conn, &headers) {
+    let who = match c.signed_in(&conn, &headers, "/authsec.v1.AuditService/Export") {
         Ok(w) => w,
         Err(r) => return r,
     };
-    if let Err(r) = c.allow(&who, "/authsec.v1.AuditService/Export") {
-        return r;
-    }
     let req = match audit_filter(&q) {
         Ok(r) => r,
         Err(r) => return r,
@@ -1998,13 +1979,10 @@ async fn audit_events(
     use authsec_api::v1::audit_service_server::AuditService;
     use futures::StreamExt;
     let q = query(&uri);
-    let who = match c.who(&conn, &headers) {
+    let who = match c.signed_in(&conn, &headers, "/authsec.v1.AuditService/Export") {
         Ok(w) => w,
         Err(r) => return r,
     };
-    if let Err(r) = c.allow(&who, "/authsec.v1.AuditService/Export") {
-        return r;
-    }
     let mut req = match audit_filter(&q) {
         Ok(r) => r,
         Err(r) => return r,
@@ -2049,15 +2027,7 @@ async fn audit_events(
             }
         }
     });
-    let body = axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
-    (
-        [
-            (header::CONTENT_TYPE, "text/event-stream"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        body,
-    )
-        .into_response()
+    event_stream(rx)
 }
 
 /// Server-sent events for the workloads page: every entry's status, sent again whenever this
@@ -2068,14 +2038,10 @@ async fn workloads_events(
     Extension(conn): Extension<Conn>,
     headers: HeaderMap,
 ) -> Response {
-    let who = match c.who(&conn, &headers) {
+    let who = match c.signed_in(&conn, &headers, "/authsec.v1.EntryService/ListEntries") {
         Ok(w) => w,
         Err(r) => return r,
     };
-    const PATH: &str = "/authsec.v1.EntryService/ListEntries";
-    if let Err(r) = c.allow(&who, PATH) {
-        return r;
-    }
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::convert::Infallible>>(2);
     let ctx = c.oauth.ctx.clone();
     tokio::spawn(async move {
@@ -2133,15 +2099,7 @@ async fn workloads_events(
             tokio::time::sleep(std::time::Duration::from_millis(250)).await;
         }
     });
-    let body = axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
-    (
-        [
-            (header::CONTENT_TYPE, "text/event-stream"),
-            (header::CACHE_CONTROL, "no-store"),
-        ],
-        body,
-    )
-        .into_response()
+    event_stream(rx)
 }
 
 async fn cluster_page(
@@ -2149,14 +2107,10 @@ async fn cluster_page(
     Extension(conn): Extension<Conn>,
     headers: HeaderMap,
 ) -> Response {
-    let who = match c.who(&conn, &headers) {
+    let who = match c.signed_in(&conn, &headers, "/authsec.v1.ClusterService/Status") {
         Ok(w) => w,
         Err(r) => return r,
     };
-    const PATH: &str = "/authsec.v1.ClusterService/Status";
-    if let Err(r) = c.allow(&who, PATH) {
-        return r;
-    }
     let svc = crate::services::Cluster(c.oauth.ctx.clone());
     let s = match svc.status(as_admin(&who, v1::StatusRequest {})).await {
         Ok(r) => r.into_inner(),
