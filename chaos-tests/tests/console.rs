@@ -193,6 +193,39 @@ async fn the_console_signs_in_with_a_one_time_link_and_guards_every_action() -> 
     let r = on3.get("/ui/cluster").await?;
     assert_eq!(r.status, 200, "{r:?}");
     assert!(r.body.contains("Members"), "{}", r.body);
+    // The Cluster page: keys and CAs with their state, rates, and on the leader each member's
+    // replication lag.
+    for want in [
+        "Signing keys and CAs",
+        "x509-ca",
+        "token",
+        "active",
+        "Rates",
+    ] {
+        assert!(
+            r.body.contains(want),
+            "the cluster page lacks {want}: {}",
+            r.body
+        );
+    }
+    let leader = c.wait_leader(&[1, 2, 3], T).await?;
+    for id in [1, 2, 3] {
+        let page = Browser {
+            h: &h,
+            addr: c.oauth_addr(id)?,
+            cookie: b.cookie.clone(),
+        }
+        .get("/ui/cluster")
+        .await?;
+        assert_eq!(page.status, 200, "{page:?}");
+        assert_eq!(
+            !page.body.contains("on the leader&#39;s console")
+                && !page.body.contains("on the leader's console"),
+            id == leader,
+            "node {id} (leader {leader}): {}",
+            page.body
+        );
+    }
 
     // The clients page, empty state first.
     let r = b.get("/ui/clients").await?;

@@ -435,6 +435,9 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
             tracing::info!(node_id, addr = %bound, issuer = %oauth.issuer_url, "serving OAuth 2.0");
             let console = crate::console::Console::new(oauth.clone(), bound);
             let _ = console_slot.set(console.clone());
+            tasks.push(tokio::spawn(
+                console.clone().sample_loop(shutdown_rx.clone()),
+            ));
             tasks.push(tokio::spawn(crate::oauth::serve(
                 l,
                 config,

@@ -69,7 +69,20 @@ pub struct Console {
     /// Where the console is served (the OAuth listener), for sign-in links.
     addr: std::net::SocketAddr,
     sessions: OnceLock<Arc<Sessions>>,
+    /// Recent (time, applied index, credentials recorded) samples, for the Cluster page's
+    /// charts: every [`SAMPLE_EVERY`], the last [`SAMPLES_MAX`].
+    samples: std::sync::Mutex<std::collections::VecDeque<Sample>>,
 }
+
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    at_ms: u64,
+    applied: u64,
+    issued: u64,
+}
+
+const SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+const SAMPLES_MAX: usize = 120;
 
 impl std::fmt::Debug for Console {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -90,7 +103,44 @@ impl Console {
             oauth,
             addr,
             sessions: OnceLock::new(),
+            samples: Default::default(),
         })
+    }
+
+    /// Sample the commit and issuance counters for the charts, until `shutdown`.
+    pub async fn sample_loop(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        use std::sync::atomic::Ordering;
+        loop {
+            let sample = Sample {
+                at_ms: crate::issuer::now_ms(),
+                applied: crate::svid_api::applied_index(&self.oauth.ctx),
+                issued: self.oauth.recorder.stats.recorded.load(Ordering::Relaxed),
+            };
+            {
+                let mut q = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+                if q.len() == SAMPLES_MAX {
+                    q.pop_front();
+                }
+                q.push_back(sample);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(SAMPLE_EVERY) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    /// Per-second rates between consecutive samples: (commits, credentials).
+    fn rates(&self) -> (Vec<f64>, Vec<f64>) {
+        let q = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        let mut commits = Vec::new();
+        let mut issued = Vec::new();
+        for w in q.iter().collect::<Vec<_>>().windows(2) {
+            let dt = (w[1].at_ms.saturating_sub(w[0].at_ms)).max(1) as f64 / 1000.0;
+            commits.push(w[1].applied.saturating_sub(w[0].applied) as f64 / dt);
+            issued.push(w[1].issued.saturating_sub(w[0].issued) as f64 / dt);
+        }
+        (commits, issued)
     }
 
     /// The session keys, once the cluster's client-secret key is available on this node.
@@ -676,6 +726,51 @@ pub struct MemberRow {
     pub id: u64,
     pub addr: String,
     pub role: String,
+    /// Entries behind the leader's log, as the leader sees it ("" when this node does not lead).
+    pub lag: String,
+}
+
+#[derive(Debug)]
+pub struct KeyRow {
+    pub kind: &'static str,
+    pub node: u64,
+    pub state: &'static str,
+    pub kid: String,
+    pub not_after: String,
+}
+
+/// A rate over the last minutes, drawn as an SVG polyline (no script, no style).
+#[derive(Debug)]
+pub struct Chart {
+    pub title: &'static str,
+    pub points: String,
+    pub peak: String,
+    pub last: String,
+    pub samples: usize,
+}
+
+fn chart(title: &'static str, values: &[f64]) -> Chart {
+    let (w, h) = (600.0, 100.0);
+    let peak = values.iter().copied().fold(0.0_f64, f64::max);
+    let scale = if peak > 0.0 { h / peak } else { 0.0 };
+    let step = if values.len() > 1 {
+        w / (values.len() - 1) as f64
+    } else {
+        0.0
+    };
+    let points = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| format!("{:.1},{:.1}", i as f64 * step, h - v * scale))
+        .collect::<Vec<_>>()
+        .join(" ");
+    Chart {
+        title,
+        points,
+        peak: format!("{peak:.1}"),
+        last: format!("{:.1}", values.last().copied().unwrap_or(0.0)),
+        samples: values.len(),
+    }
 }
 
 #[derive(Template)]
@@ -685,6 +780,10 @@ struct ClusterPage {
     s: v1::StatusResponse,
     members: Vec<MemberRow>,
     freshness: String,
+    keys: Vec<KeyRow>,
+    charts: Vec<Chart>,
+    /// Whether this node leads (then the members show their replication lag).
+    leads: bool,
 }
 
 #[derive(Debug)]
@@ -2116,10 +2215,30 @@ async fn cluster_page(
         Ok(r) => r.into_inner(),
         Err(s) => return status_error(&s),
     };
+    let replication = c
+        .oauth
+        .ctx
+        .writer
+        .raft()
+        .metrics()
+        .borrow()
+        .replication
+        .clone();
+    let leads = replication.is_some();
     let members = s
         .members
         .iter()
         .map(|m| MemberRow {
+            lag: match &replication {
+                Some(_) if m.node_id == s.node_id => "0".into(),
+                Some(r) => match r.get(&m.node_id) {
+                    Some(Some(matched)) => {
+                        s.last_log_index.saturating_sub(matched.index).to_string()
+                    }
+                    _ => "not replicating".into(),
+                },
+                None => String::new(),
+            },
             id: m.node_id,
             addr: m.addr.clone(),
             role: match (m.node_id == s.leader_id, m.role.as_str()) {
@@ -2133,6 +2252,24 @@ async fn cluster_page(
         Some(ms) => format!("{ms} ms (bound {} ms)", s.max_staleness_ms),
         None => "unknown (no leader heard since start)".into(),
     };
+    let keys = {
+        let state = c.oauth.view.read();
+        let mut keys: Vec<KeyRow> = state
+            .keys
+            .values()
+            .filter(|k| k.state != authsec_domain::keys::KeyState::Retired)
+            .map(|k| KeyRow {
+                kind: k.kind.as_str(),
+                node: k.node_id,
+                state: k.state.as_str(),
+                kid: k.kid.chars().take(16).collect(),
+                not_after: crate::audit::rfc3339_ms(k.not_after_ms),
+            })
+            .collect();
+        keys.sort_by(|a, b| (a.node, a.kind, a.state).cmp(&(b.node, b.kind, b.state)));
+        keys
+    };
+    let (commits, issued) = c.rates();
     html(
         StatusCode::OK,
         &ClusterPage {
@@ -2140,6 +2277,12 @@ async fn cluster_page(
             s,
             members,
             freshness,
+            keys,
+            charts: vec![
+                chart("Log entries applied per second (this node)", &commits),
+                chart("Credentials issued per second (this node)", &issued),
+            ],
+            leads,
         },
     )
 }
@@ -2197,5 +2340,42 @@ pub async fn run(cmd: ConsoleCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_chart_scales_its_rates_to_the_box() {
+        let c = chart("rates", &[0.0, 5.0, 10.0]);
+        assert_eq!(c.points, "0.0,100.0 300.0,50.0 600.0,0.0");
+        assert_eq!(
+            (c.peak.as_str(), c.last.as_str(), c.samples),
+            ("10.0", "10.0", 3)
+        );
+        // All zero: a flat line on the axis, no division by zero.
+        assert_eq!(chart("idle", &[0.0, 0.0]).points, "0.0,100.0 600.0,100.0");
+        assert_eq!(chart("none", &[]).points, "");
+    }
+
+    #[test]
+    fn a_form_joins_repeats_and_bounds_its_size() {
+        let f = Form::parse(b"a=1&a=2&s=+x+&n=12").expect("form");
+        assert_eq!(f.get("a"), Some("1 2"));
+        assert_eq!(f.text("s"), "x");
+        assert!(matches!(f.seconds("n", "N"), Ok(12)));
+        assert!(f.seconds("a", "A").is_err());
+        assert!(matches!(f.seconds("missing", "M"), Ok(0)));
+        assert!(Form::parse(&vec![b'a'; FORM_BYTES_MAX + 1]).is_err());
+    }
+
+    #[test]
+    fn subjects_link_to_their_pages() {
+        assert_eq!(subject_href("client:a b"), "/ui/clients?q=a+b");
+        assert_eq!(subject_href("delegation:d1"), "/ui/access");
+        assert_eq!(subject_href("spiffe://td/x"), "/ui/workloads");
+        assert_eq!(subject_href("something-else"), "");
     }
 }
