@@ -34,6 +34,17 @@ async fn shoot(b: &Browser, name: &str) -> anyhow::Result<()> {
     b.resize(1280, 900).await
 }
 
+/// Fill and submit the Clients page's create form (the page must be open).
+async fn create_client(b: &Browser, kind: &str, id: &str, scopes: &str) -> anyhow::Result<()> {
+    b.select("#create-client select[name=kind]", kind).await?;
+    b.fill("#create-client input[name=client_id]", id).await?;
+    b.fill("#create-client input[name=display_name]", id)
+        .await?;
+    b.fill("#create-client input[name=allowed_scopes]", scopes)
+        .await?;
+    b.click("#create-client button[type=submit]").await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_onboards_an_agent_and_delegates_in_the_browser() -> anyhow::Result<()> {
     authsec_chaos_tests::init_test_tracing();
@@ -65,18 +76,7 @@ async fn an_operator_onboards_an_agent_and_delegates_in_the_browser() -> anyhow:
     shoot(&b, "clients-empty").await?;
 
     // Onboard an AI agent: its workload entry is there at once, awaiting its agent.
-    b.select("#create-client select[name=kind]", "ai_agent")
-        .await?;
-    b.fill("#create-client input[name=client_id]", "research-agent")
-        .await?;
-    b.fill("#create-client input[name=display_name]", "Research agent")
-        .await?;
-    b.fill(
-        "#create-client input[name=allowed_scopes]",
-        "orders:read orders:list",
-    )
-    .await?;
-    b.click("#create-client button[type=submit]").await?;
+    create_client(&b, "ai_agent", "research-agent", "orders:read orders:list").await?;
     b.wait_text("#entry-status", "awaiting-agent", T).await?;
     let spiffe_id = b.text("#entry-spiffe-id").await?;
     assert!(spiffe_id.ends_with("/research-agent"), "{spiffe_id}");
@@ -154,16 +154,7 @@ async fn an_operator_onboards_an_agent_and_delegates_in_the_browser() -> anyhow:
     // grants both; when the agent's roles shrink to orders:read, the effective permissions
     // shown are the intersection.
     b.goto(&format!("{base}/ui/clients")).await?;
-    b.select("#create-client select[name=kind]", "service")
-        .await?;
-    b.fill("#create-client input[name=client_id]", "orders-svc")
-        .await?;
-    b.fill(
-        "#create-client input[name=allowed_scopes]",
-        "orders:read orders:list",
-    )
-    .await?;
-    b.click("#create-client button[type=submit]").await?;
+    create_client(&b, "service", "orders-svc", "orders:read orders:list").await?;
     b.wait_text("h1", "orders-svc", T).await?;
     b.goto(&format!("{base}/ui/access")).await?;
     for (name, perms) in [

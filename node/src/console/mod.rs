@@ -53,6 +53,9 @@ pub const LOGIN_TTL_DEFAULT_S: u32 = 300;
 pub const LOGIN_TTL_MAX_S: u32 = 900;
 pub const SESSION_DEFAULT_S: u32 = 3600;
 pub const SESSION_MAX_S: u32 = 43_200;
+/// List calls: the page size and how many pages a console page reads at most.
+const PAGE_SIZE: u32 = 1000;
+const PAGES_MAX: usize = 10;
 /// Permissions of one delegation whose effect the page works out (one check each).
 const DELEGATION_PERMISSIONS_SHOWN: usize = 64;
 
@@ -1047,48 +1050,44 @@ async fn clients_page(
         .find(|(v, _, _)| *v == kind)
         .map(|(_, _, k)| *k);
     let svc = crate::services::Clients(c.oauth.ctx.clone());
-    let mut rows = Vec::new();
-    let mut page_token = String::new();
-    // At most ten pages of 1000 here; a larger registry is for the CLI's paging.
-    for _ in 0..10 {
-        let r = match svc
+    let (svc, who_ref) = (&svc, &who);
+    let clients = match all_pages(move |page_token| async move {
+        let r = svc
             .list_clients(as_admin(
-                &who,
+                who_ref,
                 v1::ListClientsRequest {
-                    page_size: 1000,
-                    page_token: page_token.clone(),
+                    page_size: PAGE_SIZE,
+                    page_token,
                     kind: kind_filter.map_or(0, |k| k as i32),
                     ..Default::default()
                 },
             ))
-            .await
-        {
-            Ok(r) => r.into_inner(),
-            Err(s) => return status_error(&s),
-        };
-        rows.extend(
-            r.clients
-                .into_iter()
-                .filter(|cl| {
-                    text.is_empty()
-                        || cl.client_id.to_lowercase().contains(&text)
-                        || cl.display_name.to_lowercase().contains(&text)
-                        || cl.owner.to_lowercase().contains(&text)
-                })
-                .map(|cl| ClientRow {
-                    kind: kind_label(cl.kind),
-                    scopes: cl.allowed_scopes.join(" "),
-                    id: cl.client_id,
-                    name: cl.display_name,
-                    owner: cl.owner,
-                    enabled: cl.enabled,
-                }),
-        );
-        if r.next_page_token.is_empty() {
-            break;
-        }
-        page_token = r.next_page_token;
-    }
+            .await?
+            .into_inner();
+        Ok((r.clients, r.next_page_token))
+    })
+    .await
+    {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let rows: Vec<ClientRow> = clients
+        .into_iter()
+        .filter(|cl| {
+            text.is_empty()
+                || cl.client_id.to_lowercase().contains(&text)
+                || cl.display_name.to_lowercase().contains(&text)
+                || cl.owner.to_lowercase().contains(&text)
+        })
+        .map(|cl| ClientRow {
+            kind: kind_label(cl.kind),
+            scopes: cl.allowed_scopes.join(" "),
+            id: cl.client_id,
+            name: cl.display_name,
+            owner: cl.owner,
+            enabled: cl.enabled,
+        })
+        .collect();
     let mut kinds = vec![KindOption {
         value: "",
         label: "All kinds",
@@ -1183,30 +1182,27 @@ async fn workloads_page(
     };
     let status = q.get("status").cloned().unwrap_or_default();
     let svc = crate::identity_api::Entries(c.oauth.ctx.clone());
-    let mut entries = Vec::new();
-    let mut page_token = String::new();
-    for _ in 0..10 {
-        let r = match svc
+    let (svc, who_ref, status_ref) = (&svc, &who, &status);
+    let entries = match all_pages(move |page_token| async move {
+        let r = svc
             .list_entries(as_admin(
-                &who,
+                who_ref,
                 v1::ListEntriesRequest {
-                    page_size: 1000,
-                    page_token: page_token.clone(),
-                    status: status.clone(),
+                    page_size: PAGE_SIZE,
+                    page_token,
+                    status: status_ref.clone(),
                     ..Default::default()
                 },
             ))
-            .await
-        {
-            Ok(r) => r.into_inner(),
-            Err(s) => return status_error(&s),
-        };
-        entries.extend(r.entries.iter().map(entry_row));
-        if r.next_page_token.is_empty() {
-            break;
-        }
-        page_token = r.next_page_token;
-    }
+            .await?
+            .into_inner();
+        Ok((r.entries, r.next_page_token))
+    })
+    .await
+    {
+        Ok(e) => e.iter().map(entry_row).collect(),
+        Err(r) => return r,
+    };
     html(
         StatusCode::OK,
         &WorkloadsPage {
@@ -1220,29 +1216,23 @@ async fn workloads_page(
 /// Every delegation (revoked ones too), through the node's own service as `who`.
 async fn all_delegations(c: &Console, who: &Who) -> Result<Vec<v1::Delegation>, Response> {
     let svc = crate::identity_api::Delegations(c.oauth.ctx.clone());
-    let mut out = Vec::new();
-    let mut page_token = String::new();
-    for _ in 0..10 {
+    let svc = &svc;
+    all_pages(move |page_token| async move {
         let r = svc
             .list_delegations(as_admin(
                 who,
                 v1::ListDelegationsRequest {
-                    page_size: 1000,
-                    page_token: page_token.clone(),
+                    page_size: PAGE_SIZE,
+                    page_token,
                     include_revoked: true,
                     ..Default::default()
                 },
             ))
-            .await
-            .map_err(|s| status_error(&s))?
+            .await?
             .into_inner();
-        out.extend(r.delegations);
-        if r.next_page_token.is_empty() {
-            break;
-        }
-        page_token = r.next_page_token;
-    }
-    Ok(out)
+        Ok((r.delegations, r.next_page_token))
+    })
+    .await
 }
 
 /// A delegation as the page shows it, with its effective permissions computed by the rule
@@ -1363,6 +1353,27 @@ async fn access_page(
             delegations,
         },
     )
+}
+
+/// Pages of a list call made `PAGE_SIZE` at a time, at most `PAGES_MAX` of them (a larger
+/// registry is for the CLI's paging). `page` makes one call from a page token and answers
+/// (items, next page token).
+async fn all_pages<T, F, Fut>(mut page: F) -> Result<Vec<T>, Response>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, String), tonic::Status>>,
+{
+    let mut out = Vec::new();
+    let mut token = String::new();
+    for _ in 0..PAGES_MAX {
+        let (items, next) = page(token).await.map_err(|s| status_error(&s))?;
+        out.extend(items);
+        if next.is_empty() {
+            break;
+        }
+        token = next;
+    }
+    Ok(out)
 }
 
 /// After a write made through a form: back to the page it came from.
