@@ -7,9 +7,16 @@ set -euo pipefail
 need=()
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v c++ >/dev/null 2>&1 || need+=(g++)
-if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 && ! ldconfig -p 2>/dev/null | grep -q libclang; then
-  need+=(libclang-dev clang)
-fi
+# libclang itself, the unversioned name clang-sys looks for (libclang-dev's), not
+# libclang-cpp, which LLVM's packages bring without it: a looser pattern takes one for the
+# other, and RocksDB's build then fails for want of libclang.
+have_libclang() {
+  for f in /usr/lib/llvm-*/lib/libclang.so /usr/lib/*/libclang.so /usr/lib/*/libclang-[0-9]*.so; do
+    [ -e "$f" ] && return 0
+  done
+  return 1
+}
+have_libclang || need+=(libclang-dev clang)
 for extra in "$@"; do
   dpkg -s "$extra" >/dev/null 2>&1 || need+=("$extra")
 done
