@@ -1085,3 +1085,287 @@ on_lag = "refuse_writes"
     assert!(ok(&verify(&c, &sink_copy)?)?.starts_with("ok: "));
     Ok(())
 }
+
+/// Every node's audit head and first record, polled until they agree and stay so for three
+/// seconds (retention and checkpoints settle), within the deadline.
+async fn wait_settled(c: &Cluster, ids: &[u64]) -> anyhow::Result<v1::AuditHeadResponse> {
+    let deadline = Instant::now() + T;
+    let mut since: Option<(Instant, (String, u64))> = None;
+    loop {
+        let mut heads = Vec::new();
+        for &id in ids {
+            heads.push(head(c, id).await?);
+        }
+        let same = heads.windows(2).all(|w| {
+            (&w[0].head_hash, w[0].first_sequence) == (&w[1].head_hash, w[1].first_sequence)
+        });
+        let now = (heads[0].head_hash.clone(), heads[0].first_sequence);
+        match &since {
+            Some((t, was)) if same && *was == now => {
+                if t.elapsed() >= Duration::from_secs(3) {
+                    return Ok(heads[0].clone());
+                }
+            }
+            _ => since = same.then(|| (Instant::now(), now)),
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the audit heads never settled: {heads:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Retention (`[audit.retention]`): nothing is pruned while the required sink has not
+/// acknowledged; once it has, every node's archive starts at the same record, right after a
+/// signed checkpoint; the export verifies from there with the trust bundle alone; a pruned
+/// sequence is refused with where the archive starts; a restarted node and a node rejoined
+/// through a snapshot hold the same pruned history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_prunes_behind_a_signed_checkpoint_once_the_sink_has_the_records(
+) -> anyhow::Result<()> {
+    init_test_tracing();
+    let siem = Arc::new(Receiver::default());
+    siem.failing.store(true, Ordering::SeqCst);
+    let siem_addr = serve(siem.clone()).await?;
+    let toml = format!(
+        r#"
+[audit]
+checkpoint_records = 50
+checkpoint_interval_s = 1
+
+[[audit.sinks]]
+name = "siem"
+kind = "webhook"
+url = "http://{siem_addr}/ingest"
+batch_records = 100
+
+[audit.retention]
+max_age_s = 1
+after_sinks = ["siem"]
+check_interval_s = 1
+"#
+    );
+    let mut c = Cluster::start(
+        3,
+        Options {
+            snapshot_logs_since_last: 100,
+            max_in_snapshot_log_to_keep: 10,
+            extra_toml: toml,
+            ..Options::default()
+        },
+    )?;
+    c.wait_issuing(&[1, 2, 3], T).await?;
+    let mut roles = v1::role_service_client::RoleServiceClient::new(c.channel(1).await?);
+    for k in 0..300 {
+        roles
+            .create_role(v1::CreateRoleRequest {
+                name: format!("r{k}"),
+                permissions: vec!["orders:read".into()],
+                ..Default::default()
+            })
+            .await?;
+    }
+    let signed = wait_signed(&c, &[1, 2, 3]).await?;
+    // The sink has acknowledged nothing: for three seconds after every record is older than
+    // the bound and signed, nothing is pruned anywhere.
+    let watch_until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < watch_until {
+        for id in 1..=3 {
+            let h = head(&c, id).await?;
+            assert_eq!(
+                h.first_sequence, 1,
+                "node {id} pruned records the sink never acknowledged: {h:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The sink takes records; let retention prune behind them, then stop the sink again so
+    // the acknowledged point (and with it the prunes) comes to rest.
+    siem.failing.store(false, Ordering::SeqCst);
+    let deadline = Instant::now() + T;
+    loop {
+        let h = head(&c, 1).await?;
+        if h.first_sequence > signed.checkpoint_sequence.min(200) {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "nothing was pruned: {h:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    siem.failing.store(true, Ordering::SeqCst);
+    // Records the sink never acknowledged stay, however old.
+    for k in 0..100 {
+        roles
+            .create_role(v1::CreateRoleRequest {
+                name: format!("k{k}"),
+                permissions: vec!["orders:read".into()],
+                ..Default::default()
+            })
+            .await?;
+    }
+    let settled = wait_settled(&c, &[1, 2, 3]).await?;
+    let first = settled.first_sequence;
+    assert!(first > 1, "{settled:?}");
+    tracing::info!(
+        first,
+        head = settled.head_sequence,
+        "phase: retention pruned"
+    );
+
+    let dir = tempfile::tempdir()?;
+    let files: Vec<PathBuf> = (1..=3)
+        .map(|id| dir.path().join(format!("pruned{id}.jsonl")))
+        .collect();
+    for (id, f) in (1..=3).zip(&files) {
+        export_to(&c, id, f)?;
+    }
+    let text = std::fs::read(&files[0])?;
+    for f in &files[1..] {
+        assert_eq!(
+            std::fs::read(f)?,
+            text,
+            "every node holds the same pruned history"
+        );
+    }
+    let exported = lines(&files[0])?;
+    assert_eq!(exported[0]["sequence"].as_u64(), Some(first));
+    // The prune is a record of its own, naming what it pruned and who asked.
+    let prunes: Vec<&Value> = exported
+        .iter()
+        .filter(|l| l["kind"] == "audit.pruned")
+        .collect();
+    let last = prunes.last().context("an audit.pruned record")?;
+    let pruned = &last["event"]["AuditPruned"]["prune"];
+    assert_eq!(
+        pruned["through_sequence"].as_u64(),
+        Some(first - 1),
+        "{last}"
+    );
+    assert_eq!(pruned["acked_by"], serde_json::json!(["siem"]), "{last}");
+    // Only records the proposing node's sink had acknowledged were pruned.
+    let proposer = pruned["node_id"].as_u64().context("node_id")?;
+    let delivered: BTreeSet<u64> = siem
+        .lines
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&proposer)
+        .map(|ls| {
+            ls.iter()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok()?["sequence"].as_u64())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        (1..first).all(|s| delivered.contains(&s)),
+        "node {proposer}'s sink acknowledged every pruned record"
+    );
+
+    // Verify from the checkpoint, with the bundle alone (the audit keys' publication records
+    // were pruned; the prune record certifies them).
+    let out = ok(&verify(&c, &files[0])?)?;
+    tracing::info!(%out, "verify of the pruned export");
+    assert!(out.starts_with("ok: "), "{out}");
+    assert!(
+        out.contains(&format!(
+            "history starts at {first}: records 1 to {} were pruned by retention",
+            first - 1
+        )) && out.contains("anchors its first link"),
+        "{out}"
+    );
+    // A changed byte still fails at its record.
+    let mut changed: Vec<String> = std::fs::read_to_string(&files[0])?
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let at = changed
+        .iter()
+        .position(|l| l.contains("\"subject\":\"role:k"))
+        .context("the roles the sink never acknowledged are kept")?;
+    assert_eq!(
+        exported
+            .iter()
+            .filter(|l| l["kind"] == "role.created")
+            .count(),
+        100,
+        "exactly the 100 roles created after the sink stopped are kept"
+    );
+    changed[at] = changed[at].replacen("\"role:k", "\"role:x", 1);
+    let bad = dir.path().join("changed.jsonl");
+    std::fs::write(&bad, changed.join("\n") + "\n")?;
+    let out = verify(&c, &bad)?;
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains(&format!("record {} (line {})", first + at as u64, at + 1)),
+        "{said}"
+    );
+    // Cut the first kept record off: the export no longer passes for the pruned history.
+    let cut = dir.path().join("cut.jsonl");
+    let kept: Vec<&str> = std::str::from_utf8(&text)?.lines().skip(1).collect();
+    std::fs::write(&cut, kept.join("\n") + "\n")?;
+    let out = verify(&c, &cut)?;
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !said.contains("were pruned by retention")
+            && said.contains(&format!("records 1 to {first} are not in it")),
+        "a shortened export is not taken for the pruned one: {said}"
+    );
+
+    // Asking for a pruned sequence names where the archive starts.
+    let mut audit = v1::audit_service_client::AuditServiceClient::new(c.channel(2).await?);
+    let refused = audit
+        .export(v1::ExportRequest {
+            from_sequence: 1,
+            ..Default::default()
+        })
+        .await
+        .expect_err("a pruned sequence");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert!(
+        refused
+            .message()
+            .contains(&format!("the archive starts at {first}")),
+        "{refused:?}"
+    );
+
+    // A restarted node checks its pruned archive at start and serves the same history.
+    c.stop(2)?;
+    c.spawn(2)?;
+    wait_up(&c, 2).await?;
+    let again = dir.path().join("restarted.jsonl");
+    export_to(&c, 2, &again)?;
+    assert_eq!(std::fs::read(&again)?, text, "node 2 after a restart");
+
+    // A node wiped and rejoined through a snapshot starts where the others do.
+    let target = 3;
+    change_membership(&c, None, Some(target)).await?;
+    c.kill9(target)?;
+    c.wipe(target)?;
+    c.unbootstrap(target);
+    c.prepare(target, None)?;
+    c.spawn(target)?;
+    wait_up(&c, target).await?;
+    change_membership(&c, Some((target, c.addr(target)?)), None).await?;
+    let deadline = Instant::now() + T;
+    loop {
+        let s = c.status(target).await?;
+        if s.snapshot_index > 0 && s.applied_index > 0 {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "node {target} holds no snapshot: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let h = wait_settled(&c, &[1, 2, 3]).await?;
+    assert_eq!(h.first_sequence, first, "nothing more was pruned meanwhile");
+    let rejoined = dir.path().join("rejoined.jsonl");
+    export_to(&c, target, &rejoined)?;
+    export_to(&c, 1, &files[0])?;
+    let (a, b) = (std::fs::read(&files[0])?, std::fs::read(&rejoined)?);
+    assert_eq!(a, b, "the rejoined node holds the same pruned history");
+    assert!(b.starts_with(&text), "which begins where it did before");
+    assert!(ok(&verify(&c, &rejoined)?)?.starts_with("ok: "));
+    Ok(())
+}

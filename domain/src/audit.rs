@@ -81,6 +81,41 @@ pub struct AuditMeta {
     pub checkpoint_time_ms: u64,
 }
 
+/// Where the archive begins once retention has pruned it (`proj_meta/audit_pruned`): records
+/// `1..=through_sequence` are gone, and a signed checkpoint of `hash` (the chain's hash at
+/// `through_sequence`) anchors the first record kept. All zeros: nothing was pruned.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PruneMeta {
+    pub through_sequence: u64,
+    pub hash: Hash32,
+    /// The record that holds the checkpoint of `through_sequence`.
+    pub checkpoint_record: u64,
+    /// When the prune was committed (leader time).
+    pub time_ms: u64,
+}
+
+/// At most this many sinks named in one prune, each name at most this many bytes.
+pub const PRUNE_SINKS_MAX: usize = 16;
+pub const PRUNE_SINK_BYTES_MAX: usize = 128;
+
+/// Retention: delete the archive's records up to a signed checkpoint, cluster-wide.
+///
+/// A node proposes it when every record up to `through_sequence` is older than its retention
+/// bound and its required sinks have acknowledged them; the rules check the shape and that
+/// the prune moves forward, the state machine that `checkpoint_record` is the checkpoint of
+/// exactly `through_sequence` and `head_hash` (it reads the archive, the same on every node).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Prune {
+    pub node_id: u64,
+    pub through_sequence: u64,
+    pub head_hash: Hash32,
+    pub checkpoint_record: u64,
+    /// Every pruned record is older than this (the proposer's clock minus its bound).
+    pub older_than_ms: u64,
+    /// The proposer's sinks that had acknowledged every pruned record (`name`).
+    pub acked_by: Vec<String>,
+}
+
 fn invalid(field: &str, reason: impl Into<String>) -> Rejection {
     Rejection::InvalidField {
         field: field.to_owned(),
@@ -126,6 +161,88 @@ pub(crate) fn checkpoint(state: &State, c: &Checkpoint) -> Result<Vec<Event>, Re
     Ok(vec![Event::CheckpointRecorded {
         checkpoint: c.clone(),
     }])
+}
+
+/// `PruneAudit`: by an unrevoked member, forward only, behind a checkpoint already recorded.
+/// The event carries the audit keys that can still sign (their certificate chains), so an
+/// export that starts after the keys' publication records were pruned still verifies its
+/// checkpoints from the trust bundle alone.
+pub(crate) fn prune(state: &State, p: &Prune, time_ms: u64) -> Result<Vec<Event>, Rejection> {
+    if state.security.revoked_nodes.contains(&p.node_id) {
+        return Err(Rejection::NodeRevoked { node_id: p.node_id });
+    }
+    if !state.nodes.contains_key(&p.node_id) {
+        return Err(Rejection::NodeNotFound { node_id: p.node_id });
+    }
+    let done = state.audit_pruned.through_sequence;
+    if p.through_sequence <= done {
+        return Err(invalid(
+            "through_sequence",
+            format!(
+                "records up to {done} are already pruned; {} does not move forward",
+                p.through_sequence
+            ),
+        ));
+    }
+    if p.through_sequence > state.audit_meta.checkpoint_sequence {
+        return Err(invalid(
+            "through_sequence",
+            format!(
+                "{} is past the last signed checkpoint ({}): only records a checkpoint covers can be pruned",
+                p.through_sequence, state.audit_meta.checkpoint_sequence
+            ),
+        ));
+    }
+    if p.checkpoint_record <= p.through_sequence {
+        return Err(invalid(
+            "checkpoint_record",
+            "a checkpoint's record follows the sequence it covers",
+        ));
+    }
+    if p.older_than_ms > time_ms {
+        return Err(invalid(
+            "older_than_ms",
+            "the retention cutoff is in the future",
+        ));
+    }
+    if p.acked_by.is_empty() || p.acked_by.len() > PRUNE_SINKS_MAX {
+        return Err(invalid(
+            "acked_by",
+            format!("records are pruned only once 1 to {PRUNE_SINKS_MAX} sinks acknowledged them"),
+        ));
+    }
+    if p.acked_by
+        .iter()
+        .any(|s| s.is_empty() || s.len() > PRUNE_SINK_BYTES_MAX)
+    {
+        return Err(invalid(
+            "acked_by",
+            format!("sink names are 1 to {PRUNE_SINK_BYTES_MAX} bytes"),
+        ));
+    }
+    let audit_keys = state
+        .keys
+        .values()
+        .filter(|k| {
+            k.kind == KeyKind::Audit
+                && k.state != KeyState::Retired
+                && !state.security.revoked_nodes.contains(&k.node_id)
+        })
+        .cloned()
+        .collect();
+    Ok(vec![Event::AuditPruned {
+        prune: p.clone(),
+        audit_keys,
+    }])
+}
+
+pub(crate) fn evolve_prune(state: &mut State, p: &Prune, time_ms: u64) {
+    state.audit_pruned = PruneMeta {
+        through_sequence: p.through_sequence,
+        hash: p.head_hash,
+        checkpoint_record: p.checkpoint_record,
+        time_ms,
+    };
 }
 
 /// `RecordAuthFailures`: bounded aggregates from a member.
@@ -195,5 +312,99 @@ mod tests {
             checkpoint_message("a", 0x0100_0000_0000_0000, &h),
             checkpoint_message("a\x01", 0, &h)
         );
+    }
+
+    fn key(kid: &str, node_id: u64, kind: KeyKind, state: KeyState) -> crate::keys::NodeKey {
+        crate::keys::NodeKey {
+            kid: kid.into(),
+            node_id,
+            kind,
+            public: vec![1, 2, 3],
+            not_after_ms: 10_000,
+            state,
+            published_at_ms: 1,
+            changed_at_ms: 1,
+        }
+    }
+
+    #[test]
+    fn prunes_move_forward_behind_a_checkpoint_and_carry_the_signing_keys() {
+        let mut state = State::default();
+        for id in [1, 2] {
+            state.nodes.insert(
+                id,
+                crate::state::NodeRecord {
+                    node_id: id,
+                    addr: format!("127.0.0.1:{id}"),
+                    recorded_at_ms: 1,
+                },
+            );
+        }
+        for k in [
+            key("a1", 1, KeyKind::Audit, KeyState::Active),
+            key("a0", 1, KeyKind::Audit, KeyState::Retired),
+            key("a2", 2, KeyKind::Audit, KeyState::Published),
+            key("j1", 1, KeyKind::Jwt, KeyState::Active),
+        ] {
+            state.keys.insert(k.kid.clone(), k);
+        }
+        state.audit_meta.checkpoint_sequence = 100;
+        let p = Prune {
+            node_id: 2,
+            through_sequence: 90,
+            head_hash: [9; 32],
+            checkpoint_record: 91,
+            older_than_ms: 500,
+            acked_by: vec!["siem".into()],
+        };
+        let field = |r: Result<Vec<Event>, Rejection>| match r {
+            Err(Rejection::InvalidField { field, .. }) => field,
+            other => panic!("not an invalid field: {other:?}"),
+        };
+        let events = prune(&state, &p, 1_000).expect("a good prune");
+        let [Event::AuditPruned {
+            prune: got,
+            audit_keys,
+        }] = &events[..]
+        else {
+            panic!("{events:?}")
+        };
+        assert_eq!(got, &p);
+        let kids: Vec<&str> = audit_keys.iter().map(|k| k.kid.as_str()).collect();
+        assert_eq!(kids, ["a1", "a2"], "the audit keys that can still sign");
+
+        // Past the last checkpoint, a checkpoint record not after its sequence, a cutoff in
+        // the future, no sink: refused, naming the field.
+        let past = Prune {
+            through_sequence: 101,
+            checkpoint_record: 102,
+            ..p.clone()
+        };
+        assert_eq!(field(prune(&state, &past, 1_000)), "through_sequence");
+        let cp = Prune {
+            checkpoint_record: 90,
+            ..p.clone()
+        };
+        assert_eq!(field(prune(&state, &cp, 1_000)), "checkpoint_record");
+        assert_eq!(field(prune(&state, &p, 499)), "older_than_ms");
+        let none = Prune {
+            acked_by: vec![],
+            ..p.clone()
+        };
+        assert_eq!(field(prune(&state, &none, 1_000)), "acked_by");
+        let stranger = Prune {
+            node_id: 7,
+            ..p.clone()
+        };
+        assert!(matches!(
+            prune(&state, &stranger, 1_000),
+            Err(Rejection::NodeNotFound { node_id: 7 })
+        ));
+
+        // Applied, it moves the start; the same prune again does not move it.
+        evolve_prune(&mut state, &p, 1_000);
+        assert_eq!(state.audit_pruned.through_sequence, 90);
+        assert_eq!(state.audit_pruned.hash, [9; 32]);
+        assert_eq!(field(prune(&state, &p, 1_000)), "through_sequence");
     }
 }

@@ -44,6 +44,8 @@ impl Tag {
     pub const ISSUANCE: Tag = Tag(0x18);
     /// The last audit checkpoint (`proj_meta/audit`).
     pub const AUDIT_META: Tag = Tag(0x19);
+    /// Where retention pruned the archive to (`proj_meta/audit_pruned`).
+    pub const AUDIT_PRUNED: Tag = Tag(0x1a);
     // 0x40.. are the storage crate's own (raft log entries, votes, membership, ...).
 }
 

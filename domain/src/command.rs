@@ -374,6 +374,8 @@ pub enum Command {
         node_id: u64,
         batch: crate::issuance::IssuanceBatch,
     },
+    /// Retention: delete the archive's records up to a signed checkpoint (issue 9).
+    PruneAudit(crate::audit::Prune),
 }
 
 /// Where a rotated root's sealed key is kept in `sealed_secrets`.
@@ -429,6 +431,7 @@ impl Command {
             Command::RecordCheckpoint(_) => "record_checkpoint",
             Command::RecordAuthFailures { .. } => "record_auth_failures",
             Command::RecordIssuanceBatch { .. } => "record_issuance_batch",
+            Command::PruneAudit(_) => "prune_audit",
         }
     }
 

@@ -188,6 +188,12 @@ pub enum Event {
         node_id: u64,
         batch: crate::issuance::IssuanceBatch,
     },
+    /// Retention pruned the archive up to a signed checkpoint. Carries the audit keys that
+    /// could still sign, with their certificate chains.
+    AuditPruned {
+        prune: crate::audit::Prune,
+        audit_keys: Vec<crate::keys::NodeKey>,
+    },
 }
 
 /// Every record type ([`Event::kind`]), for validating export filters.
@@ -238,6 +244,7 @@ pub const KINDS: &[&str] = &[
     "token.revocations_pruned",
     "audit.checkpoint",
     "auth.failed",
+    "audit.pruned",
 ];
 
 impl Event {
@@ -291,6 +298,7 @@ impl Event {
             Event::CheckpointRecorded { .. } => "audit.checkpoint",
             Event::AuthFailuresRecorded { .. } => "auth.failed",
             Event::IssuanceBatchRecorded { .. } => "credential.issued",
+            Event::AuditPruned { .. } => "audit.pruned",
         }
     }
 
@@ -358,6 +366,7 @@ impl Event {
             Event::CheckpointRecorded { checkpoint } => format!("node:{}", checkpoint.node_id),
             Event::AuthFailuresRecorded { node_id, .. }
             | Event::IssuanceBatchRecorded { node_id, .. } => format!("node:{node_id}"),
+            Event::AuditPruned { prune, .. } => format!("node:{}", prune.node_id),
         }
     }
 }

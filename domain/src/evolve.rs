@@ -323,6 +323,7 @@ pub fn evolve(state: &mut State, event: &Event, time_ms: u64) {
             crate::audit::evolve_checkpoint(state, checkpoint, time_ms)
         }
         Event::AuthFailuresRecorded { .. } => {}
+        Event::AuditPruned { prune, .. } => crate::audit::evolve_prune(state, prune, time_ms),
         Event::IssuanceBatchRecorded { node_id, batch } => {
             crate::issuance::evolve_batch(state, *node_id, batch)
         }
@@ -434,6 +435,7 @@ impl Event {
             Event::CheckpointRecorded { .. } => ProjectionKey::AuditMeta,
             Event::AuthFailuresRecorded { .. } => ProjectionKey::Meta,
             Event::IssuanceBatchRecorded { .. } => ProjectionKey::IssuanceMeta,
+            Event::AuditPruned { .. } => ProjectionKey::AuditPruned,
         }
     }
 

@@ -27,6 +27,7 @@ pub const KEY_KEYS_META: &[u8] = b"keys";
 pub const KEY_ROOTS_META: &[u8] = b"roots";
 pub const KEY_ISSUANCE_META: &[u8] = b"issuance";
 pub const KEY_AUDIT_META: &[u8] = b"audit";
+pub const KEY_AUDIT_PRUNED: &[u8] = b"audit_pruned";
 /// The `proj_meta` keys this module owns.
 pub const META_KEYS: &[&[u8]] = &[
     KEY_IDENTITY,
@@ -34,6 +35,7 @@ pub const META_KEYS: &[&[u8]] = &[
     KEY_ROOTS_META,
     KEY_ISSUANCE_META,
     KEY_AUDIT_META,
+    KEY_AUDIT_PRUNED,
 ];
 
 /// The row families this module owns, in a fixed order (snapshots and digests follow it).
@@ -183,6 +185,12 @@ impl State {
                 Tag::AUDIT_META,
                 Some(&self.audit_meta),
             ),
+            ProjectionKey::AuditPruned => put(
+                FAMILY_META,
+                KEY_AUDIT_PRUNED.to_vec(),
+                Tag::AUDIT_PRUNED,
+                Some(&self.audit_pruned),
+            ),
             ProjectionKey::KeysMeta => put(
                 FAMILY_META,
                 KEY_KEYS_META.to_vec(),
@@ -213,6 +221,9 @@ impl State {
             }
             FAMILY_META if key == KEY_AUDIT_META => {
                 self.audit_meta = codec::decode(Tag::AUDIT_META, value)?;
+            }
+            FAMILY_META if key == KEY_AUDIT_PRUNED => {
+                self.audit_pruned = codec::decode(Tag::AUDIT_PRUNED, value)?;
             }
             FAMILY_META if key == KEY_KEYS_META => {
                 self.keys_meta = codec::decode(Tag::KEYS_META, value)?;

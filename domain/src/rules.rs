@@ -1156,6 +1156,7 @@ pub(crate) fn decide_identity(
         Command::RecordIssuanceBatch { node_id, batch } => {
             crate::issuance::record_batch(state, *node_id, batch)
         }
+        Command::PruneAudit(p) => crate::audit::prune(state, p, time_ms),
         _ => return None,
     })
 }

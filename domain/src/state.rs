@@ -122,6 +122,7 @@ pub enum ProjectionKey {
     RootsMeta,
     IssuanceMeta,
     AuditMeta,
+    AuditPruned,
 }
 
 /// All projections. Ordered maps only, so iteration (and so the digest) is deterministic.
@@ -158,6 +159,8 @@ pub struct State {
     pub issuance_meta: crate::issuance::IssuanceMeta,
     /// The last signed checkpoint of the audit chain.
     pub audit_meta: crate::audit::AuditMeta,
+    /// Where retention has pruned the archive to.
+    pub audit_pruned: crate::audit::PruneMeta,
     /// Derived lookups, rebuilt from the rows above on load; never stored.
     pub idx: Indexes,
 }

@@ -138,9 +138,20 @@ pub struct Filter {
 }
 
 impl Filter {
-    /// Check a request against the archive's head (`head`): every bad field is named.
-    pub fn parse(r: &v1::ExportRequest, head: u64) -> Result<Self, Status> {
-        let from = r.from_sequence.max(1);
+    /// Check a request against the archive's head (`head`) and where retention pruned it
+    /// (`pruned`: records up to it are gone, 0 when none are): every bad field is named.
+    /// `from_sequence` 0 starts at the archive's first record.
+    pub fn parse(r: &v1::ExportRequest, head: u64, pruned: u64) -> Result<Self, Status> {
+        if r.from_sequence != 0 && r.from_sequence <= pruned {
+            return Err(invalid(
+                "from_sequence",
+                format!(
+                    "records 1 to {pruned} were pruned by retention; the archive starts at {} (or ask from 0, its first record)",
+                    pruned + 1
+                ),
+            ));
+        }
+        let from = r.from_sequence.max(pruned + 1);
         if from > head + 1 {
             return Err(invalid(
                 "from_sequence",
@@ -320,10 +331,21 @@ where
     }
 }
 
-/// The chain hash at `sequence` (the genesis hash at 0).
+/// The chain hash at `sequence` (the genesis hash at 0; where retention pruned the archive,
+/// the hash its checkpoint signed).
 pub fn chain_hash(reader: &Reader, sequence: u64) -> Result<Hash32, String> {
     if sequence == 0 {
         return Ok(GENESIS_HASH);
+    }
+    let pruned = reader.pruned().map_err(|e| e.to_string())?;
+    if sequence == pruned.through_sequence {
+        return Ok(pruned.hash);
+    }
+    if sequence < pruned.through_sequence {
+        return Err(format!(
+            "record {sequence} was pruned by retention: the archive starts at {}",
+            pruned.through_sequence + 1
+        ));
     }
     match reader.records(sequence, 1, 1) {
         Ok(v) if v.first().is_some_and(|r| r.sequence == sequence) => Ok(v[0].hash),
@@ -462,8 +484,12 @@ impl v1::audit_service_server::AuditService for Audit {
             .await;
             head = head_rx.borrow_and_update().sequence;
         }
-        let f = Filter::parse(&r, head)?;
         let reader = self.ctx.reader.clone();
+        let pruned = {
+            let rd = reader.clone();
+            blocking(move || rd.pruned().map_err(|e| e.to_string())).await?
+        };
+        let f = Filter::parse(&r, head, pruned.through_sequence)?;
         // Where to begin: the first record in the time range, and the hash before it.
         let (start, prev) = {
             let (rd, f2) = (reader.clone(), f.clone());
@@ -538,8 +564,12 @@ impl v1::audit_service_server::AuditService for Audit {
         _req: Request<v1::AuditHeadRequest>,
     ) -> Result<Response<v1::AuditHeadResponse>, Status> {
         let head = *self.ctx.head_rx.borrow();
-        let cp = self.view.read().audit_meta;
+        let (cp, pruned) = {
+            let s = self.view.read();
+            (s.audit_meta, s.audit_pruned)
+        };
         Ok(Response::new(v1::AuditHeadResponse {
+            first_sequence: pruned.through_sequence + 1,
             head_sequence: head.sequence,
             head_hash: hex::encode(head.hash),
             checkpoint_sequence: cp.checkpoint_sequence,
@@ -620,6 +650,124 @@ pub async fn checkpointer(
 }
 
 /// The caller's address: from the TLS connection, else from the plaintext socket.
+/// Records a retention pass looks back through for a checkpoint before it gives up.
+const PRUNE_SCAN_MAX: usize = 200_000;
+
+/// What retention would prune now: `(through_sequence, head_hash, checkpoint_record)`, the
+/// newest checkpoint whose covered sequence is at most `upper` and past `pruned`. A
+/// checkpoint's record follows the sequence it covers by the records committed while it was
+/// signed, so the search starts a little past `upper` and walks back.
+fn prune_point(
+    reader: &Reader,
+    upper: u64,
+    pruned: u64,
+    head: u64,
+) -> Result<Option<(u64, Hash32, u64)>, String> {
+    let mut at = head.min(upper.saturating_add(10_000));
+    let mut scanned = 0usize;
+    while at > pruned && scanned < PRUNE_SCAN_MAX {
+        let page = reader.records_back(at, PAGE).map_err(|e| e.to_string())?;
+        if page.is_empty() {
+            break;
+        }
+        for rec in &page {
+            scanned += 1;
+            if rec.sequence <= pruned {
+                return Ok(None);
+            }
+            let r = AuditRecord::from_bytes(&rec.bytes)
+                .map_err(|e| format!("record {} does not decode: {e}", rec.sequence))?;
+            if let authsec_domain::Event::CheckpointRecorded { checkpoint: cp } = r.event {
+                if cp.sequence <= upper && cp.sequence > pruned {
+                    return Ok(Some((cp.sequence, cp.head_hash, rec.sequence)));
+                }
+            }
+        }
+        at = page.last().map_or(0, |r| r.sequence.saturating_sub(1));
+    }
+    Ok(None)
+}
+
+/// `[audit.retention]`: every `check_interval_s`, prune the records older than `max_age_s`
+/// that every sink in `after_sinks` has acknowledged, up to the newest signed checkpoint they
+/// reach. Runs on every node that configures it; the prune is a command like any other, so
+/// it reaches every node's archive at the same log index.
+pub async fn pruner(
+    ctx: Arc<Ctx>,
+    view: StateView,
+    retention: crate::config::RetentionSection,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let max_age_ms = retention.max_age_s.saturating_mul(1000);
+    let tick = Duration::from_secs(retention.check_interval_s);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        // Every required sink must have started and acknowledged: the least of them bounds.
+        let acked = retention
+            .after_sinks
+            .iter()
+            .map(|n| ctx.sink_stats.acked(n))
+            .collect::<Option<Vec<u64>>>()
+            .and_then(|v| v.into_iter().min());
+        let Some(acked) = acked else { continue };
+        let (pruned, signed) = {
+            let s = view.read();
+            (
+                s.audit_pruned.through_sequence,
+                s.audit_meta.checkpoint_sequence,
+            )
+        };
+        let head = ctx.head_rx.borrow().sequence;
+        let cutoff = crate::issuer::now_ms().saturating_sub(max_age_ms);
+        let rd = ctx.reader.clone();
+        let found = blocking(move || -> Result<_, String> {
+            if pruned >= head {
+                return Ok(None);
+            }
+            // The first record young enough to keep: everything before it is older.
+            let young = first_since(&rd, pruned + 1, head, cutoff)?;
+            let upper = young.saturating_sub(1).min(acked).min(signed);
+            if upper <= pruned {
+                return Ok(None);
+            }
+            prune_point(&rd, upper, pruned, head)
+        })
+        .await;
+        let (through, hash, record) = match found {
+            Ok(Some(p)) => p,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e.message(), "retention could not look for records to prune");
+                continue;
+            }
+        };
+        let prune = authsec_domain::audit::Prune {
+            node_id: ctx.node_id,
+            through_sequence: through,
+            head_hash: hash,
+            checkpoint_record: record,
+            older_than_ms: cutoff,
+            acked_by: retention.after_sinks.clone(),
+        };
+        match ctx
+            .write(node_actor(&ctx), Command::PruneAudit(prune))
+            .await
+        {
+            Ok(_) => tracing::info!(
+                through,
+                records = through - pruned,
+                checkpoint_record = record,
+                "audit records pruned by retention"
+            ),
+            // Another node pruned first, or leadership moved: look again next time.
+            Err(e) => tracing::debug!(error = %e.message(), "audit prune not recorded"),
+        }
+    }
+}
+
 pub fn source_of<T>(req: &Request<T>) -> Option<std::net::IpAddr> {
     req.extensions()
         .get::<authsec_raft::tls::PeerInfo>()
@@ -780,7 +928,7 @@ mod tests {
     #[test]
     fn bad_requests_name_their_field() {
         let bad = |r: v1::ExportRequest, field: &str| {
-            let e = Filter::parse(&r, 100).expect_err("refused");
+            let e = Filter::parse(&r, 100, 0).expect_err("refused");
             assert_eq!(e.code(), tonic::Code::InvalidArgument);
             assert!(e.message().starts_with(field), "{}", e.message());
         };
@@ -850,6 +998,7 @@ mod tests {
                 ..req()
             },
             100,
+            0,
         )
         .expect("resume at head + 1");
         Filter::parse(
@@ -858,7 +1007,40 @@ mod tests {
                 ..req()
             },
             100,
+            0,
         )
         .expect("known types");
+        // Behind a prune: from 0 starts at the first record kept; a pruned sequence is
+        // refused with where the archive starts.
+        let f = Filter::parse(&req(), 100, 40).expect("from the start");
+        assert_eq!(f.from, 41);
+        let e = Filter::parse(
+            &v1::ExportRequest {
+                from_sequence: 40,
+                ..req()
+            },
+            100,
+            40,
+        )
+        .expect_err("pruned");
+        assert!(
+            e.message()
+                .contains("pruned by retention; the archive starts at 41"),
+            "{}",
+            e.message()
+        );
+        assert_eq!(
+            Filter::parse(
+                &v1::ExportRequest {
+                    from_sequence: 41,
+                    ..req()
+                },
+                100,
+                40
+            )
+            .expect("the first kept")
+            .from,
+            41
+        );
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use authsec_api::v1;
 use authsec_api::v1::audit_service_client::AuditServiceClient;
-use authsec_domain::audit::checkpoint_message;
+use authsec_domain::audit::{checkpoint_message, Checkpoint};
 use authsec_domain::keys::KeyKind;
 use authsec_domain::record::{chain_next, AuditRecord, Hash32, GENESIS_HASH};
 use authsec_domain::Event;
@@ -88,8 +88,9 @@ pub struct ExportArgs {
     /// Records before this time (same forms).
     #[arg(long)]
     until: Option<String>,
-    /// The first sequence (resume after the last one you have).
-    #[arg(long, default_value_t = 1)]
+    /// The first sequence (resume after the last one you have); 0, the default, is the
+    /// archive's first record (1, or the first one retention kept).
+    #[arg(long, default_value_t = 0)]
     from_seq: u64,
     /// The last sequence, inclusive.
     #[arg(long)]
@@ -393,14 +394,13 @@ pub async fn run(cmd: AuditCmd) -> anyhow::Result<()> {
             json,
         } => {
             let (_, mut c) = client(&target).await?;
-            let head = c
+            let h = c
                 .head(v1::AuditHeadRequest {})
                 .await
                 .map_err(call)?
-                .into_inner()
-                .head_sequence;
+                .into_inner();
             let mut req = v1::ExportRequest {
-                from_sequence: head.saturating_sub(lines) + 1,
+                from_sequence: (h.head_sequence.saturating_sub(lines) + 1).max(h.first_sequence),
                 types,
                 follow: true,
                 ..Default::default()
@@ -554,6 +554,11 @@ pub struct Report {
     pub signers: BTreeSet<u64>,
     /// The sequence the last verified checkpoint covers.
     pub signed_through: u64,
+    /// The last retention prune in the export: (pruned through, its record, the node).
+    pub pruned: Option<(u64, u64, u64)>,
+    /// A signed checkpoint covers the link before the first record (an export that starts
+    /// after record 1).
+    pub anchored: bool,
     pub broken: Option<String>,
 }
 
@@ -574,6 +579,24 @@ impl Report {
                 .join(", "),
             self.records as f64 / secs.max(1e-9),
         );
+        if self.first_sequence > 1 {
+            let before = self.first_sequence - 1;
+            match self.pruned {
+                Some((through, record, node)) if through == before => s.push_str(&format!(
+                    "; history starts at {}: records 1 to {through} were pruned by retention (audit.pruned, record {record}, proposed by node {node})",
+                    self.first_sequence
+                )),
+                _ => s.push_str(&format!(
+                    "; the export starts at {}: records 1 to {before} are not in it",
+                    self.first_sequence
+                )),
+            }
+            if self.anchored {
+                s.push_str(&format!(
+                    ", and a signed checkpoint of record {before} anchors its first link"
+                ));
+            }
+        }
         if unsigned > 0 {
             s.push_str(&format!(
                 "; the last {unsigned} record(s) follow the last checkpoint (chained, not yet signed)"
@@ -836,6 +859,12 @@ pub fn verify(
     if report.records == 0 {
         report.broken = Some("the export holds no record".into());
     }
+    if let Some(p) = state.pending.first() {
+        report.broken = Some(format!(
+            "record {} (line {}): checkpoint signed with {}, a key neither the export nor an audit.pruned record in it certifies; pass --keys with an export of the node_key.published records",
+            p.sequence, p.line_no, p.cp.kid
+        ));
+    }
     Ok(report)
 }
 
@@ -852,6 +881,17 @@ struct Chain {
     /// A filtered export has gaps: its hashes by sequence instead.
     by_sequence: HashMap<u64, Hash32>,
     keys: HashMap<String, AuditKeyInfo>,
+    /// Sequence and hash before the first record, when the export starts after record 1.
+    anchor: Option<(u64, Hash32)>,
+    /// Checkpoints whose key a later record may certify (see `link`).
+    pending: Vec<Pending>,
+}
+
+struct Pending {
+    cp: Checkpoint,
+    time_ms: u64,
+    sequence: u64,
+    line_no: u64,
 }
 
 impl Chain {
@@ -865,6 +905,65 @@ impl Chain {
         }
     }
 
+    /// Check one checkpoint: its key, its signature, and the hash it signs against this
+    /// export's chain (or against the first record's link, for the checkpoint that anchors
+    /// an export starting after a prune).
+    fn checkpoint(&self, cp: &Checkpoint, time_ms: u64, report: &mut Report) -> Result<(), String> {
+        let key = self.keys.get(&cp.kid).ok_or_else(|| {
+            format!(
+                "checkpoint signed with {}, a key the export has not published before it (or retired, or of a revoked node); for an export that starts later, pass --keys with an export of the node_key.published records",
+                cp.kid
+            )
+        })?;
+        if key.node_id != cp.node_id {
+            return Err(format!(
+                "checkpoint by node {} with node {}'s key",
+                cp.node_id, key.node_id
+            ));
+        }
+        // Leader time, and a leader's clock may run a little ahead of the one that certified
+        // the key: a minute of slack either side.
+        if time_ms + 60_000 < key.not_before_ms || time_ms > key.not_after_ms + 60_000 {
+            return Err(format!(
+                "checkpoint made outside its key's validity ({} to {})",
+                crate::audit::rfc3339_ms(key.not_before_ms),
+                crate::audit::rfc3339_ms(key.not_after_ms)
+            ));
+        }
+        let sig = ed25519_dalek::Signature::from_slice(&cp.signature)
+            .map_err(|_| "the checkpoint's signature is malformed".to_owned())?;
+        let msg = checkpoint_message(&key.trust_domain, cp.sequence, &cp.head_hash);
+        key.key
+            .verify_strict(&msg, &sig)
+            .map_err(|_| "the checkpoint's signature does not verify".to_owned())?;
+        let anchor = self.anchor.filter(|(seq, _)| *seq == cp.sequence);
+        match anchor
+            .map(|(_, h)| h)
+            .or_else(|| self.hash_at(cp.sequence, report.first_sequence))
+        {
+            Some(h) if h == cp.head_hash => {
+                report.checkpoints += 1;
+                report.signers.insert(cp.node_id);
+                report.signed_through = report.signed_through.max(cp.sequence);
+                if anchor.is_some() {
+                    report.anchored = true;
+                }
+                Ok(())
+            }
+            Some(_) => Err(format!(
+                "the checkpoint signs a hash at sequence {} that is not this export's: records up to it were changed",
+                cp.sequence
+            )),
+            // A filtered export without that record: the signature holds, the hash cannot be
+            // compared.
+            None if report.gaps > 0 => Ok(()),
+            None => Err(format!(
+                "the checkpoint names sequence {}, which is not in the export",
+                cp.sequence
+            )),
+        }
+    }
+
     fn link(&mut self, c: &Checked, roots: &[Vec<u8>], report: &mut Report) -> Result<(), String> {
         let at = |what: String| format!("record {} (line {}): {what}", c.sequence, c.line_no);
         match self.last {
@@ -874,6 +973,11 @@ impl Chain {
                     return Err(at(
                         "the first record's prev_hash is not the genesis hash".into()
                     ));
+                }
+                if c.sequence > 1 {
+                    // Where the export starts after a prune: a signed checkpoint of this link
+                    // later in the export anchors it.
+                    self.anchor = Some((c.sequence - 1, c.prev));
                 }
             }
             Some((seq, hash)) => {
@@ -927,56 +1031,36 @@ impl Chain {
                     .map_err(|e| at(format!("audit key {}: {e}", key.kid)))?;
                 self.keys.insert(key.kid.clone(), info);
             }
+            Event::AuditPruned { prune, audit_keys } => {
+                // The keys that could still sign when the prune was committed, certified by
+                // the bundle like any published key: checkpoints of an export that starts after
+                // their publication (pruned) verify with them.
+                for key in audit_keys.iter().filter(|k| k.kind == KeyKind::Audit) {
+                    if !self.keys.contains_key(&key.kid) {
+                        let info = audit_key(&key.public, key.node_id, roots)
+                            .map_err(|e| at(format!("audit key {}: {e}", key.kid)))?;
+                        self.keys.insert(key.kid.clone(), info);
+                    }
+                }
+                report.pruned = Some((prune.through_sequence, c.sequence, prune.node_id));
+                for p in std::mem::take(&mut self.pending) {
+                    self.checkpoint(&p.cp, p.time_ms, report)
+                        .map_err(|e| format!("record {} (line {}): {e}", p.sequence, p.line_no))?;
+                }
+            }
             Event::CheckpointRecorded { checkpoint: cp } => {
-                let key = self.keys.get(&cp.kid).ok_or_else(|| {
-                    at(format!(
-                        "checkpoint signed with {}, a key the export has not published before it (or retired, or of a revoked node); for an export that starts later, pass --keys with an export of the node_key.published records",
-                        cp.kid
-                    ))
-                })?;
-                if key.node_id != cp.node_id {
-                    return Err(at(format!(
-                        "checkpoint by node {} with node {}'s key",
-                        cp.node_id, key.node_id
-                    )));
-                }
-                let t = c.record.time_ms;
-                // Leader time, and a leader's clock may run a little ahead of the one that
-                // certified the key: a minute of slack either side.
-                if t + 60_000 < key.not_before_ms || t > key.not_after_ms + 60_000 {
-                    return Err(at(format!(
-                        "checkpoint made outside its key's validity ({} to {})",
-                        crate::audit::rfc3339_ms(key.not_before_ms),
-                        crate::audit::rfc3339_ms(key.not_after_ms)
-                    )));
-                }
-                let sig = ed25519_dalek::Signature::from_slice(&cp.signature)
-                    .map_err(|_| at("the checkpoint's signature is malformed".into()))?;
-                let msg = checkpoint_message(&key.trust_domain, cp.sequence, &cp.head_hash);
-                key.key
-                    .verify_strict(&msg, &sig)
-                    .map_err(|_| at("the checkpoint's signature does not verify".into()))?;
-                match self.hash_at(cp.sequence, report.first_sequence) {
-                    Some(h) if h == cp.head_hash => {
-                        report.checkpoints += 1;
-                        report.signers.insert(cp.node_id);
-                        report.signed_through = cp.sequence;
-                    }
-                    Some(_) => {
-                        return Err(at(format!(
-                            "the checkpoint signs a hash at sequence {} that is not this export's: records up to it were changed",
-                            cp.sequence
-                        )))
-                    }
-                    // A filtered export without that record: the signature holds, the hash
-                    // cannot be compared.
-                    None if report.gaps > 0 => {}
-                    None => {
-                        return Err(at(format!(
-                            "the checkpoint names sequence {}, which is not in the export",
-                            cp.sequence
-                        )))
-                    }
+                // An export that starts after record 1 (retention pruned what came before) may
+                // hold a checkpoint before the record that certifies its key: it is checked
+                // once that record comes, and fails at the end if none does.
+                if !self.keys.contains_key(&cp.kid) && report.first_sequence > 1 {
+                    self.pending.push(Pending {
+                        cp: cp.clone(),
+                        time_ms: c.record.time_ms,
+                        sequence: c.sequence,
+                        line_no: c.line_no,
+                    });
+                } else {
+                    self.checkpoint(cp, c.record.time_ms, report).map_err(at)?;
                 }
             }
             _ => {}

@@ -201,6 +201,29 @@ pub struct AuditSection {
     pub failure_interval_s: u64,
     /// Where every record also goes, as it is committed (see docs/guide/5-audit.md).
     pub sinks: Vec<crate::sink::SinkConfig>,
+    /// Pruning old records, cluster-wide, once this node's sinks have them (off by default:
+    /// every record is kept).
+    pub retention: Option<RetentionSection>,
+}
+
+/// `[audit.retention]`: this node proposes to prune the archive's records older than
+/// `max_age_s` once every sink in `after_sinks` has acknowledged them, up to the last signed
+/// checkpoint they reach. The prune is a committed event: every node's archive (and every
+/// snapshot) starts at the same record after it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSection {
+    /// Records older than this (by their leader-stamped time) may be pruned.
+    pub max_age_s: u64,
+    /// Sinks of this node that must have acknowledged a record before it is pruned.
+    pub after_sinks: Vec<String>,
+    /// How often to look for records to prune.
+    #[serde(default = "default_retention_check_s")]
+    pub check_interval_s: u64,
+}
+
+fn default_retention_check_s() -> u64 {
+    60
 }
 
 impl Default for AuditSection {
@@ -210,6 +233,7 @@ impl Default for AuditSection {
             checkpoint_interval_s: 60,
             failure_interval_s: 60,
             sinks: Vec::new(),
+            retention: None,
         }
     }
 }
@@ -430,6 +454,28 @@ impl NodeConfig {
             bail!("audit.failure_interval_s must be 1 to 3600");
         }
         crate::sink::validate(&self.audit.sinks)?;
+        if let Some(r) = &self.audit.retention {
+            if r.max_age_s == 0 {
+                bail!("audit.retention.max_age_s must be at least 1");
+            }
+            if !(1..=86_400).contains(&r.check_interval_s) {
+                bail!("audit.retention.check_interval_s must be 1 to 86400");
+            }
+            if r.after_sinks.is_empty() {
+                bail!("audit.retention.after_sinks must name at least one [[audit.sinks]]: records are pruned only once a sink has them");
+            }
+            if r.after_sinks.len() > authsec_domain::audit::PRUNE_SINKS_MAX {
+                bail!(
+                    "audit.retention.after_sinks: at most {} sinks",
+                    authsec_domain::audit::PRUNE_SINKS_MAX
+                );
+            }
+            for name in &r.after_sinks {
+                if !self.audit.sinks.iter().any(|s| &s.name == name) {
+                    bail!("audit.retention.after_sinks names {name:?}, which is not one of this node's [[audit.sinks]]");
+                }
+            }
+        }
         if self.federation.cert_file.is_some() != self.federation.key_file.is_some() {
             bail!("federation.cert_file and federation.key_file go together");
         }

@@ -478,6 +478,14 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
         Duration::from_secs(cfg.audit.failure_interval_s),
         shutdown_rx.clone(),
     )));
+    if let Some(r) = &cfg.audit.retention {
+        tasks.push(tokio::spawn(crate::audit::pruner(
+            ctx.clone(),
+            view.clone(),
+            r.clone(),
+            shutdown_rx.clone(),
+        )));
+    }
     for sink in &cfg.audit.sinks {
         tasks.push(tokio::spawn(crate::sink::run(
             ctx.clone(),

@@ -697,7 +697,24 @@ impl EventService for Events {
         let reader = self.0.reader.clone();
         let mut head_rx = self.0.head_rx.clone();
         tokio::spawn(async move {
-            let mut next = r.from_sequence.max(1);
+            // From 0: the archive's first record (after what retention pruned, if anything).
+            let pruned = match reader.pruned() {
+                Ok(p) => p.through_sequence,
+                Err(e) => {
+                    let _ = tx.send(Err(internal(e))).await;
+                    return;
+                }
+            };
+            if r.from_sequence != 0 && r.from_sequence <= pruned {
+                let _ = tx
+                    .send(Err(Status::invalid_argument(format!(
+                        "from_sequence: records 1 to {pruned} were pruned by retention; the archive starts at {}",
+                        pruned + 1
+                    ))))
+                    .await;
+                return;
+            }
+            let mut next = r.from_sequence.max(pruned + 1);
             let mut prev = {
                 let rd = reader.clone();
                 match crate::audit::blocking(move || crate::audit::chain_hash(&rd, next - 1)).await

@@ -188,6 +188,12 @@ pub struct SinkStats {
 }
 
 impl SinkStats {
+    /// The last sequence sink `name` acknowledged, once it has started.
+    pub fn acked(&self, name: &str) -> Option<u64> {
+        let v = self.sinks.lock().unwrap_or_else(|p| p.into_inner());
+        v.iter().find(|s| s.0 == name).map(|s| s.1)
+    }
+
     fn set(&self, name: &str, acked: u64, lag: u64) {
         let mut v = self.sinks.lock().unwrap_or_else(|p| p.into_inner());
         match v.iter_mut().find(|s| s.0 == name) {
@@ -305,6 +311,31 @@ pub async fn run(
     };
     loop {
         let head = head_rx.borrow_and_update().sequence;
+        // Retention on another node (or one not waiting for this sink) pruned records this
+        // sink never delivered: say so loudly, and go on from the first record kept.
+        match ctx.reader.pruned() {
+            Ok(p) if acked < p.through_sequence => {
+                tracing::error!(
+                    sink = %cfg.name,
+                    acked,
+                    pruned_through = p.through_sequence,
+                    missed = p.through_sequence - acked,
+                    "audit records were pruned by retention before this sink delivered them; list it in [audit.retention] after_sinks on the node that prunes"
+                );
+                if let Err(e) = write_cursor(&data_dir, &cfg.name, p.through_sequence) {
+                    tracing::error!(sink = %cfg.name, error = format!("{e:#}"), "saving the sink cursor failed");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+                acked = p.through_sequence;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(sink = %cfg.name, error = %e, "reading where the archive starts failed");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        }
         if let Some(lag) = judge(head, acked) {
             tracing::warn!(sink = %cfg.name, lag, max = cfg.max_lag_records, "audit sink is behind");
         }

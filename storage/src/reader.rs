@@ -117,10 +117,11 @@ impl Reader {
         Ok(state)
     }
 
-    /// Walk the whole archive: sequences without gaps, every record decodes, every chain hash
-    /// recomputes. Returns the head it ends at.
-    pub fn verify_archive(&self) -> Result<ArchiveHead, StoreError> {
-        let mut head = ArchiveHead::default();
+    /// Walk the whole archive from `start` (genesis, or the chain's head where retention
+    /// pruned it): sequences without gaps, every record decodes, every chain hash recomputes.
+    /// Returns the head it ends at.
+    pub fn verify_archive(&self, start: ArchiveHead) -> Result<ArchiveHead, StoreError> {
+        let mut head = start;
         for item in self
             .store
             .db
@@ -316,6 +317,17 @@ impl Reader {
     }
 
     /// One stored row of a projection family.
+    /// Where retention has pruned the archive to (all zeros: nothing pruned, the archive
+    /// starts at sequence 1).
+    pub fn pruned(&self) -> Result<authsec_domain::audit::PruneMeta, StoreError> {
+        let key = authsec_domain::persist::KEY_AUDIT_PRUNED;
+        match self.row(cf::PROJ_META, key)? {
+            Some(v) => codec::decode(Tag::AUDIT_PRUNED, &v)
+                .map_err(|e| StoreError::damaged(cf::PROJ_META, key, e)),
+            None => Ok(Default::default()),
+        }
+    }
+
     pub fn row(&self, family: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.store
             .db
@@ -395,6 +407,31 @@ impl Reader {
             })?;
             let (hash, bytes) = split_archive_value(&k, &v)?;
             bytes_total += bytes.len();
+            out.push(StoredRecord {
+                sequence,
+                hash,
+                bytes,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Records at or below `at`, newest first: at most `limit` of them.
+    pub fn records_back(&self, at: u64, limit: usize) -> Result<Vec<StoredRecord>, StoreError> {
+        let key = cf::u64_key(at);
+        let iter = self.store.db.iterator_cf(
+            self.store.cf(cf::ARCHIVE),
+            rocksdb::IteratorMode::From(&key, rocksdb::Direction::Reverse),
+        );
+        let mut out = Vec::new();
+        for item in iter.take(limit) {
+            let (k, v) = item.map_err(StoreError::rocks("scan archive"))?;
+            let sequence = cf::key_u64(&k).ok_or_else(|| StoreError::Damaged {
+                cf: cf::ARCHIVE,
+                key: printable(&k),
+                detail: "key is not an 8-byte sequence".into(),
+            })?;
+            let (hash, bytes) = split_archive_value(&k, &v)?;
             out.push(StoredRecord {
                 sequence,
                 hash,

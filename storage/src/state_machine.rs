@@ -202,7 +202,15 @@ impl StateMachine {
         let reader = crate::reader::Reader::new(store.clone());
         let mut state = reader.load_state()?;
         state.applied_index = applied.map_or(0, |l| l.index);
-        let verified = reader.verify_archive()?;
+        let pruned = state.audit_pruned;
+        let verified = reader.verify_archive(ArchiveHead {
+            sequence: pruned.through_sequence,
+            hash: if pruned.through_sequence == 0 {
+                authsec_domain::record::GENESIS_HASH
+            } else {
+                pruned.hash
+            },
+        })?;
         if verified != head {
             return Err(StoreError::Damaged {
                 cf: cf::ARCHIVE,
@@ -270,6 +278,38 @@ impl StateMachine {
                 Ok(h)
             }
             _ => Err(format!("sequence {sequence} is not in this node's archive")),
+        }
+    }
+
+    /// The checkpoint held by record `record`: the sequence it covers and its hash. From this
+    /// apply call's checkpoints or the archive (the same on every node, so the answer is too).
+    fn checkpoint_at(
+        &self,
+        record: u64,
+        written: &HashMap<u64, (u64, [u8; 32])>,
+    ) -> Result<(u64, [u8; 32]), String> {
+        if let Some(c) = written.get(&record) {
+            return Ok(*c);
+        }
+        if record == 0 || record > self.head.sequence {
+            return Err(format!(
+                "record {record} is not in the chain (its head is at {})",
+                self.head.sequence
+            ));
+        }
+        let row = self
+            .store
+            .db
+            .get_cf(self.store.cf(cf::ARCHIVE), cf::u64_key(record))
+            .map_err(|e| format!("reading the archive at {record} failed: {e}"))?
+            .filter(|v| v.len() > 32)
+            .ok_or_else(|| format!("record {record} is not in this node's archive"))?;
+        match AuditRecord::from_bytes(&row[32..]).map(|r| r.event) {
+            Ok(authsec_domain::Event::CheckpointRecorded { checkpoint }) => {
+                Ok((checkpoint.sequence, checkpoint.head_hash))
+            }
+            Ok(_) => Err(format!("record {record} is not a checkpoint")),
+            Err(e) => Err(format!("record {record} does not decode: {e}")),
         }
     }
 
@@ -432,8 +472,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut replies = Vec::new();
         // Chain hashes of the records archived by this call, not yet in RocksDB.
         let mut written: HashMap<u64, [u8; 32]> = HashMap::new();
+        // Checkpoints archived by this call: record sequence -> (covered sequence, hash).
+        let mut written_checkpoints: HashMap<u64, (u64, [u8; 32])> = HashMap::new();
         let archive = self.store.cf(cf::ARCHIVE);
         let shared = self.state.clone();
+        let mut pruned_before = read_state(&shared).audit_pruned.through_sequence + 1;
+        let mut compact_through = None;
         for entry in entries {
             let log_index = entry.log_id.index;
             self.applied = Some(entry.log_id);
@@ -479,6 +523,30 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                     }),
                                 }
                             }
+                            // Retention prunes only behind a checkpoint of exactly that
+                            // sequence and hash, which only the archive can show.
+                            Command::PruneAudit(pr) => {
+                                match self.checkpoint_at(pr.checkpoint_record, &written_checkpoints) {
+                                    Ok((seq, hash))
+                                        if seq == pr.through_sequence && hash == pr.head_hash =>
+                                    {
+                                        apply_proposal(&mut state, p, log_index)
+                                    }
+                                    Ok((seq, _)) => Err(Rejection::InvalidField {
+                                        field: "checkpoint_record".into(),
+                                        reason: format!(
+                                            "record {} is the checkpoint of sequence {seq} with another hash, not of {} with {}",
+                                            pr.checkpoint_record,
+                                            pr.through_sequence,
+                                            hex::encode(pr.head_hash)
+                                        ),
+                                    }),
+                                    Err(reason) => Err(Rejection::InvalidField {
+                                        field: "checkpoint_record".into(),
+                                        reason,
+                                    }),
+                                }
+                            }
                             // The planted defect: decided on a copy, so the events are archived
                             // while this node's projections stay as they were.
                             Command::Revoke(_) if self.skip_revocations => {
@@ -519,6 +587,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                     touched.extend(event.also_touches());
                                     touched.extend(event.more_touches());
                                 }
+                                let pruned_from = match &event {
+                                    authsec_domain::Event::AuditPruned { prune, .. } => {
+                                        Some((pruned_before, prune.through_sequence))
+                                    }
+                                    _ => None,
+                                };
+                                let checkpoint = match &event {
+                                    authsec_domain::Event::CheckpointRecorded { checkpoint } => {
+                                        Some((checkpoint.sequence, checkpoint.head_hash))
+                                    }
+                                    _ => None,
+                                };
                                 let record = AuditRecord {
                                     sequence: self.head.sequence + 1,
                                     log_index,
@@ -537,6 +617,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                     batch.put_cf(archive, cf::u64_key(record.sequence), value);
                                 }
                                 written.insert(record.sequence, hash);
+                                if let Some(c) = checkpoint {
+                                    written_checkpoints.insert(record.sequence, c);
+                                }
+                                // Retention: the records it covers leave the archive in this
+                                // same batch (a range deletion, after the puts above, so it
+                                // also takes any of them this batch wrote).
+                                if let Some((from, through)) = pruned_from {
+                                    batch.delete_range_cf(
+                                        archive,
+                                        cf::u64_key(from),
+                                        cf::u64_key(through + 1),
+                                    );
+                                    pruned_before = through + 1;
+                                    compact_through = Some(through);
+                                }
                                 self.head = ArchiveHead {
                                     sequence: record.sequence,
                                     hash,
@@ -586,6 +681,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.head_tx.send_replace(self.head);
         if let Some(security) = security {
             self.security_tx.send_replace(security);
+        }
+        if let Some(through) = compact_through {
+            // Give the pruned records' space back now rather than at some later compaction;
+            // off the apply path, since it rewrites files.
+            let store = self.store.clone();
+            std::thread::spawn(move || {
+                store.db.compact_range_cf(
+                    store.cf(cf::ARCHIVE),
+                    None::<&[u8]>,
+                    Some(&cf::u64_key(through + 1)[..]),
+                );
+                tracing::info!(through, "pruned audit records compacted away");
+            });
         }
         Ok(replies)
     }

@@ -1799,8 +1799,9 @@ async fn entry_svids(c: &Console, who: &Who, spiffe_id: &str) -> Result<Vec<Svid
     }
     let now = crate::issuer::now_ms();
     let head = c.oauth.ctx.head_rx.borrow().sequence;
+    let first = c.oauth.view.read().audit_pruned.through_sequence + 1;
     let req = v1::ExportRequest {
-        from_sequence: head.saturating_sub(AUDIT_WINDOW) + 1,
+        from_sequence: (head.saturating_sub(AUDIT_WINDOW) + 1).max(first),
         to_sequence: head,
         since_ms: now.saturating_sub(24 * 3600 * 1000),
         types: vec!["credential.issued".into()],
