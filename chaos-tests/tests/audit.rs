@@ -1369,3 +1369,240 @@ check_interval_s = 1
     assert!(ok(&verify(&c, &rejoined)?)?.starts_with("ok: "));
     Ok(())
 }
+
+/// Retention's shorter bound for issuance records (`issuance_max_age_s`): once the sink has
+/// them, every `credential.issued` record is replaced by a stub on every node, while the rest
+/// stays whole; the export verifies, each stub accounted for by an `audit.issuances_elided`
+/// record; no token id is left in the export; a stub that is added, removed or changed fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issuance_records_are_elided_sooner_and_the_chain_still_verifies() -> anyhow::Result<()> {
+    init_test_tracing();
+    let siem = Arc::new(Receiver::default());
+    siem.failing.store(true, Ordering::SeqCst);
+    let siem_addr = serve(siem.clone()).await?;
+    let toml = format!(
+        r#"
+[audit]
+checkpoint_records = 50
+checkpoint_interval_s = 1
+
+[[audit.sinks]]
+name = "siem"
+kind = "webhook"
+url = "http://{siem_addr}/ingest"
+batch_records = 100
+
+[audit.retention]
+max_age_s = 3600
+issuance_max_age_s = 1
+after_sinks = ["siem"]
+check_interval_s = 1
+"#
+    );
+    let mut c = Cluster::start(
+        3,
+        Options {
+            extra_toml: toml,
+            ..Options::default()
+        },
+    )?;
+    c.wait_issuing(&[1, 2, 3], T).await?;
+    let admin = Admin(&c);
+    admin.role("reader", &["orders:read"]).await?;
+    let secret = admin
+        .client(v1::CreateClientRequest {
+            client_id: "svc".into(),
+            kind: v1::ClientKind::Service as i32,
+            allowed_scopes: vec!["orders:*".into()],
+            default_audience: "https://orders.example".into(),
+            ..Default::default()
+        })
+        .await?;
+    admin.bind("reader", "client:svc").await?;
+    let h = c.https()?;
+    let mut jtis = Vec::new();
+    for k in 0..60u64 {
+        let addr = c.oauth_addr(1 + k % 3)?;
+        let r = h
+            .client_credentials(&addr, "svc", &secret, &[("scope", "orders:read")])
+            .await?;
+        anyhow::ensure!(r.status == 200, "token {k}: {r:?}");
+        let token = r.json()?["access_token"]
+            .as_str()
+            .context("access_token")?
+            .to_owned();
+        jtis.push(claims(&token)?["jti"].as_str().context("jti")?.to_owned());
+    }
+    // Every token's record is in the log and signed before the sink comes up.
+    let deadline = Instant::now() + T;
+    let dir = tempfile::tempdir()?;
+    let before = dir.path().join("before.jsonl");
+    loop {
+        wait_signed(&c, &[1, 2, 3]).await?;
+        export_to(&c, 1, &before)?;
+        let text = std::fs::read_to_string(&before)?;
+        if jtis.iter().all(|j| text.contains(j.as_str())) {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "tokens missing from the export");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let issued_before: Vec<u64> = lines(&before)?
+        .iter()
+        .filter(|l| l["kind"] == "credential.issued")
+        .filter_map(|l| l["sequence"].as_u64())
+        .collect();
+    assert!(!issued_before.is_empty());
+
+    // The sink takes the records: the issuance records become stubs, then the sink stops so
+    // retention comes to rest.
+    siem.failing.store(false, Ordering::SeqCst);
+    let deadline = Instant::now() + T;
+    let after = dir.path().join("after.jsonl");
+    loop {
+        export_to(&c, 1, &after)?;
+        let ls = lines(&after)?;
+        let stubbed = issued_before.iter().all(|s| {
+            ls.iter()
+                .any(|l| l["sequence"].as_u64() == Some(*s) && l["elided"] == true)
+        });
+        if stubbed {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "issuance records not elided");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    siem.failing.store(true, Ordering::SeqCst);
+    let settled = wait_settled(&c, &[1, 2, 3]).await?;
+    assert_eq!(settled.first_sequence, 1, "nothing else was pruned");
+
+    let files: Vec<PathBuf> = (1..=3)
+        .map(|id| dir.path().join(format!("elided{id}.jsonl")))
+        .collect();
+    for (id, f) in (1..=3).zip(&files) {
+        export_to(&c, id, f)?;
+    }
+    let text = std::fs::read(&files[0])?;
+    for f in &files[1..] {
+        assert_eq!(std::fs::read(f)?, text, "every node holds the same stubs");
+    }
+    let exported = lines(&files[0])?;
+    // The rest of the history is whole: the role, the client, the binding, the keys.
+    for kind in [
+        "role.created",
+        "client.created",
+        "role.bound",
+        "node_key.published",
+    ] {
+        assert!(
+            exported
+                .iter()
+                .any(|l| l["kind"] == kind && l["record_bytes"].is_string()),
+            "{kind} is kept whole"
+        );
+    }
+    // No token id is left anywhere, and the stubs say no more than where and when.
+    let s = String::from_utf8_lossy(&text);
+    for j in &jtis {
+        assert!(!s.contains(j.as_str()), "token {j} is still in the export");
+    }
+    let stub = exported
+        .iter()
+        .find(|l| l["elided"] == true)
+        .context("a stub")?;
+    assert!(
+        stub.get("record_bytes").is_none() && stub.get("event").is_none(),
+        "{stub}"
+    );
+    assert!(exported
+        .iter()
+        .any(|l| l["kind"] == "audit.issuances_elided"));
+
+    let out = ok(&verify(&c, &files[0])?)?;
+    tracing::info!(%out, "verify of the export with stubs");
+    assert!(
+        out.starts_with("ok: ")
+            && out.contains(&format!(
+                "{} issuance record(s) elided by retention",
+                issued_before.len()
+            )),
+        "{out}"
+    );
+    // The sink's copy, written before the elision, holds those records whole: it verifies
+    // too, the elision record committing to what it holds.
+    let sink_copy = dir.path().join("sink.jsonl");
+    {
+        let got = siem.lines.lock().unwrap_or_else(|p| p.into_inner());
+        let mut by_seq = BTreeMap::new();
+        for l in got.values().flatten() {
+            let v: Value = serde_json::from_str(l)?;
+            by_seq
+                .entry(v["sequence"].as_u64().context("sequence")?)
+                .or_insert(l.clone());
+        }
+        let contiguous: Vec<&String> = by_seq
+            .iter()
+            .enumerate()
+            .take_while(|(i, (seq, _))| **seq == *i as u64 + 1)
+            .map(|(_, (_, l))| l)
+            .collect();
+        std::fs::write(
+            &sink_copy,
+            contiguous
+                .iter()
+                .map(|l| format!("{l}\n"))
+                .collect::<String>(),
+        )?;
+    }
+    assert!(ok(&verify(&c, &sink_copy)?)?.starts_with("ok: "));
+
+    // Tampering with stubs fails: a whole record turned into a stub, a stub removed, a
+    // stub's hash changed.
+    let all: Vec<String> = std::str::from_utf8(&text)?
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let stub_at = all
+        .iter()
+        .position(|l| l.contains("\"elided\":true"))
+        .context("stub line")?;
+    let whole_at = all
+        .iter()
+        .position(|l| l.contains("\"kind\":\"role.created\""))
+        .context("role line")?;
+    let fails = |lines: &[String], what: &str| -> anyhow::Result<String> {
+        let f = dir.path().join("t.jsonl");
+        std::fs::write(&f, lines.join("\n") + "\n")?;
+        let out = verify(&c, &f)?;
+        let said = String::from_utf8_lossy(&out.stdout).into_owned();
+        anyhow::ensure!(!out.status.success(), "{what} verified: {said}");
+        Ok(said)
+    };
+    let mut forged = all.clone();
+    let w: Value = serde_json::from_str(&all[whole_at])?;
+    // The canonical stub line (as the node renders one) for a record that was no issuance.
+    forged[whole_at] = format!(
+        r#"{{"sequence":{},"time":{},"time_ms":{},"kind":"credential.issued","subject":"node:1","via_node":1,"log_index":{},"elided":true,"prev_hash":{},"hash":{}}}"#,
+        w["sequence"], w["time"], w["time_ms"], w["log_index"], w["prev_hash"], w["hash"]
+    );
+    let said = fails(&forged, "a record passed off as an elided one")?;
+    assert!(said.contains("elided"), "{said}");
+    let mut removed = all.clone();
+    removed.remove(stub_at);
+    fails(&removed, "a removed stub")?;
+    let mut changed = all.clone();
+    let sv: Value = serde_json::from_str(&all[stub_at])?;
+    let h = sv["hash"].as_str().context("hash")?;
+    let flipped = format!("{}{}", if h.starts_with('0') { "1" } else { "0" }, &h[1..]);
+    changed[stub_at] = all[stub_at].replace(h, &flipped);
+    fails(&changed, "a stub with another hash")?;
+
+    // A restarted node checks its archive, stubs included, and serves the same.
+    c.stop(2)?;
+    c.spawn(2)?;
+    wait_up(&c, 2).await?;
+    let again = dir.path().join("restarted.jsonl");
+    export_to(&c, 2, &again)?;
+    assert_eq!(std::fs::read(&again)?, text, "node 2 after a restart");
+    Ok(())
+}

@@ -92,6 +92,28 @@ pub struct PruneMeta {
     pub checkpoint_record: u64,
     /// When the prune was committed (leader time).
     pub time_ms: u64,
+    /// Issuance records up to this sequence were elided (the shorter bound for them).
+    pub issuance_elided_through: u64,
+}
+
+/// At most this many records in one elision's range, so the state machine's check of it
+/// (a scan of that range of the archive) stays short.
+pub const ELIDE_SPAN_MAX: u64 = 10_000;
+
+/// Retention's shorter bound for issuance records: replace every `credential.issued` record in
+/// `from_sequence..=through_sequence` by a stub ([`crate::record::ElidedStub`]), committing to
+/// their sequences and hashes (`count`, `digest`: [`crate::record::elision_digest`]). The
+/// state machine recomputes both from its archive and refuses a mismatch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Elision {
+    pub node_id: u64,
+    pub from_sequence: u64,
+    pub through_sequence: u64,
+    pub count: u64,
+    pub digest: Hash32,
+    /// Every elided record is older than this.
+    pub older_than_ms: u64,
+    pub acked_by: Vec<String>,
 }
 
 /// At most this many sinks named in one prune, each name at most this many bytes.
@@ -205,21 +227,7 @@ pub(crate) fn prune(state: &State, p: &Prune, time_ms: u64) -> Result<Vec<Event>
             "the retention cutoff is in the future",
         ));
     }
-    if p.acked_by.is_empty() || p.acked_by.len() > PRUNE_SINKS_MAX {
-        return Err(invalid(
-            "acked_by",
-            format!("records are pruned only once 1 to {PRUNE_SINKS_MAX} sinks acknowledged them"),
-        ));
-    }
-    if p.acked_by
-        .iter()
-        .any(|s| s.is_empty() || s.len() > PRUNE_SINK_BYTES_MAX)
-    {
-        return Err(invalid(
-            "acked_by",
-            format!("sink names are 1 to {PRUNE_SINK_BYTES_MAX} bytes"),
-        ));
-    }
+    sinks_named(&p.acked_by)?;
     let audit_keys = state
         .keys
         .values()
@@ -242,7 +250,78 @@ pub(crate) fn evolve_prune(state: &mut State, p: &Prune, time_ms: u64) {
         hash: p.head_hash,
         checkpoint_record: p.checkpoint_record,
         time_ms,
+        issuance_elided_through: state.audit_pruned.issuance_elided_through,
     };
+}
+
+fn sinks_named(acked_by: &[String]) -> Result<(), Rejection> {
+    if acked_by.is_empty() || acked_by.len() > PRUNE_SINKS_MAX {
+        return Err(invalid(
+            "acked_by",
+            format!("records are pruned only once 1 to {PRUNE_SINKS_MAX} sinks acknowledged them"),
+        ));
+    }
+    if acked_by
+        .iter()
+        .any(|s| s.is_empty() || s.len() > PRUNE_SINK_BYTES_MAX)
+    {
+        return Err(invalid(
+            "acked_by",
+            format!("sink names are 1 to {PRUNE_SINK_BYTES_MAX} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// `ElideIssuances`: by an unrevoked member, forward only (past what was pruned and elided),
+/// a bounded range behind the last checkpoint. (The count and digest are checked against the
+/// archive by the state machine.)
+pub(crate) fn elide(state: &State, e: &Elision, time_ms: u64) -> Result<Vec<Event>, Rejection> {
+    if state.security.revoked_nodes.contains(&e.node_id) {
+        return Err(Rejection::NodeRevoked { node_id: e.node_id });
+    }
+    if !state.nodes.contains_key(&e.node_id) {
+        return Err(Rejection::NodeNotFound { node_id: e.node_id });
+    }
+    let done = state
+        .audit_pruned
+        .through_sequence
+        .max(state.audit_pruned.issuance_elided_through);
+    if e.from_sequence <= done {
+        return Err(invalid(
+            "from_sequence",
+            format!("records up to {done} are already pruned or elided; start after them"),
+        ));
+    }
+    if e.through_sequence < e.from_sequence
+        || e.through_sequence - e.from_sequence >= ELIDE_SPAN_MAX
+    {
+        return Err(invalid(
+            "through_sequence",
+            format!("an elision spans 1 to {ELIDE_SPAN_MAX} records"),
+        ));
+    }
+    if e.through_sequence > state.audit_meta.checkpoint_sequence {
+        return Err(invalid(
+            "through_sequence",
+            format!(
+                "{} is past the last signed checkpoint ({}): only records a checkpoint covers can be elided",
+                e.through_sequence, state.audit_meta.checkpoint_sequence
+            ),
+        ));
+    }
+    if e.older_than_ms > time_ms {
+        return Err(invalid(
+            "older_than_ms",
+            "the retention cutoff is in the future",
+        ));
+    }
+    sinks_named(&e.acked_by)?;
+    Ok(vec![Event::IssuancesElided { elision: e.clone() }])
+}
+
+pub(crate) fn evolve_elide(state: &mut State, e: &Elision) {
+    state.audit_pruned.issuance_elided_through = e.through_sequence;
 }
 
 /// `RecordAuthFailures`: bounded aggregates from a member.
@@ -406,5 +485,54 @@ mod tests {
         assert_eq!(state.audit_pruned.through_sequence, 90);
         assert_eq!(state.audit_pruned.hash, [9; 32]);
         assert_eq!(field(prune(&state, &p, 1_000)), "through_sequence");
+
+        // Elisions: past what was pruned, within a span, behind the checkpoint; forward only.
+        let e = Elision {
+            node_id: 1,
+            from_sequence: 91,
+            through_sequence: 100,
+            count: 3,
+            digest: [4; 32],
+            older_than_ms: 500,
+            acked_by: vec!["siem".into()],
+        };
+        assert!(matches!(
+            &elide(&state, &e, 1_000).expect("a good elision")[..],
+            [Event::IssuancesElided { elision }] if elision == &e
+        ));
+        let pruned_range = Elision {
+            from_sequence: 90,
+            ..e.clone()
+        };
+        assert_eq!(field(elide(&state, &pruned_range, 1_000)), "from_sequence");
+        let unsigned = Elision {
+            through_sequence: 101,
+            ..e.clone()
+        };
+        assert_eq!(field(elide(&state, &unsigned, 1_000)), "through_sequence");
+        state.audit_meta.checkpoint_sequence = 1_000_000;
+        let wide = Elision {
+            through_sequence: 91 + ELIDE_SPAN_MAX,
+            ..e.clone()
+        };
+        assert_eq!(field(elide(&state, &wide, 1_000)), "through_sequence");
+        evolve_elide(&mut state, &e);
+        assert_eq!(field(elide(&state, &e, 1_000)), "from_sequence");
+        let next = Elision {
+            from_sequence: 101,
+            through_sequence: 101,
+            ..e.clone()
+        };
+        elide(&state, &next, 1_000).expect("the next range");
+        // A prune keeps the elision mark.
+        evolve_prune(
+            &mut state,
+            &Prune {
+                through_sequence: 95,
+                ..p.clone()
+            },
+            2_000,
+        );
+        assert_eq!(state.audit_pruned.issuance_elided_through, 100);
     }
 }

@@ -376,6 +376,8 @@ pub enum Command {
     },
     /// Retention: delete the archive's records up to a signed checkpoint (issue 9).
     PruneAudit(crate::audit::Prune),
+    /// Retention's shorter bound: stub out issuance records (issue 9).
+    ElideIssuances(crate::audit::Elision),
 }
 
 /// Where a rotated root's sealed key is kept in `sealed_secrets`.
@@ -432,6 +434,7 @@ impl Command {
             Command::RecordAuthFailures { .. } => "record_auth_failures",
             Command::RecordIssuanceBatch { .. } => "record_issuance_batch",
             Command::PruneAudit(_) => "prune_audit",
+            Command::ElideIssuances(_) => "elide_issuances",
         }
     }
 

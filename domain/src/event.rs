@@ -194,6 +194,11 @@ pub enum Event {
         prune: crate::audit::Prune,
         audit_keys: Vec<crate::keys::NodeKey>,
     },
+    /// Retention replaced the issuance records of a range by stubs, committing to their
+    /// sequences and hashes.
+    IssuancesElided {
+        elision: crate::audit::Elision,
+    },
 }
 
 /// Every record type ([`Event::kind`]), for validating export filters.
@@ -245,6 +250,7 @@ pub const KINDS: &[&str] = &[
     "audit.checkpoint",
     "auth.failed",
     "audit.pruned",
+    "audit.issuances_elided",
 ];
 
 impl Event {
@@ -299,6 +305,7 @@ impl Event {
             Event::AuthFailuresRecorded { .. } => "auth.failed",
             Event::IssuanceBatchRecorded { .. } => "credential.issued",
             Event::AuditPruned { .. } => "audit.pruned",
+            Event::IssuancesElided { .. } => "audit.issuances_elided",
         }
     }
 
@@ -367,6 +374,7 @@ impl Event {
             Event::AuthFailuresRecorded { node_id, .. }
             | Event::IssuanceBatchRecorded { node_id, .. } => format!("node:{node_id}"),
             Event::AuditPruned { prune, .. } => format!("node:{}", prune.node_id),
+            Event::IssuancesElided { elision } => format!("node:{}", elision.node_id),
         }
     }
 }

@@ -324,6 +324,7 @@ pub fn evolve(state: &mut State, event: &Event, time_ms: u64) {
         }
         Event::AuthFailuresRecorded { .. } => {}
         Event::AuditPruned { prune, .. } => crate::audit::evolve_prune(state, prune, time_ms),
+        Event::IssuancesElided { elision } => crate::audit::evolve_elide(state, elision),
         Event::IssuanceBatchRecorded { node_id, batch } => {
             crate::issuance::evolve_batch(state, *node_id, batch)
         }
@@ -435,7 +436,7 @@ impl Event {
             Event::CheckpointRecorded { .. } => ProjectionKey::AuditMeta,
             Event::AuthFailuresRecorded { .. } => ProjectionKey::Meta,
             Event::IssuanceBatchRecorded { .. } => ProjectionKey::IssuanceMeta,
-            Event::AuditPruned { .. } => ProjectionKey::AuditPruned,
+            Event::AuditPruned { .. } | Event::IssuancesElided { .. } => ProjectionKey::AuditPruned,
         }
     }
 

@@ -45,6 +45,59 @@ impl AuditRecord {
     }
 }
 
+/// What the archive keeps of a `credential.issued` record that retention elided (issue 9's
+/// shorter bound for issuance records): its place in the chain (sequence and hash, stored
+/// beside it), when, which entry and which node, but none of its content. The chain still
+/// links through its hash; an `audit.issuances_elided` record later in the chain commits to
+/// the sequence and hash of every record it elided, which is what proves a stub is one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ElidedStub {
+    pub time_ms: u64,
+    pub log_index: u64,
+    pub node_id: u64,
+}
+
+/// A stub's first bytes: never a codec encoding's (those start with the codec version, 1).
+const STUB_MARK: [u8; 2] = [0x00, b'E'];
+const STUB_BYTES: usize = 2 + 8 * 3;
+
+impl ElidedStub {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(STUB_BYTES);
+        b.extend_from_slice(&STUB_MARK);
+        b.extend_from_slice(&self.time_ms.to_be_bytes());
+        b.extend_from_slice(&self.log_index.to_be_bytes());
+        b.extend_from_slice(&self.node_id.to_be_bytes());
+        b
+    }
+
+    /// `Some` if `bytes` is a stub, `None` if it is a record's encoding.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() != STUB_BYTES || bytes[..2] != STUB_MARK {
+            return None;
+        }
+        let u = |i: usize| u64::from_be_bytes(bytes[i..i + 8].try_into().unwrap_or([0; 8]));
+        Some(Self {
+            time_ms: u(2),
+            log_index: u(10),
+            node_id: u(18),
+        })
+    }
+}
+
+/// What an elision commits to: SHA-256 over `sequence (u64 BE) || hash` of every record it
+/// elided, in order, and how many there were.
+pub fn elision_digest<'a>(items: impl IntoIterator<Item = (u64, &'a Hash32)>) -> (u64, Hash32) {
+    let mut h = Sha256::new();
+    let mut n = 0u64;
+    for (seq, hash) in items {
+        h.update(seq.to_be_bytes());
+        h.update(hash);
+        n += 1;
+    }
+    (n, h.finalize().into())
+}
+
 /// The newest archived record: its sequence (0 when empty) and chain hash.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ArchiveHead {
@@ -72,6 +125,35 @@ pub fn chain_next(prev: &Hash32, record_bytes: &[u8]) -> Hash32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stubs_are_never_records() {
+        let s = ElidedStub {
+            time_ms: 1,
+            log_index: 2,
+            node_id: 3,
+        };
+        assert_eq!(ElidedStub::from_bytes(&s.to_bytes()), Some(s));
+        let r = AuditRecord {
+            sequence: 1,
+            log_index: 1,
+            time_ms: 1,
+            actor: Actor {
+                principal: crate::command::Principal::System,
+                via_node: 1,
+            },
+            kind: "audit.pruned".into(),
+            subject: "node:1".into(),
+            event: Event::AuthFailuresRecorded {
+                node_id: 1,
+                failures: vec![],
+            },
+        };
+        assert_eq!(ElidedStub::from_bytes(&r.to_bytes()), None);
+        let (n, d) = elision_digest([(1, &[1u8; 32]), (2, &[2u8; 32])]);
+        assert_eq!(n, 2);
+        assert_ne!(d, elision_digest([(1, &[1u8; 32]), (3, &[2u8; 32])]).1);
+    }
 
     #[test]
     fn chain_depends_on_every_byte_and_order() {

@@ -1157,6 +1157,7 @@ pub(crate) fn decide_identity(
             crate::issuance::record_batch(state, *node_id, batch)
         }
         Command::PruneAudit(p) => crate::audit::prune(state, p, time_ms),
+        Command::ElideIssuances(e) => crate::audit::elide(state, e, time_ms),
         _ => return None,
     })
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use authsec_api::v1;
 use authsec_domain::audit::{checkpoint_message, AuthFailure, Checkpoint};
 use authsec_domain::command::Command;
-use authsec_domain::record::{AuditRecord, Hash32, GENESIS_HASH};
+use authsec_domain::record::{elision_digest, AuditRecord, ElidedStub, Hash32, GENESIS_HASH};
 use authsec_domain::{Actor, ClientId, Principal, SpiffeId};
 use authsec_storage::{Reader, StateView};
 use base64::Engine;
@@ -70,6 +70,64 @@ pub fn render_line(
         record_bytes: base64::engine::general_purpose::STANDARD.encode(bytes),
     })
     .map_err(|e| format!("record {}: {e}", record.sequence))
+}
+
+/// The line of an issuance record retention elided: where it sat in the chain and when, no
+/// content (no `actor`, no `event`, no `record_bytes`).
+#[derive(Debug, Serialize)]
+pub struct StubLine<'a> {
+    pub sequence: u64,
+    pub time: String,
+    pub time_ms: u64,
+    pub kind: &'a str,
+    pub subject: String,
+    pub via_node: u64,
+    pub log_index: u64,
+    pub elided: bool,
+    pub prev_hash: String,
+    pub hash: String,
+}
+
+pub const ISSUED: &str = "credential.issued";
+
+/// The canonical line of an elided record (no trailing newline).
+pub fn render_stub_line(sequence: u64, stub: &ElidedStub, prev: &Hash32, hash: &Hash32) -> String {
+    serde_json::to_string(&StubLine {
+        sequence,
+        time: rfc3339_ms(stub.time_ms),
+        time_ms: stub.time_ms,
+        kind: ISSUED,
+        subject: format!("node:{}", stub.node_id),
+        via_node: stub.node_id,
+        log_index: stub.log_index,
+        elided: true,
+        prev_hash: hex::encode(prev),
+        hash: hex::encode(hash),
+    })
+    .unwrap_or_default()
+}
+
+/// An elided record on the wire: `elided`, no bytes, no JSON.
+pub fn stub_to_wire(
+    sequence: u64,
+    stub: &ElidedStub,
+    prev: &Hash32,
+    hash: &Hash32,
+) -> v1::AuditRecord {
+    v1::AuditRecord {
+        sequence,
+        log_index: stub.log_index,
+        time_ms: stub.time_ms,
+        kind: ISSUED.into(),
+        subject: format!("node:{}", stub.node_id),
+        actor: String::new(),
+        via_node: stub.node_id,
+        json: String::new(),
+        record_bytes: Vec::new(),
+        hash: hex::encode(hash),
+        prev_hash: hex::encode(prev),
+        elided: true,
+    }
 }
 
 /// `2026-11-30T03:18:21.123Z` from milliseconds since the epoch (UTC, proleptic Gregorian).
@@ -314,6 +372,7 @@ pub fn to_wire(
         record_bytes: bytes,
         hash: hex::encode(hash),
         prev_hash: hex::encode(prev),
+        elided: false,
     })
 }
 
@@ -366,8 +425,15 @@ fn first_since(reader: &Reader, from: u64, head: u64, since_ms: u64) -> Result<u
             .into_iter()
             .next()
             .ok_or_else(|| format!("record {mid} is missing"))?;
-        let r = AuditRecord::from_bytes(&rec.bytes).map_err(|e| format!("record {mid}: {e}"))?;
-        if r.time_ms < since_ms {
+        let time_ms = match rec.elided() {
+            Some(stub) => stub.time_ms,
+            None => {
+                AuditRecord::from_bytes(&rec.bytes)
+                    .map_err(|e| format!("record {mid}: {e}"))?
+                    .time_ms
+            }
+        };
+        if time_ms < since_ms {
             lo = mid + 1;
         } else {
             hi = mid;
@@ -410,6 +476,33 @@ fn export_page(
         if f.to.is_some_and(|t| rec.sequence > t) {
             page.done = true;
             break;
+        }
+        if let Some(stub) = rec.elided() {
+            // An elided issuance record: only time and type can match; a filter on who it
+            // was about or by cannot.
+            if f.until_ms.is_some_and(|u| stub.time_ms >= u) {
+                page.done = true;
+                break;
+            }
+            let matches = f.since_ms.is_none_or(|s| stub.time_ms >= s)
+                && f.client.is_none()
+                && f.spiffe.is_none()
+                && f.actor.is_none()
+                && (f.types.is_empty() || f.types.iter().any(|t| glob(t, ISSUED)));
+            if matches {
+                page.out.push(v1::ExportResponse {
+                    record: Some(stub_to_wire(rec.sequence, &stub, &page.prev, &rec.hash)),
+                    scanned_through: rec.sequence,
+                    head_sequence: head,
+                });
+            }
+            page.prev = rec.hash;
+            page.next = rec.sequence + 1;
+            if f.to == Some(rec.sequence) {
+                page.done = true;
+                break;
+            }
+            continue;
         }
         let r = AuditRecord::from_bytes(&rec.bytes)
             .map_err(|e| format!("record {} does not decode: {e}", rec.sequence))?;
@@ -675,6 +768,9 @@ fn prune_point(
             if rec.sequence <= pruned {
                 return Ok(None);
             }
+            if rec.elided().is_some() {
+                continue;
+            }
             let r = AuditRecord::from_bytes(&rec.bytes)
                 .map_err(|e| format!("record {} does not decode: {e}", rec.sequence))?;
             if let authsec_domain::Event::CheckpointRecorded { checkpoint: cp } = r.event {
@@ -738,7 +834,10 @@ pub async fn pruner(
         .await;
         let (through, hash, record) = match found {
             Ok(Some(p)) => p,
-            Ok(None) => continue,
+            Ok(None) => {
+                elide(&ctx, &view, &retention, acked).await;
+                continue;
+            }
             Err(e) => {
                 tracing::warn!(error = %e.message(), "retention could not look for records to prune");
                 continue;
@@ -764,6 +863,105 @@ pub async fn pruner(
             ),
             // Another node pruned first, or leadership moved: look again next time.
             Err(e) => tracing::debug!(error = %e.message(), "audit prune not recorded"),
+        }
+        elide(&ctx, &view, &retention, acked).await;
+    }
+}
+
+/// Elisions proposed per retention pass at most (each covers up to `ELIDE_SPAN_MAX` records).
+const ELISIONS_PER_PASS: usize = 16;
+
+/// Retention's shorter bound for issuance records (`issuance_max_age_s`): replace the
+/// `credential.issued` records older than it, acknowledged by the sinks (`acked`) and behind
+/// the last checkpoint, by stubs, a bounded range per command.
+async fn elide(
+    ctx: &Arc<Ctx>,
+    view: &StateView,
+    retention: &crate::config::RetentionSection,
+    acked: u64,
+) {
+    use authsec_domain::audit::ELIDE_SPAN_MAX;
+    let Some(age_s) = retention.issuance_max_age_s else {
+        return;
+    };
+    for _ in 0..ELISIONS_PER_PASS {
+        let (done, signed) = {
+            let s = view.read();
+            (
+                s.audit_pruned
+                    .through_sequence
+                    .max(s.audit_pruned.issuance_elided_through),
+                s.audit_meta.checkpoint_sequence,
+            )
+        };
+        let head = ctx.head_rx.borrow().sequence;
+        let cutoff = crate::issuer::now_ms().saturating_sub(age_s.saturating_mul(1000));
+        let rd = ctx.reader.clone();
+        let found = blocking(move || -> Result<_, String> {
+            let from = done + 1;
+            if from > head {
+                return Ok(None);
+            }
+            let young = first_since(&rd, from, head, cutoff)?;
+            let upper = young.saturating_sub(1).min(acked).min(signed);
+            if upper < from {
+                return Ok(None);
+            }
+            let through = upper.min(from + ELIDE_SPAN_MAX - 1);
+            let mut items = Vec::new();
+            let mut next = from;
+            while next <= through {
+                let page = rd
+                    .records(next, PAGE, PAGE_BYTES)
+                    .map_err(|e| e.to_string())?;
+                if page.is_empty() {
+                    break;
+                }
+                for rec in page {
+                    if rec.sequence > through {
+                        break;
+                    }
+                    next = rec.sequence + 1;
+                    if rec.elided().is_some() {
+                        continue;
+                    }
+                    let r = AuditRecord::from_bytes(&rec.bytes)
+                        .map_err(|e| format!("record {} does not decode: {e}", rec.sequence))?;
+                    if r.kind == ISSUED {
+                        items.push((rec.sequence, rec.hash));
+                    }
+                }
+            }
+            let (count, digest) = elision_digest(items.iter().map(|(s, h)| (*s, h)));
+            Ok(Some((from, through, count, digest)))
+        })
+        .await;
+        let (from, through, count, digest) = match found {
+            Ok(Some(f)) => f,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e.message(), "retention could not look for issuance records to elide");
+                return;
+            }
+        };
+        let elision = authsec_domain::audit::Elision {
+            node_id: ctx.node_id,
+            from_sequence: from,
+            through_sequence: through,
+            count,
+            digest,
+            older_than_ms: cutoff,
+            acked_by: retention.after_sinks.clone(),
+        };
+        match ctx
+            .write(node_actor(ctx), Command::ElideIssuances(elision))
+            .await
+        {
+            Ok(_) => tracing::info!(from, through, count, "issuance records elided by retention"),
+            Err(e) => {
+                tracing::debug!(error = %e.message(), "issuance elision not recorded");
+                return;
+            }
         }
     }
 }

@@ -10,7 +10,9 @@ use authsec_api::v1;
 use authsec_api::v1::audit_service_client::AuditServiceClient;
 use authsec_domain::audit::{checkpoint_message, Checkpoint};
 use authsec_domain::keys::KeyKind;
-use authsec_domain::record::{chain_next, AuditRecord, Hash32, GENESIS_HASH};
+use authsec_domain::record::{
+    chain_next, elision_digest, AuditRecord, ElidedStub, Hash32, GENESIS_HASH,
+};
 use authsec_domain::Event;
 use base64::Engine;
 use clap::{Args, Subcommand, ValueEnum};
@@ -220,6 +222,31 @@ pub fn jsonl_line(r: &v1::AuditRecord) -> anyhow::Result<String> {
 
 /// One line of output for a record, in `format`.
 fn render(format: Format, r: &v1::AuditRecord) -> anyhow::Result<String> {
+    if r.elided {
+        let (prev, hash) = (hash_hex(&r.prev_hash)?, hash_hex(&r.hash)?);
+        let stub = ElidedStub {
+            time_ms: r.time_ms,
+            log_index: r.log_index,
+            node_id: r.via_node,
+        };
+        return Ok(match format {
+            Format::Jsonl => crate::audit::render_stub_line(r.sequence, &stub, &prev, &hash),
+            Format::Csv => [
+                r.sequence.to_string(),
+                crate::audit::rfc3339_ms(r.time_ms),
+                r.kind.clone(),
+                r.subject.clone(),
+                "(elided)".to_owned(),
+                r.via_node.to_string(),
+                r.log_index.to_string(),
+                r.hash.clone(),
+            ]
+            .iter()
+            .map(|f| csv_field(f))
+            .collect::<Vec<_>>()
+            .join(","),
+        });
+    }
     let rec = AuditRecord::from_bytes(&r.record_bytes)
         .with_context(|| format!("record {} does not decode", r.sequence))?;
     let (prev, hash) = (hash_hex(&r.prev_hash)?, hash_hex(&r.hash)?);
@@ -559,6 +586,8 @@ pub struct Report {
     /// A signed checkpoint covers the link before the first record (an export that starts
     /// after record 1).
     pub anchored: bool,
+    /// Elided issuance records, each accounted for by an `audit.issuances_elided` record.
+    pub elided: u64,
     pub broken: Option<String>,
 }
 
@@ -602,6 +631,12 @@ impl Report {
                 "; the last {unsigned} record(s) follow the last checkpoint (chained, not yet signed)"
             ));
         }
+        if self.elided > 0 {
+            s.push_str(&format!(
+                "; {} issuance record(s) elided by retention, each accounted for by an audit.issuances_elided record",
+                self.elided
+            ));
+        }
         if self.duplicates > 0 {
             s.push_str(&format!(
                 "; {} line(s) delivered twice, identical, skipped",
@@ -625,8 +660,17 @@ struct LineIn<'a> {
     prev_hash: std::borrow::Cow<'a, str>,
     #[serde(borrow)]
     hash: std::borrow::Cow<'a, str>,
-    #[serde(borrow)]
+    #[serde(borrow, default)]
     record_bytes: std::borrow::Cow<'a, str>,
+    /// An elided issuance record's line (see `crate::audit::StubLine`).
+    #[serde(default)]
+    elided: bool,
+    #[serde(default)]
+    time_ms: u64,
+    #[serde(default)]
+    log_index: u64,
+    #[serde(default)]
+    via_node: u64,
 }
 
 /// What one line proved by itself (in parallel): its record, and its link.
@@ -635,7 +679,8 @@ struct Checked {
     sequence: u64,
     prev: Hash32,
     hash: Hash32,
-    record: AuditRecord,
+    /// `None` for an elided issuance record.
+    record: Option<AuditRecord>,
 }
 
 /// Check one line against itself: its bytes decode, its hash is SHA-256(prev || bytes), and
@@ -646,6 +691,27 @@ fn check_line(line_no: u64, line: &str) -> Result<Checked, String> {
     let at = |what: String| format!("record {} (line {line_no}): {what}", l.sequence);
     let prev = hash_hex(&l.prev_hash).map_err(|e| at(e.to_string()))?;
     let hash = hash_hex(&l.hash).map_err(|e| at(e.to_string()))?;
+    if l.elided {
+        // Its own hash cannot be recomputed: an audit.issuances_elided record later in the
+        // export must commit to it (checked in order, in `Chain::link`).
+        let stub = ElidedStub {
+            time_ms: l.time_ms,
+            log_index: l.log_index,
+            node_id: l.via_node,
+        };
+        if crate::audit::render_stub_line(l.sequence, &stub, &prev, &hash) != line {
+            return Err(at(
+                "not the canonical line of an elided record: the line was changed".into(),
+            ));
+        }
+        return Ok(Checked {
+            line_no,
+            sequence: l.sequence,
+            prev,
+            hash,
+            record: None,
+        });
+    }
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(l.record_bytes.as_bytes())
         .map_err(|e| at(format!("record_bytes is not base64: {e}")))?;
@@ -673,7 +739,7 @@ fn check_line(line_no: u64, line: &str) -> Result<Checked, String> {
         sequence: l.sequence,
         prev,
         hash,
-        record,
+        record: Some(record),
     })
 }
 
@@ -773,7 +839,7 @@ fn keys_from(
         }
         let c =
             check_line(i as u64 + 1, &l).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        if let Event::NodeKeyPublished { key } = &c.record.event {
+        if let Some(Event::NodeKeyPublished { key }) = c.record.as_ref().map(|r| &r.event) {
             if key.kind == KeyKind::Audit {
                 let info = audit_key(&key.public, key.node_id, roots).map_err(|e| {
                     anyhow::anyhow!("{}: audit key {}: {e}", path.display(), key.kid)
@@ -859,6 +925,14 @@ pub fn verify(
     if report.records == 0 {
         report.broken = Some("the export holds no record".into());
     }
+    if let Some(i) = state.issued.iter().find(|i| i.2) {
+        if !partial {
+            report.broken = Some(format!(
+                "record {} (line {}): elided, but no audit.issuances_elided record in the export accounts for it",
+                i.0, i.3
+            ));
+        }
+    }
     if let Some(p) = state.pending.first() {
         report.broken = Some(format!(
             "record {} (line {}): checkpoint signed with {}, a key neither the export nor an audit.pruned record in it certifies; pass --keys with an export of the node_key.published records",
@@ -885,6 +959,9 @@ struct Chain {
     anchor: Option<(u64, Hash32)>,
     /// Checkpoints whose key a later record may certify (see `link`).
     pending: Vec<Pending>,
+    /// Issuance records (sequence, hash, elided, line) not yet accounted for by an
+    /// `audit.issuances_elided` record.
+    issued: Vec<(u64, Hash32, bool, u64)>,
 }
 
 struct Pending {
@@ -895,6 +972,18 @@ struct Pending {
 }
 
 impl Chain {
+    /// An elided record before `sequence` still waiting for its elision record: none ever
+    /// comes for it (elisions move forward).
+    fn issued_before(&mut self, sequence: u64) -> Option<(u64, u64)> {
+        let first = self
+            .issued
+            .iter()
+            .find(|i| i.0 < sequence && i.2)
+            .map(|i| (i.0, i.3));
+        self.issued.retain(|i| i.0 >= sequence);
+        first
+    }
+
     /// The chain hash this export holds at `sequence` (`first`: its first sequence).
     fn hash_at(&self, sequence: u64, first: u64) -> Option<Hash32> {
         if self.partial {
@@ -1018,7 +1107,45 @@ impl Chain {
         } else {
             self.seen.push(c.hash);
         }
-        match &c.record.event {
+        let issued = c
+            .record
+            .as_ref()
+            .is_none_or(|r| r.kind == crate::audit::ISSUED);
+        if issued {
+            self.issued
+                .push((c.sequence, c.hash, c.record.is_none(), c.line_no));
+        }
+        let Some(record) = &c.record else {
+            self.last = Some((c.sequence, c.hash));
+            report.records += 1;
+            report.last_sequence = c.sequence;
+            report.head_hash = Some(c.hash);
+            return Ok(());
+        };
+        match &record.event {
+            Event::IssuancesElided { elision: e } => {
+                // Every issuance record of the range, elided or not (a sink's file may hold
+                // them whole, written before the elision), is what the record committed to.
+                let early = self.issued_before(e.from_sequence);
+                if let (Some((seq, line)), false) = (early, self.partial) {
+                    return Err(format!(
+                        "record {seq} (line {line}): elided, but no audit.issuances_elided record in the export accounts for it"
+                    ));
+                }
+                let (inside, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.issued)
+                    .into_iter()
+                    .partition(|i| i.0 <= e.through_sequence);
+                self.issued = rest;
+                let whole = report.first_sequence <= e.from_sequence;
+                let (count, digest) = elision_digest(inside.iter().map(|i| (i.0, &i.1)));
+                if whole && !self.partial && (count, digest) != (e.count, e.digest) {
+                    return Err(at(format!(
+                        "it elided {} issuance record(s) from {} to {}, but the export holds {count} there, or others: an elided record was added, removed or changed",
+                        e.count, e.from_sequence, e.through_sequence
+                    )));
+                }
+                report.elided += inside.iter().filter(|i| i.2).count() as u64;
+            }
             // A retired key signs nothing after its retirement; a revoked node nothing at all.
             Event::NodeKeyRetired { kid } => {
                 self.keys.remove(kid);
@@ -1055,12 +1182,12 @@ impl Chain {
                 if !self.keys.contains_key(&cp.kid) && report.first_sequence > 1 {
                     self.pending.push(Pending {
                         cp: cp.clone(),
-                        time_ms: c.record.time_ms,
+                        time_ms: record.time_ms,
                         sequence: c.sequence,
                         line_no: c.line_no,
                     });
                 } else {
-                    self.checkpoint(cp, c.record.time_ms, report).map_err(at)?;
+                    self.checkpoint(cp, record.time_ms, report).map_err(at)?;
                 }
             }
             _ => {}

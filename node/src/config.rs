@@ -220,6 +220,10 @@ pub struct RetentionSection {
     /// How often to look for records to prune.
     #[serde(default = "default_retention_check_s")]
     pub check_interval_s: u64,
+    /// A shorter bound for `credential.issued` records: older ones (acknowledged likewise)
+    /// are replaced by stubs that keep their place in the chain but none of their content.
+    #[serde(default)]
+    pub issuance_max_age_s: Option<u64>,
 }
 
 fn default_retention_check_s() -> u64 {
@@ -460,6 +464,11 @@ impl NodeConfig {
             }
             if !(1..=86_400).contains(&r.check_interval_s) {
                 bail!("audit.retention.check_interval_s must be 1 to 86400");
+            }
+            if r.issuance_max_age_s
+                .is_some_and(|i| i == 0 || i > r.max_age_s)
+            {
+                bail!("audit.retention.issuance_max_age_s must be 1 to max_age_s: it is the shorter bound for issuance records");
             }
             if r.after_sinks.is_empty() {
                 bail!("audit.retention.after_sinks must name at least one [[audit.sinks]]: records are pruned only once a sink has them");

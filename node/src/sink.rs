@@ -252,11 +252,18 @@ fn lines(
         if rec.sequence != last + 1 {
             return Err(format!("the archive skips from {last} to {}", rec.sequence));
         }
-        let r = AuditRecord::from_bytes(&rec.bytes)
-            .map_err(|e| format!("record {} does not decode: {e}", rec.sequence))?;
-        out.extend_from_slice(
-            crate::audit::render_line(&r, &prev, &rec.hash, &rec.bytes)?.as_bytes(),
-        );
+        match rec.elided() {
+            Some(stub) => out.extend_from_slice(
+                crate::audit::render_stub_line(rec.sequence, &stub, &prev, &rec.hash).as_bytes(),
+            ),
+            None => {
+                let r = AuditRecord::from_bytes(&rec.bytes)
+                    .map_err(|e| format!("record {} does not decode: {e}", rec.sequence))?;
+                out.extend_from_slice(
+                    crate::audit::render_line(&r, &prev, &rec.hash, &rec.bytes)?.as_bytes(),
+                );
+            }
+        }
         out.push(b'\n');
         prev = rec.hash;
         last = rec.sequence;

@@ -34,7 +34,15 @@ pub struct StatusView {
 pub struct StoredRecord {
     pub sequence: u64,
     pub hash: Hash32,
+    /// The record's encoding, or an [`authsec_domain::record::ElidedStub`]'s.
     pub bytes: Vec<u8>,
+}
+
+impl StoredRecord {
+    /// `Some` when retention elided this (issuance) record and only its stub is left.
+    pub fn elided(&self) -> Option<authsec_domain::record::ElidedStub> {
+        authsec_domain::record::ElidedStub::from_bytes(&self.bytes)
+    }
 }
 
 fn split_archive_value(seq_key: &[u8], v: &[u8]) -> Result<(Hash32, Vec<u8>), StoreError> {
@@ -144,9 +152,18 @@ impl Reader {
                 });
             }
             let (hash, bytes) = split_archive_value(&k, &v)?;
-            authsec_domain::AuditRecord::from_bytes(&bytes)
-                .map_err(|e| StoreError::damaged(cf::ARCHIVE, &k, e))?;
-            let expect = chain_next(&head.hash, &bytes);
+            // An elided issuance record keeps only its hash: the link to it cannot be
+            // recomputed here (the elision record that replaced it committed to it).
+            let elided = authsec_domain::record::ElidedStub::from_bytes(&bytes).is_some();
+            if !elided {
+                authsec_domain::AuditRecord::from_bytes(&bytes)
+                    .map_err(|e| StoreError::damaged(cf::ARCHIVE, &k, e))?;
+            }
+            let expect = if elided {
+                hash
+            } else {
+                chain_next(&head.hash, &bytes)
+            };
             if expect != hash {
                 return Err(StoreError::Damaged {
                     cf: cf::ARCHIVE,

@@ -1,11 +1,12 @@
 //! The Raft state machine (openraft `RaftStateMachine`): decides and applies stamped proposals,
 //! archives their events in the hash chain, and keeps file-backed snapshots.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use authsec_domain::codec::{self, Tag};
+use authsec_domain::record::{elision_digest, ElidedStub};
 use authsec_domain::{
     apply_proposal, chain_next, Applied, ArchiveHead, AuditRecord, BatchOutcome, Command,
     ProjectionKey, Rejection, SecurityState, State,
@@ -20,6 +21,23 @@ use crate::db::{read_sm_meta, SmMeta, Store};
 use crate::error::StoreError;
 use crate::snapshot;
 use crate::types::{Entry, LogId, StorageError, StoredMembership, TypeConfig};
+
+/// The record type retention's shorter bound applies to.
+const ISSUED: &str = "credential.issued";
+
+/// The stub that replaces an issuance record when it is elided.
+fn stub_of(r: &AuditRecord) -> ElidedStub {
+    let node_id = match &r.event {
+        authsec_domain::Event::IssuanceBatchRecorded { node_id, .. }
+        | authsec_domain::Event::IssuancesRecorded { node_id, .. } => *node_id,
+        _ => 0,
+    };
+    ElidedStub {
+        time_ms: r.time_ms,
+        log_index: r.log_index,
+        node_id,
+    }
+}
 
 fn write_state(s: &RwLock<State>) -> std::sync::RwLockWriteGuard<'_, State> {
     // A panic while applying stops the node; the state is reloaded from storage on restart.
@@ -313,6 +331,47 @@ impl StateMachine {
         }
     }
 
+    /// The `credential.issued` records in `from..=through` not already elided: sequence,
+    /// hash, and the stub that replaces each. From the archive and from this apply call's own
+    /// records (not in RocksDB yet), so the answer does not depend on how entries were batched.
+    fn issuance_records(
+        &self,
+        from: u64,
+        through: u64,
+        written: &BTreeMap<u64, ([u8; 32], ElidedStub)>,
+    ) -> Result<Vec<(u64, [u8; 32], ElidedStub)>, String> {
+        let mut out = Vec::new();
+        let key = cf::u64_key(from);
+        let iter = self.store.db.iterator_cf(
+            self.store.cf(cf::ARCHIVE),
+            rocksdb::IteratorMode::From(&key, rocksdb::Direction::Forward),
+        );
+        for item in iter {
+            let (k, v) = item.map_err(|e| format!("scanning the archive failed: {e}"))?;
+            let seq = cf::key_u64(&k).ok_or("an archive key is not a sequence")?;
+            if seq > through {
+                break;
+            }
+            if v.len() < 32 || ElidedStub::from_bytes(&v[32..]).is_some() {
+                continue;
+            }
+            let r = AuditRecord::from_bytes(&v[32..])
+                .map_err(|e| format!("record {seq} does not decode: {e}"))?;
+            if r.kind == ISSUED {
+                let mut h = [0u8; 32];
+                h.copy_from_slice(&v[..32]);
+                out.push((seq, h, stub_of(&r)));
+            }
+        }
+        out.extend(
+            written
+                .range(from..=through)
+                .map(|(seq, (h, stub))| (*seq, *h, *stub)),
+        );
+        out.sort_by_key(|r| r.0);
+        Ok(out)
+    }
+
     pub fn head(&self) -> ArchiveHead {
         self.head
     }
@@ -472,6 +531,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut replies = Vec::new();
         // Chain hashes of the records archived by this call, not yet in RocksDB.
         let mut written: HashMap<u64, [u8; 32]> = HashMap::new();
+        // Issuance records archived by this call, for an elision in the same call.
+        let mut written_issuance: BTreeMap<u64, ([u8; 32], ElidedStub)> = BTreeMap::new();
         // Checkpoints archived by this call: record sequence -> (covered sequence, hash).
         let mut written_checkpoints: HashMap<u64, (u64, [u8; 32])> = HashMap::new();
         let archive = self.store.cf(cf::ARCHIVE);
@@ -543,6 +604,48 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                     }),
                                     Err(reason) => Err(Rejection::InvalidField {
                                         field: "checkpoint_record".into(),
+                                        reason,
+                                    }),
+                                }
+                            }
+                            // Eliding issuance records: the count and digest must be this
+                            // archive's, and the stubs replace the records in the same batch.
+                            Command::ElideIssuances(el) => {
+                                match self.issuance_records(
+                                    el.from_sequence,
+                                    el.through_sequence,
+                                    &written_issuance,
+                                ) {
+                                    Ok(found) => {
+                                        let (count, digest) = elision_digest(
+                                            found.iter().map(|(seq, h, _)| (*seq, h)),
+                                        );
+                                        if (count, digest) != (el.count, el.digest) {
+                                            Err(Rejection::InvalidField {
+                                                field: "digest".into(),
+                                                reason: format!(
+                                                    "records {} to {} hold {count} issuance record(s) with digest {}, not {} with {}",
+                                                    el.from_sequence,
+                                                    el.through_sequence,
+                                                    hex::encode(digest),
+                                                    el.count,
+                                                    hex::encode(el.digest)
+                                                ),
+                                            })
+                                        } else {
+                                            let applied = apply_proposal(&mut state, p, log_index);
+                                            if applied.is_ok() {
+                                                for (seq, h, stub) in found {
+                                                    let mut value = h.to_vec();
+                                                    value.extend_from_slice(&stub.to_bytes());
+                                                    batch.put_cf(archive, cf::u64_key(seq), value);
+                                                }
+                                            }
+                                            applied
+                                        }
+                                    }
+                                    Err(reason) => Err(Rejection::InvalidField {
+                                        field: "from_sequence".into(),
                                         reason,
                                     }),
                                 }
@@ -619,6 +722,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                 written.insert(record.sequence, hash);
                                 if let Some(c) = checkpoint {
                                     written_checkpoints.insert(record.sequence, c);
+                                }
+                                if record.kind == ISSUED {
+                                    written_issuance
+                                        .insert(record.sequence, (hash, stub_of(&record)));
                                 }
                                 // Retention: the records it covers leave the archive in this
                                 // same batch (a range deletion, after the puts above, so it
