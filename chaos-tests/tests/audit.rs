@@ -1206,6 +1206,16 @@ check_interval_s = 1
     let settled = wait_settled(&c, &[1, 2, 3]).await?;
     let first = settled.first_sequence;
     assert!(first > 1, "{settled:?}");
+    for id in 1..=3u64 {
+        let (code, metrics) = authsec_chaos_tests::http_get(&c.nodes[&id].http, "/metrics")?;
+        assert_eq!(code, 200);
+        assert!(
+            metrics.contains(&format!(
+                "authsec_archive_first_sequence{{node_id=\"{id}\"}} {first}"
+            )),
+            "node {id}'s metrics: {metrics}"
+        );
+    }
     tracing::info!(
         first,
         head = settled.head_sequence,

@@ -89,6 +89,17 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
         "Sequence of the newest audit record.",
         head.sequence,
     );
+    let pruned = s.ctx.reader.pruned().unwrap_or_default();
+    gauge(
+        "authsec_archive_first_sequence",
+        "Sequence of the oldest audit record kept (retention pruned those before it).",
+        pruned.through_sequence + 1,
+    );
+    gauge(
+        "authsec_archive_issuance_elided_through",
+        "Issuance records up to this sequence were elided by retention (0: none).",
+        pruned.issuance_elided_through,
+    );
     let w = &s.writes;
     let mut counter = |name: &str, help: &str, v: u64| {
         let _ = writeln!(
