@@ -6,6 +6,7 @@
 //! CA is made per run and Chromium reads trust anchors only from an NSS database. Pages are
 //! still HTTPS, so Secure cookies and the CSP behave as in production.
 
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -30,7 +31,12 @@ pub struct Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        // chromedriver takes its browsers with it.
+        // Killed, chromedriver leaves its browser running (a CI run left Chromium behind):
+        // kill the process group it leads, which its Chromium processes inherited.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.driver.id())])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
@@ -48,6 +54,8 @@ impl Browser {
         let port = crate::free_port()?;
         let driver = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
+            // Its own process group, so that Drop can end it and every browser process.
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -73,8 +81,11 @@ impl Browser {
             "acceptInsecureCerts": true,
             "goog:chromeOptions": {
                 "binary": CHROMIUM,
+                // No crash reporter: its handler leaves the process group and would outlive
+                // the test.
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
                          "--disable-dev-shm-usage", "--no-first-run",
+                         "--disable-crash-reporter", "--disable-breakpad",
                          format!("--window-size={width},{height}")]
             }
         }}});

@@ -90,6 +90,31 @@ async fn wait_signed(c: &Cluster, ids: &[u64]) -> anyhow::Result<v1::AuditHeadRe
     }
 }
 
+/// Take node `target` out, wipe it, and bring it back as a new member, which catches up through
+/// a snapshot (the others' logs are compacted): returns once it holds one.
+async fn wipe_and_rejoin(c: &mut Cluster, target: u64) -> anyhow::Result<()> {
+    change_membership(c, None, Some(target)).await?;
+    c.kill9(target)?;
+    c.wipe(target)?;
+    c.unbootstrap(target);
+    c.prepare(target, None)?;
+    c.spawn(target)?;
+    wait_up(c, target).await?;
+    change_membership(c, Some((target, c.addr(target)?)), None).await?;
+    let deadline = Instant::now() + T;
+    loop {
+        let s = c.status(target).await?;
+        if s.snapshot_index > 0 && s.applied_index > 0 {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "node {target} holds no snapshot: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Records of an export file: the lines as JSON.
 fn lines(file: &Path) -> anyhow::Result<Vec<Value>> {
     std::fs::read_to_string(file)?
@@ -538,26 +563,7 @@ async fn export_is_complete_identical_verifiable_and_secret_free() -> anyhow::Re
 
     // A node wiped and rejoined through a snapshot exports the same full history.
     let target = 3;
-    change_membership(&c, None, Some(target)).await?;
-    c.kill9(target)?;
-    c.wipe(target)?;
-    c.unbootstrap(target);
-    c.prepare(target, None)?;
-    c.spawn(target)?;
-    wait_up(&c, target).await?;
-    change_membership(&c, Some((target, c.addr(target)?)), None).await?;
-    let deadline = Instant::now() + T;
-    loop {
-        let s = c.status(target).await?;
-        if s.snapshot_index > 0 && s.applied_index > 0 {
-            break;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "node {target} holds no snapshot: {s:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wipe_and_rejoin(&mut c, target).await?;
     wait_signed(&c, &[1, 2, 3]).await?;
     let (a, b) = (
         dir.path().join("after1.jsonl"),
@@ -1348,26 +1354,7 @@ check_interval_s = 1
 
     // A node wiped and rejoined through a snapshot starts where the others do.
     let target = 3;
-    change_membership(&c, None, Some(target)).await?;
-    c.kill9(target)?;
-    c.wipe(target)?;
-    c.unbootstrap(target);
-    c.prepare(target, None)?;
-    c.spawn(target)?;
-    wait_up(&c, target).await?;
-    change_membership(&c, Some((target, c.addr(target)?)), None).await?;
-    let deadline = Instant::now() + T;
-    loop {
-        let s = c.status(target).await?;
-        if s.snapshot_index > 0 && s.applied_index > 0 {
-            break;
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "node {target} holds no snapshot: {s:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wipe_and_rejoin(&mut c, target).await?;
     let h = wait_settled(&c, &[1, 2, 3]).await?;
     assert_eq!(h.first_sequence, first, "nothing more was pruned meanwhile");
     let rejoined = dir.path().join("rejoined.jsonl");

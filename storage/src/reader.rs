@@ -61,6 +61,21 @@ fn split_archive_value(seq_key: &[u8], v: &[u8]) -> Result<(Hash32, Vec<u8>), St
     Ok((hash, v[32..].to_vec()))
 }
 
+/// One archive row: its key's sequence, and the hash and bytes of its value.
+fn stored_record(k: &[u8], v: &[u8]) -> Result<StoredRecord, StoreError> {
+    let sequence = cf::key_u64(k).ok_or_else(|| StoreError::Damaged {
+        cf: cf::ARCHIVE,
+        key: printable(k),
+        detail: "key is not an 8-byte sequence".into(),
+    })?;
+    let (hash, bytes) = split_archive_value(k, v)?;
+    Ok(StoredRecord {
+        sequence,
+        hash,
+        bytes,
+    })
+}
+
 impl Reader {
     pub fn new(store: Store) -> Self {
         Self {
@@ -417,18 +432,9 @@ impl Reader {
                 break;
             }
             let (k, v) = item.map_err(StoreError::rocks("scan archive"))?;
-            let sequence = cf::key_u64(&k).ok_or_else(|| StoreError::Damaged {
-                cf: cf::ARCHIVE,
-                key: printable(&k),
-                detail: "key is not an 8-byte sequence".into(),
-            })?;
-            let (hash, bytes) = split_archive_value(&k, &v)?;
-            bytes_total += bytes.len();
-            out.push(StoredRecord {
-                sequence,
-                hash,
-                bytes,
-            });
+            let rec = stored_record(&k, &v)?;
+            bytes_total += rec.bytes.len();
+            out.push(rec);
         }
         Ok(out)
     }
@@ -443,17 +449,7 @@ impl Reader {
         let mut out = Vec::new();
         for item in iter.take(limit) {
             let (k, v) = item.map_err(StoreError::rocks("scan archive"))?;
-            let sequence = cf::key_u64(&k).ok_or_else(|| StoreError::Damaged {
-                cf: cf::ARCHIVE,
-                key: printable(&k),
-                detail: "key is not an 8-byte sequence".into(),
-            })?;
-            let (hash, bytes) = split_archive_value(&k, &v)?;
-            out.push(StoredRecord {
-                sequence,
-                hash,
-                bytes,
-            });
+            out.push(stored_record(&k, &v)?);
         }
         Ok(out)
     }
