@@ -1368,9 +1368,9 @@ check_interval_s = 1
 }
 
 /// Retention's shorter bound for issuance records (`issuance_max_age_s`): once the sink has
-/// them, every `credential.issued` record is replaced by a stub on every node, while the rest
-/// stays whole; the export verifies, each stub accounted for by an `audit.issuances_elided`
-/// record; no token id is left in the export; a stub that is added, removed or changed fails.
+/// them, every `credential.issued` record is replaced by a remnant on every node, while the rest
+/// stays whole; the export verifies, each remnant accounted for by an `audit.issuances_elided`
+/// record; no token id is left in the export; a remnant that is added, removed or changed fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issuance_records_are_elided_sooner_and_the_chain_still_verifies() -> anyhow::Result<()> {
     init_test_tracing();
@@ -1451,7 +1451,7 @@ check_interval_s = 1
         .collect();
     assert!(!issued_before.is_empty());
 
-    // The sink takes the records: the issuance records become stubs, then the sink stops so
+    // The sink takes the records: the issuance records become remnants, then the sink stops so
     // retention comes to rest.
     siem.failing.store(false, Ordering::SeqCst);
     let deadline = Instant::now() + T;
@@ -1459,11 +1459,11 @@ check_interval_s = 1
     loop {
         export_to(&c, 1, &after)?;
         let ls = lines(&after)?;
-        let stubbed = issued_before.iter().all(|s| {
+        let elided_all = issued_before.iter().all(|s| {
             ls.iter()
                 .any(|l| l["sequence"].as_u64() == Some(*s) && l["elided"] == true)
         });
-        if stubbed {
+        if elided_all {
             break;
         }
         anyhow::ensure!(Instant::now() < deadline, "issuance records not elided");
@@ -1481,7 +1481,11 @@ check_interval_s = 1
     }
     let text = std::fs::read(&files[0])?;
     for f in &files[1..] {
-        assert_eq!(std::fs::read(f)?, text, "every node holds the same stubs");
+        assert_eq!(
+            std::fs::read(f)?,
+            text,
+            "every node holds the same remnants"
+        );
     }
     let exported = lines(&files[0])?;
     // The rest of the history is whole: the role, the client, the binding, the keys.
@@ -1498,25 +1502,25 @@ check_interval_s = 1
             "{kind} is kept whole"
         );
     }
-    // No token id is left anywhere, and the stubs say no more than where and when.
+    // No token id is left anywhere, and the remnants say no more than where and when.
     let s = String::from_utf8_lossy(&text);
     for j in &jtis {
         assert!(!s.contains(j.as_str()), "token {j} is still in the export");
     }
-    let stub = exported
+    let remnant = exported
         .iter()
         .find(|l| l["elided"] == true)
-        .context("a stub")?;
+        .context("a remnant")?;
     assert!(
-        stub.get("record_bytes").is_none() && stub.get("event").is_none(),
-        "{stub}"
+        remnant.get("record_bytes").is_none() && remnant.get("event").is_none(),
+        "{remnant}"
     );
     assert!(exported
         .iter()
         .any(|l| l["kind"] == "audit.issuances_elided"));
 
     let out = ok(&verify(&c, &files[0])?)?;
-    tracing::info!(%out, "verify of the export with stubs");
+    tracing::info!(%out, "verify of the export with remnants");
     assert!(
         out.starts_with("ok: ")
             && out.contains(&format!(
@@ -1553,16 +1557,16 @@ check_interval_s = 1
     }
     assert!(ok(&verify(&c, &sink_copy)?)?.starts_with("ok: "));
 
-    // Tampering with stubs fails: a whole record turned into a stub, a stub removed, a
-    // stub's hash changed.
+    // Tampering with remnants fails: a whole record turned into a remnant, a remnant removed, a
+    // remnant's hash changed.
     let all: Vec<String> = std::str::from_utf8(&text)?
         .lines()
         .map(str::to_owned)
         .collect();
-    let stub_at = all
+    let remnant_at = all
         .iter()
         .position(|l| l.contains("\"elided\":true"))
-        .context("stub line")?;
+        .context("remnant line")?;
     let whole_at = all
         .iter()
         .position(|l| l.contains("\"kind\":\"role.created\""))
@@ -1577,7 +1581,7 @@ check_interval_s = 1
     };
     let mut forged = all.clone();
     let w: Value = serde_json::from_str(&all[whole_at])?;
-    // The canonical stub line (as the node renders one) for a record that was no issuance.
+    // The canonical remnant line (as the node renders one) for a record that was no issuance.
     forged[whole_at] = format!(
         r#"{{"sequence":{},"time":{},"time_ms":{},"kind":"credential.issued","subject":"node:1","via_node":1,"log_index":{},"elided":true,"prev_hash":{},"hash":{}}}"#,
         w["sequence"], w["time"], w["time_ms"], w["log_index"], w["prev_hash"], w["hash"]
@@ -1585,16 +1589,16 @@ check_interval_s = 1
     let said = fails(&forged, "a record passed off as an elided one")?;
     assert!(said.contains("elided"), "{said}");
     let mut removed = all.clone();
-    removed.remove(stub_at);
-    fails(&removed, "a removed stub")?;
+    removed.remove(remnant_at);
+    fails(&removed, "a removed remnant")?;
     let mut changed = all.clone();
-    let sv: Value = serde_json::from_str(&all[stub_at])?;
+    let sv: Value = serde_json::from_str(&all[remnant_at])?;
     let h = sv["hash"].as_str().context("hash")?;
     let flipped = format!("{}{}", if h.starts_with('0') { "1" } else { "0" }, &h[1..]);
-    changed[stub_at] = all[stub_at].replace(h, &flipped);
-    fails(&changed, "a stub with another hash")?;
+    changed[remnant_at] = all[remnant_at].replace(h, &flipped);
+    fails(&changed, "a remnant with another hash")?;
 
-    // A restarted node checks its archive, stubs included, and serves the same.
+    // A restarted node checks its archive, remnants included, and serves the same.
     c.stop(2)?;
     c.spawn(2)?;
     wait_up(&c, 2).await?;

@@ -101,7 +101,7 @@ pub struct PruneMeta {
 pub const ELIDE_SPAN_MAX: u64 = 10_000;
 
 /// Retention's shorter bound for issuance records: replace every `credential.issued` record in
-/// `from_sequence..=through_sequence` by a stub ([`crate::record::ElidedStub`]), committing to
+/// `from_sequence..=through_sequence` by a remnant ([`crate::record::ElidedRecord`]), committing to
 /// their sequences and hashes (`count`, `digest`: [`crate::record::elision_digest`]). The
 /// state machine recomputes both from its archive and refuses a mismatch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

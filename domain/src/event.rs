@@ -194,7 +194,7 @@ pub enum Event {
         prune: crate::audit::Prune,
         audit_keys: Vec<crate::keys::NodeKey>,
     },
-    /// Retention replaced the issuance records of a range by stubs, committing to their
+    /// Retention replaced the issuance records of a range by remnants, committing to their
     /// sequences and hashes.
     IssuancesElided {
         elision: crate::audit::Elision,

@@ -49,31 +49,31 @@ impl AuditRecord {
 /// shorter bound for issuance records): its place in the chain (sequence and hash, stored
 /// beside it), when, which entry and which node, but none of its content. The chain still
 /// links through its hash; an `audit.issuances_elided` record later in the chain commits to
-/// the sequence and hash of every record it elided, which is what proves a stub is one.
+/// the sequence and hash of every record it elided, which is what proves a remnant is one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ElidedStub {
+pub struct ElidedRecord {
     pub time_ms: u64,
     pub log_index: u64,
     pub node_id: u64,
 }
 
-/// A stub's first bytes: never a codec encoding's (those start with the codec version, 1).
-const STUB_MARK: [u8; 2] = [0x00, b'E'];
-const STUB_BYTES: usize = 2 + 8 * 3;
+/// A remnant's first bytes: never a codec encoding's (those start with the codec version, 1).
+const ELIDED_MARK: [u8; 2] = [0x00, b'E'];
+const ELIDED_BYTES: usize = 2 + 8 * 3;
 
-impl ElidedStub {
+impl ElidedRecord {
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(STUB_BYTES);
-        b.extend_from_slice(&STUB_MARK);
+        let mut b = Vec::with_capacity(ELIDED_BYTES);
+        b.extend_from_slice(&ELIDED_MARK);
         b.extend_from_slice(&self.time_ms.to_be_bytes());
         b.extend_from_slice(&self.log_index.to_be_bytes());
         b.extend_from_slice(&self.node_id.to_be_bytes());
         b
     }
 
-    /// `Some` if `bytes` is a stub, `None` if it is a record's encoding.
+    /// `Some` if `bytes` is a remnant, `None` if it is a record's encoding.
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() != STUB_BYTES || bytes[..2] != STUB_MARK {
+        if bytes.len() != ELIDED_BYTES || bytes[..2] != ELIDED_MARK {
             return None;
         }
         let u = |i: usize| u64::from_be_bytes(bytes[i..i + 8].try_into().unwrap_or([0; 8]));
@@ -127,13 +127,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stubs_are_never_records() {
-        let s = ElidedStub {
+    fn remnants_never_decode_as_records() {
+        let s = ElidedRecord {
             time_ms: 1,
             log_index: 2,
             node_id: 3,
         };
-        assert_eq!(ElidedStub::from_bytes(&s.to_bytes()), Some(s));
+        assert_eq!(ElidedRecord::from_bytes(&s.to_bytes()), Some(s));
         let r = AuditRecord {
             sequence: 1,
             log_index: 1,
@@ -149,7 +149,7 @@ mod tests {
                 failures: vec![],
             },
         };
-        assert_eq!(ElidedStub::from_bytes(&r.to_bytes()), None);
+        assert_eq!(ElidedRecord::from_bytes(&r.to_bytes()), None);
         let (n, d) = elision_digest([(1, &[1u8; 32]), (2, &[2u8; 32])]);
         assert_eq!(n, 2);
         assert_ne!(d, elision_digest([(1, &[1u8; 32]), (3, &[2u8; 32])]).1);

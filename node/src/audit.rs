@@ -10,7 +10,7 @@ use std::time::Duration;
 use authsec_api::v1;
 use authsec_domain::audit::{checkpoint_message, AuthFailure, Checkpoint};
 use authsec_domain::command::Command;
-use authsec_domain::record::{elision_digest, AuditRecord, ElidedStub, Hash32, GENESIS_HASH};
+use authsec_domain::record::{elision_digest, AuditRecord, ElidedRecord, Hash32, GENESIS_HASH};
 use authsec_domain::{Actor, ClientId, Principal, SpiffeId};
 use authsec_storage::{Reader, StateView};
 use base64::Engine;
@@ -75,7 +75,7 @@ pub fn render_line(
 /// The line of an issuance record retention elided: where it sat in the chain and when, no
 /// content (no `actor`, no `event`, no `record_bytes`).
 #[derive(Debug, Serialize)]
-pub struct StubLine<'a> {
+pub struct ElidedLine<'a> {
     pub sequence: u64,
     pub time: String,
     pub time_ms: u64,
@@ -91,15 +91,20 @@ pub struct StubLine<'a> {
 pub const ISSUED: &str = "credential.issued";
 
 /// The canonical line of an elided record (no trailing newline).
-pub fn render_stub_line(sequence: u64, stub: &ElidedStub, prev: &Hash32, hash: &Hash32) -> String {
-    serde_json::to_string(&StubLine {
+pub fn render_elided_line(
+    sequence: u64,
+    remnant: &ElidedRecord,
+    prev: &Hash32,
+    hash: &Hash32,
+) -> String {
+    serde_json::to_string(&ElidedLine {
         sequence,
-        time: rfc3339_ms(stub.time_ms),
-        time_ms: stub.time_ms,
+        time: rfc3339_ms(remnant.time_ms),
+        time_ms: remnant.time_ms,
         kind: ISSUED,
-        subject: format!("node:{}", stub.node_id),
-        via_node: stub.node_id,
-        log_index: stub.log_index,
+        subject: format!("node:{}", remnant.node_id),
+        via_node: remnant.node_id,
+        log_index: remnant.log_index,
         elided: true,
         prev_hash: hex::encode(prev),
         hash: hex::encode(hash),
@@ -108,20 +113,20 @@ pub fn render_stub_line(sequence: u64, stub: &ElidedStub, prev: &Hash32, hash: &
 }
 
 /// An elided record on the wire: `elided`, no bytes, no JSON.
-pub fn stub_to_wire(
+pub fn elided_to_wire(
     sequence: u64,
-    stub: &ElidedStub,
+    remnant: &ElidedRecord,
     prev: &Hash32,
     hash: &Hash32,
 ) -> v1::AuditRecord {
     v1::AuditRecord {
         sequence,
-        log_index: stub.log_index,
-        time_ms: stub.time_ms,
+        log_index: remnant.log_index,
+        time_ms: remnant.time_ms,
         kind: ISSUED.into(),
-        subject: format!("node:{}", stub.node_id),
+        subject: format!("node:{}", remnant.node_id),
         actor: String::new(),
-        via_node: stub.node_id,
+        via_node: remnant.node_id,
         json: String::new(),
         record_bytes: Vec::new(),
         hash: hex::encode(hash),
@@ -426,7 +431,7 @@ fn first_since(reader: &Reader, from: u64, head: u64, since_ms: u64) -> Result<u
             .next()
             .ok_or_else(|| format!("record {mid} is missing"))?;
         let time_ms = match rec.elided() {
-            Some(stub) => stub.time_ms,
+            Some(remnant) => remnant.time_ms,
             None => {
                 AuditRecord::from_bytes(&rec.bytes)
                     .map_err(|e| format!("record {mid}: {e}"))?
@@ -477,21 +482,26 @@ fn export_page(
             page.done = true;
             break;
         }
-        if let Some(stub) = rec.elided() {
+        if let Some(remnant) = rec.elided() {
             // An elided issuance record: only time and type can match; a filter on who it
             // was about or by cannot.
-            if f.until_ms.is_some_and(|u| stub.time_ms >= u) {
+            if f.until_ms.is_some_and(|u| remnant.time_ms >= u) {
                 page.done = true;
                 break;
             }
-            let matches = f.since_ms.is_none_or(|s| stub.time_ms >= s)
+            let matches = f.since_ms.is_none_or(|s| remnant.time_ms >= s)
                 && f.client.is_none()
                 && f.spiffe.is_none()
                 && f.actor.is_none()
                 && (f.types.is_empty() || f.types.iter().any(|t| glob(t, ISSUED)));
             if matches {
                 page.out.push(v1::ExportResponse {
-                    record: Some(stub_to_wire(rec.sequence, &stub, &page.prev, &rec.hash)),
+                    record: Some(elided_to_wire(
+                        rec.sequence,
+                        &remnant,
+                        &page.prev,
+                        &rec.hash,
+                    )),
                     scanned_through: rec.sequence,
                     head_sequence: head,
                 });
@@ -873,7 +883,7 @@ const ELISIONS_PER_PASS: usize = 16;
 
 /// Retention's shorter bound for issuance records (`issuance_max_age_s`): replace the
 /// `credential.issued` records older than it, acknowledged by the sinks (`acked`) and behind
-/// the last checkpoint, by stubs, a bounded range per command.
+/// the last checkpoint, by remnants, a bounded range per command.
 async fn elide(
     ctx: &Arc<Ctx>,
     view: &StateView,

@@ -11,7 +11,7 @@ use authsec_api::v1::audit_service_client::AuditServiceClient;
 use authsec_domain::audit::{checkpoint_message, Checkpoint};
 use authsec_domain::keys::KeyKind;
 use authsec_domain::record::{
-    chain_next, elision_digest, AuditRecord, ElidedStub, Hash32, GENESIS_HASH,
+    chain_next, elision_digest, AuditRecord, ElidedRecord, Hash32, GENESIS_HASH,
 };
 use authsec_domain::Event;
 use base64::Engine;
@@ -224,13 +224,13 @@ pub fn jsonl_line(r: &v1::AuditRecord) -> anyhow::Result<String> {
 fn render(format: Format, r: &v1::AuditRecord) -> anyhow::Result<String> {
     if r.elided {
         let (prev, hash) = (hash_hex(&r.prev_hash)?, hash_hex(&r.hash)?);
-        let stub = ElidedStub {
+        let remnant = ElidedRecord {
             time_ms: r.time_ms,
             log_index: r.log_index,
             node_id: r.via_node,
         };
         return Ok(match format {
-            Format::Jsonl => crate::audit::render_stub_line(r.sequence, &stub, &prev, &hash),
+            Format::Jsonl => crate::audit::render_elided_line(r.sequence, &remnant, &prev, &hash),
             Format::Csv => [
                 r.sequence.to_string(),
                 crate::audit::rfc3339_ms(r.time_ms),
@@ -662,7 +662,7 @@ struct LineIn<'a> {
     hash: std::borrow::Cow<'a, str>,
     #[serde(borrow, default)]
     record_bytes: std::borrow::Cow<'a, str>,
-    /// An elided issuance record's line (see `crate::audit::StubLine`).
+    /// An elided issuance record's line (see `crate::audit::ElidedLine`).
     #[serde(default)]
     elided: bool,
     #[serde(default)]
@@ -694,12 +694,12 @@ fn check_line(line_no: u64, line: &str) -> Result<Checked, String> {
     if l.elided {
         // Its own hash cannot be recomputed: an audit.issuances_elided record later in the
         // export must commit to it (checked in order, in `Chain::link`).
-        let stub = ElidedStub {
+        let remnant = ElidedRecord {
             time_ms: l.time_ms,
             log_index: l.log_index,
             node_id: l.via_node,
         };
-        if crate::audit::render_stub_line(l.sequence, &stub, &prev, &hash) != line {
+        if crate::audit::render_elided_line(l.sequence, &remnant, &prev, &hash) != line {
             return Err(at(
                 "not the canonical line of an elided record: the line was changed".into(),
             ));

@@ -221,7 +221,7 @@ pub struct RetentionSection {
     #[serde(default = "default_retention_check_s")]
     pub check_interval_s: u64,
     /// A shorter bound for `credential.issued` records: older ones (acknowledged likewise)
-    /// are replaced by stubs that keep their place in the chain but none of their content.
+    /// are replaced by remnants that keep their place in the chain but none of their content.
     #[serde(default)]
     pub issuance_max_age_s: Option<u64>,
 }

@@ -679,8 +679,8 @@ pub fn record_to_wire(
     hash: &[u8; 32],
     bytes: Vec<u8>,
 ) -> Result<v1::AuditRecord, String> {
-    if let Some(stub) = authsec_domain::record::ElidedStub::from_bytes(&bytes) {
-        return Ok(crate::audit::stub_to_wire(seq, &stub, prev, hash));
+    if let Some(remnant) = authsec_domain::record::ElidedRecord::from_bytes(&bytes) {
+        return Ok(crate::audit::elided_to_wire(seq, &remnant, prev, hash));
     }
     let r = AuditRecord::from_bytes(&bytes)
         .map_err(|e| format!("record {seq} does not decode: {e}"))?;

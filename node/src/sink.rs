@@ -253,8 +253,9 @@ fn lines(
             return Err(format!("the archive skips from {last} to {}", rec.sequence));
         }
         match rec.elided() {
-            Some(stub) => out.extend_from_slice(
-                crate::audit::render_stub_line(rec.sequence, &stub, &prev, &rec.hash).as_bytes(),
+            Some(remnant) => out.extend_from_slice(
+                crate::audit::render_elided_line(rec.sequence, &remnant, &prev, &rec.hash)
+                    .as_bytes(),
             ),
             None => {
                 let r = AuditRecord::from_bytes(&rec.bytes)

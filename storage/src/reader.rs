@@ -34,14 +34,14 @@ pub struct StatusView {
 pub struct StoredRecord {
     pub sequence: u64,
     pub hash: Hash32,
-    /// The record's encoding, or an [`authsec_domain::record::ElidedStub`]'s.
+    /// The record's encoding, or an [`authsec_domain::record::ElidedRecord`]'s.
     pub bytes: Vec<u8>,
 }
 
 impl StoredRecord {
-    /// `Some` when retention elided this (issuance) record and only its stub is left.
-    pub fn elided(&self) -> Option<authsec_domain::record::ElidedStub> {
-        authsec_domain::record::ElidedStub::from_bytes(&self.bytes)
+    /// `Some` when retention elided this (issuance) record and only its remnant is left.
+    pub fn elided(&self) -> Option<authsec_domain::record::ElidedRecord> {
+        authsec_domain::record::ElidedRecord::from_bytes(&self.bytes)
     }
 }
 
@@ -169,7 +169,7 @@ impl Reader {
             let (hash, bytes) = split_archive_value(&k, &v)?;
             // An elided issuance record keeps only its hash: the link to it cannot be
             // recomputed here (the elision record that replaced it committed to it).
-            let elided = authsec_domain::record::ElidedStub::from_bytes(&bytes).is_some();
+            let elided = authsec_domain::record::ElidedRecord::from_bytes(&bytes).is_some();
             if !elided {
                 authsec_domain::AuditRecord::from_bytes(&bytes)
                     .map_err(|e| StoreError::damaged(cf::ARCHIVE, &k, e))?;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use authsec_domain::codec::{self, Tag};
-use authsec_domain::record::{elision_digest, ElidedStub};
+use authsec_domain::record::{elision_digest, ElidedRecord};
 use authsec_domain::{
     apply_proposal, chain_next, Applied, ArchiveHead, AuditRecord, BatchOutcome, Command,
     ProjectionKey, Rejection, SecurityState, State,
@@ -25,14 +25,14 @@ use crate::types::{Entry, LogId, StorageError, StoredMembership, TypeConfig};
 /// The record type retention's shorter bound applies to.
 const ISSUED: &str = "credential.issued";
 
-/// The stub that replaces an issuance record when it is elided.
-fn stub_of(r: &AuditRecord) -> ElidedStub {
+/// The remnant that replaces an issuance record when it is elided.
+fn elided_of(r: &AuditRecord) -> ElidedRecord {
     let node_id = match &r.event {
         authsec_domain::Event::IssuanceBatchRecorded { node_id, .. }
         | authsec_domain::Event::IssuancesRecorded { node_id, .. } => *node_id,
         _ => 0,
     };
-    ElidedStub {
+    ElidedRecord {
         time_ms: r.time_ms,
         log_index: r.log_index,
         node_id,
@@ -332,14 +332,14 @@ impl StateMachine {
     }
 
     /// The `credential.issued` records in `from..=through` not already elided: sequence,
-    /// hash, and the stub that replaces each. From the archive and from this apply call's own
+    /// hash, and the remnant that replaces each. From the archive and from this apply call's own
     /// records (not in RocksDB yet), so the answer does not depend on how entries were batched.
     fn issuance_records(
         &self,
         from: u64,
         through: u64,
-        written: &BTreeMap<u64, ([u8; 32], ElidedStub)>,
-    ) -> Result<Vec<(u64, [u8; 32], ElidedStub)>, String> {
+        written: &BTreeMap<u64, ([u8; 32], ElidedRecord)>,
+    ) -> Result<Vec<(u64, [u8; 32], ElidedRecord)>, String> {
         let mut out = Vec::new();
         let key = cf::u64_key(from);
         let iter = self.store.db.iterator_cf(
@@ -352,7 +352,7 @@ impl StateMachine {
             if seq > through {
                 break;
             }
-            if v.len() < 32 || ElidedStub::from_bytes(&v[32..]).is_some() {
+            if v.len() < 32 || ElidedRecord::from_bytes(&v[32..]).is_some() {
                 continue;
             }
             let r = AuditRecord::from_bytes(&v[32..])
@@ -360,13 +360,13 @@ impl StateMachine {
             if r.kind == ISSUED {
                 let mut h = [0u8; 32];
                 h.copy_from_slice(&v[..32]);
-                out.push((seq, h, stub_of(&r)));
+                out.push((seq, h, elided_of(&r)));
             }
         }
         out.extend(
             written
                 .range(from..=through)
-                .map(|(seq, (h, stub))| (*seq, *h, *stub)),
+                .map(|(seq, (h, remnant))| (*seq, *h, *remnant)),
         );
         out.sort_by_key(|r| r.0);
         Ok(out)
@@ -532,7 +532,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // Chain hashes of the records archived by this call, not yet in RocksDB.
         let mut written: HashMap<u64, [u8; 32]> = HashMap::new();
         // Issuance records archived by this call, for an elision in the same call.
-        let mut written_issuance: BTreeMap<u64, ([u8; 32], ElidedStub)> = BTreeMap::new();
+        let mut written_issuance: BTreeMap<u64, ([u8; 32], ElidedRecord)> = BTreeMap::new();
         // Checkpoints archived by this call: record sequence -> (covered sequence, hash).
         let mut written_checkpoints: HashMap<u64, (u64, [u8; 32])> = HashMap::new();
         let archive = self.store.cf(cf::ARCHIVE);
@@ -609,7 +609,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                 }
                             }
                             // Eliding issuance records: the count and digest must be this
-                            // archive's, and the stubs replace the records in the same batch.
+                            // archive's, and the remnants replace the records in the same batch.
                             Command::ElideIssuances(el) => {
                                 match self.issuance_records(
                                     el.from_sequence,
@@ -635,9 +635,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                         } else {
                                             let applied = apply_proposal(&mut state, p, log_index);
                                             if applied.is_ok() {
-                                                for (seq, h, stub) in found {
+                                                for (seq, h, remnant) in found {
                                                     let mut value = h.to_vec();
-                                                    value.extend_from_slice(&stub.to_bytes());
+                                                    value.extend_from_slice(&remnant.to_bytes());
                                                     batch.put_cf(archive, cf::u64_key(seq), value);
                                                 }
                                             }
@@ -725,7 +725,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                 }
                                 if record.kind == ISSUED {
                                     written_issuance
-                                        .insert(record.sequence, (hash, stub_of(&record)));
+                                        .insert(record.sequence, (hash, elided_of(&record)));
                                 }
                                 // Retention: the records it covers leave the archive in this
                                 // same batch (a range deletion, after the puts above, so it
