@@ -1122,19 +1122,18 @@ async fn wait_settled(c: &Cluster, ids: &[u64]) -> anyhow::Result<v1::AuditHeadR
     }
 }
 
-/// Retention (`[audit.retention]`): nothing is pruned while the required sink has not
-/// acknowledged; once it has, every node's archive starts at the same record, right after a
-/// signed checkpoint; the export verifies from there with the trust bundle alone; a pruned
-/// sequence is refused with where the archive starts; a restarted node and a node rejoined
-/// through a snapshot hold the same pruned history.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retention_prunes_behind_a_signed_checkpoint_once_the_sink_has_the_records(
-) -> anyhow::Result<()> {
+/// A three-node cluster whose nodes send to one webhook sink ("siem", failing until the test
+/// lets it take records) and retain per `bounds` (lines of `[audit.retention]`) behind it,
+/// with a checkpoint every 50 records or second.
+async fn retention_cluster(
+    bounds: &str,
+    opts: Options,
+) -> anyhow::Result<(Arc<Receiver>, Cluster)> {
     init_test_tracing();
     let siem = Arc::new(Receiver::default());
     siem.failing.store(true, Ordering::SeqCst);
     let siem_addr = serve(siem.clone()).await?;
-    let toml = format!(
+    let extra_toml = format!(
         r#"
 [audit]
 checkpoint_records = 50
@@ -1147,20 +1146,31 @@ url = "http://{siem_addr}/ingest"
 batch_records = 100
 
 [audit.retention]
-max_age_s = 1
-after_sinks = ["siem"]
+{bounds}after_sinks = ["siem"]
 check_interval_s = 1
 "#
     );
-    let mut c = Cluster::start(
-        3,
+    let c = Cluster::start(3, Options { extra_toml, ..opts })?;
+    Ok((siem, c))
+}
+
+/// Retention (`[audit.retention]`): nothing is pruned while the required sink has not
+/// acknowledged; once it has, every node's archive starts at the same record, right after a
+/// signed checkpoint; the export verifies from there with the trust bundle alone; a pruned
+/// sequence is refused with where the archive starts; a restarted node and a node rejoined
+/// through a snapshot hold the same pruned history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_prunes_behind_a_signed_checkpoint_once_the_sink_has_the_records(
+) -> anyhow::Result<()> {
+    let (siem, mut c) = retention_cluster(
+        "max_age_s = 1\n",
         Options {
             snapshot_logs_since_last: 100,
             max_in_snapshot_log_to_keep: 10,
-            extra_toml: toml,
             ..Options::default()
         },
-    )?;
+    )
+    .await?;
     c.wait_issuing(&[1, 2, 3], T).await?;
     let mut roles = v1::role_service_client::RoleServiceClient::new(c.channel(1).await?);
     for k in 0..300 {
@@ -1373,36 +1383,11 @@ check_interval_s = 1
 /// record; no token id is left in the export; a remnant that is added, removed or changed fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issuance_records_are_elided_sooner_and_the_chain_still_verifies() -> anyhow::Result<()> {
-    init_test_tracing();
-    let siem = Arc::new(Receiver::default());
-    siem.failing.store(true, Ordering::SeqCst);
-    let siem_addr = serve(siem.clone()).await?;
-    let toml = format!(
-        r#"
-[audit]
-checkpoint_records = 50
-checkpoint_interval_s = 1
-
-[[audit.sinks]]
-name = "siem"
-kind = "webhook"
-url = "http://{siem_addr}/ingest"
-batch_records = 100
-
-[audit.retention]
-max_age_s = 3600
-issuance_max_age_s = 1
-after_sinks = ["siem"]
-check_interval_s = 1
-"#
-    );
-    let mut c = Cluster::start(
-        3,
-        Options {
-            extra_toml: toml,
-            ..Options::default()
-        },
-    )?;
+    let (siem, mut c) = retention_cluster(
+        "max_age_s = 3600\nissuance_max_age_s = 1\n",
+        Options::default(),
+    )
+    .await?;
     c.wait_issuing(&[1, 2, 3], T).await?;
     let admin = Admin(&c);
     admin.role("reader", &["orders:read"]).await?;
