@@ -7,6 +7,7 @@
 #     `authsec dev` cluster (`authsec oauth bench`, 64 connections, 10 s after 2 s warm-up),
 #     with the normal build and with a baseline build (`--features unaudited-bench`) whose
 #     tokens are never recorded; two rounds, alternating.
+# AUTHSEC_BENCH_ONLY=tokens runs part 2 alone.
 # docs/benchmarks.md records the results with this command.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,8 +24,10 @@ cp "$CARGO_TARGET_DIR/release/authsec" "$work/authsec-unaudited"
 cargo build --release --locked -p authsec-node -p authsec-chaos-tests --bin authsec --bin authsec-audit-bench
 bin="$CARGO_TARGET_DIR/release/authsec"
 
-echo "== export and verify, $records records"
-AUTHSEC_BIN="$bin" "$CARGO_TARGET_DIR/release/authsec-audit-bench" --records "$records" | tee "$work/export.json"
+if [ "${AUTHSEC_BENCH_ONLY:-}" != tokens ]; then
+  echo "== export and verify, $records records"
+  AUTHSEC_BIN="$bin" "$CARGO_TARGET_DIR/release/authsec-audit-bench" --records "$records" | tee "$work/export.json"
+fi
 
 echo "== issuance with and without its audit"
 export XDG_CONFIG_HOME="$work/config" XDG_DATA_HOME="$work/data"
@@ -43,9 +46,12 @@ for round in 1 2; do
 done
 python3 - "$work/export.json" "$work/tokens.json" <<'PY'
 import json, sys
-e = json.load(open(sys.argv[1]))
+try:
+    e = json.load(open(sys.argv[1]))
+except FileNotFoundError:
+    e = None  # AUTHSEC_BENCH_ONLY=tokens
 best = lambda k: max(e[k])
-print(f"export stream: {best('stream_records_per_s'):.0f} records/s; CLI export: {best('cli_export_records_per_s'):.0f} records/s "
+if e: print(f"export stream: {best('stream_records_per_s'):.0f} records/s; CLI export: {best('cli_export_records_per_s'):.0f} records/s "
       f"(target 100,000); verify: {best('verify_records_per_s'):.0f} records/s (target 200,000); "
       f"{e['records']} records, {e['export_bytes'] / e['records']:.0f} bytes per line")
 rows = [json.loads(l) for l in open(sys.argv[2])]

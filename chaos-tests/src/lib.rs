@@ -842,6 +842,32 @@ impl Cluster {
         )
     }
 
+    /// What stopped node `id`'s issuance outbox holds (`authsec node outbox`): each record
+    /// with whether the log already has it.
+    pub fn outbox(&self, id: u64) -> anyhow::Result<Vec<(bool, serde_json::Value)>> {
+        let out = Command::new(&self.bin)
+            .args([
+                "node".into(),
+                "outbox".into(),
+                "--config".into(),
+                self.config_of(id)?,
+            ])
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "authsec node outbox: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)?
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l)?;
+                let in_log = v["in_log"].as_bool().context("in_log")?;
+                Ok((in_log, v["record"].clone()))
+            })
+            .collect()
+    }
+
     fn config_of(&self, id: u64) -> anyhow::Result<std::ffi::OsString> {
         Ok(self
             .nodes

@@ -711,7 +711,7 @@ async fn tokens_keep_coming_while_the_leader_dies_and_the_outbox_survives_a_cras
         .context("jti")?
         .to_owned();
     c.kill9(cut)?;
-    let in_outbox = outbox_ids(c.data_dir(cut)?)?;
+    let in_outbox = outbox_ids(&c, cut)?;
     assert!(
         in_outbox.contains(&jti),
         "the answered token {jti} is not in node {cut}'s outbox after the crash: {in_outbox:?}"
@@ -723,22 +723,15 @@ async fn tokens_keep_coming_while_the_leader_dies_and_the_outbox_survives_a_cras
     Ok(())
 }
 
-/// The ids in a stopped node's issuance outbox, read from its RocksDB directly.
-fn outbox_ids(data_dir: &std::path::Path) -> anyhow::Result<BTreeSet<String>> {
-    let data_dir = data_dir.join("db");
-    let data_dir = data_dir.as_path();
-    let cfs = rocksdb::DB::list_cf(&rocksdb::Options::default(), data_dir)?;
-    let db =
-        rocksdb::DB::open_cf_for_read_only(&rocksdb::Options::default(), data_dir, &cfs, false)?;
-    let cf = db
-        .cf_handle("local_outbox")
-        .context("no local_outbox family")?;
-    let mut out = BTreeSet::new();
-    for kv in db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
-        let (_, v) = kv?;
-        let rec: authsec_domain::issuance::Issuance =
-            authsec_domain::codec::decode(authsec_domain::codec::Tag::ISSUANCE, &v)?;
-        out.insert(rec.id);
-    }
-    Ok(out)
+/// The ids in a stopped node's issuance outbox (`authsec node outbox`).
+fn outbox_ids(c: &Cluster, id: u64) -> anyhow::Result<BTreeSet<String>> {
+    c.outbox(id)?
+        .into_iter()
+        .map(|(_, rec)| {
+            Ok(rec["id"]
+                .as_str()
+                .context("a record without an id")?
+                .to_owned())
+        })
+        .collect()
 }

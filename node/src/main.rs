@@ -261,6 +261,15 @@ enum NodeCmd {
         #[arg(long)]
         learner: bool,
     },
+    /// Print what a stopped node's issuance outbox holds, one JSON object per line:
+    /// `{"in_log": bool, "record": {...}}`. Records the log already has stay in the outbox
+    /// until their segment is dropped; the node proposes the others when it starts.
+    Outbox {
+        #[arg(long, env = "AUTHSEC_CONFIG")]
+        config: PathBuf,
+        #[command(flatten)]
+        overrides: config::Overrides,
+    },
     /// Run a node until SIGINT or SIGTERM.
     Run {
         #[arg(long, env = "AUTHSEC_CONFIG")]
@@ -530,6 +539,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             run_until_stopped(node).await?;
+        }
+        Cmd::Node(NodeCmd::Outbox { config, overrides }) => {
+            let cfg = config::NodeConfig::load(&config, &overrides)?;
+            let mark = {
+                let store = authsec_storage::open(&cfg.data_dir)
+                    .context("open the node's store (is the node stopped?)")?;
+                authsec_storage::Reader::new(store).issuance_recorded(cfg.node_id)?
+            };
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            for rec in authsec_storage::outbox::pending(&cfg.data_dir)? {
+                let line = serde_json::json!({ "in_log": rec.seq <= mark, "record": rec });
+                writeln!(out, "{line}")?;
+            }
         }
         Cmd::Node(NodeCmd::Run { config, overrides }) => {
             let mut cfg = config::NodeConfig::load(&config, &overrides)?;

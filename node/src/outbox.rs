@@ -2,13 +2,14 @@
 //! synced, before the credential is returned (group commit: one fsync covers every issuance
 //! waiting at that moment), then proposed to the log in batches by [`flush_loop`].
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use authsec_domain::issuance::{Issuance, IssuanceBatch, BATCH_ITEMS_MAX};
 use authsec_domain::{Actor, Command, Principal};
-use authsec_storage::outbox::Outbox;
+use authsec_storage::outbox::{Cursor, Frame, OutboxLog, OutboxWriter};
 use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::services::Ctx;
@@ -47,7 +48,7 @@ enum Msg {
 #[derive(Debug, Clone)]
 pub struct Recorder {
     tx: mpsc::Sender<PendingBox>,
-    outbox: Outbox,
+    log: OutboxLog,
     wake: Arc<Notify>,
     pub stats: Arc<OutboxStats>,
     thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
@@ -70,18 +71,18 @@ impl std::fmt::Debug for PendingBox {
 
 impl Recorder {
     /// Start the writer thread over `outbox`, numbering from `next`.
-    pub fn start(outbox: Outbox, next: u64) -> Self {
+    pub fn start(outbox: OutboxWriter, log: OutboxLog, next: u64) -> Self {
         let (tx, rx) = mpsc::channel::<PendingBox>(QUEUE_MAX);
         let stats = Arc::new(OutboxStats::default());
         let wake = Arc::new(Notify::new());
-        let (o, s, w) = (outbox.clone(), stats.clone(), wake.clone());
+        let (s, w) = (stats.clone(), wake.clone());
         let thread = std::thread::Builder::new()
             .name("outbox-writer".into())
-            .spawn(move || writer(o, next, rx, s, w))
+            .spawn(move || writer(outbox, next, rx, s, w))
             .expect("spawn the outbox writer thread");
         Self {
             tx,
-            outbox,
+            log,
             wake,
             stats,
             thread: Arc::new(std::sync::Mutex::new(Some(thread))),
@@ -118,7 +119,7 @@ impl Recorder {
 }
 
 fn writer(
-    outbox: Outbox,
+    mut outbox: OutboxWriter,
     mut next: u64,
     mut rx: mpsc::Receiver<PendingBox>,
     stats: Arc<OutboxStats>,
@@ -152,24 +153,33 @@ fn writer(
             }
         }
         last_group = group.len();
-        let start = next;
-        for p in &mut group {
+        let mut frames = Vec::with_capacity(group.len());
+        let mut ready = Vec::with_capacity(group.len());
+        for mut p in group.drain(..) {
             p.rec.seq = next;
             next += 1;
+            match Frame::encode(&p.rec) {
+                Ok(f) => {
+                    frames.push(f);
+                    ready.push(p);
+                }
+                Err(e) => {
+                    let _ = p.done.send(Err(e.to_string()));
+                }
+            }
         }
-        let recs: Vec<Issuance> = group.iter().map(|p| p.rec.clone()).collect();
-        let result = outbox.append(&recs, next).map_err(|e| e.to_string());
+        let result = outbox.append(&frames).map_err(|e| e.to_string());
         if let Err(e) = &result {
-            // Nothing was written: the sequences are free again, and no credential leaves.
+            // What reached the disk is unknown: no credential of this group leaves, and the
+            // writer takes nothing more until the node restarts and reads the outbox again.
             tracing::error!(error = %e, "the issuance outbox could not be written; refusing to issue");
-            next = start;
         } else {
             stats.syncs.fetch_add(1, Ordering::Relaxed);
             stats
                 .recorded
-                .fetch_add(group.len() as u64, Ordering::Relaxed);
+                .fetch_add(ready.len() as u64, Ordering::Relaxed);
         }
-        for p in group.drain(..) {
+        for p in ready {
             let _ = p.done.send(result.clone().map(|()| p.rec.seq));
         }
         // Wake the flusher early only for a full proposal: under load, fewer and larger
@@ -182,13 +192,14 @@ fn writer(
     }
 }
 
-/// Propose the outbox to the log, oldest first, and clear what was committed. A batch that
-/// commits and is proposed again after a crash is recorded once (the log keeps each node's
-/// last recorded sequence).
+/// Propose the outbox to the log, oldest first, and drop the segments the log has. A batch
+/// that commits and is proposed again after a crash is recorded once (the log keeps each
+/// node's last recorded sequence, and the flusher starts after it).
 pub async fn flush_loop(ctx: Arc<Ctx>, recorder: Recorder, mut shutdown: watch::Receiver<bool>) {
     let mut backoff = FLUSH_EVERY;
-    // Everything below this sequence was removed by this process.
-    let mut from = 0;
+    let mut cursor: Option<Cursor> = None;
+    // Read from the outbox, not yet in the log.
+    let mut pending: VecDeque<Issuance> = VecDeque::new();
     loop {
         // Woken for a full proposal, only full proposals go; the tick takes the rest.
         let full_only = tokio::select! {
@@ -197,24 +208,43 @@ pub async fn flush_loop(ctx: Arc<Ctx>, recorder: Recorder, mut shutdown: watch::
             _ = tokio::time::sleep(backoff) => false,
         };
         loop {
-            let ob = recorder.outbox.clone();
-            let batch =
-                match tokio::task::spawn_blocking(move || ob.oldest(from, BATCH_ITEMS_MAX)).await {
-                    Ok(Ok(b)) => b,
-                    Ok(Err(e)) => {
+            if pending.len() < BATCH_ITEMS_MAX {
+                let (log, reader, node_id) =
+                    (recorder.log.clone(), ctx.reader.clone(), ctx.node_id);
+                let want = BATCH_ITEMS_MAX - pending.len();
+                let cur = cursor.take();
+                let read_after = pending.back().map_or(0, |r| r.seq);
+                let read = tokio::task::spawn_blocking(move || {
+                    let mut cur = match cur {
+                        Some(c) => c,
+                        None => match reader.issuance_recorded(node_id) {
+                            Ok(mark) => Cursor::after(mark.max(read_after)),
+                            Err(e) => return (None, Err(e)),
+                        },
+                    };
+                    let got = log.read(&mut cur, want);
+                    (Some(cur), got)
+                })
+                .await;
+                let Ok((cur, got)) = read else { break };
+                cursor = cur;
+                match got {
+                    Ok(got) => pending.extend(got),
+                    Err(e) => {
                         tracing::error!(error = %e, "reading the issuance outbox failed");
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
                         break;
                     }
-                    Err(_) => break,
-                };
-            if batch.is_empty() || (full_only && (batch.len() as u64) < WAKE_AT) {
+                }
+            }
+            if pending.is_empty() || (full_only && (pending.len() as u64) < WAKE_AT) {
                 backoff = FLUSH_EVERY;
                 break;
             }
             // An item costs its id and a few varints; a profile, its text (counted per item,
             // an overestimate that keeps the proposal under its bound without encoding it).
             let mut size = 0;
-            let take = batch
+            let take = pending
                 .iter()
                 .take_while(|r| {
                     size += r.id.len() + 40;
@@ -222,9 +252,8 @@ pub async fn flush_loop(ctx: Arc<Ctx>, recorder: Recorder, mut shutdown: watch::
                 })
                 .count()
                 .max(1);
-            let issuances: Vec<Issuance> = batch.into_iter().take(take).collect();
+            let issuances: Vec<Issuance> = pending.iter().take(take).cloned().collect();
             let last = issuances.last().map_or(0, |r| r.seq);
-            let seqs: Vec<u64> = issuances.iter().map(|r| r.seq).collect();
             let n = issuances.len() as u64;
             let actor = Actor {
                 principal: Principal::System,
@@ -237,13 +266,17 @@ pub async fn flush_loop(ctx: Arc<Ctx>, recorder: Recorder, mut shutdown: watch::
             match ctx.write(actor, command).await {
                 Ok(_) => {
                     recorder.stats.proposed.fetch_add(n, Ordering::Relaxed);
-                    let ob = recorder.outbox.clone();
-                    let cleared = tokio::task::spawn_blocking(move || ob.remove(seqs)).await;
-                    if matches!(cleared, Ok(Ok(()))) {
-                        from = last + 1;
-                    } else {
-                        tracing::warn!("clearing the issuance outbox failed; the batch will be proposed again and recorded once");
-                        break;
+                    pending.drain(..take);
+                    let log = recorder.log.clone();
+                    let released = tokio::task::spawn_blocking(move || {
+                        log.release_through(last)?;
+                        log.ensure_spare()
+                    })
+                    .await;
+                    if !matches!(released, Ok(Ok(()))) {
+                        // The records are in the log; their segment stays until a later batch
+                        // releases it (or a restart skips it by the log's mark).
+                        tracing::warn!(through = last, "dropping logged outbox segments failed");
                     }
                 }
                 Err(status) => {

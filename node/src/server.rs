@@ -164,9 +164,9 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
         crate::issuer::SvidIssuer::new(node_id, &cfg.data_dir, freshness.clone(), &cfg.issuer);
     issuer.token_alg = cfg.oauth.alg;
     let issuer = Arc::new(issuer);
-    let (outbox, next_issuance) =
-        authsec_storage::outbox::Outbox::open(store.clone()).context("open the issuance outbox")?;
-    let recorder = crate::outbox::Recorder::start(outbox, next_issuance);
+    let (outbox, outbox_log, next_issuance) =
+        authsec_storage::outbox::open(&store).context("open the issuance outbox")?;
+    let recorder = crate::outbox::Recorder::start(outbox, outbox_log, next_issuance);
 
     let ctx = Arc::new(Ctx {
         node_id,

@@ -24,6 +24,8 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error("issuance outbox {path}: {detail}")]
+    Outbox { path: PathBuf, detail: String },
     #[error("snapshot {path}: {detail}")]
     Snapshot { path: PathBuf, detail: String },
 }

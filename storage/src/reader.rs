@@ -348,7 +348,17 @@ impl Reader {
             .collect())
     }
 
-    /// One stored row of a projection family.
+    /// The highest outbox sequence of `node_id` already in the log (0: none).
+    pub fn issuance_recorded(&self, node_id: u64) -> Result<u64, StoreError> {
+        let key = authsec_domain::persist::KEY_ISSUANCE_META;
+        let meta: authsec_domain::issuance::IssuanceMeta = match self.row(cf::PROJ_META, key)? {
+            Some(v) => codec::decode(Tag::ISSUANCE_META, &v)
+                .map_err(|e| StoreError::damaged(cf::PROJ_META, key, e))?,
+            None => Default::default(),
+        };
+        Ok(meta.recorded.get(&node_id).copied().unwrap_or(0))
+    }
+
     /// Where retention has pruned the archive to (all zeros: nothing pruned, the archive
     /// starts at sequence 1).
     pub fn pruned(&self) -> Result<authsec_domain::audit::PruneMeta, StoreError> {
@@ -360,6 +370,7 @@ impl Reader {
         }
     }
 
+    /// One stored row of a projection family.
     pub fn row(&self, family: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.store
             .db
