@@ -293,6 +293,8 @@ pub struct Cursor {
     /// Records at or below this sequence are already in the log: skipped.
     after: u64,
     file: Option<(u64, File)>,
+    /// Reused between reads.
+    buf: Vec<u8>,
 }
 
 impl Cursor {
@@ -303,6 +305,7 @@ impl Cursor {
             offset: 0,
             after,
             file: None,
+            buf: Vec::new(),
         }
     }
 }
@@ -603,7 +606,22 @@ impl OutboxLog {
     /// One task reads and releases.
     pub fn read(&self, cursor: &mut Cursor, limit: usize) -> Result<Vec<Issuance>, StoreError> {
         let mut out = Vec::new();
-        let mut buf = Vec::new();
+        let mut buf = std::mem::take(&mut cursor.buf);
+        let r = self.read_into(cursor, limit, &mut out, &mut buf);
+        cursor.buf = buf;
+        match r {
+            Ok(()) => Ok(out),
+            Err(e) => partial(out, e),
+        }
+    }
+
+    fn read_into(
+        &self,
+        cursor: &mut Cursor,
+        limit: usize,
+        out: &mut Vec<Issuance>,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), StoreError> {
         while out.len() < limit {
             let (seg, has_next) = {
                 let segs = self.shared.segments();
@@ -637,8 +655,8 @@ impl OutboxLog {
             };
             let n = (seg.end - cursor.offset).min(READ_CHUNK as u64) as usize;
             buf.resize(n, 0);
-            if let Err(e) = file.read_exact_at(&mut buf, cursor.offset) {
-                return partial(out, StoreError::io("read the issuance outbox", &path)(e));
+            if let Err(e) = file.read_exact_at(buf, cursor.offset) {
+                return Err(StoreError::io("read the issuance outbox", &path)(e));
             }
             let mut at = 0;
             let mut bad = None;
@@ -675,16 +693,13 @@ impl OutboxLog {
             }
             cursor.offset += at as u64;
             if let Some(e) = bad {
-                return partial(out, e);
+                return Err(e);
             }
             if at == 0 && out.len() < limit {
-                return partial(
-                    out,
-                    outbox_err(&path, "a record is larger than the read step"),
-                );
+                return Err(outbox_err(&path, "a record is larger than the read step"));
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Drop every segment, but the one being written, whose records are all at or below
