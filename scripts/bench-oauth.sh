@@ -3,10 +3,12 @@
 # 8.8.1 (Node 20) in the same run, on this machine, with:
 #  - the same load generator (`authsec oauth bench`: HTTP/1.1 keep-alive, 64 connections,
 #    client_secret_basic, one form request after another on each connection);
-#  - the same signature algorithm (ES256 JWT access tokens) and the same transport (TLS 1.3 on
-#    loopback, a server certificate for 127.0.0.1);
+#  - the same signature algorithm (ES256 JWT access tokens, or EdDSA with
+#    AUTHSEC_BENCH_ALG=EdDSA) and the same transport (TLS 1.3 on loopback, a server
+#    certificate for 127.0.0.1);
 #  - the cost per token: the server's CPU time (utime + stime from /proc) per token, against
-#    one P-256 signature from `openssl speed ecdsap256` in the same run.
+#    one signature of that algorithm from `openssl speed ecdsap256` (or `ed25519`) in the
+#    same run.
 # authsec runs as a three-node dev cluster in one process (release build): its CPU includes all
 # three nodes, the Raft replication of the issuance records and the outbox fsyncs. The load
 # generator shares the two cores with the servers in both cases.
@@ -32,9 +34,16 @@ tck="$(getconf CLK_TCK)"
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-echo "== openssl speed -seconds 5 ecdsap256 (one core)"
-sign_s="$(openssl speed -seconds 5 ecdsap256 2>/dev/null | awk '/256 bits ecdsa/ {print $(NF-1)}')"
-echo "P-256 signatures per second: $sign_s"
+alg="${AUTHSEC_BENCH_ALG:-ES256}"
+case "$alg" in
+  ES256) speed=ecdsap256 line='256 bits ecdsa' ;;
+  EdDSA) speed=ed25519 line='EdDSA \(Ed25519\)' ;;
+  *) echo "bench-oauth: AUTHSEC_BENCH_ALG is ES256 or EdDSA, not $alg" >&2; exit 2 ;;
+esac
+export AUTHSEC_DEV_TOKEN_ALG="$alg"
+echo "== openssl speed -seconds 5 $speed (one core)"
+sign_s="$(openssl speed -seconds 5 "$speed" 2>/dev/null | awk "/$line/ {print \$(NF-1)}")"
+echo "$alg signatures per second: $sign_s"
 
 # One run: bench URL(s) while watching PID's CPU. Prints the load generator's JSON with the
 # server's CPU per token added.
@@ -76,7 +85,7 @@ ca="$work/ca.crt"
 port="$(free_port)"
 secret_oidc="bench-secret-$(openssl rand -hex 16)"
 (cd "$oidc" && cp "$OLDPWD/scripts/bench-oauth/oidc-server.mjs" ./oidc-server.mjs && \
-  exec node oidc-server.mjs "$port" "$work/oidc.crt" "$work/oidc.key" bench "$secret_oidc") >"$work/oidc.log" 2>&1 &
+  exec node oidc-server.mjs "$port" "$work/oidc.crt" "$work/oidc.key" bench "$secret_oidc" "$alg") >"$work/oidc.log" 2>&1 &
 pids+=($!)
 oidc_pid=$!
 for _ in $(seq 100); do grep -q "node-oidc-provider on" "$work/oidc.log" && break; sleep 0.1; done

@@ -27,6 +27,17 @@ pub struct DevArgs {
     /// Plaintext and unauthenticated, for experiments only.
     #[arg(long)]
     pub insecure: bool,
+    /// Access-token signature algorithm (`[oauth] alg`): ES256 or EdDSA.
+    #[arg(long, default_value = "ES256", value_parser = parse_token_alg, env = "AUTHSEC_DEV_TOKEN_ALG")]
+    pub token_alg: crate::issuer::TokenAlg,
+}
+
+fn parse_token_alg(s: &str) -> Result<crate::issuer::TokenAlg, String> {
+    match s {
+        "ES256" => Ok(crate::issuer::TokenAlg::Es256),
+        "EdDSA" => Ok(crate::issuer::TokenAlg::EdDsa),
+        _ => Err(format!("{s:?} is not ES256 or EdDSA")),
+    }
 }
 
 fn default_dir() -> PathBuf {
@@ -88,6 +99,7 @@ pub async fn run(a: DevArgs) -> anyhow::Result<()> {
                         .filter(|o| o.id != m.id)
                         .map(|o| format!("https://127.0.0.1:{}", a.base_port as u64 + 300 + o.id))
                         .collect(),
+                    alg: a.token_alg,
                     ..Default::default()
                 },
                 planted_bug: Default::default(),

@@ -1,15 +1,17 @@
 // node-oidc-provider configured as the peer in scripts/bench-oauth.sh: client credentials with
-// client_secret_basic, JWT access tokens signed ES256 (the same algorithm as authsec's
-// default), over HTTPS (TLS like authsec), one Node process.
-// Usage: node oidc-server.mjs PORT CERT.pem KEY.pem CLIENT_ID CLIENT_SECRET
+// client_secret_basic, JWT access tokens signed ES256 (authsec's default) or EdDSA (Ed25519),
+// the same algorithm as authsec in the run, over HTTPS (TLS like authsec), one Node process.
+// Usage: node oidc-server.mjs PORT CERT.pem KEY.pem CLIENT_ID CLIENT_SECRET [ES256|EdDSA]
 import { readFileSync } from 'node:fs';
 import https from 'node:https';
 import { generateKeyPairSync } from 'node:crypto';
 import Provider from 'oidc-provider';
 
-const [port, certFile, keyFile, clientId, clientSecret] = process.argv.slice(2);
-const { privateKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
-const jwk = { ...privateKey.export({ format: 'jwk' }), kid: 'bench', alg: 'ES256', use: 'sig' };
+const [port, certFile, keyFile, clientId, clientSecret, alg = 'ES256'] = process.argv.slice(2);
+const { privateKey } = alg === 'EdDSA'
+  ? generateKeyPairSync('ed25519')
+  : generateKeyPairSync('ec', { namedCurve: 'P-256' });
+const jwk = { ...privateKey.export({ format: 'jwk' }), kid: 'bench', alg, use: 'sig' };
 const resource = 'https://orders.example';
 
 const provider = new Provider(`https://127.0.0.1:${port}`, {
@@ -20,8 +22,8 @@ const provider = new Provider(`https://127.0.0.1:${port}`, {
     redirect_uris: [],
     response_types: [],
     token_endpoint_auth_method: 'client_secret_basic',
-    // The only key is ES256.
-    id_token_signed_response_alg: 'ES256',
+    // The only key is of this algorithm.
+    id_token_signed_response_alg: alg,
   }],
   cookies: { keys: [clientSecret] },
   jwks: { keys: [jwk] },
@@ -38,7 +40,7 @@ const provider = new Provider(`https://127.0.0.1:${port}`, {
         audience: resource,
         accessTokenTTL: 300,
         accessTokenFormat: 'jwt',
-        jwt: { sign: { alg: 'ES256' } },
+        jwt: { sign: { alg } },
       }),
     },
   },
