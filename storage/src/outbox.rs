@@ -83,24 +83,44 @@ fn sync_dir(dir: &Path) -> Result<(), StoreError> {
         .map_err(StoreError::io("sync the outbox directory", dir))
 }
 
+/// Write zeros over `from..to` of `f`.
+fn zero(f: &File, path: &Path, from: u64, to: u64) -> Result<(), StoreError> {
+    let zeros = vec![0u8; READ_CHUNK];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(zeros.len() as u64) as usize;
+        f.write_all_at(&zeros[..n], at)
+            .map_err(StoreError::io("write zeros into an outbox segment", path))?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
 /// Create `path` as a segment's worth of zeros, synced.
 fn create_zeroed(path: &Path) -> Result<(), StoreError> {
-    let zeros = vec![0u8; READ_CHUNK];
     let f = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .open(path)
         .map_err(StoreError::io("create an outbox segment", path))?;
-    let mut at = 0;
-    while at < SEGMENT_BYTES {
-        let n = (SEGMENT_BYTES - at).min(zeros.len() as u64) as usize;
-        f.write_all_at(&zeros[..n], at)
-            .map_err(StoreError::io("preallocate an outbox segment", path))?;
-        at += n as u64;
-    }
+    zero(&f, path, 0, SEGMENT_BYTES)?;
     f.sync_all()
         .map_err(StoreError::io("sync a new outbox segment", path))
+}
+
+/// Open a segment for writing: the file and its size.
+fn open_segment(path: &Path) -> Result<(File, u64), StoreError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(StoreError::io("open an outbox segment", path))?;
+    let len = file
+        .metadata()
+        .map_err(StoreError::io("open an outbox segment", path))?
+        .len();
+    Ok((file, len))
 }
 
 /// One record, encoded and checked against the outbox's bound.
@@ -207,8 +227,8 @@ fn scan(path: &Path, epoch: u64, keep: bool) -> Result<Scanned, StoreError> {
     })
 }
 
-/// The segments in `dir`, oldest first.
-fn list(dir: &Path) -> Result<Vec<u64>, StoreError> {
+/// The segments in `dir`, oldest first. `tidy` also removes what a crash left half-made.
+fn list(dir: &Path, tidy: bool) -> Result<Vec<u64>, StoreError> {
     let mut epochs = Vec::new();
     for entry in fs::read_dir(dir).map_err(StoreError::io("list the outbox", dir))? {
         let entry = entry.map_err(StoreError::io("list the outbox", dir))?;
@@ -219,7 +239,7 @@ fn list(dir: &Path) -> Result<Vec<u64>, StoreError> {
             .and_then(|e| e.parse::<u64>().ok())
         {
             epochs.push(epoch);
-        } else if name.ends_with(".tmp") {
+        } else if tidy && name.ends_with(".tmp") {
             // A segment or spare whose making was cut short: never used.
             let p = entry.path();
             fs::remove_file(&p).map_err(StoreError::io("remove a half-made segment", &p))?;
@@ -237,20 +257,7 @@ pub fn pending(data_dir: &Path) -> Result<Vec<Issuance>, StoreError> {
     if !dir.exists() {
         return Ok(out);
     }
-    let mut epochs = Vec::new();
-    for entry in fs::read_dir(&dir).map_err(StoreError::io("list the outbox", &dir))? {
-        let entry = entry.map_err(StoreError::io("list the outbox", &dir))?;
-        let name = entry.file_name();
-        if let Some(epoch) = name
-            .to_string_lossy()
-            .strip_suffix(SUFFIX)
-            .and_then(|e| e.parse::<u64>().ok())
-        {
-            epochs.push(epoch);
-        }
-    }
-    epochs.sort_unstable();
-    for epoch in epochs {
+    for epoch in list(&dir, false)? {
         out.extend(scan(&dir.join(seg_name(epoch)), epoch, true)?.records);
     }
     Ok(out)
@@ -320,7 +327,7 @@ pub fn open(store: &Store) -> Result<(OutboxWriter, OutboxLog, u64), StoreError>
     clear_legacy(store)?;
 
     let mut segments = Vec::new();
-    let epochs = list(&dir)?;
+    let epochs = list(&dir, true)?;
     let newest = epochs.last().copied();
     for epoch in epochs {
         let path = dir.join(seg_name(epoch));
@@ -328,22 +335,8 @@ pub fn open(store: &Store) -> Result<(OutboxWriter, OutboxLog, u64), StoreError>
         if Some(epoch) == newest && s.dirty_tail {
             // A torn write from before a crash: zero it so that no later write can leave an
             // unacknowledged record of it readable behind its own.
-            let f = OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(StoreError::io("open an outbox segment", &path))?;
-            let len = f
-                .metadata()
-                .map_err(StoreError::io("open an outbox segment", &path))?
-                .len();
-            let zeros = vec![0u8; READ_CHUNK];
-            let mut at = s.end;
-            while at < len {
-                let n = (len - at).min(zeros.len() as u64) as usize;
-                f.write_all_at(&zeros[..n], at)
-                    .map_err(StoreError::io("zero an outbox segment's torn tail", &path))?;
-                at += n as u64;
-            }
+            let (f, len) = open_segment(&path)?;
+            zero(&f, &path, s.end, len)?;
             f.sync_data()
                 .map_err(StoreError::io("zero an outbox segment's torn tail", &path))?;
             tracing::warn!(segment = %path.display(), end = s.end, "zeroed an unacknowledged torn write at the end of the issuance outbox");
@@ -374,16 +367,7 @@ pub fn open(store: &Store) -> Result<(OutboxWriter, OutboxLog, u64), StoreError>
         .unwrap_or(1)
         .max(active.epoch);
     *shared.segments() = segments;
-    let path = shared.path(active.epoch);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&path)
-        .map_err(StoreError::io("open an outbox segment", &path))?;
-    let capacity = file
-        .metadata()
-        .map_err(StoreError::io("open an outbox segment", &path))?
-        .len();
+    let (file, capacity) = open_segment(&shared.path(active.epoch))?;
     let writer = OutboxWriter {
         shared: shared.clone(),
         file,
@@ -514,15 +498,7 @@ impl OutboxWriter {
         }
         // The segment's name must be on disk before any record in it is acknowledged.
         sync_dir(&shared.dir)?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(StoreError::io("open an outbox segment", &path))?;
-        let capacity = file
-            .metadata()
-            .map_err(StoreError::io("open an outbox segment", &path))?
-            .len();
+        let (file, capacity) = open_segment(&path)?;
         shared.segments().push(Segment {
             epoch,
             end: 0,
@@ -779,15 +755,21 @@ mod tests {
             .collect()
     }
 
+    /// A new store and its outbox.
+    fn fresh() -> (tempfile::TempDir, Store, OutboxWriter, OutboxLog, u64) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = crate::open(dir.path()).expect("open");
+        let (w, log, first) = open(&store).expect("outbox");
+        (dir, store, w, log, first)
+    }
+
     fn seqs(recs: &[Issuance]) -> Vec<u64> {
         recs.iter().map(|r| r.seq).collect()
     }
 
     #[test]
     fn records_come_back_in_order_and_sequences_survive_reopen() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = crate::open(dir.path()).expect("open");
-        let (mut w, log, first) = open(&store).expect("outbox");
+        let (dir, store, mut w, log, first) = fresh();
         assert!(
             first > 1 << 40,
             "a new outbox numbers from the clock: {first}"
@@ -823,9 +805,7 @@ mod tests {
     /// the recycled file's old frames are never read as records of its new life.
     #[test]
     fn full_segments_roll_over_and_are_recycled_once_logged() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = crate::open(dir.path()).expect("open");
-        let (mut w, log, first) = open(&store).expect("outbox");
+        let (dir, store, mut w, log, first) = fresh();
         let per = Frame::encode(&rec(first)).expect("encode").len();
         let per_segment = SEGMENT_BYTES / per;
         let total = per_segment * 5 / 2;
@@ -872,9 +852,7 @@ mod tests {
     /// later, shorter write cannot leave its remains readable.
     #[test]
     fn a_torn_tail_is_dropped_and_zeroed() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = crate::open(dir.path()).expect("open");
-        let (mut w, _, first) = open(&store).expect("outbox");
+        let (dir, store, mut w, _, first) = fresh();
         w.append(&frames(first..first + 2)).expect("append");
         let path = w.shared.path(w.epoch);
         let end = w.end;
@@ -905,18 +883,14 @@ mod tests {
     /// duplicates.
     #[test]
     fn a_new_outbox_numbers_above_a_wiped_one() {
-        let old = tempfile::tempdir().expect("tempdir");
-        let store = crate::open(old.path()).expect("open");
-        let (mut w, _, first) = open(&store).expect("outbox");
+        let (_old, store, mut w, _, first) = fresh();
         w.append(&frames(first..first + 1000)).expect("append");
         drop((w, store));
         // The rejoin comes later in time (seconds, in practice); here, the next millisecond.
         while fresh_start(0) >> 20 <= first >> 20 {
             std::thread::yield_now();
         }
-        let wiped = tempfile::tempdir().expect("tempdir");
-        let store = crate::open(wiped.path()).expect("open");
-        let (_, _, again) = open(&store).expect("outbox");
+        let (_wiped, _, _, _, again) = fresh();
         assert!(
             again > first + 1000,
             "{again} must be above {}",
