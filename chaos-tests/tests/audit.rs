@@ -55,6 +55,28 @@ fn export_to(c: &Cluster, id: u64, file: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `authsec audit export` from nodes 1 to 3 into `{dir}/{name}{id}.jsonl`; asserts the three
+/// files are byte for byte the same (`what` says what they share); answers the first's path
+/// and bytes.
+fn export_same_everywhere(
+    c: &Cluster,
+    dir: &Path,
+    name: &str,
+    what: &str,
+) -> anyhow::Result<(PathBuf, Vec<u8>)> {
+    let files: Vec<PathBuf> = (1..=3)
+        .map(|id| dir.join(format!("{name}{id}.jsonl")))
+        .collect();
+    for (id, f) in (1..=3).zip(&files) {
+        export_to(c, id, f)?;
+    }
+    let text = std::fs::read(&files[0])?;
+    for f in &files[1..] {
+        assert_eq!(std::fs::read(f)?, text, "{what}");
+    }
+    Ok((files[0].clone(), text))
+}
+
 fn verify(c: &Cluster, file: &Path) -> anyhow::Result<Output> {
     Ok(Command::new(authsec_bin()?)
         .args(["audit", "verify"])
@@ -1239,21 +1261,13 @@ async fn retention_prunes_behind_a_signed_checkpoint_once_the_sink_has_the_recor
     );
 
     let dir = tempfile::tempdir()?;
-    let files: Vec<PathBuf> = (1..=3)
-        .map(|id| dir.path().join(format!("pruned{id}.jsonl")))
-        .collect();
-    for (id, f) in (1..=3).zip(&files) {
-        export_to(&c, id, f)?;
-    }
-    let text = std::fs::read(&files[0])?;
-    for f in &files[1..] {
-        assert_eq!(
-            std::fs::read(f)?,
-            text,
-            "every node holds the same pruned history"
-        );
-    }
-    let exported = lines(&files[0])?;
+    let (file, text) = export_same_everywhere(
+        &c,
+        dir.path(),
+        "pruned",
+        "every node holds the same pruned history",
+    )?;
+    let exported = lines(&file)?;
     assert_eq!(exported[0]["sequence"].as_u64(), Some(first));
     // The prune is a record of its own, naming what it pruned and who asked.
     let prunes: Vec<&Value> = exported
@@ -1288,7 +1302,7 @@ async fn retention_prunes_behind_a_signed_checkpoint_once_the_sink_has_the_recor
 
     // Verify from the checkpoint, with the bundle alone (the audit keys' publication records
     // were pruned; the prune record certifies them).
-    let out = ok(&verify(&c, &files[0])?)?;
+    let out = ok(&verify(&c, &file)?)?;
     tracing::info!(%out, "verify of the pruned export");
     assert!(out.starts_with("ok: "), "{out}");
     assert!(
@@ -1299,7 +1313,7 @@ async fn retention_prunes_behind_a_signed_checkpoint_once_the_sink_has_the_recor
         "{out}"
     );
     // A changed byte still fails at its record.
-    let mut changed: Vec<String> = std::fs::read_to_string(&files[0])?
+    let mut changed: Vec<String> = std::fs::read_to_string(&file)?
         .lines()
         .map(str::to_owned)
         .collect();
@@ -1369,8 +1383,8 @@ async fn retention_prunes_behind_a_signed_checkpoint_once_the_sink_has_the_recor
     assert_eq!(h.first_sequence, first, "nothing more was pruned meanwhile");
     let rejoined = dir.path().join("rejoined.jsonl");
     export_to(&c, target, &rejoined)?;
-    export_to(&c, 1, &files[0])?;
-    let (a, b) = (std::fs::read(&files[0])?, std::fs::read(&rejoined)?);
+    export_to(&c, 1, &file)?;
+    let (a, b) = (std::fs::read(&file)?, std::fs::read(&rejoined)?);
     assert_eq!(a, b, "the rejoined node holds the same pruned history");
     assert!(b.starts_with(&text), "which begins where it did before");
     assert!(ok(&verify(&c, &rejoined)?)?.starts_with("ok: "));
@@ -1458,21 +1472,13 @@ async fn issuance_records_are_elided_sooner_and_the_chain_still_verifies() -> an
     let settled = wait_settled(&c, &[1, 2, 3]).await?;
     assert_eq!(settled.first_sequence, 1, "nothing else was pruned");
 
-    let files: Vec<PathBuf> = (1..=3)
-        .map(|id| dir.path().join(format!("elided{id}.jsonl")))
-        .collect();
-    for (id, f) in (1..=3).zip(&files) {
-        export_to(&c, id, f)?;
-    }
-    let text = std::fs::read(&files[0])?;
-    for f in &files[1..] {
-        assert_eq!(
-            std::fs::read(f)?,
-            text,
-            "every node holds the same remnants"
-        );
-    }
-    let exported = lines(&files[0])?;
+    let (file, text) = export_same_everywhere(
+        &c,
+        dir.path(),
+        "elided",
+        "every node holds the same remnants",
+    )?;
+    let exported = lines(&file)?;
     // The rest of the history is whole: the role, the client, the binding, the keys.
     for kind in [
         "role.created",
@@ -1504,7 +1510,7 @@ async fn issuance_records_are_elided_sooner_and_the_chain_still_verifies() -> an
         .iter()
         .any(|l| l["kind"] == "audit.issuances_elided"));
 
-    let out = ok(&verify(&c, &files[0])?)?;
+    let out = ok(&verify(&c, &file)?)?;
     tracing::info!(%out, "verify of the export with remnants");
     assert!(
         out.starts_with("ok: ")
