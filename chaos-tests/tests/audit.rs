@@ -39,6 +39,24 @@ const WORKERS: u64 = 12;
 
 use authsec_chaos_tests::{cli_ok as ok, run_cli as cli};
 
+/// Roles `{prefix}0` to `{prefix}{n-1}`, each granting `orders:read`: committed records.
+async fn create_roles(
+    roles: &mut v1::role_service_client::RoleServiceClient<tonic::transport::Channel>,
+    prefix: &str,
+    n: usize,
+) -> anyhow::Result<()> {
+    for k in 0..n {
+        roles
+            .create_role(v1::CreateRoleRequest {
+                name: format!("{prefix}{k}"),
+                permissions: vec!["orders:read".into()],
+                ..Default::default()
+            })
+            .await?;
+    }
+    Ok(())
+}
+
 /// `authsec audit export` from node `id` into `file`.
 fn export_to(c: &Cluster, id: u64, file: &Path) -> anyhow::Result<()> {
     let out = Command::new(authsec_bin()?)
@@ -693,15 +711,7 @@ async fn follow_and_resume(c: &mut Cluster) -> anyhow::Result<()> {
         c.kill9(1)?;
         let leader = c.wait_leader(&[2, 3], T).await?;
         let mut roles = v1::role_service_client::RoleServiceClient::new(c.channel(leader).await?);
-        for k in 0..20 {
-            roles
-                .create_role(v1::CreateRoleRequest {
-                    name: format!("after-kill-{k}"),
-                    permissions: vec!["orders:read".into()],
-                    ..Default::default()
-                })
-                .await?;
-        }
+        create_roles(&mut roles, "after-kill-", 20).await?;
         wait_for("role:after-kill-19", Instant::now() + T)?;
         let seqs: Vec<u64> = got.iter().filter_map(|v| v["sequence"].as_u64()).collect();
         let want: Vec<u64> = (h + 1..=*seqs.last().context("records")?).collect();
@@ -1021,15 +1031,7 @@ on_lag = "refuse_writes"
         }
     }
 
-    for k in 0..500 {
-        roles
-            .create_role(v1::CreateRoleRequest {
-                name: format!("s{k}"),
-                permissions: vec!["orders:read".into()],
-                ..Default::default()
-            })
-            .await?;
-    }
+    create_roles(&mut roles, "s", 500).await?;
     let h = wait_signed(&c, &[1, 2, 3]).await?;
     let dir = tempfile::tempdir()?;
     let export = dir.path().join("export.jsonl");
@@ -1195,15 +1197,7 @@ async fn retention_prunes_behind_a_signed_checkpoint_once_the_sink_has_the_recor
     .await?;
     c.wait_issuing(&[1, 2, 3], T).await?;
     let mut roles = v1::role_service_client::RoleServiceClient::new(c.channel(1).await?);
-    for k in 0..300 {
-        roles
-            .create_role(v1::CreateRoleRequest {
-                name: format!("r{k}"),
-                permissions: vec!["orders:read".into()],
-                ..Default::default()
-            })
-            .await?;
-    }
+    create_roles(&mut roles, "r", 300).await?;
     let signed = wait_signed(&c, &[1, 2, 3]).await?;
     // The sink has acknowledged nothing: for three seconds after every record is older than
     // the bound and signed, nothing is pruned anywhere.
@@ -1232,15 +1226,7 @@ async fn retention_prunes_behind_a_signed_checkpoint_once_the_sink_has_the_recor
     }
     siem.failing.store(true, Ordering::SeqCst);
     // Records the sink never acknowledged stay, however old.
-    for k in 0..100 {
-        roles
-            .create_role(v1::CreateRoleRequest {
-                name: format!("k{k}"),
-                permissions: vec!["orders:read".into()],
-                ..Default::default()
-            })
-            .await?;
-    }
+    create_roles(&mut roles, "k", 100).await?;
     let settled = wait_settled(&c, &[1, 2, 3]).await?;
     let first = settled.first_sequence;
     assert!(first > 1, "{settled:?}");
