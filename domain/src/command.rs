@@ -376,7 +376,7 @@ pub enum Command {
     },
     /// Retention: delete the archive's records up to a signed checkpoint (issue 9).
     PruneAudit(crate::audit::Prune),
-    /// Retention's shorter bound: remnant out issuance records (issue 9).
+    /// Retention's shorter bound: replace issuance records by remnants (issue 9).
     ElideIssuances(crate::audit::Elision),
 }
 

@@ -257,7 +257,8 @@ pub async fn flush_loop(ctx: Arc<Ctx>, recorder: Recorder, mut shutdown: watch::
                 })
                 .count()
                 .max(1);
-            let issuances: Vec<Issuance> = pending.iter().take(take).cloned().collect();
+            // Packed straight from the queue: no copy of each record's strings.
+            let issuances = &pending.make_contiguous()[..take];
             let last = issuances.last().map_or(0, |r| r.seq);
             let n = issuances.len() as u64;
             let actor = Actor {
@@ -266,7 +267,7 @@ pub async fn flush_loop(ctx: Arc<Ctx>, recorder: Recorder, mut shutdown: watch::
             };
             let command = Command::RecordIssuanceBatch {
                 node_id: ctx.node_id,
-                batch: IssuanceBatch::pack(&issuances),
+                batch: IssuanceBatch::pack(issuances),
             };
             match ctx.write(actor, command).await {
                 Ok(_) => {
