@@ -74,14 +74,15 @@ fn config() -> impl bincode::config::Config {
 /// Encode a value under `tag`. Encoding our own in-memory values cannot fail: a failure is a
 /// broken invariant (a type that serde cannot represent), so it panics.
 pub fn encode<T: Serialize + ?Sized>(tag: Tag, value: &T) -> Vec<u8> {
+    // The payload goes straight after the header: no second buffer and no copy of it (an
+    // entry of issuance records is half a megabyte).
     let mut out = vec![VERSION, tag.0];
-    let payload = bincode::serde::encode_to_vec(value, config()).unwrap_or_else(|e| {
+    bincode::serde::encode_into_std_write(value, &mut out, config()).unwrap_or_else(|e| {
         panic!(
             "codec: encoding a value with tag {:#04x} failed: {e}",
             tag.0
         )
     });
-    out.extend_from_slice(&payload);
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     out

@@ -577,11 +577,15 @@ impl OutboxWriter {
     }
 }
 
+/// Records a read reserves room for up front (a full proposal's worth), so a read of
+/// thousands does not grow its vector a dozen times.
+const READ_RESERVE_MAX: usize = 4096;
+
 impl OutboxLog {
     /// Up to `limit` synced records after `cursor`, oldest first; moves the cursor past them.
     /// One task reads and releases.
     pub fn read(&self, cursor: &mut Cursor, limit: usize) -> Result<Vec<Issuance>, StoreError> {
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(limit.min(READ_RESERVE_MAX));
         let mut buf = std::mem::take(&mut cursor.buf);
         let r = self.read_into(cursor, limit, &mut out, &mut buf);
         cursor.buf = buf;
