@@ -66,6 +66,17 @@ pub struct OutboxStats {
     pub proposed: AtomicU64,
 }
 
+impl OutboxStats {
+    /// Records recorded by this process and not yet proposed. The flusher also proposes the
+    /// backlog a restarted node finds in its outbox, which this process never recorded, so
+    /// `proposed` may pass `recorded`: then nothing of this process's waits.
+    fn waiting(&self) -> u64 {
+        self.recorded
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.proposed.load(Ordering::Relaxed))
+    }
+}
+
 struct PendingBox(Msg);
 
 impl std::fmt::Debug for PendingBox {
@@ -175,8 +186,10 @@ fn writer(
         }
         let result = outbox.append(&frames).map_err(|e| e.to_string());
         if let Err(e) = &result {
-            // What reached the disk is unknown: no credential of this group leaves, and the
-            // writer takes nothing more until the node restarts and reads the outbox again.
+            // No credential of this group leaves. After a failed write or sync, what reached
+            // the disk is unknown and the outbox takes nothing more until the node restarts
+            // and reads it again; a segment that could not be made (a full disk) is tried
+            // again by the next group.
             tracing::error!(error = %e, "the issuance outbox could not be written; refusing to issue");
         } else {
             stats.syncs.fetch_add(1, Ordering::Relaxed);
@@ -189,8 +202,7 @@ fn writer(
         }
         // Wake the flusher early only for a full proposal: under load, fewer and larger
         // entries cost the log (and every node applying it) far less than many small ones.
-        let waiting =
-            stats.recorded.load(Ordering::Relaxed) - stats.proposed.load(Ordering::Relaxed);
+        let waiting = stats.waiting();
         if waiting >= WAKE_AT {
             wake.notify_one();
         }
@@ -293,5 +305,49 @@ pub async fn flush_loop(ctx: Arc<Ctx>, recorder: Recorder, mut shutdown: watch::
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use authsec_domain::issuance::CredentialKind;
+
+    fn issuance() -> Issuance {
+        Issuance {
+            seq: 0,
+            kind: CredentialKind::AccessToken,
+            id: "jti".into(),
+            subject: "c".into(),
+            client_id: "c".into(),
+            method: "client_secret_basic".into(),
+            audience: vec![],
+            scopes: vec![],
+            delegation: None,
+            actor: None,
+            issued_at_ms: 0,
+            expires_at_ms: 0,
+            applied_index: 0,
+        }
+    }
+
+    /// A node restarted with a backlog in its outbox proposes more than it records: recording
+    /// must go on (the first credentials soak after the outbox moved to its own files found
+    /// the writer thread dead of an overflow there, and the node refusing every credential).
+    #[tokio::test]
+    async fn recording_goes_on_after_the_backlog_of_a_restart_is_proposed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = authsec_storage::open(dir.path()).expect("store");
+        let (w, log, next) = authsec_storage::outbox::open(&store).expect("outbox");
+        let recorder = Recorder::start(w, log, next);
+        recorder.record(issuance()).await.expect("first record");
+        // The flusher proposed the first record and four of the process before.
+        recorder.stats.proposed.store(5, Ordering::Relaxed);
+        for _ in 0..3 {
+            recorder.record(issuance()).await.expect("recorded");
+        }
+        assert_eq!(recorder.stats.recorded.load(Ordering::Relaxed), 4);
+        assert_eq!(recorder.stats.waiting(), 0);
+        recorder.stop().await;
     }
 }
