@@ -272,7 +272,8 @@ pub struct OutboxWriter {
     end: u64,
     capacity: u64,
     buf: Vec<u8>,
-    /// A sync failed: what reached the disk is unknown, so nothing more is acknowledged.
+    /// A write or sync failed: what reached the disk is unknown, so nothing more is
+    /// acknowledged.
     failed: bool,
 }
 
@@ -516,8 +517,14 @@ impl OutboxWriter {
     }
 
     /// Append `frames` (sequences increasing, above every earlier one) and sync. When this
-    /// returns `Ok`, the records survive a crash. After an error nothing more is accepted:
-    /// a failed sync leaves unknown what reached the disk.
+    /// returns `Ok`, the records survive a crash. After a failed write or sync nothing more is
+    /// accepted: what reached the disk is unknown. A failed roll-over (no room for a new
+    /// segment: a full disk and no spare) is not such a failure, since it happens before any
+    /// byte of the frames it was for is written; this call fails and the next one tries again,
+    /// so a node whose disk fills issues again once there is room, without a restart. The
+    /// frames of this call that went before a failed roll-over are synced: they stay in the
+    /// outbox and are proposed like the others (a record of a credential never handed out is
+    /// the safe side of "no audit, no credential").
     pub fn append(&mut self, frames: &[Frame]) -> Result<(), StoreError> {
         if self.failed {
             return Err(outbox_err(
@@ -525,14 +532,6 @@ impl OutboxWriter {
                 "an earlier outbox write failed; restart the node",
             ));
         }
-        let r = self.append_inner(frames);
-        if r.is_err() {
-            self.failed = true;
-        }
-        r
-    }
-
-    fn append_inner(&mut self, frames: &[Frame]) -> Result<(), StoreError> {
         let mut i = 0;
         while i < frames.len() {
             self.buf.clear();
@@ -550,12 +549,19 @@ impl OutboxWriter {
             }
             if !self.buf.is_empty() {
                 let path = self.shared.path(self.epoch);
-                self.file
+                let written = self
+                    .file
                     .write_all_at(&self.buf, start)
-                    .map_err(StoreError::io("write the issuance outbox", &path))?;
-                self.file
-                    .sync_data()
-                    .map_err(StoreError::io("sync the issuance outbox", &path))?;
+                    .map_err(StoreError::io("write the issuance outbox", &path))
+                    .and_then(|()| {
+                        self.file
+                            .sync_data()
+                            .map_err(StoreError::io("sync the issuance outbox", &path))
+                    });
+                if let Err(e) = written {
+                    self.failed = true;
+                    return Err(e);
+                }
                 self.end = at;
                 if let Some(s) = self.shared.segments().last_mut() {
                     s.end = at;
@@ -569,7 +575,8 @@ impl OutboxWriter {
                         "a record does not fit in an empty segment",
                     ));
                 }
-                // This segment is full: the rest goes to the next one.
+                // This segment is full: the rest goes to the next one. On failure this writer
+                // is unchanged (still at the end of its full segment).
                 *self = Self::new_segment(self.shared.clone(), f.seq)?;
             }
         }
@@ -850,6 +857,51 @@ mod tests {
             left.windows(2).all(|w| w[1] == w[0] + 1),
             "no old frame reads as a record"
         );
+    }
+
+    /// A roll-over that fails (here a directory sits where the next segment goes; in life, a
+    /// full disk with no spare) fails that append only: nothing of it was written, and the
+    /// next append rolls over. The failed append's sequence stays unused.
+    #[test]
+    fn a_failed_roll_over_is_tried_again() {
+        let (dir, store, mut w, log, first) = fresh();
+        let per = Frame::encode(&rec(first)).expect("encode").len();
+        let full = first + SEGMENT_BYTES / per;
+        let mut next = first;
+        while next < full {
+            let n = 4096.min(full - next);
+            w.append(&frames(next..next + n)).expect("append");
+            next += n;
+        }
+        let blocker = log.shared.path(next);
+        fs::create_dir(&blocker).expect("blocker");
+        fs::write(blocker.join("x"), b"x").expect("blocker");
+        let err = w
+            .append(&frames(next..next + 1))
+            .expect_err("no segment can be made");
+        assert!(!err.to_string().contains("restart"), "{err}");
+        fs::remove_dir_all(&blocker).expect("unblock");
+        w.append(&frames(next + 1..next + 2))
+            .expect("the next append rolls over");
+        assert_eq!(log.segments(), 2);
+        let mut want: Vec<u64> = (first..next).collect();
+        want.push(next + 1);
+        let mut cur = Cursor::after(0);
+        let mut got = Vec::new();
+        loop {
+            let b = log.read(&mut cur, 10_000).expect("read");
+            if b.is_empty() {
+                break;
+            }
+            got.extend(seqs(&b));
+        }
+        assert_eq!(got, want);
+        drop((w, log, store));
+
+        let store = crate::open(dir.path()).expect("reopen");
+        let (_, _, again) = open(&store).expect("outbox");
+        assert_eq!(again, next + 2);
+        assert_eq!(seqs(&pending(dir.path()).expect("pending")), want);
     }
 
     /// A torn write at the end (never acknowledged) is cut off and zeroed at open, so a
