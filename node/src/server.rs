@@ -371,11 +371,19 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
             {
                 let m = leading.borrow_and_update();
                 fresh.applied(m.last_applied.map_or(0, |l| l.index));
-                fresh.observe_leader(if m.state == openraft::ServerState::Leader {
-                    m.millis_since_quorum_ack
-                } else {
-                    None
-                });
+                // A new leader's commit index can lag what its predecessor committed (and
+                // acknowledged) until it commits an entry of its own term, its first, blank
+                // one: it has no figure of its own (and stamps none) until it has applied that.
+                let own_term_applied = m
+                    .last_applied
+                    .is_some_and(|l| l.leader_id == *m.vote.leader_id());
+                fresh.observe_leader(
+                    if m.state == openraft::ServerState::Leader && own_term_applied {
+                        m.millis_since_quorum_ack
+                    } else {
+                        None
+                    },
+                );
             }
             if leading.changed().await.is_err() {
                 return;

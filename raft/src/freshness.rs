@@ -104,7 +104,7 @@ impl Freshness {
     /// An AppendEntries from `leader` was accepted (the sender is the leader this node
     /// recognises), stamped with `age_ms`, carrying the leader's commit index `committed`.
     pub fn heard(&self, leader: NodeId, age_ms: u64, committed: u64) {
-        self.heard_at(leader, 0, age_ms, committed, None);
+        self.heard_at(leader, 0, age_ms, committed, true, None);
     }
 
     /// As [`Freshness::heard`], with the leader's clock when it sent the message. A message
@@ -112,12 +112,20 @@ impl Freshness {
     /// the age it had when it was sent; the time it spent in flight beyond the fastest recent
     /// delivery from the same leader is added to it, so a stale message never makes a node
     /// look fresh.
+    ///
+    /// `own_term` says whether the commit index the message carries is of an entry of the
+    /// sender's own term. Until a new leader commits such an entry (its first, blank one), its
+    /// commit index can lag what its predecessor had committed and clients had seen
+    /// acknowledged, so its stamps say nothing of this node's view and are not counted: the
+    /// first credentials soak caught an issuer replica minting on a view 1.8 s behind an
+    /// acknowledged write, fresh by the stamps of a leader elected 1.8 s before.
     pub fn heard_at(
         &self,
         leader: NodeId,
         term: u64,
         age_ms: u64,
         committed: u64,
+        own_term: bool,
         sent_ms: Option<u64>,
     ) {
         let now = Instant::now();
@@ -148,6 +156,9 @@ impl Freshness {
             }
             None => age_ms,
         };
+        if !own_term {
+            return;
+        }
         if committed <= g.applied {
             g.covered = Some((now, age_ms, leader));
             g.pending.clear();
@@ -195,6 +206,28 @@ impl Freshness {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A new leader's stamps count only once its commit index is of its own term.
+    #[test]
+    fn a_new_leader_counts_once_it_committed_in_its_own_term() {
+        let f = Freshness::default();
+        f.heard(1, 0, 50);
+        f.applied(50);
+        assert!(matches!(f.age(), Some((_, Source::Follower { leader: 1 }))));
+        // Leader 2, elected in term 8, still carries its predecessor's commit index.
+        f.heard_at(2, 8, 0, 50, false, None);
+        f.heard_at(2, 8, 0, 50, false, None);
+        assert!(
+            matches!(f.age(), Some((_, Source::Follower { leader: 1 }))),
+            "the old stamp ages on: {:?}",
+            f.age()
+        );
+        // Its blank entry committed: counted once applied.
+        f.heard_at(2, 8, 0, 52, true, None);
+        assert!(matches!(f.age(), Some((_, Source::Follower { leader: 1 }))));
+        f.applied(52);
+        assert!(matches!(f.age(), Some((_, Source::Follower { leader: 2 }))));
+    }
 
     #[test]
     fn unknown_until_heard() {
@@ -252,19 +285,19 @@ mod tests {
         let f = Freshness::default();
         // Two prompt deliveries from leader 2 in term 5: its clock ran 10 s ahead of ours.
         let now = f.clock_ms() + 10_000;
-        f.heard_at(2, 5, 0, 0, Some(now));
-        f.heard_at(2, 5, 0, 0, Some(now));
+        f.heard_at(2, 5, 0, 0, true, Some(now));
+        f.heard_at(2, 5, 0, 0, true, Some(now));
         let (age, _) = f.age().expect("current");
         assert!(age < Duration::from_millis(1_000), "{age:?}");
         // A heartbeat the leader sent 5 s before it arrived (held by a partition).
-        f.heard_at(2, 5, 0, 0, Some(now - 5_000));
+        f.heard_at(2, 5, 0, 0, true, Some(now - 5_000));
         let (age, _) = f.age().expect("heard");
         assert!(
             age >= Duration::from_millis(5_000),
             "the delay counts: {age:?}"
         );
         // A new term (the leader restarted, its clock with it) starts over.
-        f.heard_at(2, 6, 0, 0, Some(3));
+        f.heard_at(2, 6, 0, 0, true, Some(3));
         let (age, _) = f.age().expect("current");
         assert!(age < Duration::from_millis(1_000), "{age:?}");
     }

@@ -73,13 +73,18 @@ impl PeerService for PeerServer {
         let from = rpc.vote.leader_id().voted_for();
         let term = rpc.vote.leader_id().get_term();
         let committed = rpc.leader_commit.map_or(0, |l| l.index);
+        // Whether that commit index is of an entry of the sender's own term (see
+        // `Freshness::heard_at`).
+        let own_term = rpc
+            .leader_commit
+            .is_some_and(|l| l.leader_id == *rpc.vote.leader_id());
         let res = self.raft.append_entries(rpc).await;
         // Accepted from the leader this node recognises (not refused for a higher vote): its
         // stamp counts once this node has applied what that leader had committed.
         if let (Some(age), Some(leader), Ok(r)) = (stamped, from, &res) {
             if !matches!(r, openraft::raft::AppendEntriesResponse::HigherVote(_)) {
                 self.freshness
-                    .heard_at(leader, term, age, committed, sent_at);
+                    .heard_at(leader, term, age, committed, own_term, sent_at);
             }
         }
         Ok(Response::new(Payload {
