@@ -481,6 +481,23 @@ impl Cluster {
         Ok(kept)
     }
 
+    /// Every panic in the nodes' logs, as (node, the panic and its message). A thread that
+    /// panics can leave its process running without the work it did (the first credentials
+    /// soak after the outbox moved to its own files ran with every voter's outbox writer dead
+    /// and only the refusals to show for it), so a run with any panic fails.
+    pub fn panics(&self) -> Vec<(u64, String)> {
+        let mut out = Vec::new();
+        for n in self.nodes.values() {
+            let Ok(bytes) = std::fs::read(&n.log) else {
+                continue;
+            };
+            for p in panics_in(&String::from_utf8_lossy(&bytes)) {
+                out.push((n.id, p));
+            }
+        }
+        out
+    }
+
     /// Every id with a reserved address, spares included.
     pub fn reserved_ids(&self) -> Vec<u64> {
         self.reserved.keys().copied().collect()
@@ -1368,4 +1385,33 @@ pub fn init_test_tracing() {
         )
         .with_test_writer()
         .try_init();
+}
+
+/// The panics in a log: each `panicked at` line with the message line after it.
+pub fn panics_in(log: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut lines = log.lines();
+    while let Some(l) = lines.next() {
+        if l.contains(" panicked at ") {
+            out.push(format!(
+                "{} {}",
+                l.trim(),
+                lines.next().unwrap_or("").trim()
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod panic_tests {
+    #[test]
+    fn a_panic_is_found_with_its_message() {
+        let log = "2026-11-30T18:22:49Z  WARN openraft: timeout\n\nthread 'outbox-writer' (2701) panicked at node/src/outbox.rs:193:13:\nattempt to subtract with overflow\nstack backtrace:\n";
+        assert_eq!(
+            super::panics_in(log),
+            ["thread 'outbox-writer' (2701) panicked at node/src/outbox.rs:193:13: attempt to subtract with overflow"]
+        );
+        assert!(super::panics_in("INFO a client id named panicked-at-dawn\n").is_empty());
+    }
 }

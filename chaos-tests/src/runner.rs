@@ -473,10 +473,23 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Summary> {
             h.archives.insert(*id, cluster.records(*id).await?);
             h.projections.insert(*id, cluster.client_ids(*id).await?);
         }
+        // Moved: a node's applied index changed, or its archive ends past the head its
+        // status gave (an entry applied between the two reads: the archive is written before
+        // openraft reports the entry applied, so the applied index can lag that read).
         let mut moved = false;
         for id in &members {
             let now = cluster.status(*id).await?;
-            moved |= h.statuses.get(id).map(|s| s.applied_index) != Some(now.applied_index);
+            let before = h.statuses.get(id);
+            moved |= before.map(|s| s.applied_index) != Some(now.applied_index);
+            let head = before
+                .and_then(|s| s.archive_head.as_ref())
+                .map_or(0, |a| a.sequence);
+            let end = h
+                .archives
+                .get(id)
+                .and_then(|a| a.last())
+                .map_or(0, |r| r.sequence);
+            moved |= end > head;
         }
         if !moved || Instant::now() > settle_deadline {
             break;
@@ -530,6 +543,12 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Summary> {
         });
     }
     summary.violations.extend(checkers::check_all(&h));
+    for (node, panic) in cluster.panics() {
+        summary.violations.push(Violation {
+            checker: "no-panic",
+            detail: format!("node {node}: {panic}"),
+        });
+    }
     if let Some(c) = &h.creds {
         summary.cred_requests = c.log.requests.len();
         summary.cred_issued = c
