@@ -778,6 +778,29 @@ mod tests {
         recs.iter().map(|r| r.seq).collect()
     }
 
+    /// Append records `from..to` in groups of 4,096; returns `to`.
+    fn fill(w: &mut OutboxWriter, from: u64, to: u64) -> u64 {
+        let mut next = from;
+        while next < to {
+            let n = 4096.min(to - next);
+            w.append(&frames(next..next + n)).expect("append");
+            next += n;
+        }
+        to
+    }
+
+    /// The sequences of every record after `cur`, read in batches.
+    fn read_all(log: &OutboxLog, cur: &mut Cursor) -> Vec<u64> {
+        let mut got = Vec::new();
+        loop {
+            let b = log.read(cur, 10_000).expect("read");
+            if b.is_empty() {
+                return got;
+            }
+            got.extend(seqs(&b));
+        }
+    }
+
     #[test]
     fn records_come_back_in_order_and_sequences_survive_reopen() {
         let (dir, store, mut w, log, first) = fresh();
@@ -820,22 +843,10 @@ mod tests {
         let per = Frame::encode(&rec(first)).expect("encode").len();
         let per_segment = SEGMENT_BYTES / per;
         let total = per_segment * 5 / 2;
-        let mut next = first;
-        while next < first + total {
-            let n = 4096.min(first + total - next);
-            w.append(&frames(next..next + n)).expect("append");
-            next += n;
-        }
+        let next = fill(&mut w, first, first + total);
         assert_eq!(log.segments(), 3);
         let mut cur = Cursor::after(0);
-        let mut got = Vec::new();
-        loop {
-            let b = log.read(&mut cur, 10_000).expect("read");
-            if b.is_empty() {
-                break;
-            }
-            got.extend(seqs(&b));
-        }
+        let got = read_all(&log, &mut cur);
         assert_eq!(got, (first..next).collect::<Vec<_>>());
 
         log.release_through(first + per_segment * 2)
@@ -867,12 +878,7 @@ mod tests {
         let (dir, store, mut w, log, first) = fresh();
         let per = Frame::encode(&rec(first)).expect("encode").len();
         let full = first + SEGMENT_BYTES / per;
-        let mut next = first;
-        while next < full {
-            let n = 4096.min(full - next);
-            w.append(&frames(next..next + n)).expect("append");
-            next += n;
-        }
+        let next = fill(&mut w, first, full);
         let blocker = log.shared.path(next);
         fs::create_dir(&blocker).expect("blocker");
         fs::write(blocker.join("x"), b"x").expect("blocker");
@@ -887,14 +893,7 @@ mod tests {
         let mut want: Vec<u64> = (first..next).collect();
         want.push(next + 1);
         let mut cur = Cursor::after(0);
-        let mut got = Vec::new();
-        loop {
-            let b = log.read(&mut cur, 10_000).expect("read");
-            if b.is_empty() {
-                break;
-            }
-            got.extend(seqs(&b));
-        }
+        let got = read_all(&log, &mut cur);
         assert_eq!(got, want);
         drop((w, log, store));
 
