@@ -1259,6 +1259,65 @@ impl Cluster {
         Ok(out)
     }
 
+    /// Every credential id (`jti`, or an X.509-SVID's serial in hex) that node `id`'s log
+    /// records as issued.
+    pub async fn recorded_issuances(&self, id: u64) -> anyhow::Result<BTreeSet<String>> {
+        let mut out = BTreeSet::new();
+        for r in self.records(id).await? {
+            if r.kind != "credential.issued" {
+                continue;
+            }
+            let rec = authsec_domain::AuditRecord::from_bytes(&r.bytes)?;
+            match rec.event {
+                authsec_domain::Event::IssuancesRecorded { issuances, .. } => {
+                    out.extend(issuances.into_iter().map(|i| i.id))
+                }
+                authsec_domain::Event::IssuanceBatchRecorded { batch, .. } => {
+                    out.extend(batch.items.into_iter().map(|i| i.id))
+                }
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// Wait until node `id`'s log records every credential in `ids` as issued. Issuance
+    /// records reach the log after the credential is answered (the outbox), so a test that
+    /// reads the log's head must wait for them first. Answers how long it took.
+    pub async fn wait_recorded(
+        &self,
+        id: u64,
+        ids: &BTreeSet<String>,
+        within: Duration,
+    ) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        loop {
+            // A node that is starting refuses connections for a moment.
+            let have = match self.recorded_issuances(id).await {
+                Ok(h) => h,
+                Err(e) if start.elapsed() < within => {
+                    tracing::debug!(error = %e, "reading the log failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let missing: Vec<&String> = ids.iter().filter(|j| !have.contains(*j)).collect();
+            if missing.is_empty() {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > within {
+                bail!(
+                    "{} of {} issued credentials are not in node {id}'s log after {within:?}: {:?}",
+                    missing.len(),
+                    ids.len(),
+                    &missing[..missing.len().min(5)]
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Every client id in a node's projection, read page by page from that node.
     pub async fn client_ids(&self, id: u64) -> anyhow::Result<BTreeSet<String>> {
         let mut c = self.clients(id).await?;

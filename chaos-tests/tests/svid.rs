@@ -5,6 +5,7 @@
 //! node cut off from the quorum (and a deposed leader with the follower it still reaches) and
 //! lets it resume by itself.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -170,10 +171,14 @@ async fn svids_from_every_node_verify_everywhere_and_bad_input_writes_nothing() 
     let other = create_entry(&c, 1, "db", Some("agent/a2")).await?;
     c.wait_converged(&[1, 2, 3], 0, T).await?;
 
+    // Every credential minted before the refusals: their issuance records reach the log
+    // after the answer, so the head is read once they are all in.
+    let mut minted = BTreeSet::new();
     // An admin mints on every node; each chain verifies with another node's bundle.
     for id in 1..=3u64 {
         let (_, der) = csr()?;
         let r = mint(&mut svids(&c, id).await?, &web, &der).await?;
+        minted.insert(r.serial_hex.clone());
         assert_eq!(r.issuer_node_id, id);
         let roots = bundle(&c, id % 3 + 1).await?.x509_authorities_der;
         let uri = verify_chain(&r.cert_chain_der, &roots)?;
@@ -187,6 +192,7 @@ async fn svids_from_every_node_verify_everywhere_and_bad_input_writes_nothing() 
             })
             .await?
             .into_inner();
+        minted.insert(jwt.jti.clone());
         let claims = verify_jwt(
             &jwt.token,
             &bundle(&c, id % 3 + 1).await?.spiffe_bundle_json,
@@ -205,6 +211,8 @@ async fn svids_from_every_node_verify_everywhere_and_bad_input_writes_nothing() 
     let (_, der) = csr()?;
     let ok = mint(&mut agent, &web, &der).await?;
     verify_chain(&ok.cert_chain_der, &roots)?;
+    minted.extend([a.serial_hex.clone(), ok.serial_hex.clone()]);
+    c.wait_recorded(1, &minted, T).await?;
 
     let c = &c;
     let head = |id| async move {
