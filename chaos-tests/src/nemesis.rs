@@ -54,6 +54,32 @@ pub enum Fault {
     IsolateReplica { ms: u64 },
 }
 
+impl Fault {
+    /// What kind of fault, without its figures: the row it is tallied under in a report.
+    pub fn class(&self) -> &'static str {
+        match self {
+            Fault::KillLeader { .. } => "kill -9 leader",
+            Fault::PauseLeader { .. } => "SIGSTOP leader",
+            Fault::IsolateLeader { .. } => "isolate leader",
+            Fault::PartitionMinority { .. } => "partition minority",
+            Fault::OneWayFromLeader { .. } => "one-way leader -/-> follower",
+            Fault::Flapping { .. } => "flapping partitions",
+            Fault::SlowLinks { .. } => "slow links",
+            Fault::LossyLinks { .. } => "links cutting connections",
+            Fault::RollingRestart => "rolling restart",
+            Fault::WipeRejoin { .. } => "wipe follower and rejoin",
+            Fault::DiskFull => "disk full",
+            Fault::AddRemoveMember => "add and remove a member",
+            Fault::Quiet { .. } => "no fault",
+            Fault::IsolateLeaderWith { .. } => "isolate leader with a follower",
+            Fault::PartitionRevoking { .. } => "partition minority during revocations",
+            Fault::PartitionChangingRoles { .. } => "partition during role changes",
+            Fault::ClockSkew { .. } => "clock skew",
+            Fault::IsolateReplica { .. } => "isolate the issuer replica",
+        }
+    }
+}
+
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

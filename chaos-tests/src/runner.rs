@@ -103,7 +103,7 @@ pub struct Summary {
     pub unknown: usize,
     pub rejected: usize,
     /// Each fault as it began: time since the start, and what.
-    pub faults: Vec<(Duration, String)>,
+    pub faults: Vec<(Duration, Fault)>,
     pub violations: Vec<Violation>,
     /// Share of one-second windows in which at least one write was acknowledged.
     pub availability: f64,
@@ -201,6 +201,7 @@ impl Summary {
                 "| credentials lost with a wiped disk (not audited) | {} |",
                 self.lost_with_wipes
             );
+            s += &f.by_fault_table();
         }
         s
     }
@@ -368,7 +369,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Summary> {
         }
         let at = oracle.now();
         say(&format!("[{:>7.1}s] fault: {fault}", at.as_secs_f64()));
-        summary.faults.push((at, fault.to_string()));
+        summary.faults.push((at, fault.clone()));
         let cuts_before = flog.cuts.len();
         let mut fx = Fx {
             oracle: &oracle,
@@ -558,7 +559,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<Summary> {
             .filter(|r| r.issued().is_some())
             .count();
         summary.cred_revocations = c.log.revocations.len();
-        summary.issuance = checkers::availability::figure(&h);
+        summary.issuance = checkers::availability::figure(&h, &summary.faults);
         summary.probes = Some(checkers::revocation::tally(&h));
         summary.lost_with_wipes = checkers::audit_complete::lost_with_wipes(&h);
         if summary.lost_with_wipes > 0 {
