@@ -23,6 +23,13 @@ pub const QUORUM_AGE_HEADER: &str = "authsec-quorum-age-ms";
 /// are, so a message that spent longer in flight than the fastest recent one is seen as older
 /// by that much.
 pub const LEADER_CLOCK_HEADER: &str = "authsec-leader-clock-ms";
+/// gRPC metadata key that names the process whose clock [`LEADER_CLOCK_HEADER`] reads: a
+/// number drawn when the process started. A leader restarted in place leads again in the
+/// same term (openraft restores a node whose persisted vote is a committed vote for itself as
+/// leader at once), with a clock that starts over; without this, its followers took the jump
+/// for a message held in flight as long as the old process had run, and refused to issue for
+/// up to a minute after a rolling restart.
+pub const LEADER_INCARNATION_HEADER: &str = "authsec-leader-incarnation";
 
 /// How long samples of the leader's clock against this node's are kept for the fastest
 /// delivery (short enough that the two clocks' drift within it is a few milliseconds).
@@ -38,15 +45,30 @@ pub struct Freshness {
     inner: Mutex<Inner>,
     /// This process's clock origin, for [`Freshness::clock_ms`].
     epoch: Instant,
+    /// Names this process's clock (see [`LEADER_INCARNATION_HEADER`]).
+    incarnation: u64,
 }
 
 impl Default for Freshness {
     fn default() -> Self {
+        use std::hash::BuildHasher;
         Self {
             inner: Mutex::default(),
             epoch: Instant::now(),
+            // std's `RandomState` is keyed from the operating system's random source once
+            // per process: a number no earlier run of this node drew (it only has to differ
+            // from theirs; nothing secret rests on it).
+            incarnation: std::collections::hash_map::RandomState::new().hash_one(0u8),
         }
     }
+}
+
+/// A leader's clock as it stamped an AppendEntries: which process's clock, and its reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaderClock {
+    /// 0 from a sender that does not name it (an older version).
+    pub incarnation: u64,
+    pub ms: u64,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -61,13 +83,19 @@ struct Inner {
     pending: VecDeque<(Instant, u64, NodeId, u64)>,
     /// This node's applied index, as last observed.
     applied: u64,
-    /// Recent (received, receive clock minus the leader's send clock) samples of the leader
-    /// heard last, oldest first; their minimum is the fastest delivery seen lately.
-    offsets: VecDeque<(Instant, i128)>,
-    /// Whose clock the samples are of: (leader, term). A leader that restarts restarts its
-    /// clock, and leads again only in a new term.
-    offsets_of: Option<(NodeId, u64)>,
+    /// Per leader clock heard lately (the one heard last at the back): recent (received,
+    /// receive clock minus the leader's send clock) samples, oldest first; their minimum is
+    /// the fastest delivery seen lately from that clock.
+    clocks: VecDeque<(ClockKey, VecDeque<(Instant, i128)>)>,
 }
+
+/// Whose clock samples are of: (leader, term, the leader's process). A leader that restarts
+/// restarts its clock, and may lead again in the same term; a message its old process sent
+/// can still arrive after the new one's, and is judged against the old clock's samples.
+type ClockKey = (NodeId, u64, u64);
+
+/// Leader clocks whose samples are kept (the current one and the few before it).
+const CLOCKS_MAX: usize = 4;
 
 /// Where a node's freshness figure comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +129,14 @@ impl Freshness {
         self.epoch.elapsed().as_millis() as u64
     }
 
+    /// What a leader stamps on an AppendEntries as its clock: this process and its reading.
+    pub fn leader_clock(&self) -> LeaderClock {
+        LeaderClock {
+            incarnation: self.incarnation,
+            ms: self.clock_ms(),
+        }
+    }
+
     /// An AppendEntries from `leader` was accepted (the sender is the leader this node
     /// recognises), stamped with `age_ms`, carrying the leader's commit index `committed`.
     pub fn heard(&self, leader: NodeId, age_ms: u64, committed: u64) {
@@ -126,32 +162,39 @@ impl Freshness {
         age_ms: u64,
         committed: u64,
         own_term: bool,
-        sent_ms: Option<u64>,
+        sent: Option<LeaderClock>,
     ) {
         let now = Instant::now();
         let received_ms = self.clock_ms();
         let mut g = self.lock();
-        let age_ms = match sent_ms {
-            Some(sent) => {
-                if g.offsets_of != Some((leader, term)) {
-                    g.offsets.clear();
-                    g.offsets_of = Some((leader, term));
-                }
-                while g
-                    .offsets
+        let age_ms = match sent {
+            Some(LeaderClock {
+                incarnation,
+                ms: sent,
+            }) => {
+                let key = (leader, term, incarnation);
+                let mut samples = match g.clocks.iter().position(|(k, _)| *k == key) {
+                    Some(i) => g.clocks.remove(i).map(|c| c.1).unwrap_or_default(),
+                    None => VecDeque::new(),
+                };
+                while samples
                     .front()
                     .is_some_and(|(at, _)| now.duration_since(*at) > DELAY_WINDOW)
                 {
-                    g.offsets.pop_front();
+                    samples.pop_front();
                 }
                 let offset = i128::from(received_ms) - i128::from(sent);
                 // Keep the window's minima only: a sample above a newer one never is one.
-                while g.offsets.back().is_some_and(|(_, o)| *o >= offset) {
-                    g.offsets.pop_back();
+                while samples.back().is_some_and(|(_, o)| *o >= offset) {
+                    samples.pop_back();
                 }
-                g.offsets.push_back((now, offset));
-                let fastest = g.offsets.front().map_or(offset, |(_, o)| *o);
+                samples.push_back((now, offset));
+                let fastest = samples.front().map_or(offset, |(_, o)| *o);
                 let late = u64::try_from(offset - fastest).unwrap_or(0);
+                if g.clocks.len() >= CLOCKS_MAX {
+                    g.clocks.pop_front();
+                }
+                g.clocks.push_back((key, samples));
                 age_ms.saturating_add(late)
             }
             None => age_ms,
@@ -283,22 +326,77 @@ mod tests {
     #[test]
     fn a_message_held_in_flight_is_as_old_as_its_delay() {
         let f = Freshness::default();
+        let clock = |ms| Some(LeaderClock { incarnation: 7, ms });
         // Two prompt deliveries from leader 2 in term 5: its clock ran 10 s ahead of ours.
         let now = f.clock_ms() + 10_000;
-        f.heard_at(2, 5, 0, 0, true, Some(now));
-        f.heard_at(2, 5, 0, 0, true, Some(now));
+        f.heard_at(2, 5, 0, 0, true, clock(now));
+        f.heard_at(2, 5, 0, 0, true, clock(now));
         let (age, _) = f.age().expect("current");
         assert!(age < Duration::from_millis(1_000), "{age:?}");
         // A heartbeat the leader sent 5 s before it arrived (held by a partition).
-        f.heard_at(2, 5, 0, 0, true, Some(now - 5_000));
+        f.heard_at(2, 5, 0, 0, true, clock(now - 5_000));
         let (age, _) = f.age().expect("heard");
         assert!(
             age >= Duration::from_millis(5_000),
             "the delay counts: {age:?}"
         );
-        // A new term (the leader restarted, its clock with it) starts over.
-        f.heard_at(2, 6, 0, 0, true, Some(3));
+        // A new term (another leader, or this one elected again) starts over.
+        f.heard_at(2, 6, 0, 0, true, clock(3));
         let (age, _) = f.age().expect("current");
         assert!(age < Duration::from_millis(1_000), "{age:?}");
+    }
+
+    /// The second credentials soak after the outbox change: a rolling restart restarted the
+    /// leader, which openraft restored as leader in the same term with a clock starting at
+    /// zero; every follower read the jump as 24.6 s in flight and refused to issue for 35 s.
+    #[test]
+    fn a_leader_restarted_in_its_term_is_not_taken_for_a_late_one() {
+        let f = Freshness::default();
+        // Leader 2 in term 5 had run for 24 s: its clock read 24 s ahead of ours.
+        let c0 = f.clock_ms();
+        let old = LeaderClock {
+            incarnation: 11,
+            ms: c0 + 24_000,
+        };
+        f.heard_at(2, 5, 0, 0, true, Some(old));
+        assert!(f.age().is_some_and(|a| a.0 < Duration::from_millis(1_000)));
+        // Restarted, it leads on in term 5 with a new process and a clock near zero.
+        let new = LeaderClock {
+            incarnation: 12,
+            ms: 40,
+        };
+        f.heard_at(2, 5, 0, 0, true, Some(new));
+        let (age, src) = f.age().expect("current");
+        assert_eq!(src, Source::Follower { leader: 2 });
+        assert!(age < Duration::from_millis(1_000), "{age:?}");
+        // A message the old process sent 3 s before it arrived (held in flight across the
+        // restart) is judged against the old clock's samples: as old as its delay.
+        f.heard_at(
+            2,
+            5,
+            0,
+            0,
+            true,
+            Some(LeaderClock {
+                ms: old.ms + (f.clock_ms() - c0) - 3_000,
+                ..old
+            }),
+        );
+        let (age, _) = f.age().expect("heard");
+        assert!(
+            age >= Duration::from_millis(3_000),
+            "the delay counts: {age:?}"
+        );
+        // And the new process's next message is as prompt as before.
+        f.heard_at(2, 5, 0, 0, true, Some(new));
+        assert!(f.age().is_some_and(|a| a.0 < Duration::from_millis(1_000)));
+    }
+
+    #[test]
+    fn each_process_draws_its_own_incarnation() {
+        assert_ne!(
+            Freshness::default().leader_clock().incarnation,
+            Freshness::default().leader_clock().incarnation
+        );
     }
 }

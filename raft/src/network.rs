@@ -98,9 +98,14 @@ impl PeerClient {
                         req.metadata_mut()
                             .insert(crate::freshness::QUORUM_AGE_HEADER, v);
                     }
-                    if let Ok(v) = f.clock_ms().to_string().parse() {
+                    let clock = f.leader_clock();
+                    if let Ok(v) = clock.ms.to_string().parse() {
                         req.metadata_mut()
                             .insert(crate::freshness::LEADER_CLOCK_HEADER, v);
+                    }
+                    if let Ok(v) = clock.incarnation.to_string().parse() {
+                        req.metadata_mut()
+                            .insert(crate::freshness::LEADER_INCARNATION_HEADER, v);
                     }
                 }
             }

@@ -67,7 +67,11 @@ impl PeerService for PeerServer {
                 .and_then(|v| v.parse().ok())
         };
         let stamped = header(crate::freshness::QUORUM_AGE_HEADER);
-        let sent_at = header(crate::freshness::LEADER_CLOCK_HEADER);
+        let sent_at =
+            header(crate::freshness::LEADER_CLOCK_HEADER).map(|ms| crate::freshness::LeaderClock {
+                incarnation: header(crate::freshness::LEADER_INCARNATION_HEADER).unwrap_or(0),
+                ms,
+            });
         let rpc: openraft::raft::AppendEntriesRequest<crate::TypeConfig> =
             messages::decode(TAG_APPEND_REQ, &req.into_inner().data).map_err(bad)?;
         let from = rpc.vote.leader_id().voted_for();
