@@ -479,6 +479,67 @@ async fn a_leader_restarted_in_its_term_leaves_the_followers_issuing() -> anyhow
     Ok(())
 }
 
+/// openraft 0.9 gives each AppendEntries one heartbeat interval to come back, so a round
+/// trip longer than the heartbeat stops replication altogether: no write commits, no leader is
+/// acknowledged by a quorum, and every node stops issuing once the bound passes. With the
+/// node's default timeouts, 40 ms each way (what the soak's slow links draw) must cost nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_of_40_ms_each_way_cost_neither_writes_nor_issuance() -> anyhow::Result<()> {
+    authsec_chaos_tests::init_test_tracing();
+    const BOUND_MS: u64 = 1_500;
+    let c = Cluster::start(
+        3,
+        Options {
+            proxied: true,
+            // The node's defaults: what users run.
+            timeouts_ms: None,
+            env: staleness_env(&[1, 2, 3], BOUND_MS),
+            ..Options::default()
+        },
+    )?;
+    let leader = c.wait_leader(&[1, 2, 3], T).await?;
+    c.wait_issuing(&[1, 2, 3], T).await?;
+    let web = create_entry(&c, leader, "web", None).await?;
+    c.wait_converged(&[1, 2, 3], 0, T).await?;
+    let (_, der) = csr()?;
+    c.net()?.all(
+        &[1, 2, 3],
+        authsec_chaos_tests::proxy::LinkFault {
+            delay_ms: 40,
+            ..Default::default()
+        },
+    );
+    // Twice the bound: every write through the leader commits, every node issues each time.
+    let slow_at = Instant::now();
+    let mut clients = c.clients(leader).await?;
+    let mut svid_clients = Vec::new();
+    for id in 1..=3 {
+        svid_clients.push((id, svids(&c, id).await?));
+    }
+    let (mut writes, mut minted) = (0, 0);
+    while slow_at.elapsed() < Duration::from_millis(2 * BOUND_MS) {
+        let mut req =
+            tonic::Request::new(authsec_chaos_tests::register_req(&format!("slow-{writes}")));
+        req.set_timeout(Duration::from_secs(5));
+        clients.register_client(req).await.with_context(|| {
+            format!(
+                "write {writes}, {:?} into the slow links",
+                slow_at.elapsed()
+            )
+        })?;
+        writes += 1;
+        for (id, client) in &mut svid_clients {
+            mint(client, &web, &der).await.with_context(|| {
+                format!("node {id}, {:?} into the slow links", slow_at.elapsed())
+            })?;
+            minted += 1;
+        }
+    }
+    c.net()?.heal();
+    eprintln!("{writes} writes committed and {minted} SVIDs minted over links of 40 ms each way");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_off_stops_issuing_beyond_the_bound_and_resumes() -> anyhow::Result<()> {
     authsec_chaos_tests::init_test_tracing();
