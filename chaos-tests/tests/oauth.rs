@@ -685,3 +685,127 @@ fn outbox_ids(c: &Cluster, id: u64) -> anyhow::Result<BTreeSet<String>> {
         })
         .collect()
 }
+
+/// A node beyond its freshness bound may not know a client registered meanwhile. Its answer
+/// to that client is "not now" (503 `temporarily_unavailable`), not `invalid_client`, and it
+/// counts no authentication failure: counted, such answers locked every client behind the
+/// same address out of the node for a minute after it caught up (the credentials soaks saw
+/// over a thousand such refusals a run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_node_says_not_now_to_a_client_it_does_not_know_yet() -> anyhow::Result<()> {
+    authsec_chaos_tests::init_test_tracing();
+    let env = (1..=3)
+        .map(|id| {
+            (
+                id,
+                vec![("AUTHSEC_MAX_STALENESS_MS".to_owned(), "1500".to_owned())],
+            )
+        })
+        .collect();
+    let c = Cluster::start(
+        3,
+        Options {
+            proxied: true,
+            env,
+            ..Options::default()
+        },
+    )?;
+    let leader = c.wait_leader(&[1, 2, 3], T).await?;
+    c.wait_issuing(&[1, 2, 3], T).await?;
+    // Node 3 cut off (not the leader: node 1 takes the admin's writes).
+    let cut = (2..=3).find(|i| *i != leader).unwrap_or(3);
+    let rest: Vec<u64> = (1..=3).filter(|i| *i != cut).collect();
+    c.net()?.partition(&[cut], &rest);
+    c.wait_leader(&rest, T).await?;
+    create_role(&c, "orders-reader", &["orders:read"]).await?;
+    let late = client(&c, "late", &["orders:*"], "https://orders.example", vec![]).await?;
+    bind(&c, "orders-reader", "client:late").await?;
+    let h = c.https()?;
+    let addr = c.oauth_addr(cut)?;
+    let deadline = Instant::now() + T;
+    while c.status(cut).await?.issuing {
+        anyhow::ensure!(Instant::now() < deadline, "node {cut} never went stale");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Beyond its bound, every ask is "not now", past the limit of 20 failures a minute.
+    for i in 0..25 {
+        let r = h
+            .client_credentials(&addr, "late", &late, &[("scope", "orders:read")])
+            .await?;
+        anyhow::ensure!(
+            r.status == 503 && r.error() == "temporarily_unavailable",
+            "node {cut}, ask {i}: {r:?}"
+        );
+        assert!(r.body.contains("freshness bound"), "{r:?}");
+    }
+    // Healed, it learns the client and serves it at once: nothing was held against it.
+    c.net()?.heal();
+    c.wait_issuing(&[cut], T).await?;
+    let deadline = Instant::now() + T;
+    loop {
+        let r = h
+            .client_credentials(&addr, "late", &late, &[("scope", "orders:read")])
+            .await?;
+        if r.status == 200 {
+            break;
+        }
+        anyhow::ensure!(
+            r.status != 429 && Instant::now() < deadline,
+            "node {cut} after the heal: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// A node within its freshness bound can lag a client's registration by up to the bound. A
+/// client registered through another node a moment ago is served there at once: the node
+/// that does not know it catches up with the leader's commit and looks again, rather than
+/// answering `invalid_client`, which a client takes for bad credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_registered_a_moment_ago_is_served_by_a_lagging_node() -> anyhow::Result<()> {
+    authsec_chaos_tests::init_test_tracing();
+    let c = Cluster::start(
+        3,
+        Options {
+            proxied: true,
+            ..Options::default()
+        },
+    )?;
+    let leader = c.wait_leader(&[1, 2, 3], T).await?;
+    c.wait_issuing(&[1, 2, 3], T).await?;
+    create_role(&c, "orders-reader", &["orders:read"]).await?;
+    let lagging = (1..=3).find(|i| *i != leader && *i != 1).unwrap_or(3);
+    // The leader's messages reach it 60 ms late (the round trip stays under the 100 ms
+    // heartbeat these tests run with, so it stays fresh).
+    c.net()?.set(
+        leader,
+        lagging,
+        authsec_chaos_tests::proxy::LinkFault {
+            delay_ms: 60,
+            ..Default::default()
+        },
+    );
+    let h = c.https()?;
+    let addr = c.oauth_addr(lagging)?;
+    for n in 0..3 {
+        let id = format!("fresh-{n}");
+        let secret = client(&c, &id, &["orders:*"], "https://orders.example", vec![]).await?;
+        bind(&c, "orders-reader", &format!("client:{id}")).await?;
+        let r = h
+            .client_credentials(&addr, &id, &secret, &[("scope", "orders:read")])
+            .await?;
+        anyhow::ensure!(r.status == 200, "node {lagging}, client {id}: {r:?}");
+    }
+    // A client no node knows is still refused, and says so.
+    let r = h
+        .client_credentials(&addr, "never-registered", "nope", &[])
+        .await?;
+    assert_eq!(
+        (r.status, r.error().as_str()),
+        (401, "invalid_client"),
+        "{r:?}"
+    );
+    c.net()?.heal();
+    Ok(())
+}

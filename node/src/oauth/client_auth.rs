@@ -14,7 +14,7 @@ use base64::Engine;
 use sha2::Digest;
 
 use super::jose::{b64url, Jws, VerifyKey};
-use super::{error, invalid_client, Conn, Oauth};
+use super::{error, invalid_client, unavailable, Conn, Oauth};
 
 pub const ASSERTION_JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 pub const ASSERTION_JWT_SPIFFE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-spiffe";
@@ -129,8 +129,12 @@ fn pct_decode(s: &str) -> Option<String> {
         .map(|c| c.into_owned())
 }
 
+/// How long a node that does not know a client waits to catch up with the leader's commit
+/// before it says so.
+const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Authenticate the caller of an endpoint.
-pub fn authenticate(
+pub async fn authenticate(
     s: &Oauth,
     conn: &Conn,
     headers: &HeaderMap,
@@ -183,8 +187,56 @@ pub fn authenticate(
             return Err(r);
         }
     }
+    let mut result = attempt(s, conn, basic.as_deref(), form);
+    if let Err(f) = &result {
+        // A node within its freshness bound can still lag a client's registration by up to
+        // the bound: one it does not know yet is looked for again once this node has applied
+        // what the leader had committed (bounded), so a client registered a moment ago
+        // through another node is served here too. Guessers pay a read-index round each,
+        // until the limiter stops them.
+        if unknown_here(s, f) && s.issuer.check_fresh().is_ok() {
+            let caught_up = tokio::time::timeout(CATCH_UP, s.ctx.writer.linearize()).await;
+            if matches!(caught_up, Ok(Ok(()))) {
+                result = attempt(s, conn, basic.as_deref(), form);
+            }
+        }
+    }
+    result.map_err(|f| {
+        // A node beyond its freshness bound (replaying after a restart, rejoining after a
+        // wipe, cut off) may lack the client or its current credentials: its "no" says
+        // nothing of the client. It answers "not now", as it would to a request it could
+        // authenticate, and counts no failure: counted, such answers locked every client
+        // behind the same address out of a node for a minute after it caught up (soak 8:
+        // 1,386 answers of 429).
+        if let Err(e) = s.issuer.check_fresh() {
+            tracing::info!(remote = %conn.remote, client_id = ?f.claimed, reason = %f.reason, "client not authenticated: this node's view is too old to judge");
+            return unavailable(format!(
+                "this node cannot authenticate clients now: {e}"
+            ));
+        }
+        let mut limiter = s.failures.lock().unwrap_or_else(|p| p.into_inner());
+        limiter.failed(&addr_key, now);
+        if let Some(c) = &f.claimed {
+            limiter.failed(&format!("client:{c}"), now);
+        }
+        tracing::info!(remote = %conn.remote, client_id = ?f.claimed, reason = %f.reason, "client authentication failed");
+        s.ctx
+            .auth_failures
+            .record(f.claimed.as_deref(), conn.remote.ip(), "oauth", &f.reason);
+        invalid_client(f.reason)
+    })
+}
+
+/// One authentication of the request against this node's current view.
+fn attempt(
+    s: &Oauth,
+    conn: &Conn,
+    basic: Option<&str>,
+    form: &Form,
+) -> Result<Authenticated, Failure> {
+    let claimed = form.get("client_id");
     let state = s.view.read();
-    let result = if let Some(b) = &basic {
+    if let Some(b) = basic {
         secret_basic(s, &state, b, claimed)
     } else if let Some(secret) = form.get("client_secret") {
         match claimed {
@@ -201,20 +253,15 @@ pub fn authenticate(
             "no client authentication: use client_secret_basic, client_secret_post, private_key_jwt, a JWT-SVID or a client certificate",
             claimed,
         ))
-    };
-    drop(state);
-    result.map_err(|f| {
-        let mut limiter = s.failures.lock().unwrap_or_else(|p| p.into_inner());
-        limiter.failed(&addr_key, now);
-        if let Some(c) = &f.claimed {
-            limiter.failed(&format!("client:{c}"), now);
-        }
-        tracing::info!(remote = %conn.remote, client_id = ?f.claimed, reason = %f.reason, "client authentication failed");
-        s.ctx
-            .auth_failures
-            .record(f.claimed.as_deref(), conn.remote.ip(), "oauth", &f.reason);
-        invalid_client(f.reason)
-    })
+    }
+}
+
+/// Whether a failure names a client this node's view does not hold.
+fn unknown_here(s: &Oauth, f: &Failure) -> bool {
+    f.claimed
+        .as_deref()
+        .and_then(|c| ClientId::parse(c).ok())
+        .is_some_and(|id| !s.view.read().clients.contains_key(&id))
 }
 
 fn client_id(id: &str) -> Result<ClientId, Failure> {

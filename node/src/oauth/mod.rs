@@ -191,6 +191,19 @@ pub fn invalid_client(description: impl Into<String>) -> Response {
     r
 }
 
+/// `temporarily_unavailable`: 503 with `Retry-After: 1`; this node cannot answer now, another
+/// may.
+pub fn unavailable(description: impl Into<String>) -> Response {
+    let mut r = error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "temporarily_unavailable",
+        description,
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
+}
+
 /// A JSON answer.
 pub fn json_response(status: StatusCode, v: &Value) -> Response {
     (

@@ -23,7 +23,7 @@ use super::client_auth::{
     authenticate, client_of_spiffe, signed_by_jwt_authority, Authenticated, Form,
 };
 use super::jose::{b64url, Jws, VerifyKey};
-use super::{error, json_ok, Conn, Oauth};
+use super::{error, json_ok, unavailable, Conn, Oauth};
 
 pub const GRANT_CLIENT_CREDENTIALS: &str = "client_credentials";
 pub const GRANT_TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -47,19 +47,6 @@ fn too_large(e: BytesRejection) -> Response {
 
 fn bad_request(code: &str, description: impl Into<String>) -> Response {
     error(StatusCode::BAD_REQUEST, code, description)
-}
-
-fn unavailable(description: impl Into<String>) -> Response {
-    let mut r = error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "temporarily_unavailable",
-        description,
-    );
-    r.headers_mut().insert(
-        axum::http::header::RETRY_AFTER,
-        axum::http::HeaderValue::from_static("1"),
-    );
-    r
 }
 
 /// `scope`: space-separated, each a concrete permission string.
@@ -296,7 +283,7 @@ pub async fn token(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let (form, client) =
-        match read_authenticated(&s, &conn, &headers, body, &["resource", "audience"]) {
+        match read_authenticated(&s, &conn, &headers, body, &["resource", "audience"]).await {
             Ok(x) => x,
             Err(r) => return r,
         };
@@ -726,7 +713,7 @@ fn active(state: &State, jws: &Jws, now_s: u64) -> bool {
 }
 
 /// The form of a request and the client that sent it (every endpoint authenticates).
-fn read_authenticated(
+async fn read_authenticated(
     s: &Oauth,
     conn: &Conn,
     headers: &HeaderMap,
@@ -735,18 +722,18 @@ fn read_authenticated(
 ) -> Result<(Form, Authenticated), Response> {
     let body = body.map_err(too_large)?;
     let form = Form::parse(headers, &body, repeatable)?;
-    let caller = authenticate(s, conn, headers, &form)?;
+    let caller = authenticate(s, conn, headers, &form).await?;
     Ok((form, caller))
 }
 
 /// Introspection's and revocation's request: authenticated, with a `token`.
-fn read_token_request(
+async fn read_token_request(
     s: &Oauth,
     conn: &Conn,
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(Form, Authenticated, String), Response> {
-    let (form, caller) = read_authenticated(s, conn, headers, body, &[])?;
+    let (form, caller) = read_authenticated(s, conn, headers, body, &[]).await?;
     let token = form
         .get("token")
         .ok_or_else(|| bad_request("invalid_request", "token is required"))?
@@ -764,7 +751,7 @@ pub async fn introspect(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let (_, caller, token) = match read_token_request(&s, &conn, &headers, body) {
+    let (_, caller, token) = match read_token_request(&s, &conn, &headers, body).await {
         Ok(x) => x,
         Err(r) => return r,
     };
@@ -808,7 +795,7 @@ pub async fn revoke(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let (form, caller, token) = match read_token_request(&s, &conn, &headers, body) {
+    let (form, caller, token) = match read_token_request(&s, &conn, &headers, body).await {
         Ok(x) => x,
         Err(r) => return r,
     };
