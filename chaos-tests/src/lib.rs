@@ -1393,6 +1393,18 @@ pub fn admin_transport(dir: &Path) -> anyhow::Result<authsec_tls::Transport> {
     Ok(authsec_tls::Transport::mutual_tls(state))
 }
 
+/// `Options::env` that gives each of `ids` a freshness bound of `ms` for issuing.
+pub fn staleness_env(ids: &[u64], ms: u64) -> BTreeMap<u64, Vec<(String, String)>> {
+    ids.iter()
+        .map(|id| {
+            (
+                *id,
+                vec![("AUTHSEC_MAX_STALENESS_MS".to_owned(), ms.to_string())],
+            )
+        })
+        .collect()
+}
+
 /// A minimal client registration request.
 pub fn register_req(id: &str) -> v1::RegisterClientRequest {
     v1::RegisterClientRequest {

@@ -694,19 +694,11 @@ fn outbox_ids(c: &Cluster, id: u64) -> anyhow::Result<BTreeSet<String>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_node_says_not_now_to_a_client_it_does_not_know_yet() -> anyhow::Result<()> {
     authsec_chaos_tests::init_test_tracing();
-    let env = (1..=3)
-        .map(|id| {
-            (
-                id,
-                vec![("AUTHSEC_MAX_STALENESS_MS".to_owned(), "1500".to_owned())],
-            )
-        })
-        .collect();
     let c = Cluster::start(
         3,
         Options {
             proxied: true,
-            env,
+            env: authsec_chaos_tests::staleness_env(&[1, 2, 3], 1_500),
             ..Options::default()
         },
     )?;

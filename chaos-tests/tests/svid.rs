@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use authsec_api::v1::{self, svid_service_client::SvidServiceClient};
-use authsec_chaos_tests::{Cluster, Options, TRUST_DOMAIN};
+use authsec_chaos_tests::{staleness_env, Cluster, Options, TRUST_DOMAIN};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tonic::transport::Channel;
 
@@ -352,17 +352,6 @@ async fn svids_keep_coming_from_the_others_while_the_leader_is_killed() -> anyho
         "issuance went on during the failover"
     );
     Ok(())
-}
-
-fn staleness_env(ids: &[u64], ms: u64) -> std::collections::BTreeMap<u64, Vec<(String, String)>> {
-    ids.iter()
-        .map(|id| {
-            (
-                *id,
-                vec![("AUTHSEC_MAX_STALENESS_MS".to_owned(), ms.to_string())],
-            )
-        })
-        .collect()
 }
 
 /// Poll `id` until it refuses to issue; the reason it gives and when.
