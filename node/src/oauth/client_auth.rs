@@ -14,7 +14,7 @@ use base64::Engine;
 use sha2::Digest;
 
 use super::jose::{b64url, Jws, VerifyKey};
-use super::{error, invalid_client, unavailable, Conn, Oauth};
+use super::{error, invalid_client, Conn, Oauth};
 
 pub const ASSERTION_JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 pub const ASSERTION_JWT_SPIFFE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-spiffe";
@@ -202,18 +202,6 @@ pub async fn authenticate(
         }
     }
     result.map_err(|f| {
-        // A node beyond its freshness bound (replaying after a restart, rejoining after a
-        // wipe, cut off) may lack the client or its current credentials: its "no" says
-        // nothing of the client. It answers "not now", as it would to a request it could
-        // authenticate, and counts no failure: counted, such answers locked every client
-        // behind the same address out of a node for a minute after it caught up (soak 8:
-        // 1,386 answers of 429).
-        if let Err(e) = s.issuer.check_fresh() {
-            tracing::info!(remote = %conn.remote, client_id = ?f.claimed, reason = %f.reason, "client not authenticated: this node's view is too old to judge");
-            return unavailable(format!(
-                "this node cannot authenticate clients now: {e}"
-            ));
-        }
         let mut limiter = s.failures.lock().unwrap_or_else(|p| p.into_inner());
         limiter.failed(&addr_key, now);
         if let Some(c) = &f.claimed {
