@@ -318,6 +318,8 @@ pub struct Options {
     /// TOML appended to every node's config, after every table (`[agents]`, ...);
     /// `{data_dir}` and `{node_id}` are replaced by the node's.
     pub extra_toml: String,
+    /// TOML appended to one node's config, after `extra_toml`.
+    pub node_toml: BTreeMap<u64, String>,
 }
 
 impl Default for Options {
@@ -334,6 +336,7 @@ impl Default for Options {
             offline_root: false,
             oauth_extra: String::new(),
             extra_toml: String::new(),
+            node_toml: BTreeMap::new(),
         }
     }
 }
@@ -633,6 +636,9 @@ impl Cluster {
             .extra_toml
             .replace("{data_dir}", &data_dir.display().to_string())
             .replace("{node_id}", &id.to_string());
+        if let Some(t) = self.opts.node_toml.get(&id) {
+            text += t;
+        }
         std::fs::write(&config, text)?;
         self.nodes.insert(
             id,

@@ -1178,6 +1178,139 @@ check_interval_s = 1
     Ok((siem, c))
 }
 
+/// The sequences of the lines `r` received from node `node`.
+fn delivered(r: &Receiver, node: u64) -> BTreeSet<u64> {
+    r.lines
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&node)
+        .map(|ls| {
+            ls.iter()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok()?["sequence"].as_u64())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Retention waits for every node's sinks, not only the proposer's: node 1 retains behind its
+/// own sink, which takes every record at once; node 3 sends to a SIEM that is down. Node 1
+/// prunes nothing node 3's sink has not delivered, however old and signed, and prunes once it
+/// has, every node alike; a refused prune names the sink that holds it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_waits_for_the_sinks_of_every_node() -> anyhow::Result<()> {
+    init_test_tracing();
+    let (own, slow) = (Arc::new(Receiver::default()), Arc::new(Receiver::default()));
+    slow.failing.store(true, Ordering::SeqCst);
+    let (own_addr, slow_addr) = (serve(own.clone()).await?, serve(slow.clone()).await?);
+    let node_toml = BTreeMap::from([
+        (
+            1,
+            format!(
+                r#"
+[[audit.sinks]]
+name = "siem"
+kind = "webhook"
+url = "http://{own_addr}/ingest"
+batch_records = 100
+
+[audit.retention]
+max_age_s = 1
+after_sinks = ["siem"]
+check_interval_s = 1
+"#
+            ),
+        ),
+        (
+            3,
+            format!(
+                r#"
+[[audit.sinks]]
+name = "archive"
+kind = "webhook"
+url = "http://{slow_addr}/ingest"
+batch_records = 100
+"#
+            ),
+        ),
+    ]);
+    let c = Cluster::start(
+        3,
+        Options {
+            extra_toml: "[audit]\ncheckpoint_records = 50\ncheckpoint_interval_s = 1\n".into(),
+            node_toml,
+            ..Options::default()
+        },
+    )?;
+    c.wait_issuing(&[1, 2, 3], T).await?;
+    let mut roles = v1::role_service_client::RoleServiceClient::new(c.channel(1).await?);
+    create_roles(&mut roles, "r", 300).await?;
+    let signed = wait_signed(&c, &[1, 2, 3]).await?;
+
+    // Node 1's own sink has every signed record: without node 3's sink, node 1 would prune
+    // them within a second or two. For four seconds after that, nothing is pruned anywhere.
+    let deadline = Instant::now() + T;
+    while !(1..=signed.checkpoint_sequence).all(|s| delivered(&own, 1).contains(&s)) {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "node 1's sink never took records 1 to {}",
+            signed.checkpoint_sequence
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let watch_until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < watch_until {
+        for id in 1..=3 {
+            let h = head(&c, id).await?;
+            assert_eq!(
+                h.first_sequence, 1,
+                "node {id} pruned records node 3's sink never acknowledged: {h:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = std::fs::read_to_string(&c.nodes[&1].log)?;
+    assert!(
+        log.contains("retention waits for an audit sink") && log.contains("holder_node=3"),
+        "node 1 says which sink holds retention back"
+    );
+
+    // Node 3's SIEM comes back: its sink delivers, node 3 reports, node 1 prunes; every node
+    // starts at the same record, and node 3's sink has every record pruned.
+    slow.failing.store(false, Ordering::SeqCst);
+    let deadline = Instant::now() + T;
+    let first = loop {
+        let h = head(&c, 1).await?;
+        if h.first_sequence > 1 {
+            break h.first_sequence;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "nothing was pruned: {h:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let got = delivered(&slow, 3);
+    assert!(
+        (1..first).all(|s| got.contains(&s)),
+        "records up to {} were pruned; node 3's sink has {} of them",
+        first - 1,
+        (1..first).filter(|s| got.contains(s)).count()
+    );
+    let settled = wait_settled(&c, &[1, 2, 3]).await?;
+    assert!(settled.first_sequence >= first, "{settled:?}");
+    // The reports are in the history like any other record.
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("export.jsonl");
+    export_to(&c, 2, &file)?;
+    let reports: Vec<Value> = lines(&file)?
+        .into_iter()
+        .filter(|l| l["kind"] == "audit.sinks_acknowledged")
+        .collect();
+    assert!(
+        reports.iter().any(|r| r["subject"] == "node:3"),
+        "node 3's reports in the export: {reports:?}"
+    );
+    assert!(ok(&verify(&c, &file)?)?.starts_with("ok: "));
+    Ok(())
+}
+
 /// Retention (`[audit.retention]`): nothing is pruned while the required sink has not
 /// acknowledged; once it has, every node's archive starts at the same record, right after a
 /// signed checkpoint; the export verifies from there with the trust bundle alone; a pruned

@@ -13,6 +13,8 @@
 //! against the archive before it accepts the command, so the log never holds a checkpoint of a
 //! chain other than its own.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::decide::Rejection;
@@ -114,6 +116,112 @@ pub struct Elision {
     /// Every elided record is older than this.
     pub older_than_ms: u64,
     pub acked_by: Vec<String>,
+}
+
+/// How far one of a node's audit sinks has delivered: every record up to `acked_through`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SinkAck {
+    pub name: String,
+    pub acked_through: u64,
+}
+
+/// What each node last reported of its audit sinks (`proj_meta/sink_acks`): retention's
+/// cluster-wide bound. A prune or an elision, whichever node proposes it, never reaches past
+/// a record that some member's sink has not acknowledged, so no node's sink loses a record to
+/// another node's retention.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SinkAcks {
+    pub by_node: BTreeMap<u64, Vec<SinkAck>>,
+}
+
+/// The sink that holds retention back: its node, its name, and what it acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkBound<'a> {
+    pub node_id: u64,
+    pub name: &'a str,
+    pub acked_through: u64,
+}
+
+impl SinkAcks {
+    /// The least acknowledged point over every sink a member reported (`None`: no member
+    /// reports a sink, and nothing bounds retention but the proposer's own sinks). A node no
+    /// longer a member bounds nothing (its reports are also dropped when it is removed).
+    pub fn bound<V>(&self, members: &BTreeMap<u64, V>) -> Option<SinkBound<'_>> {
+        self.by_node
+            .iter()
+            .filter(|(n, _)| members.contains_key(n))
+            .flat_map(|(n, sinks)| {
+                sinks.iter().map(|s| SinkBound {
+                    node_id: *n,
+                    name: &s.name,
+                    acked_through: s.acked_through,
+                })
+            })
+            .min_by_key(|b| (b.acked_through, b.node_id))
+    }
+}
+
+/// Refused unless every member's sinks have acknowledged records up to `through`.
+fn within_sink_acks(state: &State, through: u64, what: &str) -> Result<(), Rejection> {
+    match state.sink_acks.bound(&state.nodes) {
+        Some(b) if through > b.acked_through => Err(invalid(
+            "through_sequence",
+            format!(
+                "node {}'s audit sink {:?} has acknowledged records up to {} only: records it has not delivered are not {what}",
+                b.node_id, b.name, b.acked_through
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// `RecordSinkProgress`: a member says how far each of its sinks has delivered. An empty
+/// list says it has none (any longer). A sink's point may move back (its cursor was reset to
+/// deliver again): the report replaces the last one whole.
+pub(crate) fn sink_progress(
+    state: &State,
+    node_id: u64,
+    sinks: &[SinkAck],
+) -> Result<Vec<Event>, Rejection> {
+    if state.security.revoked_nodes.contains(&node_id) {
+        return Err(Rejection::NodeRevoked { node_id });
+    }
+    if !state.nodes.contains_key(&node_id) {
+        return Err(Rejection::NodeNotFound { node_id });
+    }
+    if sinks.len() > PRUNE_SINKS_MAX {
+        return Err(invalid(
+            "sinks",
+            format!("a node reports at most {PRUNE_SINKS_MAX} sinks"),
+        ));
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for s in sinks {
+        if s.name.is_empty() || s.name.len() > PRUNE_SINK_BYTES_MAX {
+            return Err(invalid(
+                "sinks",
+                format!("sink names are 1 to {PRUNE_SINK_BYTES_MAX} bytes"),
+            ));
+        }
+        if !names.insert(s.name.as_str()) {
+            return Err(invalid(
+                "sinks",
+                format!("sink {:?} is named twice", s.name),
+            ));
+        }
+    }
+    Ok(vec![Event::SinksAcknowledged {
+        node_id,
+        sinks: sinks.to_vec(),
+    }])
+}
+
+pub(crate) fn evolve_sink_progress(state: &mut State, node_id: u64, sinks: &[SinkAck]) {
+    if sinks.is_empty() {
+        state.sink_acks.by_node.remove(&node_id);
+    } else {
+        state.sink_acks.by_node.insert(node_id, sinks.to_vec());
+    }
 }
 
 /// At most this many sinks named in one prune, each name at most this many bytes.
@@ -228,6 +336,7 @@ pub(crate) fn prune(state: &State, p: &Prune, time_ms: u64) -> Result<Vec<Event>
         ));
     }
     sinks_named(&p.acked_by)?;
+    within_sink_acks(state, p.through_sequence, "pruned")?;
     let audit_keys = state
         .keys
         .values()
@@ -317,6 +426,7 @@ pub(crate) fn elide(state: &State, e: &Elision, time_ms: u64) -> Result<Vec<Even
         ));
     }
     sinks_named(&e.acked_by)?;
+    within_sink_acks(state, e.through_sequence, "elided")?;
     Ok(vec![Event::IssuancesElided { elision: e.clone() }])
 }
 
@@ -377,6 +487,7 @@ pub(crate) fn evolve_checkpoint(state: &mut State, c: &Checkpoint, time_ms: u64)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::ProjectionKey;
 
     #[test]
     fn message_binds_every_field() {
@@ -534,5 +645,138 @@ mod tests {
             2_000,
         );
         assert_eq!(state.audit_pruned.issuance_elided_through, 100);
+    }
+
+    fn ack(name: &str, acked_through: u64) -> SinkAck {
+        SinkAck {
+            name: name.into(),
+            acked_through,
+        }
+    }
+
+    /// Retention never reaches past a record some member's sink has not acknowledged,
+    /// whichever node proposes it; a removed node's sinks stop holding it back; the stored
+    /// row comes and goes with the reports.
+    #[test]
+    fn no_node_prunes_or_elides_what_another_nodes_sink_has_not_delivered() {
+        let mut state = State::default();
+        for id in [1, 2, 3] {
+            state.nodes.insert(
+                id,
+                crate::state::NodeRecord {
+                    node_id: id,
+                    addr: format!("127.0.0.1:{id}"),
+                    recorded_at_ms: 1,
+                },
+            );
+        }
+        state.audit_meta.checkpoint_sequence = 1_000;
+        let report = |state: &mut State, node_id: u64, sinks: Vec<SinkAck>| {
+            let events = sink_progress(state, node_id, &sinks).expect("a good report");
+            for e in &events {
+                crate::evolve::evolve(state, e, 10);
+            }
+        };
+        let p = Prune {
+            node_id: 1,
+            through_sequence: 500,
+            head_hash: [9; 32],
+            checkpoint_record: 501,
+            older_than_ms: 5,
+            acked_by: vec!["siem".into()],
+        };
+        let e = Elision {
+            node_id: 1,
+            from_sequence: 1,
+            through_sequence: 500,
+            count: 3,
+            digest: [4; 32],
+            older_than_ms: 5,
+            acked_by: vec!["siem".into()],
+        };
+        // No node reports a sink: only the proposer's own sinks bound it (checked there).
+        assert!(state
+            .row(&ProjectionKey::SinkAcks)
+            .expect("a row of this module")
+            .value
+            .is_none());
+        prune(&state, &p, 10).expect("nothing reported, nothing bounds");
+
+        report(&mut state, 1, vec![ack("siem", 900)]);
+        report(&mut state, 3, vec![ack("file", 950), ack("archive", 120)]);
+        let refused = |r: Result<Vec<Event>, Rejection>| match r {
+            Err(Rejection::InvalidField { field, reason }) => {
+                assert_eq!(field, "through_sequence");
+                reason
+            }
+            other => panic!("not refused: {other:?}"),
+        };
+        let why = refused(prune(&state, &p, 10));
+        assert!(
+            why.contains("node 3's audit sink \"archive\" has acknowledged records up to 120"),
+            "{why}"
+        );
+        refused(elide(&state, &e, 10));
+        prune(
+            &state,
+            &Prune {
+                through_sequence: 120,
+                checkpoint_record: 121,
+                ..p.clone()
+            },
+            10,
+        )
+        .expect("up to the slowest sink");
+
+        // The sink delivers; the report replaces the last one whole (and may move back).
+        report(&mut state, 3, vec![ack("archive", 700)]);
+        prune(&state, &p, 10).expect("every sink has the records now");
+        report(&mut state, 1, vec![ack("siem", 40)]);
+        refused(prune(&state, &p, 10));
+
+        // Stored and loaded back as one row of `proj_meta`.
+        let row = state
+            .row(&ProjectionKey::SinkAcks)
+            .expect("a row of this module");
+        let mut loaded = State::default();
+        loaded
+            .load_row(
+                row.family,
+                &row.key,
+                row.value.as_deref().expect("a stored row"),
+            )
+            .expect("loads back");
+        assert_eq!(loaded.sink_acks, state.sink_acks);
+
+        // A node removed from the cluster bounds nothing; a node that says it has no sinks
+        // any longer neither; with no report left, the row goes.
+        crate::evolve::evolve(&mut state, &Event::NodeMemberRemoved { node_id: 1 }, 10);
+        let by_2 = Prune {
+            node_id: 2,
+            ..p.clone()
+        };
+        prune(&state, &by_2, 10).expect("node 1 left");
+        report(&mut state, 3, vec![]);
+        assert!(state.sink_acks.by_node.is_empty());
+        assert!(state
+            .row(&ProjectionKey::SinkAcks)
+            .expect("a row of this module")
+            .value
+            .is_none());
+
+        // Bad reports: a stranger, too many sinks, a name twice or empty.
+        assert!(matches!(
+            sink_progress(&state, 9, &[]),
+            Err(Rejection::NodeNotFound { node_id: 9 })
+        ));
+        let many: Vec<SinkAck> = (0..=PRUNE_SINKS_MAX)
+            .map(|i| ack(&format!("s{i}"), 1))
+            .collect();
+        for bad in [many, vec![ack("a", 1), ack("a", 2)], vec![ack("", 1)]] {
+            assert!(matches!(
+                sink_progress(&state, 2, &bad),
+                Err(Rejection::InvalidField { field, .. }) if field == "sinks"
+            ));
+        }
     }
 }

@@ -46,6 +46,8 @@ impl Tag {
     pub const AUDIT_META: Tag = Tag(0x19);
     /// Where retention pruned the archive to (`proj_meta/audit_pruned`).
     pub const AUDIT_PRUNED: Tag = Tag(0x1a);
+    /// What each node last reported of its audit sinks (`proj_meta/sink_acks`).
+    pub const SINK_ACKS: Tag = Tag(0x1b);
     // 0x40.. are the storage crate's own (raft log entries, votes, membership, ...).
 }
 

@@ -378,6 +378,11 @@ pub enum Command {
     PruneAudit(crate::audit::Prune),
     /// Retention's shorter bound: replace issuance records by remnants (issue 9).
     ElideIssuances(crate::audit::Elision),
+    /// How far a node's audit sinks have delivered: retention's cluster-wide bound.
+    RecordSinkProgress {
+        node_id: u64,
+        sinks: Vec<crate::audit::SinkAck>,
+    },
 }
 
 /// Where a rotated root's sealed key is kept in `sealed_secrets`.
@@ -435,6 +440,7 @@ impl Command {
             Command::RecordIssuanceBatch { .. } => "record_issuance_batch",
             Command::PruneAudit(_) => "prune_audit",
             Command::ElideIssuances(_) => "elide_issuances",
+            Command::RecordSinkProgress { .. } => "record_sink_progress",
         }
     }
 

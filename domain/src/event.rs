@@ -199,6 +199,11 @@ pub enum Event {
     IssuancesElided {
         elision: crate::audit::Elision,
     },
+    /// How far a node's audit sinks had delivered when it reported (none: it has no sinks).
+    SinksAcknowledged {
+        node_id: u64,
+        sinks: Vec<crate::audit::SinkAck>,
+    },
 }
 
 /// Every record type ([`Event::kind`]), for validating export filters.
@@ -251,6 +256,7 @@ pub const KINDS: &[&str] = &[
     "auth.failed",
     "audit.pruned",
     "audit.issuances_elided",
+    "audit.sinks_acknowledged",
 ];
 
 impl Event {
@@ -306,6 +312,7 @@ impl Event {
             Event::IssuanceBatchRecorded { .. } => "credential.issued",
             Event::AuditPruned { .. } => "audit.pruned",
             Event::IssuancesElided { .. } => "audit.issuances_elided",
+            Event::SinksAcknowledged { .. } => "audit.sinks_acknowledged",
         }
     }
 
@@ -375,6 +382,7 @@ impl Event {
             | Event::IssuanceBatchRecorded { node_id, .. } => format!("node:{node_id}"),
             Event::AuditPruned { prune, .. } => format!("node:{}", prune.node_id),
             Event::IssuancesElided { elision } => format!("node:{}", elision.node_id),
+            Event::SinksAcknowledged { node_id, .. } => format!("node:{node_id}"),
         }
     }
 }

@@ -38,6 +38,8 @@ pub fn evolve(state: &mut State, event: &Event, time_ms: u64) {
         }
         Event::NodeMemberRemoved { node_id } => {
             state.nodes.remove(node_id);
+            // A removed node's sinks no longer hold retention back.
+            state.sink_acks.by_node.remove(node_id);
         }
         Event::ClientRegistered { client } => {
             state.idx.allow_sets.insert(
@@ -325,6 +327,9 @@ pub fn evolve(state: &mut State, event: &Event, time_ms: u64) {
         Event::AuthFailuresRecorded { .. } => {}
         Event::AuditPruned { prune, .. } => crate::audit::evolve_prune(state, prune, time_ms),
         Event::IssuancesElided { elision } => crate::audit::evolve_elide(state, elision),
+        Event::SinksAcknowledged { node_id, sinks } => {
+            crate::audit::evolve_sink_progress(state, *node_id, sinks)
+        }
         Event::IssuanceBatchRecorded { node_id, batch } => {
             crate::issuance::evolve_batch(state, *node_id, batch)
         }
@@ -437,6 +442,7 @@ impl Event {
             Event::AuthFailuresRecorded { .. } => ProjectionKey::Meta,
             Event::IssuanceBatchRecorded { .. } => ProjectionKey::IssuanceMeta,
             Event::AuditPruned { .. } | Event::IssuancesElided { .. } => ProjectionKey::AuditPruned,
+            Event::SinksAcknowledged { .. } => ProjectionKey::SinkAcks,
         }
     }
 
@@ -447,6 +453,7 @@ impl Event {
                 .iter()
                 .map(|j| ProjectionKey::RevokedToken(j.clone()))
                 .collect(),
+            Event::NodeMemberRemoved { .. } => vec![ProjectionKey::SinkAcks],
             _ => Vec::new(),
         }
     }

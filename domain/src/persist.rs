@@ -28,6 +28,7 @@ pub const KEY_ROOTS_META: &[u8] = b"roots";
 pub const KEY_ISSUANCE_META: &[u8] = b"issuance";
 pub const KEY_AUDIT_META: &[u8] = b"audit";
 pub const KEY_AUDIT_PRUNED: &[u8] = b"audit_pruned";
+pub const KEY_SINK_ACKS: &[u8] = b"sink_acks";
 /// The `proj_meta` keys this module owns.
 pub const META_KEYS: &[&[u8]] = &[
     KEY_IDENTITY,
@@ -36,6 +37,7 @@ pub const META_KEYS: &[&[u8]] = &[
     KEY_ISSUANCE_META,
     KEY_AUDIT_META,
     KEY_AUDIT_PRUNED,
+    KEY_SINK_ACKS,
 ];
 
 /// The row families this module owns, in a fixed order (snapshots and digests follow it).
@@ -191,6 +193,14 @@ impl State {
                 Tag::AUDIT_PRUNED,
                 Some(&self.audit_pruned),
             ),
+            // No row until a node reports a sink, and none once none does: a cluster without
+            // sinks stores (and digests) exactly what it did before sinks reported.
+            ProjectionKey::SinkAcks => put(
+                FAMILY_META,
+                KEY_SINK_ACKS.to_vec(),
+                Tag::SINK_ACKS,
+                (!self.sink_acks.by_node.is_empty()).then_some(&self.sink_acks),
+            ),
             ProjectionKey::KeysMeta => put(
                 FAMILY_META,
                 KEY_KEYS_META.to_vec(),
@@ -224,6 +234,9 @@ impl State {
             }
             FAMILY_META if key == KEY_AUDIT_PRUNED => {
                 self.audit_pruned = codec::decode(Tag::AUDIT_PRUNED, value)?;
+            }
+            FAMILY_META if key == KEY_SINK_ACKS => {
+                self.sink_acks = codec::decode(Tag::SINK_ACKS, value)?;
             }
             FAMILY_META if key == KEY_KEYS_META => {
                 self.keys_meta = codec::decode(Tag::KEYS_META, value)?;

@@ -1158,6 +1158,9 @@ pub(crate) fn decide_identity(
         }
         Command::PruneAudit(p) => crate::audit::prune(state, p, time_ms),
         Command::ElideIssuances(e) => crate::audit::elide(state, e, time_ms),
+        Command::RecordSinkProgress { node_id, sinks } => {
+            crate::audit::sink_progress(state, *node_id, sinks)
+        }
         _ => return None,
     })
 }

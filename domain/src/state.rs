@@ -123,6 +123,7 @@ pub enum ProjectionKey {
     IssuanceMeta,
     AuditMeta,
     AuditPruned,
+    SinkAcks,
 }
 
 /// All projections. Ordered maps only, so iteration (and so the digest) is deterministic.
@@ -161,6 +162,8 @@ pub struct State {
     pub audit_meta: crate::audit::AuditMeta,
     /// Where retention has pruned the archive to.
     pub audit_pruned: crate::audit::PruneMeta,
+    /// What each node last reported of its audit sinks (retention's cluster-wide bound).
+    pub sink_acks: crate::audit::SinkAcks,
     /// Derived lookups, rebuilt from the rows above on load; never stored.
     pub idx: Indexes,
 }

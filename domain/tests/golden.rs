@@ -672,3 +672,55 @@ fn prune_revocations_is_pinned() {
     };
     check("prune_record_v1", &rec.to_bytes());
 }
+
+#[test]
+fn sink_progress_is_pinned() {
+    use authsec_domain::audit::{SinkAck, SinkAcks};
+    let sinks = vec![
+        SinkAck {
+            name: "archive".into(),
+            acked_through: 120,
+        },
+        SinkAck {
+            name: "siem".into(),
+            acked_through: 950,
+        },
+    ];
+    let batch = Batch {
+        proposals: vec![Proposal {
+            stamp: Stamp {
+                time_ms: 1_700_000_000_000,
+                seed: [6; 16],
+            },
+            actor: Actor {
+                principal: Principal::System,
+                via_node: 3,
+            },
+            command: Command::RecordSinkProgress {
+                node_id: 3,
+                sinks: sinks.clone(),
+            },
+        }],
+    };
+    check("sink_progress_batch_v1", &codec::encode(Tag::BATCH, &batch));
+    let rec = AuditRecord {
+        sequence: 10,
+        log_index: 14,
+        time_ms: 1_700_000_000_000,
+        actor: Actor {
+            principal: Principal::System,
+            via_node: 3,
+        },
+        kind: "audit.sinks_acknowledged".into(),
+        subject: "node:3".into(),
+        event: authsec_domain::Event::SinksAcknowledged {
+            node_id: 3,
+            sinks: sinks.clone(),
+        },
+    };
+    check("sink_progress_record_v1", &rec.to_bytes());
+    let row = SinkAcks {
+        by_node: [(3, sinks)].into_iter().collect(),
+    };
+    check("sink_acks_v1", &codec::encode(Tag::SINK_ACKS, &row));
+}

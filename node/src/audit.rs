@@ -806,6 +806,8 @@ pub async fn pruner(
 ) {
     let max_age_ms = retention.max_age_s.saturating_mul(1000);
     let tick = Duration::from_secs(retention.check_interval_s);
+    // The other node's sink that last held retention back (logged once per change).
+    let mut held_by: Option<(u64, String, u64)> = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(tick) => {}
@@ -818,13 +820,34 @@ pub async fn pruner(
             .map(|n| ctx.sink_stats.acked(n))
             .collect::<Option<Vec<u64>>>()
             .and_then(|v| v.into_iter().min());
-        let Some(acked) = acked else { continue };
-        let (pruned, signed) = {
+        let Some(own) = acked else { continue };
+        let (pruned, signed, cluster) = {
             let s = view.read();
             (
                 s.audit_pruned.through_sequence,
                 s.audit_meta.checkpoint_sequence,
+                s.sink_acks
+                    .bound(&s.nodes)
+                    .map(|b| (b.node_id, b.name.to_owned(), b.acked_through)),
             )
+        };
+        // Every member's sinks, as they last reported (the rules refuse a prune past them):
+        // this node's own sinks are only one of them.
+        let acked = match &cluster {
+            Some((node, name, at)) if *at < own => {
+                if held_by.as_ref() != Some(&(*node, name.clone(), *at)) && *at <= pruned {
+                    tracing::info!(
+                        holder_node = node,
+                        sink = %name,
+                        acked = at,
+                        pruned,
+                        "retention waits for an audit sink that has not acknowledged older records"
+                    );
+                }
+                held_by = Some((*node, name.clone(), *at));
+                *at
+            }
+            _ => own,
         };
         let head = ctx.head_rx.borrow().sequence;
         let cutoff = crate::issuer::now_ms().saturating_sub(max_age_ms);
@@ -876,6 +899,158 @@ pub async fn pruner(
         }
         elide(&ctx, &view, &retention, acked).await;
     }
+}
+
+/// How often a node looks whether its sinks' progress is worth reporting.
+const SINK_REPORT_INTERVAL: Duration = Duration::from_secs(5);
+/// Records whose delivery alone is not worth a sink progress report: the reports
+/// themselves, and the checkpoints that sign them. Reporting their delivery would add a
+/// record, which a checkpoint signs, which the sinks deliver: for ever, on an idle cluster.
+const NOT_NEWS: &[&str] = &["audit.sinks_acknowledged", "audit.checkpoint"];
+
+/// Tell the cluster how far this node's audit sinks have delivered (`RecordSinkProgress`),
+/// so that retention, whichever node proposes it, never prunes or elides a record one of them
+/// has not acknowledged (the rules refuse it). Runs on every node, with or without sinks: a
+/// node whose sinks were all removed from its configuration reports none, and stops holding
+/// retention back.
+///
+/// A report is due when the set of sinks changed, when a sink's point moved back (its cursor
+/// was reset to deliver again), or when a sink acknowledged a record other than a report or
+/// a checkpoint ([`NOT_NEWS`]). A sink bounds retention from its node's first report on.
+pub async fn sink_reporter(
+    ctx: Arc<Ctx>,
+    view: StateView,
+    sinks: Vec<String>,
+    data_dir: std::path::PathBuf,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use authsec_domain::audit::SinkAck;
+    let mut wait = Duration::from_millis(500);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        wait = SINK_REPORT_INTERVAL;
+        let mut now: Vec<SinkAck> = sinks
+            .iter()
+            .map(|name| SinkAck {
+                name: name.clone(),
+                // A sink that has not started holds at its cursor, as it will resume there.
+                acked_through: ctx
+                    .sink_stats
+                    .acked(name)
+                    .or_else(|| crate::sink::read_cursor(&data_dir, name).ok())
+                    .unwrap_or(0),
+            })
+            .collect();
+        now.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut last = view
+            .read()
+            .sink_acks
+            .by_node
+            .get(&ctx.node_id)
+            .cloned()
+            .unwrap_or_default();
+        last.sort_by(|a, b| a.name.cmp(&b.name));
+        let due = match progress_since(&last, &now) {
+            Progress::Same => false,
+            Progress::Changed => true,
+            Progress::Advanced { from, through } => {
+                let rd = ctx.reader.clone();
+                match blocking(move || any_news(&rd, from, through)).await {
+                    Ok(due) => due,
+                    Err(e) => {
+                        tracing::warn!(error = %e.message(), "could not read what the audit sinks acknowledged");
+                        continue;
+                    }
+                }
+            }
+        };
+        if !due {
+            continue;
+        }
+        let cmd = Command::RecordSinkProgress {
+            node_id: ctx.node_id,
+            sinks: now.clone(),
+        };
+        match ctx.write(node_actor(&ctx), cmd).await {
+            Ok(_) => tracing::debug!(sinks = ?now, "audit sink progress reported"),
+            // Not a member yet, no leader, a refused write: try again soon.
+            Err(e) => {
+                tracing::debug!(error = %e.message(), "audit sink progress not reported");
+                wait = Duration::from_secs(1);
+            }
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Progress {
+    Same,
+    /// Other sinks, or a sink's point moved back: report at once.
+    Changed,
+    /// Only forward: report if a record in `from..=through` is not itself a report.
+    Advanced {
+        from: u64,
+        through: u64,
+    },
+}
+
+/// How `now` differs from the `last` report (both sorted by name).
+fn progress_since(
+    last: &[authsec_domain::audit::SinkAck],
+    now: &[authsec_domain::audit::SinkAck],
+) -> Progress {
+    if last.len() != now.len() || last.iter().zip(now).any(|(l, n)| l.name != n.name) {
+        return Progress::Changed;
+    }
+    let mut range: Option<(u64, u64)> = None;
+    for (l, n) in last.iter().zip(now) {
+        if n.acked_through < l.acked_through {
+            return Progress::Changed;
+        }
+        if n.acked_through > l.acked_through {
+            let (from, through) = range.unwrap_or((u64::MAX, 0));
+            range = Some((from.min(l.acked_through + 1), through.max(n.acked_through)));
+        }
+    }
+    match range {
+        None => Progress::Same,
+        Some((from, through)) => Progress::Advanced { from, through },
+    }
+}
+
+/// Whether `from..=through` holds a record other than [`NOT_NEWS`] (or a record retention
+/// already removed).
+fn any_news(reader: &Reader, from: u64, through: u64) -> Result<bool, String> {
+    let mut next = from;
+    while next <= through {
+        let page = reader
+            .records(next, PAGE, PAGE_BYTES)
+            .map_err(|e| e.to_string())?;
+        let Some(first) = page.first() else {
+            return Ok(false);
+        };
+        if first.sequence != next {
+            return Ok(true); // pruned: moved past records that were there
+        }
+        for rec in page {
+            if rec.sequence > through {
+                return Ok(false);
+            }
+            next = rec.sequence + 1;
+            if rec.elided().is_some() {
+                return Ok(true);
+            }
+            let r = AuditRecord::from_bytes(&rec.bytes)
+                .map_err(|e| format!("record {} does not decode: {e}", rec.sequence))?;
+            if !NOT_NEWS.contains(&r.kind.as_str()) {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
 }
 
 /// Elisions proposed per retention pass at most (each covers up to `ELIDE_SPAN_MAX` records).
@@ -1108,6 +1283,43 @@ mod tests {
             base64::engine::general_purpose::STANDARD.encode(&bytes)
         );
         assert_eq!(line, want);
+    }
+
+    #[test]
+    fn sink_progress_is_reported_when_it_changed_or_moved_forward() {
+        use authsec_domain::audit::SinkAck;
+        let a = |name: &str, at: u64| SinkAck {
+            name: name.into(),
+            acked_through: at,
+        };
+        assert_eq!(progress_since(&[], &[]), Progress::Same);
+        assert_eq!(progress_since(&[a("f", 3)], &[a("f", 3)]), Progress::Same);
+        // A sink added or removed, renamed, or moved back: at once.
+        assert_eq!(progress_since(&[], &[a("f", 0)]), Progress::Changed);
+        assert_eq!(progress_since(&[a("f", 3)], &[]), Progress::Changed);
+        assert_eq!(
+            progress_since(&[a("f", 3)], &[a("g", 3)]),
+            Progress::Changed
+        );
+        assert_eq!(
+            progress_since(&[a("f", 3), a("g", 9)], &[a("f", 5), a("g", 8)]),
+            Progress::Changed
+        );
+        // Forward: the records between the least reported point and the furthest new one.
+        assert_eq!(
+            progress_since(&[a("f", 3), a("g", 9)], &[a("f", 5), a("g", 12)]),
+            Progress::Advanced {
+                from: 4,
+                through: 12
+            }
+        );
+        assert_eq!(
+            progress_since(&[a("f", 3), a("g", 9)], &[a("f", 3), a("g", 12)]),
+            Progress::Advanced {
+                from: 10,
+                through: 12
+            }
+        );
     }
 
     #[test]

@@ -494,6 +494,13 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
             shutdown_rx.clone(),
         )));
     }
+    tasks.push(tokio::spawn(crate::audit::sink_reporter(
+        ctx.clone(),
+        view.clone(),
+        cfg.audit.sinks.iter().map(|s| s.name.clone()).collect(),
+        cfg.data_dir.clone(),
+        shutdown_rx.clone(),
+    )));
     for sink in &cfg.audit.sinks {
         tasks.push(tokio::spawn(crate::sink::run(
             ctx.clone(),
