@@ -1698,6 +1698,30 @@ async fn issuance_records_are_elided_sooner_and_the_chain_still_verifies() -> an
     );
     let said = fails(&forged, "a record passed off as an elided one")?;
     assert!(said.contains("elided"), "{said}");
+    // An export that starts inside an elided range holds only part of what the elision
+    // committed to: verify says its remnants there are not checked, instead of counting them
+    // as accounted for.
+    let cut = dir.path().join("cut.jsonl");
+    std::fs::write(&cut, all[remnant_at + 1..].join("\n") + "\n")?;
+    let raw = Command::new(authsec_bin()?)
+        .args(["audit", "verify"])
+        .arg(&cut)
+        .arg("--keys")
+        .arg(&file)
+        .arg("--admin-dir")
+        .arg(c.admin_dir())
+        .output()?;
+    let out = String::from_utf8_lossy(&raw.stdout).into_owned();
+    assert!(
+        raw.status.success(),
+        "{out} {}",
+        String::from_utf8_lossy(&raw.stderr)
+    );
+    assert!(
+        out.contains("elided in a range this export holds only the end of")
+            && !out.contains("elided by retention, each accounted for"),
+        "{out}"
+    );
     let mut removed = all.clone();
     removed.remove(remnant_at);
     fails(&removed, "a removed remnant")?;
