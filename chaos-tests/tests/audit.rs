@@ -1273,6 +1273,20 @@ batch_records = 100
         log.contains("retention waits for an audit sink") && log.contains("holder_node=3"),
         "node 1 says which sink holds retention back"
     );
+    // Every node's Head shows each member's sinks as last reported: node 3's at nothing yet.
+    for id in 1..=3 {
+        let sinks: Vec<(u64, String, u64)> = head(&c, id)
+            .await?
+            .sinks
+            .into_iter()
+            .map(|s| (s.node_id, s.name, s.acked_sequence))
+            .collect();
+        assert!(
+            sinks.contains(&(3, "archive".into(), 0))
+                && sinks.iter().any(|s| s.0 == 1 && s.1 == "siem" && s.2 > 0),
+            "node {id}'s head: {sinks:?}"
+        );
+    }
 
     // Node 3's SIEM comes back: its sink delivers, node 3 reports, node 1 prunes; every node
     // starts at the same record, and node 3's sink has every record pruned.

@@ -667,11 +667,25 @@ impl v1::audit_service_server::AuditService for Audit {
         _req: Request<v1::AuditHeadRequest>,
     ) -> Result<Response<v1::AuditHeadResponse>, Status> {
         let head = *self.ctx.head_rx.borrow();
-        let (cp, pruned) = {
+        let (cp, pruned, sinks) = {
             let s = self.view.read();
-            (s.audit_meta, s.audit_pruned)
+            let sinks = s
+                .sink_acks
+                .by_node
+                .iter()
+                .filter(|(n, _)| s.nodes.contains_key(n))
+                .flat_map(|(n, v)| {
+                    v.iter().map(|a| v1::SinkProgress {
+                        node_id: *n,
+                        name: a.name.clone(),
+                        acked_sequence: a.acked_through,
+                    })
+                })
+                .collect();
+            (s.audit_meta, s.audit_pruned, sinks)
         };
         Ok(Response::new(v1::AuditHeadResponse {
+            sinks,
             first_sequence: pruned.through_sequence + 1,
             head_sequence: head.sequence,
             head_hash: hex::encode(head.hash),

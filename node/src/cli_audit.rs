@@ -410,6 +410,12 @@ pub async fn run(cmd: AuditCmd) -> anyhow::Result<()> {
                     "head_hash": h.head_hash,
                     "checkpoint_sequence": h.checkpoint_sequence,
                     "checkpoint_hash": h.checkpoint_hash,
+                    "first_sequence": h.first_sequence,
+                    "sinks": h.sinks.iter().map(|s| serde_json::json!({
+                        "node_id": s.node_id,
+                        "name": s.name,
+                        "acked_sequence": s.acked_sequence,
+                    })).collect::<Vec<_>>(),
                 })
             );
             Ok(())
