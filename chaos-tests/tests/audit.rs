@@ -1712,11 +1712,47 @@ async fn issuance_records_are_elided_sooner_and_the_chain_still_verifies() -> an
     );
     let said = fails(&forged, "a record passed off as an elided one")?;
     assert!(said.contains("elided"), "{said}");
-    // An export that starts inside an elided range holds only part of what the elision
-    // committed to: verify says its remnants there are not checked, instead of counting them
-    // as accounted for.
+    // An export that starts inside an elided part holds only some of what the elision
+    // committed to for it: verify says its remnants there are not checked, instead of
+    // counting them as accounted for (the parts after it are checked).
     let cut = dir.path().join("cut.jsonl");
-    std::fs::write(&cut, all[remnant_at + 1..].join("\n") + "\n")?;
+    let parsed: Vec<Value> = all
+        .iter()
+        .map(|l| serde_json::from_str(l))
+        .collect::<Result<_, _>>()?;
+    let remnant_seqs: Vec<u64> = parsed
+        .iter()
+        .filter(|l| l["elided"] == true)
+        .filter_map(|l| l["sequence"].as_u64())
+        .collect();
+    // A part with two remnants or more: the cut goes right after its first.
+    let cut_after = parsed
+        .iter()
+        .filter_map(|l| l["event"].get("IssuancePartsElided"))
+        .flat_map(|e| {
+            let mut from = e["elision"]["from_sequence"].as_u64().unwrap_or(0);
+            let mut ranges = Vec::new();
+            for p in e["elision"]["parts"].as_array().into_iter().flatten() {
+                let through = p["through_sequence"].as_u64().unwrap_or(0);
+                ranges.push((from, through));
+                from = through + 1;
+            }
+            ranges
+        })
+        .find_map(|(from, through)| {
+            let inside: Vec<u64> = remnant_seqs
+                .iter()
+                .copied()
+                .filter(|s| (from..=through).contains(s))
+                .collect();
+            (inside.len() >= 2).then(|| inside[0])
+        })
+        .context("an elided part with two remnants")?;
+    let at = parsed
+        .iter()
+        .position(|l| l["sequence"].as_u64() == Some(cut_after))
+        .context("the remnant's line")?;
+    std::fs::write(&cut, all[at + 1..].join("\n") + "\n")?;
     let raw = Command::new(authsec_bin()?)
         .args(["audit", "verify"])
         .arg(&cut)
@@ -1732,8 +1768,7 @@ async fn issuance_records_are_elided_sooner_and_the_chain_still_verifies() -> an
         String::from_utf8_lossy(&raw.stderr)
     );
     assert!(
-        out.contains("elided in a range this export holds only the end of")
-            && !out.contains("elided by retention, each accounted for"),
+        out.contains("elided in a range this export holds only the end of"),
         "{out}"
     );
     let mut removed = all.clone();
@@ -1753,5 +1788,102 @@ async fn issuance_records_are_elided_sooner_and_the_chain_still_verifies() -> an
     let again = dir.path().join("restarted.jsonl");
     export_to(&c, 2, &again)?;
     assert_eq!(std::fs::read(&again)?, text, "node 2 after a restart");
+    Ok(())
+}
+
+/// A metric of node `id` (its value on the line `name{node_id="id"} value`).
+fn metric(c: &Cluster, id: u64, name: &str) -> anyhow::Result<u64> {
+    let (code, text) = authsec_chaos_tests::http_get(&c.nodes[&id].http, "/metrics")?;
+    anyhow::ensure!(code == 200, "metrics of node {id}: {code}");
+    let prefix = format!("{name}{{node_id=\"{id}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix)?.trim().parse().ok())
+        .with_context(|| format!("{name} in node {id}'s metrics"))
+}
+
+/// Prunes and elisions both run while tokens are issued: every prune ends at a checkpoint,
+/// and every elision is committed in parts that end at checkpoints, so an export taken while
+/// the archive starts after a prune and still holds remnants checks every one of them
+/// against its elision record (none is left "not checked").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remnants_left_after_a_prune_are_all_checked() -> anyhow::Result<()> {
+    let (siem, c) = retention_cluster(
+        "max_age_s = 3\nissuance_max_age_s = 1\n",
+        Options::default(),
+    )
+    .await?;
+    siem.failing.store(false, Ordering::SeqCst);
+    c.wait_issuing(&[1, 2, 3], T).await?;
+    let admin = Admin(&c);
+    admin.role("reader", &["orders:read"]).await?;
+    let secret = admin
+        .client(v1::CreateClientRequest {
+            client_id: "svc".into(),
+            kind: v1::ClientKind::Service as i32,
+            allowed_scopes: vec!["orders:*".into()],
+            default_audience: "https://orders.example".into(),
+            ..Default::default()
+        })
+        .await?;
+    admin.bind("reader", "client:svc").await?;
+    let h = c.https()?;
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("export.jsonl");
+    let deadline = Instant::now() + T;
+    let mut tokens = 0u64;
+    // Issue until an export starts inside a range an elision committed to (a prune ended
+    // inside it) with remnants after its first record.
+    let (exported, first) = loop {
+        for _ in 0..10 {
+            let r = h
+                .client_credentials(
+                    &c.oauth_addr(1 + tokens % 3)?,
+                    "svc",
+                    &secret,
+                    &[("scope", "orders:read")],
+                )
+                .await?;
+            anyhow::ensure!(r.status == 200, "token {tokens}: {r:?}");
+            tokens += 1;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no export started inside an elided range ({tokens} tokens)"
+        );
+        if metric(&c, 1, "authsec_archive_first_sequence")? == 1 {
+            continue;
+        }
+        export_to(&c, 1, &file)?;
+        let exported = lines(&file)?;
+        let first = exported[0]["sequence"].as_u64().context("sequence")?;
+        let cut = exported.iter().any(|l| {
+            let e = &l["event"];
+            let e = e
+                .get("IssuancePartsElided")
+                .or_else(|| e.get("IssuancesElided"));
+            e.is_some_and(|e| {
+                let (from, through) = (
+                    e["elision"]["from_sequence"].as_u64().unwrap_or(0),
+                    e["elision"]["through_sequence"].as_u64().unwrap_or(0),
+                );
+                from < first
+                    && exported.iter().any(|r| {
+                        r["elided"] == true && r["sequence"].as_u64().is_some_and(|s| s <= through)
+                    })
+            })
+        });
+        if cut {
+            break (exported, first);
+        }
+    };
+    let remnants = exported.iter().filter(|l| l["elided"] == true).count();
+    let out = ok(&verify(&c, &file)?)?;
+    tracing::info!(%out, first, tokens, "verify of a pruned export with remnants");
+    assert!(
+        out.contains(&format!(
+            "{remnants} issuance record(s) elided by retention, each accounted for"
+        )) && !out.contains("not checked"),
+        "{out}"
+    );
     Ok(())
 }

@@ -224,6 +224,61 @@ pub(crate) fn evolve_sink_progress(state: &mut State, node_id: u64, sinks: &[Sin
     }
 }
 
+/// At most this many parts in one [`SplitElision`].
+pub const ELIDE_PARTS_MAX: usize = 1024;
+
+/// One part of a [`SplitElision`]: the issuance records from the previous part's end (or the
+/// elision's start) through `through_sequence`, counted and digested as [`Elision`] does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ElisionPart {
+    pub through_sequence: u64,
+    pub count: u64,
+    pub digest: Hash32,
+}
+
+/// An elision committed part by part, each part ending at a sequence a checkpoint signed.
+///
+/// A prune ends at a checkpoint's sequence; with [`Elision`]'s single digest over the whole
+/// range, a prune that ended inside the range left the rest of its remnants with nothing an
+/// export could check them against. Parts end where prunes can, so a pruned export holds each
+/// remaining part whole and `verify` checks every remnant in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SplitElision {
+    pub node_id: u64,
+    pub from_sequence: u64,
+    pub through_sequence: u64,
+    /// In order; the last ends at `through_sequence`.
+    pub parts: Vec<ElisionPart>,
+    /// Every elided record is older than this.
+    pub older_than_ms: u64,
+    pub acked_by: Vec<String>,
+}
+
+impl SplitElision {
+    /// Each part's range: `(from, through, count, digest)`.
+    pub fn ranges(&self) -> impl Iterator<Item = (u64, u64, u64, &Hash32)> + '_ {
+        let mut from = self.from_sequence;
+        self.parts.iter().map(move |p| {
+            let r = (from, p.through_sequence, p.count, &p.digest);
+            from = p.through_sequence.saturating_add(1);
+            r
+        })
+    }
+
+    /// The same range as one [`Elision`] (its count; the digest is the parts' own).
+    fn whole(&self) -> Elision {
+        Elision {
+            node_id: self.node_id,
+            from_sequence: self.from_sequence,
+            through_sequence: self.through_sequence,
+            count: self.parts.iter().map(|p| p.count).sum(),
+            digest: [0; 32],
+            older_than_ms: self.older_than_ms,
+            acked_by: self.acked_by.clone(),
+        }
+    }
+}
+
 /// At most this many sinks named in one prune, each name at most this many bytes.
 pub const PRUNE_SINKS_MAX: usize = 16;
 pub const PRUNE_SINK_BYTES_MAX: usize = 128;
@@ -432,6 +487,39 @@ pub(crate) fn elide(state: &State, e: &Elision, time_ms: u64) -> Result<Vec<Even
 
 pub(crate) fn evolve_elide(state: &mut State, e: &Elision) {
     state.audit_pruned.issuance_elided_through = e.through_sequence;
+}
+
+/// `ElideIssuanceParts`: as [`elide`], with parts that tile the range in order. (Each part's
+/// count and digest are checked against the archive by the state machine.)
+pub(crate) fn elide_parts(
+    state: &State,
+    e: &SplitElision,
+    time_ms: u64,
+) -> Result<Vec<Event>, Rejection> {
+    if e.parts.is_empty() || e.parts.len() > ELIDE_PARTS_MAX {
+        return Err(invalid(
+            "parts",
+            format!("an elision has 1 to {ELIDE_PARTS_MAX} parts"),
+        ));
+    }
+    let mut from = e.from_sequence;
+    for p in &e.parts {
+        if p.through_sequence < from {
+            return Err(invalid(
+                "parts",
+                "parts follow each other in order, each ending at or after where it starts",
+            ));
+        }
+        from = p.through_sequence.saturating_add(1);
+    }
+    if e.parts.last().map(|p| p.through_sequence) != Some(e.through_sequence) {
+        return Err(invalid(
+            "parts",
+            "the last part ends where the elision does",
+        ));
+    }
+    elide(state, &e.whole(), time_ms)?;
+    Ok(vec![Event::IssuancePartsElided { elision: e.clone() }])
 }
 
 /// `RecordAuthFailures`: bounded aggregates from a member.
@@ -645,6 +733,94 @@ mod tests {
             2_000,
         );
         assert_eq!(state.audit_pruned.issuance_elided_through, 100);
+    }
+
+    /// A split elision is checked as an elision of its whole range, and its parts tile that
+    /// range in order.
+    #[test]
+    fn split_elisions_tile_their_range() {
+        let mut state = State::default();
+        state.nodes.insert(
+            1,
+            crate::state::NodeRecord {
+                node_id: 1,
+                addr: "127.0.0.1:1".into(),
+                recorded_at_ms: 1,
+            },
+        );
+        state.audit_meta.checkpoint_sequence = 500;
+        let part = |through_sequence: u64, count: u64| ElisionPart {
+            through_sequence,
+            count,
+            digest: [count as u8; 32],
+        };
+        let e = SplitElision {
+            node_id: 1,
+            from_sequence: 1,
+            through_sequence: 300,
+            parts: vec![part(100, 3), part(250, 0), part(300, 7)],
+            older_than_ms: 5,
+            acked_by: vec!["siem".into()],
+        };
+        let events = elide_parts(&state, &e, 10).expect("a good split elision");
+        assert!(matches!(&events[..], [Event::IssuancePartsElided { elision }] if elision == &e));
+        let ranges: Vec<(u64, u64, u64)> = e.ranges().map(|(f, t, n, _)| (f, t, n)).collect();
+        assert_eq!(ranges, [(1, 100, 3), (101, 250, 0), (251, 300, 7)]);
+        for e_ in &events {
+            crate::evolve::evolve(&mut state, e_, 10);
+        }
+        assert_eq!(state.audit_pruned.issuance_elided_through, 300);
+
+        let field = |r: Result<Vec<Event>, Rejection>| match r {
+            Err(Rejection::InvalidField { field, .. }) => field,
+            other => panic!("not an invalid field: {other:?}"),
+        };
+        let next = |parts: Vec<ElisionPart>, through_sequence: u64| SplitElision {
+            from_sequence: 301,
+            through_sequence,
+            parts,
+            ..e.clone()
+        };
+        elide_parts(&state, &next(vec![part(400, 1)], 400), 10).expect("the next range");
+        for (bad, why) in [
+            (next(vec![], 400), "no part"),
+            (
+                next(vec![part(350, 1), part(340, 1), part(400, 1)], 400),
+                "out of order",
+            ),
+            (
+                next(vec![part(300, 1), part(400, 1)], 400),
+                "a part before the range",
+            ),
+            (next(vec![part(350, 1)], 400), "ends before the range"),
+            (
+                next(
+                    (301..=301 + ELIDE_PARTS_MAX as u64)
+                        .map(|t| part(t, 0))
+                        .collect(),
+                    301 + ELIDE_PARTS_MAX as u64,
+                ),
+                "too many parts",
+            ),
+        ] {
+            assert_eq!(field(elide_parts(&state, &bad, 10)), "parts", "{why}");
+        }
+        // The whole range's own rules hold: forward only, behind the last checkpoint.
+        assert_eq!(
+            field(elide_parts(
+                &state,
+                &SplitElision {
+                    from_sequence: 300,
+                    ..next(vec![part(400, 1)], 400)
+                },
+                10
+            )),
+            "from_sequence"
+        );
+        assert_eq!(
+            field(elide_parts(&state, &next(vec![part(600, 1)], 600), 10)),
+            "through_sequence"
+        );
     }
 
     fn ack(name: &str, acked_through: u64) -> SinkAck {

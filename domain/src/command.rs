@@ -383,6 +383,9 @@ pub enum Command {
         node_id: u64,
         sinks: Vec<crate::audit::SinkAck>,
     },
+    /// Retention's shorter bound, committed part by part (what nodes propose since
+    /// `ElideIssuances`' single digest could be cut by a prune).
+    ElideIssuanceParts(crate::audit::SplitElision),
 }
 
 /// Where a rotated root's sealed key is kept in `sealed_secrets`.
@@ -441,6 +444,7 @@ impl Command {
             Command::PruneAudit(_) => "prune_audit",
             Command::ElideIssuances(_) => "elide_issuances",
             Command::RecordSinkProgress { .. } => "record_sink_progress",
+            Command::ElideIssuanceParts(_) => "elide_issuance_parts",
         }
     }
 

@@ -204,6 +204,10 @@ pub enum Event {
         node_id: u64,
         sinks: Vec<crate::audit::SinkAck>,
     },
+    /// As `IssuancesElided`, committing to each part of the range apart.
+    IssuancePartsElided {
+        elision: crate::audit::SplitElision,
+    },
 }
 
 /// Every record type ([`Event::kind`]), for validating export filters.
@@ -313,6 +317,7 @@ impl Event {
             Event::AuditPruned { .. } => "audit.pruned",
             Event::IssuancesElided { .. } => "audit.issuances_elided",
             Event::SinksAcknowledged { .. } => "audit.sinks_acknowledged",
+            Event::IssuancePartsElided { .. } => "audit.issuances_elided",
         }
     }
 
@@ -383,6 +388,7 @@ impl Event {
             Event::AuditPruned { prune, .. } => format!("node:{}", prune.node_id),
             Event::IssuancesElided { elision } => format!("node:{}", elision.node_id),
             Event::SinksAcknowledged { node_id, .. } => format!("node:{node_id}"),
+            Event::IssuancePartsElided { elision } => format!("node:{}", elision.node_id),
         }
     }
 }

@@ -330,6 +330,9 @@ pub fn evolve(state: &mut State, event: &Event, time_ms: u64) {
         Event::SinksAcknowledged { node_id, sinks } => {
             crate::audit::evolve_sink_progress(state, *node_id, sinks)
         }
+        Event::IssuancePartsElided { elision } => {
+            state.audit_pruned.issuance_elided_through = elision.through_sequence;
+        }
         Event::IssuanceBatchRecorded { node_id, batch } => {
             crate::issuance::evolve_batch(state, *node_id, batch)
         }
@@ -441,7 +444,9 @@ impl Event {
             Event::CheckpointRecorded { .. } => ProjectionKey::AuditMeta,
             Event::AuthFailuresRecorded { .. } => ProjectionKey::Meta,
             Event::IssuanceBatchRecorded { .. } => ProjectionKey::IssuanceMeta,
-            Event::AuditPruned { .. } | Event::IssuancesElided { .. } => ProjectionKey::AuditPruned,
+            Event::AuditPruned { .. }
+            | Event::IssuancesElided { .. }
+            | Event::IssuancePartsElided { .. } => ProjectionKey::AuditPruned,
             Event::SinksAcknowledged { .. } => ProjectionKey::SinkAcks,
         }
     }

@@ -1161,6 +1161,7 @@ pub(crate) fn decide_identity(
         Command::RecordSinkProgress { node_id, sinks } => {
             crate::audit::sink_progress(state, *node_id, sinks)
         }
+        Command::ElideIssuanceParts(e) => crate::audit::elide_parts(state, e, time_ms),
         _ => return None,
     })
 }

@@ -724,3 +724,54 @@ fn sink_progress_is_pinned() {
     };
     check("sink_acks_v1", &codec::encode(Tag::SINK_ACKS, &row));
 }
+
+#[test]
+fn split_elision_is_pinned() {
+    use authsec_domain::audit::{ElisionPart, SplitElision};
+    let elision = SplitElision {
+        node_id: 2,
+        from_sequence: 41,
+        through_sequence: 300,
+        parts: vec![
+            ElisionPart {
+                through_sequence: 100,
+                count: 3,
+                digest: [7; 32],
+            },
+            ElisionPart {
+                through_sequence: 300,
+                count: 0,
+                digest: [8; 32],
+            },
+        ],
+        older_than_ms: 1_699_999_000_000,
+        acked_by: vec!["siem".into()],
+    };
+    let batch = Batch {
+        proposals: vec![Proposal {
+            stamp: Stamp {
+                time_ms: 1_700_000_000_000,
+                seed: [7; 16],
+            },
+            actor: Actor {
+                principal: Principal::System,
+                via_node: 2,
+            },
+            command: Command::ElideIssuanceParts(elision.clone()),
+        }],
+    };
+    check("split_elision_batch_v1", &codec::encode(Tag::BATCH, &batch));
+    let rec = AuditRecord {
+        sequence: 11,
+        log_index: 15,
+        time_ms: 1_700_000_000_000,
+        actor: Actor {
+            principal: Principal::System,
+            via_node: 2,
+        },
+        kind: "audit.issuances_elided".into(),
+        subject: "node:2".into(),
+        event: authsec_domain::Event::IssuancePartsElided { elision },
+    };
+    check("split_elision_record_v1", &rec.to_bytes());
+}

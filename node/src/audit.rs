@@ -1106,10 +1106,14 @@ async fn elide(
             if upper < from {
                 return Ok(None);
             }
-            let through = upper.min(from + ELIDE_SPAN_MAX - 1);
+            let cap = upper.min(from + ELIDE_SPAN_MAX - 1);
+            // The issuance records up to `cap`, and the sequences checkpoints signed in
+            // `from..=cap` (a checkpoint's record follows what it signs: look a little past).
+            let look_to = cap.saturating_add(CHECKPOINT_LOOKAHEAD).min(head);
             let mut items = Vec::new();
+            let mut signed_at = std::collections::BTreeSet::new();
             let mut next = from;
-            while next <= through {
+            'scan: while next <= look_to {
                 let page = rd
                     .records(next, PAGE, PAGE_BYTES)
                     .map_err(|e| e.to_string())?;
@@ -1117,8 +1121,8 @@ async fn elide(
                     break;
                 }
                 for rec in page {
-                    if rec.sequence > through {
-                        break;
+                    if rec.sequence > look_to {
+                        break 'scan;
                     }
                     next = rec.sequence + 1;
                     if rec.elided().is_some() {
@@ -1126,16 +1130,20 @@ async fn elide(
                     }
                     let r = AuditRecord::from_bytes(&rec.bytes)
                         .map_err(|e| format!("record {} does not decode: {e}", rec.sequence))?;
-                    if r.kind == ISSUED {
+                    if r.kind == ISSUED && rec.sequence <= cap {
                         items.push((rec.sequence, rec.hash));
+                    }
+                    if let authsec_domain::Event::CheckpointRecorded { checkpoint } = &r.event {
+                        if (from..=cap).contains(&checkpoint.sequence) {
+                            signed_at.insert(checkpoint.sequence);
+                        }
                     }
                 }
             }
-            let (count, digest) = elision_digest(items.iter().map(|(s, h)| (*s, h)));
-            Ok(Some((from, through, count, digest)))
+            Ok(Some(split_at_checkpoints(from, cap, &signed_at, &items)))
         })
         .await;
-        let (from, through, count, digest) = match found {
+        let (from, through, parts) = match found {
             Ok(Some(f)) => f,
             Ok(None) => return,
             Err(e) => {
@@ -1143,26 +1151,80 @@ async fn elide(
                 return;
             }
         };
-        let elision = authsec_domain::audit::Elision {
+        let count: u64 = parts.iter().map(|p| p.count).sum();
+        let n_parts = parts.len();
+        let elision = authsec_domain::audit::SplitElision {
             node_id: ctx.node_id,
             from_sequence: from,
             through_sequence: through,
-            count,
-            digest,
+            parts,
             older_than_ms: cutoff,
             acked_by: retention.after_sinks.clone(),
         };
         match ctx
-            .write(node_actor(ctx), Command::ElideIssuances(elision))
+            .write(node_actor(ctx), Command::ElideIssuanceParts(elision))
             .await
         {
-            Ok(_) => tracing::info!(from, through, count, "issuance records elided by retention"),
+            Ok(_) => tracing::info!(
+                from,
+                through,
+                count,
+                parts = n_parts,
+                "issuance records elided by retention"
+            ),
             Err(e) => {
                 tracing::debug!(error = %e.message(), "issuance elision not recorded");
                 return;
             }
         }
     }
+}
+
+/// Records past an elision's end searched for the checkpoints that signed inside it.
+const CHECKPOINT_LOOKAHEAD: u64 = 4096;
+
+/// An elision of `from..=cap` in parts that end where checkpoints signed (`signed_at`, all
+/// within the range), so that a prune, which ends at a checkpoint, never cuts a part: the
+/// elision ends at the last of them (or at `cap` if none signed inside), each part counts
+/// and digests its issuance records (`items`, in order). At most `ELIDE_PARTS_MAX` parts:
+/// beyond that, every k-th checkpoint ends one.
+fn split_at_checkpoints(
+    from: u64,
+    cap: u64,
+    signed_at: &std::collections::BTreeSet<u64>,
+    items: &[(u64, Hash32)],
+) -> (u64, u64, Vec<authsec_domain::audit::ElisionPart>) {
+    use authsec_domain::audit::{ElisionPart, ELIDE_PARTS_MAX};
+    let mut ends: Vec<u64> = signed_at
+        .iter()
+        .copied()
+        .filter(|s| (from..=cap).contains(s))
+        .collect();
+    let through = ends.last().copied().unwrap_or(cap);
+    if ends.len() > ELIDE_PARTS_MAX {
+        let k = ends.len().div_ceil(ELIDE_PARTS_MAX - 1);
+        let last = through;
+        ends = ends.into_iter().step_by(k).filter(|e| *e < last).collect();
+        ends.push(last);
+    }
+    if ends.is_empty() {
+        ends.push(through);
+    }
+    let mut parts = Vec::with_capacity(ends.len());
+    let mut rest = items.iter().filter(|(s, _)| *s <= through).peekable();
+    for end in ends {
+        let mut mine = Vec::new();
+        while let Some(i) = rest.next_if(|(s, _)| *s <= end) {
+            mine.push(i);
+        }
+        let (count, digest) = elision_digest(mine.into_iter().map(|(s, h)| (*s, h)));
+        parts.push(ElisionPart {
+            through_sequence: end,
+            count,
+            digest,
+        });
+    }
+    (from, through, parts)
 }
 
 pub fn source_of<T>(req: &Request<T>) -> Option<std::net::IpAddr> {
@@ -1334,6 +1396,41 @@ mod tests {
                 through: 12
             }
         );
+    }
+
+    #[test]
+    fn elisions_are_split_where_checkpoints_signed() {
+        use authsec_domain::audit::ELIDE_PARTS_MAX;
+        let h = |s: u64| [s as u8; 32];
+        let items: Vec<(u64, Hash32)> = [3, 10, 11, 40, 55, 70]
+            .iter()
+            .map(|s| (*s, h(*s)))
+            .collect();
+        let signed: std::collections::BTreeSet<u64> = [10, 50].into_iter().collect();
+        let (from, through, parts) = split_at_checkpoints(1, 60, &signed, &items);
+        // Ends at the last checkpoint inside, not at the cap; 55 waits for the next elision.
+        assert_eq!((from, through), (1, 50));
+        let got: Vec<(u64, u64)> = parts
+            .iter()
+            .map(|p| (p.through_sequence, p.count))
+            .collect();
+        assert_eq!(got, [(10, 2), (50, 2)]);
+        assert_eq!(
+            parts[1].digest,
+            elision_digest([(11, &h(11)), (40, &h(40))]).1
+        );
+        // No checkpoint inside: one part, up to the cap.
+        let (_, through, parts) = split_at_checkpoints(1, 60, &Default::default(), &items);
+        assert_eq!((through, parts.len(), parts[0].count), (60, 1, 5));
+        // More checkpoints than parts allowed: every k-th, and the last.
+        let many: std::collections::BTreeSet<u64> = (1..=3000).collect();
+        let (_, through, parts) = split_at_checkpoints(1, 3000, &many, &[]);
+        assert_eq!(through, 3000);
+        assert!(parts.len() <= ELIDE_PARTS_MAX, "{}", parts.len());
+        assert_eq!(parts.last().map(|p| p.through_sequence), Some(3000));
+        assert!(parts
+            .windows(2)
+            .all(|w| w[0].through_sequence < w[1].through_sequence));
     }
 
     #[test]

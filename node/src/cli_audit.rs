@@ -988,6 +988,47 @@ struct Pending {
 }
 
 impl Chain {
+    /// An `audit.issuances_elided` record of `from..=through`, committing to `parts`
+    /// (`(from, through, count, digest)` each): every issuance record of the range, elided
+    /// or not (a sink's file may hold them whole, written before the elision), is what it
+    /// committed to. A part the export holds only the end of (it starts inside it, or is
+    /// filtered) cannot be recomputed: its remnants are counted apart.
+    fn elided<'a>(
+        &mut self,
+        from: u64,
+        through: u64,
+        parts: impl IntoIterator<Item = (u64, u64, u64, &'a Hash32)>,
+        report: &mut Report,
+    ) -> Result<(), String> {
+        let early = self.issued_before(from);
+        if let (Some((seq, line)), false) = (early, self.partial) {
+            return Err(format!(
+                "record {seq} (line {line}): elided, but no audit.issuances_elided record in the export accounts for it"
+            ));
+        }
+        let (inside, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.issued)
+            .into_iter()
+            .partition(|i| i.0 <= through);
+        self.issued = rest;
+        for (pf, pt, n, d) in parts {
+            let mine: Vec<_> = inside.iter().filter(|i| (pf..=pt).contains(&i.0)).collect();
+            let whole = report.first_sequence <= pf && !self.partial;
+            let (count, digest) = elision_digest(mine.iter().map(|i| (i.0, &i.1)));
+            if whole && (count, &digest) != (n, d) {
+                return Err(format!(
+                    "it elided {n} issuance record(s) from {pf} to {pt}, but the export holds {count} there, or others: an elided record was added, removed or changed"
+                ));
+            }
+            let elided = mine.iter().filter(|i| i.2).count() as u64;
+            if whole {
+                report.elided += elided;
+            } else {
+                report.elided_unchecked += elided;
+            }
+        }
+        Ok(())
+    }
+
     /// An elided record before `sequence` still waiting for its elision record: none ever
     /// comes for it (elisions move forward).
     fn issued_before(&mut self, sequence: u64) -> Option<(u64, u64)> {
@@ -1140,32 +1181,13 @@ impl Chain {
         };
         match &record.event {
             Event::IssuancesElided { elision: e } => {
-                // Every issuance record of the range, elided or not (a sink's file may hold
-                // them whole, written before the elision), is what the record committed to.
-                let early = self.issued_before(e.from_sequence);
-                if let (Some((seq, line)), false) = (early, self.partial) {
-                    return Err(format!(
-                        "record {seq} (line {line}): elided, but no audit.issuances_elided record in the export accounts for it"
-                    ));
-                }
-                let (inside, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.issued)
-                    .into_iter()
-                    .partition(|i| i.0 <= e.through_sequence);
-                self.issued = rest;
-                let whole = report.first_sequence <= e.from_sequence && !self.partial;
-                let (count, digest) = elision_digest(inside.iter().map(|i| (i.0, &i.1)));
-                if whole && (count, digest) != (e.count, e.digest) {
-                    return Err(at(format!(
-                        "it elided {} issuance record(s) from {} to {}, but the export holds {count} there, or others: an elided record was added, removed or changed",
-                        e.count, e.from_sequence, e.through_sequence
-                    )));
-                }
-                let n = inside.iter().filter(|i| i.2).count() as u64;
-                if whole {
-                    report.elided += n;
-                } else {
-                    report.elided_unchecked += n;
-                }
+                let whole = [(e.from_sequence, e.through_sequence, e.count, &e.digest)];
+                self.elided(e.from_sequence, e.through_sequence, whole, report)
+                    .map_err(at)?;
+            }
+            Event::IssuancePartsElided { elision: e } => {
+                self.elided(e.from_sequence, e.through_sequence, e.ranges(), report)
+                    .map_err(at)?;
             }
             // A retired key signs nothing after its retirement; a revoked node nothing at all.
             Event::NodeKeyRetired { kid } => {

@@ -650,6 +650,60 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                     }),
                                 }
                             }
+                            // The same, part by part: each part's count and digest must be
+                            // this archive's.
+                            Command::ElideIssuanceParts(el) => {
+                                match self.issuance_records(
+                                    el.from_sequence,
+                                    el.through_sequence,
+                                    &written_issuance,
+                                ) {
+                                    Ok(found) => {
+                                        let wrong = el.ranges().find_map(|(from, through, n, d)| {
+                                            // `found` is in sequence order.
+                                            let lo = found.partition_point(|r| r.0 < from);
+                                            let hi = found.partition_point(|r| r.0 <= through);
+                                            let (count, digest) = elision_digest(
+                                                found[lo..hi.max(lo)].iter().map(|(seq, h, _)| (*seq, h)),
+                                            );
+                                            ((count, &digest) != (n, d)).then(|| {
+                                                format!(
+                                                    "records {from} to {through} hold {count} issuance record(s) with digest {}, not {n} with {}",
+                                                    hex::encode(digest),
+                                                    hex::encode(d)
+                                                )
+                                            })
+                                        });
+                                        match wrong {
+                                            Some(reason) => Err(Rejection::InvalidField {
+                                                field: "parts".into(),
+                                                reason,
+                                            }),
+                                            None => {
+                                                let applied =
+                                                    apply_proposal(&mut state, p, log_index);
+                                                if applied.is_ok() {
+                                                    for (seq, h, remnant) in found {
+                                                        let mut value = h.to_vec();
+                                                        value
+                                                            .extend_from_slice(&remnant.to_bytes());
+                                                        batch.put_cf(
+                                                            archive,
+                                                            cf::u64_key(seq),
+                                                            value,
+                                                        );
+                                                    }
+                                                }
+                                                applied
+                                            }
+                                        }
+                                    }
+                                    Err(reason) => Err(Rejection::InvalidField {
+                                        field: "from_sequence".into(),
+                                        reason,
+                                    }),
+                                }
+                            }
                             // The planted defect: decided on a copy, so the events are archived
                             // while this node's projections stay as they were.
                             Command::Revoke(_) if self.skip_revocations => {
