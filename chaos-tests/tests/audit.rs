@@ -1200,6 +1200,7 @@ fn delivered(r: &Receiver, node: u64) -> BTreeSet<u64> {
 async fn retention_waits_for_the_sinks_of_every_node() -> anyhow::Result<()> {
     init_test_tracing();
     let (own, slow) = (Arc::new(Receiver::default()), Arc::new(Receiver::default()));
+    own.failing.store(true, Ordering::SeqCst);
     slow.failing.store(true, Ordering::SeqCst);
     let (own_addr, slow_addr) = (serve(own.clone()).await?, serve(slow.clone()).await?);
     let node_toml = BTreeMap::from([
@@ -1242,6 +1243,19 @@ batch_records = 100
         },
     )?;
     c.wait_issuing(&[1, 2, 3], T).await?;
+    // A sink bounds retention from its node's first report on: node 1's sink takes records
+    // only once node 3 has reported its own.
+    let deadline = Instant::now() + T;
+    while !head(&c, 1)
+        .await?
+        .sinks
+        .iter()
+        .any(|s| s.node_id == 3 && s.name == "archive")
+    {
+        anyhow::ensure!(Instant::now() < deadline, "node 3 never reported its sink");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    own.failing.store(false, Ordering::SeqCst);
     let mut roles = v1::role_service_client::RoleServiceClient::new(c.channel(1).await?);
     create_roles(&mut roles, "r", 300).await?;
     let signed = wait_signed(&c, &[1, 2, 3]).await?;
@@ -1287,6 +1301,14 @@ batch_records = 100
             "node {id}'s head: {sinks:?}"
         );
     }
+    let said: Value =
+        serde_json::from_str(&ok(&cli(&c.addr(2)?, &c.admin_dir(), &["audit", "head"])?)?)?;
+    assert!(
+        said["sinks"].as_array().is_some_and(|v| v
+            .iter()
+            .any(|s| s["node_id"] == 3 && s["name"] == "archive" && s["acked_sequence"] == 0)),
+        "authsec audit head: {said}"
+    );
 
     // Node 3's SIEM comes back: its sink delivers, node 3 reports, node 1 prunes; every node
     // starts at the same record, and node 3's sink has every record pruned.
