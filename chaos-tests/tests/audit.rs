@@ -1546,6 +1546,23 @@ async fn retention_prunes_behind_a_signed_checkpoint_once_the_sink_has_the_recor
     Ok(())
 }
 
+/// Client `svc`, bound to a role granting `orders:read`: its generated secret.
+async fn reader_client(c: &Cluster) -> anyhow::Result<String> {
+    let admin = Admin(c);
+    admin.role("reader", &["orders:read"]).await?;
+    let secret = admin
+        .client(v1::CreateClientRequest {
+            client_id: "svc".into(),
+            kind: v1::ClientKind::Service as i32,
+            allowed_scopes: vec!["orders:*".into()],
+            default_audience: "https://orders.example".into(),
+            ..Default::default()
+        })
+        .await?;
+    admin.bind("reader", "client:svc").await?;
+    Ok(secret)
+}
+
 /// Retention's shorter bound for issuance records (`issuance_max_age_s`): once the sink has
 /// them, every `credential.issued` record is replaced by a remnant on every node, while the rest
 /// stays whole; the export verifies, each remnant accounted for by an `audit.issuances_elided`
@@ -1558,18 +1575,7 @@ async fn issuance_records_are_elided_sooner_and_the_chain_still_verifies() -> an
     )
     .await?;
     c.wait_issuing(&[1, 2, 3], T).await?;
-    let admin = Admin(&c);
-    admin.role("reader", &["orders:read"]).await?;
-    let secret = admin
-        .client(v1::CreateClientRequest {
-            client_id: "svc".into(),
-            kind: v1::ClientKind::Service as i32,
-            allowed_scopes: vec!["orders:*".into()],
-            default_audience: "https://orders.example".into(),
-            ..Default::default()
-        })
-        .await?;
-    admin.bind("reader", "client:svc").await?;
+    let secret = reader_client(&c).await?;
     let h = c.https()?;
     let mut jtis = Vec::new();
     for k in 0..60u64 {
@@ -1836,18 +1842,7 @@ async fn remnants_left_after_a_prune_are_all_checked() -> anyhow::Result<()> {
     .await?;
     siem.failing.store(false, Ordering::SeqCst);
     c.wait_issuing(&[1, 2, 3], T).await?;
-    let admin = Admin(&c);
-    admin.role("reader", &["orders:read"]).await?;
-    let secret = admin
-        .client(v1::CreateClientRequest {
-            client_id: "svc".into(),
-            kind: v1::ClientKind::Service as i32,
-            allowed_scopes: vec!["orders:*".into()],
-            default_audience: "https://orders.example".into(),
-            ..Default::default()
-        })
-        .await?;
-    admin.bind("reader", "client:svc").await?;
+    let secret = reader_client(&c).await?;
     let h = c.https()?;
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("export.jsonl");
