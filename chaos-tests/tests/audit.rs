@@ -1116,8 +1116,10 @@ on_lag = "refuse_writes"
     Ok(())
 }
 
-/// Every node's audit head and first record, polled until they agree and stay so for three
-/// seconds (retention and checkpoints settle), within the deadline.
+/// Every node's audit head and first record, polled until they agree and stay so for seven
+/// seconds (retention, checkpoints and the sinks' last progress reports settle: a node
+/// reports at most every 5 s, and a checkpoint signs the report within a second), within the
+/// deadline.
 async fn wait_settled(c: &Cluster, ids: &[u64]) -> anyhow::Result<v1::AuditHeadResponse> {
     let deadline = Instant::now() + T;
     let mut since: Option<(Instant, (String, u64))> = None;
@@ -1132,7 +1134,7 @@ async fn wait_settled(c: &Cluster, ids: &[u64]) -> anyhow::Result<v1::AuditHeadR
         let now = (heads[0].head_hash.clone(), heads[0].first_sequence);
         match &since {
             Some((t, was)) if same && *was == now => {
-                if t.elapsed() >= Duration::from_secs(3) {
+                if t.elapsed() >= Duration::from_secs(7) {
                     return Ok(heads[0].clone());
                 }
             }
@@ -1535,13 +1537,31 @@ async fn retention_prunes_behind_a_signed_checkpoint_once_the_sink_has_the_recor
     let target = 3;
     wipe_and_rejoin(&mut c, target).await?;
     let h = wait_settled(&c, &[1, 2, 3]).await?;
-    assert_eq!(h.first_sequence, first, "nothing more was pruned meanwhile");
+    // Removing node 3 dropped its last sink report, which may have held retention a few
+    // records back (a sink bounds retention again from its rejoined node's first report).
+    assert!(
+        h.first_sequence >= first,
+        "retention never moves back: {h:?}"
+    );
     let rejoined = dir.path().join("rejoined.jsonl");
     export_to(&c, target, &rejoined)?;
     export_to(&c, 1, &file)?;
     let (a, b) = (std::fs::read(&file)?, std::fs::read(&rejoined)?);
     assert_eq!(a, b, "the rejoined node holds the same pruned history");
-    assert!(b.starts_with(&text), "which begins where it did before");
+    let before: String = std::str::from_utf8(&text)?
+        .lines()
+        .filter(|l| {
+            serde_json::from_str::<Value>(l)
+                .ok()
+                .and_then(|v| v["sequence"].as_u64())
+                .is_some_and(|s| s >= h.first_sequence)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(
+        b.starts_with(before.as_bytes()),
+        "which holds what the earlier export held from its first record on"
+    );
     assert!(ok(&verify(&c, &rejoined)?)?.starts_with("ok: "));
     Ok(())
 }

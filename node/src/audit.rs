@@ -918,9 +918,15 @@ pub async fn pruner(
 /// How often a node looks whether its sinks' progress is worth reporting.
 const SINK_REPORT_INTERVAL: Duration = Duration::from_secs(5);
 /// Records whose delivery alone is not worth a sink progress report: the reports
-/// themselves, and the checkpoints that sign them. Reporting their delivery would add a
-/// record, which a checkpoint signs, which the sinks deliver: for ever, on an idle cluster.
-const NOT_NEWS: &[&str] = &["audit.sinks_acknowledged", "audit.checkpoint"];
+/// themselves, the checkpoints that sign them, and retention's own prunes and elisions.
+/// Reporting their delivery would add a record, which a checkpoint signs, which the sinks
+/// deliver, which retention prunes once old enough: for ever, on an idle cluster.
+const NOT_NEWS: &[&str] = &[
+    "audit.sinks_acknowledged",
+    "audit.checkpoint",
+    "audit.pruned",
+    "audit.issuances_elided",
+];
 
 /// Tell the cluster how far this node's audit sinks have delivered (`RecordSinkProgress`),
 /// so that retention, whichever node proposes it, never prunes or elides a record one of them
@@ -929,8 +935,8 @@ const NOT_NEWS: &[&str] = &["audit.sinks_acknowledged", "audit.checkpoint"];
 /// retention back.
 ///
 /// A report is due when the set of sinks changed, when a sink's point moved back (its cursor
-/// was reset to deliver again), or when a sink acknowledged a record other than a report or
-/// a checkpoint ([`NOT_NEWS`]). A sink bounds retention from its node's first report on.
+/// was reset to deliver again), or when a sink acknowledged a record other than retention's
+/// and checkpoints' own ([`NOT_NEWS`]). A sink bounds retention from its node's first report on.
 pub async fn sink_reporter(
     ctx: Arc<Ctx>,
     view: StateView,

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use authsec_domain::codec::{self, Tag};
 use authsec_domain::record::{elision_digest, ElidedRecord};
 use authsec_domain::{
-    apply_proposal, chain_next, Applied, ArchiveHead, AuditRecord, BatchOutcome, Command,
+    apply_proposal, chain_next, decide, Applied, ArchiveHead, AuditRecord, BatchOutcome, Command,
     ProjectionKey, Rejection, SecurityState, State,
 };
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -607,6 +607,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                         reason,
                                     }),
                                 }
+                            }
+                            // An elision the rules refuse (a span too wide, a range not past
+                            // what was pruned and elided) is refused before its range is
+                            // scanned: the rules bound the scan.
+                            Command::ElideIssuances(_) | Command::ElideIssuanceParts(_)
+                                if decide(
+                                    &state,
+                                    p,
+                                    state.meta.clock_ms.max(p.stamp.time_ms),
+                                    log_index,
+                                )
+                                .is_err() =>
+                            {
+                                apply_proposal(&mut state, p, log_index)
                             }
                             // Eliding issuance records: the count and digest must be this
                             // archive's, and the remnants replace the records in the same batch.
