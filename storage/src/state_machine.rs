@@ -622,65 +622,40 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             {
                                 apply_proposal(&mut state, p, log_index)
                             }
-                            // Eliding issuance records: the count and digest must be this
-                            // archive's, and the remnants replace the records in the same batch.
-                            Command::ElideIssuances(el) => {
-                                match self.issuance_records(
-                                    el.from_sequence,
-                                    el.through_sequence,
-                                    &written_issuance,
-                                ) {
+                            // Eliding issuance records: each part's count and digest (one
+                            // part for the single-digest form) must be this archive's, and the
+                            // remnants replace the records in the same batch.
+                            Command::ElideIssuances(_) | Command::ElideIssuanceParts(_) => {
+                                let (from, through, parts, field) = match &p.command {
+                                    Command::ElideIssuances(el) => (
+                                        el.from_sequence,
+                                        el.through_sequence,
+                                        vec![(
+                                            el.from_sequence,
+                                            el.through_sequence,
+                                            el.count,
+                                            el.digest,
+                                        )],
+                                        "digest",
+                                    ),
+                                    Command::ElideIssuanceParts(el) => (
+                                        el.from_sequence,
+                                        el.through_sequence,
+                                        el.ranges().map(|(f, t, n, d)| (f, t, n, *d)).collect(),
+                                        "parts",
+                                    ),
+                                    _ => unreachable!("matched above"),
+                                };
+                                match self.issuance_records(from, through, &written_issuance) {
                                     Ok(found) => {
-                                        let (count, digest) = elision_digest(
-                                            found.iter().map(|(seq, h, _)| (*seq, h)),
-                                        );
-                                        if (count, digest) != (el.count, el.digest) {
-                                            Err(Rejection::InvalidField {
-                                                field: "digest".into(),
-                                                reason: format!(
-                                                    "records {} to {} hold {count} issuance record(s) with digest {}, not {} with {}",
-                                                    el.from_sequence,
-                                                    el.through_sequence,
-                                                    hex::encode(digest),
-                                                    el.count,
-                                                    hex::encode(el.digest)
-                                                ),
-                                            })
-                                        } else {
-                                            let applied = apply_proposal(&mut state, p, log_index);
-                                            if applied.is_ok() {
-                                                for (seq, h, remnant) in found {
-                                                    let mut value = h.to_vec();
-                                                    value.extend_from_slice(&remnant.to_bytes());
-                                                    batch.put_cf(archive, cf::u64_key(seq), value);
-                                                }
-                                            }
-                                            applied
-                                        }
-                                    }
-                                    Err(reason) => Err(Rejection::InvalidField {
-                                        field: "from_sequence".into(),
-                                        reason,
-                                    }),
-                                }
-                            }
-                            // The same, part by part: each part's count and digest must be
-                            // this archive's.
-                            Command::ElideIssuanceParts(el) => {
-                                match self.issuance_records(
-                                    el.from_sequence,
-                                    el.through_sequence,
-                                    &written_issuance,
-                                ) {
-                                    Ok(found) => {
-                                        let wrong = el.ranges().find_map(|(from, through, n, d)| {
+                                        let wrong = parts.iter().find_map(|&(from, through, n, d)| {
                                             // `found` is in sequence order.
                                             let lo = found.partition_point(|r| r.0 < from);
                                             let hi = found.partition_point(|r| r.0 <= through);
                                             let (count, digest) = elision_digest(
                                                 found[lo..hi.max(lo)].iter().map(|(seq, h, _)| (*seq, h)),
                                             );
-                                            ((count, &digest) != (n, d)).then(|| {
+                                            ((count, digest) != (n, d)).then(|| {
                                                 format!(
                                                     "records {from} to {through} hold {count} issuance record(s) with digest {}, not {n} with {}",
                                                     hex::encode(digest),
@@ -690,7 +665,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                                         });
                                         match wrong {
                                             Some(reason) => Err(Rejection::InvalidField {
-                                                field: "parts".into(),
+                                                field: field.into(),
                                                 reason,
                                             }),
                                             None => {
