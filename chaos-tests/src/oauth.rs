@@ -139,6 +139,47 @@ impl Https {
         })
     }
 
+    /// GET a streaming answer (server-sent events) and read it until `done` holds for what
+    /// arrived (head and body, chunked framing included) or 10 s pass; the text read so far.
+    pub async fn stream_until(
+        &self,
+        addr: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        done: impl Fn(&str) -> bool,
+    ) -> anyhow::Result<String> {
+        let work = async {
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+            let name = ServerName::try_from(host.to_owned())?;
+            let mut tls = tokio_rustls::TlsConnector::from(self.config.clone())
+                .connect(name, tcp)
+                .await?;
+            let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n");
+            for (k, v) in headers {
+                req += &format!("{k}: {v}\r\n");
+            }
+            req += "\r\n";
+            tls.write_all(req.as_bytes()).await?;
+            let mut out = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let text = String::from_utf8_lossy(&out);
+                if done(&text) {
+                    return Ok::<_, anyhow::Error>(text.into_owned());
+                }
+                let n = tls.read(&mut buf).await?;
+                if n == 0 {
+                    return Err(anyhow!("the stream ended: {text}"));
+                }
+                out.extend_from_slice(&buf[..n]);
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), work)
+            .await
+            .map_err(|_| anyhow!("GET https://{addr}{path}: not done within 10 s"))?
+    }
+
     /// POST a form to `path`, optionally with HTTP Basic credentials.
     pub async fn post_form(
         &self,

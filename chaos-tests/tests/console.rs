@@ -637,6 +637,61 @@ async fn the_console_signs_in_with_a_one_time_link_and_guards_every_action() -> 
     assert!(r.body.contains("2h"), "{}", r.body);
     let r = b.get("/ui/audit?types=nonsense.kind").await?;
     assert_eq!(r.status, 400, "{r:?}");
+    // Live follow: each record carries its sequence as the event id, and a browser that
+    // reconnects with the last id it got goes on after it, so no record shows twice.
+    let cookie = format!(
+        "__Host-authsec_session={}",
+        b.cookie.as_deref().context("signed in")?
+    );
+    let ids = |text: &str| -> Vec<u64> {
+        // An event is its own chunk: `id: N`, then `event: record` on the next line (an id
+        // alone is a progress mark).
+        text.split("\nid: ")
+            .skip(1)
+            .filter_map(|rest| {
+                let mut lines = rest.split('\n');
+                let id = lines.next()?.trim().parse().ok()?;
+                (lines.next()? == "event: record").then_some(id)
+            })
+            .collect()
+    };
+    let three = |t: &str| ids(t).len() >= 3;
+    let first =
+        b.h.stream_until(
+            &b.addr,
+            "/ui/audit/events?from=1",
+            &[("Cookie", &cookie)],
+            three,
+        )
+        .await?;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    let seen = ids(&first);
+    assert_eq!(seen[..3], [1, 2, 3], "records from sequence 1 on: {first}");
+    let again =
+        b.h.stream_until(
+            &b.addr,
+            "/ui/audit/events?from=1",
+            &[("Cookie", &cookie), ("Last-Event-ID", "2")],
+            |t| !ids(t).is_empty(),
+        )
+        .await?;
+    assert_eq!(
+        ids(&again).first(),
+        Some(&3),
+        "a reconnect after id 2 starts at record 3: {again}"
+    );
+    let bad =
+        b.h.request(
+            &b.addr,
+            "GET",
+            "/ui/audit/events?from=1",
+            &[("Cookie", &cookie), ("Last-Event-ID", "yesterday")],
+            b"",
+        )
+        .await?;
+    assert_eq!(bad.status, 400, "{bad:?}");
+    assert!(bad.body.contains("Last-Event-ID"), "{}", bad.body);
+
     let r = b.get("/ui/audit/export").await?;
     assert_eq!(r.status, 200);
     assert_eq!(r.header("content-type"), Some("application/x-ndjson"));

@@ -56,8 +56,13 @@ if (audit && auditLive && auditLive.dataset.from && window.EventSource) {
   const es = new EventSource(`/ui/audit/events?${q}`);
   const body = audit.querySelector("tbody");
   auditLive.textContent = "Following. ";
+  // The server resumes after the last event id on a reconnect; a record at or below the
+  // newest one shown is still skipped, so none is listed twice.
+  let newest = 0;
   es.addEventListener("record", (ev) => {
     const r = JSON.parse(ev.data);
+    if (r.sequence <= newest) return;
+    newest = r.sequence;
     const tr = document.createElement("tr");
     const cell = (text) => { const td = document.createElement("td"); td.textContent = text; return td; };
     tr.append(cell(r.sequence), cell(r.time));
@@ -71,5 +76,6 @@ if (audit && auditLive && auditLive.dataset.from && window.EventSource) {
     const empty = document.getElementById("audit-empty");
     if (empty) empty.remove();
   });
+  es.addEventListener("open", () => { auditLive.textContent = "Following. "; });
   es.addEventListener("error", () => { auditLive.textContent = "Live follow paused; reconnecting. "; });
 }

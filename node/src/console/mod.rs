@@ -2099,6 +2099,24 @@ async fn audit_events(
         Err(r) => return r,
     };
     req.from_sequence = q.get("from").and_then(|f| f.parse().ok()).unwrap_or(0);
+    // A browser that reconnects sends the id of the last event it got (the sequence through
+    // which the filter was applied): go on after it, so no record shows twice.
+    if let Some(last) = headers.get("last-event-id") {
+        match last
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            Some(seq) => req.from_sequence = seq.saturating_add(1),
+            None => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    "Last-Event-ID must be the sequence number this stream last sent",
+                )
+                    .into_response()
+            }
+        }
+    }
     req.follow = true;
     let svc = crate::audit::Audit {
         ctx: c.oauth.ctx.clone(),
@@ -2124,8 +2142,11 @@ async fn audit_events(
                             "subject": row.subject, "href": row.href, "actor": row.actor,
                             "via_node": row.via_node,
                         });
-                        format!("event: record\ndata: {data}\n\n")
+                        format!("id: {}\nevent: record\ndata: {data}\n\n", row.sequence)
                     }
+                    // No event, but the browser keeps the id: a reconnect after a long
+                    // stretch of records the filter skips does not scan them again.
+                    None if m.scanned_through > 0 => format!("id: {}\n\n", m.scanned_through),
                     None => ": progress\n\n".to_owned(),
                 },
                 Some(Err(s)) => {
