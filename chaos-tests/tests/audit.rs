@@ -829,6 +829,19 @@ async fn permissions_and_bad_input(c: &Cluster, dir: &Path) -> anyhow::Result<()
         .await
         .expect_err("an unknown node token");
     assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    // So is a client certificate the cluster never issued, refused at the handshake of the
+    // API and of the OAuth listener: recorded under `mtls` with the identity it claimed.
+    let mallory = format!("spiffe://{TRUST_DOMAIN}/authsec/admin/mallory");
+    let (chain, key) = stranger_cert(&mallory)?;
+    let h = authsec_chaos_tests::oauth::Https::with_client_cert(
+        &c.admin_dir().join("ca.crt"),
+        chain,
+        key,
+    )?;
+    for a in [c.addr(2)?, c.oauth_addr(2)?] {
+        let r = h.request(&a, "GET", "/", &[], b"").await;
+        anyhow::ensure!(r.is_err(), "{a} served a stranger: {r:?}");
+    }
     let deadline = Instant::now() + T;
     loop {
         let out = ok(&cli(
@@ -847,12 +860,20 @@ async fn permissions_and_bad_input(c: &Cluster, dir: &Path) -> anyhow::Result<()
                 })
             })
         };
-        if seen("agent_attest", "ghost") && seen("node_join", &"ab".repeat(8)) {
+        if seen("agent_attest", "ghost")
+            && seen("node_join", &"ab".repeat(8))
+            && seen("mtls", &mallory)
+        {
             break;
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "the refused join tokens are not in the log: {out}"
+            "the refused join tokens and certificate are not in the log: {out}\nnode 2's log: {}",
+            c.log_tail(2, 1_000_000)
+                .lines()
+                .filter(|l| l.contains("refused") || l.contains("failures"))
+                .collect::<Vec<_>>()
+                .join("\n")
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -870,6 +891,29 @@ async fn permissions_and_bad_input(c: &Cluster, dir: &Path) -> anyhow::Result<()
         .iter()
         .all(|r| r.split(',').nth(2).is_some_and(|k| k.starts_with("role."))));
     Ok(())
+}
+
+/// An X.509-SVID for `id` from a CA of its own, which the cluster does not trust.
+fn stranger_cert(
+    id: &str,
+) -> anyhow::Result<(
+    Vec<rustls::pki_types::CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+)> {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_key = KeyPair::generate()?;
+    let issuer = Issuer::new(ca, ca_key);
+    let mut leaf = CertificateParams::new(Vec::<String>::new())?;
+    leaf.subject_alt_names = vec![SanType::URI(id.try_into()?)];
+    leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let key = KeyPair::generate()?;
+    let cert = leaf.signed_by(&key, &issuer)?;
+    Ok((
+        vec![cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    ))
 }
 
 /// A tiny HTTP/1.1 receiver: each POST body's lines, by the sending node; answers 500 while

@@ -65,8 +65,9 @@ pub struct AuthFailure {
     /// Where the attempts came from (the peer's IP address).
     pub source: String,
     /// Where they failed: `oauth` (client authentication at the token, introspection and
-    /// revocation endpoints), `agent_attest` (an agent's join token refused) or `node_join`
-    /// (a node's join token refused).
+    /// revocation endpoints), `agent_attest` (an agent's join token refused), `node_join`
+    /// (a node's join token refused) or `mtls` (a TLS handshake refused for the client's
+    /// certificate; the client is the SPIFFE ID it claimed).
     pub endpoint: String,
     /// The last reason given.
     pub reason: String,

@@ -1292,6 +1292,17 @@ impl FailureLog {
         e.reason = clip(reason);
     }
 
+    /// Count a TLS handshake refused for the client's certificate on `listener`, under
+    /// endpoint `mtls`, with the SPIFFE ID the certificate claimed as the client.
+    pub fn record_refused_tls(&self, listener: &str, r: &authsec_raft::tls::Refused) {
+        self.record(
+            r.claimed.as_deref(),
+            r.remote.ip(),
+            "mtls",
+            &format!("{listener}: {}", r.reason),
+        );
+    }
+
     fn take(&self) -> Vec<AuthFailure> {
         let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
         let mut v: Vec<AuthFailure> = std::mem::take(&mut *w).into_values().collect();

@@ -219,13 +219,11 @@ pub async fn channel(addr: &str) -> anyhow::Result<Channel> {
     let transport = TRANSPORT
         .get()
         .ok_or_else(|| anyhow!("the CLI transport is not set up"))?;
-    // Reach the port now, so an unreachable node is skipped for the next endpoint (the
-    // channel itself connects lazily, on the first call).
-    tokio::time::timeout(Duration::from_secs(3), tokio::net::TcpStream::connect(addr))
+    // Connect now (TCP and TLS), so an unreachable node is skipped for the next endpoint.
+    tokio::time::timeout(Duration::from_secs(3), transport.connect(addr))
         .await
         .map_err(|_| anyhow!("{addr}: no answer within 3 s"))?
-        .map_err(|e| anyhow!("{addr}: {e}"))?;
-    Ok(transport.channel(addr)?)
+        .map_err(|e| anyhow!("{addr}: {e}"))
 }
 
 /// Connect to the first endpoint that answers.

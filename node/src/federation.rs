@@ -330,6 +330,8 @@ pub async fn serve_endpoint(
         config,
         FETCH_TIMEOUT,
         256,
+        // It asks for no client certificate, so it refuses none.
+        None,
         shutdown,
         move |mut tls, remote| {
             let bundle = bundle.clone();

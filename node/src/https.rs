@@ -19,13 +19,16 @@ pub type TlsStream = tokio_rustls::server::TlsStream<TcpStream>;
 /// Accept TLS connections on `listener` until `shutdown`, one task per connection: each is
 /// handed to `serve` once its handshake finished within `handshake_timeout`. At most
 /// `max_connections` are open at once; beyond that, new ones wait in the listen backlog, so a
-/// flood of idle connections cannot exhaust the node's file descriptors.
+/// flood of idle connections cannot exhaust the node's file descriptors. A handshake refused
+/// for the client's certificate is counted in `refusals` (a failed authentication).
+#[allow(clippy::too_many_arguments)]
 pub async fn accept_loop<F, Fut>(
     name: &'static str,
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
     handshake_timeout: Duration,
     max_connections: usize,
+    refusals: Option<Arc<crate::audit::FailureLog>>,
     mut shutdown: watch::Receiver<bool>,
     serve: F,
 ) where
@@ -55,15 +58,27 @@ pub async fn accept_loop<F, Fut>(
             }
         };
         let _ = tcp.set_nodelay(true);
-        let (acceptor, serve) = (acceptor.clone(), serve.clone());
+        let (acceptor, serve, refusals) = (acceptor.clone(), serve.clone(), refusals.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => serve(tls, remote).await,
-                Ok(Err(e)) => {
+            use authsec_raft::tls::{accept, Accepted};
+            match accept(&acceptor, tcp, remote, handshake_timeout).await {
+                Accepted::Ok(tls) => serve(tls, remote).await,
+                Accepted::Refused(r) => {
+                    tracing::info!(
+                        %remote,
+                        endpoint = name,
+                        claimed = r.claimed.as_deref().unwrap_or("-"),
+                        reason = %r.reason,
+                        "TLS handshake refused: the client certificate"
+                    );
+                    if let Some(log) = &refusals {
+                        log.record_refused_tls(name, &r);
+                    }
+                }
+                Accepted::Failed(e) => {
                     tracing::debug!(%remote, error = %e, endpoint = name, "TLS handshake failed")
                 }
-                Err(_) => tracing::debug!(%remote, endpoint = name, "TLS handshake timed out"),
             }
         });
     }

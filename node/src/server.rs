@@ -302,6 +302,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
             ),
         );
     let grpc_stop = stop(shutdown_rx.clone());
+    let refusals = ctx.auth_failures.clone();
     let server_tls = match &sec.tls {
         // Client certificates are optional at the handshake only so that a joining node can
         // reach `Join`; every other path demands one (authz).
@@ -313,7 +314,9 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
             Some(config) => {
                 router
                     .serve_with_incoming_shutdown(
-                        authsec_raft::tls::incoming(grpc, config),
+                        authsec_raft::tls::incoming(grpc, config, move |r| {
+                            refusals.record_refused_tls("api", &r)
+                        }),
                         grpc_stop,
                     )
                     .await
@@ -450,6 +453,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
                 l,
                 config,
                 console.router().merge(oauth.router()),
+                ctx.auth_failures.clone(),
                 shutdown_rx.clone(),
             )));
             Some(bound)

@@ -138,6 +138,24 @@ pub fn svid_id(cert: &CertificateDer<'_>) -> Result<SpiffeId, TlsError> {
     Ok(id)
 }
 
+/// What a certificate claims to be, without judging it: its first URI SAN, if it parses
+/// and has one (at most 256 bytes of it). For the audit of a refused certificate, which need
+/// not be a valid SVID.
+pub fn claimed_uri(cert: &CertificateDer<'_>) -> Option<String> {
+    use x509_parser::extensions::GeneralName;
+    let (_, x) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let san = x.subject_alternative_name().ok()??.value;
+    let uri = san.general_names.iter().find_map(|n| match n {
+        GeneralName::URI(u) => Some(*u),
+        _ => None,
+    })?;
+    let mut end = uri.len().min(256);
+    while !uri.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(uri[..end].to_owned())
+}
+
 /// `a` then whatever of `b` it lacks.
 fn union(
     a: &[CertificateDer<'static>],
@@ -539,16 +557,25 @@ impl ClientCertVerifier for ClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let m = self.state.current();
-        m.client_verifier
-            .verify_client_cert(end_entity, intermediates, now)?;
-        let id = self
-            .state
-            .check_revoked(self.state.check_domain(svid_id(end_entity)?)?)?;
-        if self.state.is_cert_revoked(&sha256_pin(end_entity.as_ref())) {
-            return Err(TlsError::Revoked(id).into());
+        let checked = (|| -> Result<ClientCertVerified, rustls::Error> {
+            let m = self.state.current();
+            m.client_verifier
+                .verify_client_cert(end_entity, intermediates, now)?;
+            let id = self
+                .state
+                .check_revoked(self.state.check_domain(svid_id(end_entity)?)?)?;
+            if self.state.is_cert_revoked(&sha256_pin(end_entity.as_ref())) {
+                return Err(TlsError::Revoked(id).into());
+            }
+            Ok(ClientCertVerified::assertion())
+        })();
+        if let Err(e) = &checked {
+            // For `accept`, which reports the refusal as a failed authentication: what the
+            // certificate claimed to be (unverified) and why it was refused.
+            let claimed = claimed_uri(end_entity);
+            let _ = REFUSED.try_with(|r| *r.borrow_mut() = Some((claimed, e.to_string())));
         }
-        Ok(ClientCertVerified::assertion())
+        checked
     }
 
     fn verify_tls12_signature(
@@ -781,13 +808,101 @@ impl AsyncWrite for TlsConn {
     }
 }
 
+tokio::task_local! {
+    /// Inside [`accept`]: set by the client verifier when it refuses a certificate.
+    static REFUSED: std::cell::RefCell<Option<(Option<String>, String)>>;
+}
+
+/// A handshake refused for the client's certificate: a failed authentication.
+#[derive(Debug, Clone)]
+pub struct Refused {
+    pub remote: SocketAddr,
+    /// The URI (a SPIFFE ID, for anything of ours) the certificate named. Not verified (the
+    /// certificate was refused); `None` when it named none, or when no certificate came
+    /// where one is required.
+    pub claimed: Option<String>,
+    pub reason: String,
+}
+
+/// What became of one connection's handshake.
+// Returned once per connection and matched at once: boxing the stream would only add an
+// allocation per connection.
+#[allow(clippy::large_enum_variant)]
+pub enum Accepted<IO> {
+    Ok(tokio_rustls::server::TlsStream<IO>),
+    /// Refused for the client's certificate (see [`Refused`]).
+    Refused(Refused),
+    /// Anything else: a protocol error, a scanner, a timeout. Not an authentication attempt.
+    Failed(String),
+}
+
+impl<IO> fmt::Debug for Accepted<IO> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Ok(_) => f.write_str("Accepted::Ok(..)"),
+            Self::Refused(r) => f.debug_tuple("Accepted::Refused").field(r).finish(),
+            Self::Failed(e) => f.debug_tuple("Accepted::Failed").field(e).finish(),
+        }
+    }
+}
+
+/// Run one server handshake within `timeout`, telling a client certificate that was refused
+/// apart from every other failure, so that the refusal can be audited as a failed
+/// authentication while port scans and dropped connections are not.
+pub async fn accept<IO>(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    io: IO,
+    remote: SocketAddr,
+    timeout: Duration,
+) -> Accepted<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    // The verifier runs inside this future's polls, so it sees the task-local.
+    REFUSED
+        .scope(std::cell::RefCell::new(None), async move {
+            let done = tokio::time::timeout(timeout, acceptor.accept(io)).await;
+            let refused = REFUSED.with(|r| r.borrow_mut().take());
+            match done {
+                Ok(Ok(tls)) => Accepted::Ok(tls),
+                Ok(Err(e)) => {
+                    if let Some((claimed, reason)) = refused {
+                        return Accepted::Refused(Refused {
+                            remote,
+                            claimed,
+                            reason,
+                        });
+                    }
+                    let no_certificate = e
+                        .get_ref()
+                        .and_then(|i| i.downcast_ref::<rustls::Error>())
+                        .is_some_and(|r| matches!(r, rustls::Error::NoCertificatesPresented));
+                    if no_certificate {
+                        Accepted::Refused(Refused {
+                            remote,
+                            claimed: None,
+                            reason: "no client certificate".into(),
+                        })
+                    } else {
+                        Accepted::Failed(e.to_string())
+                    }
+                }
+                Err(_) => Accepted::Failed("timed out".into()),
+            }
+        })
+        .await
+}
+
 /// Accept TLS connections on `listener`. Handshakes run on their own tasks, bounded by
 /// [`HANDSHAKE_TIMEOUT`], so a slow or hostile client never holds up the accept loop; failed
-/// handshakes are logged and dropped. The stream ends when its receiver is dropped.
+/// handshakes are logged and dropped, and those refused for the client's certificate are
+/// also handed to `on_refused`. The stream ends when its receiver is dropped.
 pub fn incoming(
     listener: TcpListener,
     config: Arc<ServerConfig>,
+    on_refused: impl Fn(Refused) + Send + Sync + 'static,
 ) -> impl futures::Stream<Item = Result<TlsConn, std::io::Error>> {
+    let on_refused = Arc::new(on_refused);
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<TlsConn, std::io::Error>>(64);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     tokio::spawn(async move {
@@ -804,10 +919,10 @@ pub fn incoming(
                 _ = tx.closed() => return,
             };
             let _ = tcp.set_nodelay(true);
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            let (acceptor, tx, on_refused) = (acceptor.clone(), tx.clone(), on_refused.clone());
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => {
+                match accept(&acceptor, tcp, remote, HANDSHAKE_TIMEOUT).await {
+                    Accepted::Ok(tls) => {
                         let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
                         let spiffe_id = leaf.and_then(|c| svid_id(c).ok());
                         let cert_fingerprint = leaf.map(|c| sha256_pin(c.as_ref()));
@@ -821,11 +936,17 @@ pub fn incoming(
                         };
                         let _ = tx.send(Ok(conn)).await;
                     }
-                    Ok(Err(e)) => {
-                        tracing::info!(%remote, error = %e, "TLS handshake refused");
+                    Accepted::Refused(r) => {
+                        tracing::info!(
+                            %remote,
+                            claimed = r.claimed.as_deref().unwrap_or("-"),
+                            reason = %r.reason,
+                            "TLS handshake refused: the client certificate"
+                        );
+                        on_refused(r);
                     }
-                    Err(_) => {
-                        tracing::info!(%remote, "TLS handshake timed out");
+                    Accepted::Failed(e) => {
+                        tracing::info!(%remote, error = %e, "TLS handshake failed");
                     }
                 }
             });

@@ -65,6 +65,35 @@ impl Transport {
     }
 }
 
+impl Transport {
+    /// A channel to any node at `addr`, connected now (TCP and the TLS handshake), so a node
+    /// that is down or refuses us shows at once; the channel reconnects lazily afterwards.
+    pub async fn connect(&self, addr: &str) -> Result<Channel, TransportError> {
+        let dial = self.route(addr).to_owned();
+        let connected = match &self.tls {
+            None => endpoint(&dial)?.connect().await,
+            Some(state) => {
+                let (ep, config) = (endpoint(&dial)?, state.client_config(Expect::AnyNode)?);
+                let connector = tower::service_fn(move |_uri: tonic::transport::Uri| {
+                    let (dial, config) = (dial.clone(), config.clone());
+                    async move { crate::tls::connect(&dial, config).await }
+                });
+                ep.connect_with_connector(connector).await
+            }
+        };
+        connected.map_err(|e| {
+            // tonic's own message is "transport error"; the cause is in its sources.
+            let mut why = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                why = format!("{why}: {s}");
+                source = s.source();
+            }
+            TransportError::Connect(why)
+        })
+    }
+}
+
 fn endpoint(dial: &str) -> Result<Endpoint, TransportError> {
     // The scheme stays http: TLS is ours, under the connector, not tonic's.
     Ok(Endpoint::from_shared(format!("http://{dial}"))?
@@ -93,4 +122,6 @@ pub enum TransportError {
     Address(#[from] tonic::transport::Error),
     #[error("TLS configuration: {0}")]
     Tls(#[from] crate::tls::TlsError),
+    #[error("{0}")]
+    Connect(String),
 }

@@ -87,17 +87,35 @@ fn node(ca: &Ca, bundle: &[&Ca], id: u64) -> Arc<TlsState> {
     .expect("tls state")
 }
 
+type Refusals = tokio::sync::mpsc::UnboundedReceiver<tls::Refused>;
+
 /// A TLS echo server on loopback; returns its address and the identities it accepted.
 async fn server(state: &Arc<TlsState>) -> (String, tokio::sync::mpsc::UnboundedReceiver<PeerInfo>) {
+    let (addr, seen, _) = server_refusing(state).await;
+    (addr, seen)
+}
+
+/// The same, also returning the handshakes it refused for the client's certificate.
+async fn server_refusing(
+    state: &Arc<TlsState>,
+) -> (
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<PeerInfo>,
+    Refusals,
+) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr").to_string();
+    let (refused_tx, refused) = tokio::sync::mpsc::unbounded_channel();
     let mut conns = Box::pin(tls::incoming(
         listener,
         state
             .server_config(tls::ClientAuth::Required)
             .expect("server config"),
+        move |r| {
+            let _ = refused_tx.send(r);
+        },
     ));
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
@@ -111,7 +129,7 @@ async fn server(state: &Arc<TlsState>) -> (String, tokio::sync::mpsc::UnboundedR
             });
         }
     });
-    (addr, rx)
+    (addr, rx, refused)
 }
 
 /// Connect and echo five bytes; Ok only if the whole exchange worked.
@@ -173,7 +191,7 @@ async fn strangers_are_refused_at_the_handshake() {
     let root = ca("root");
     let other_root = ca("other root");
     let n1 = node(&root, &[&root], 1);
-    let (addr, mut seen) = server(&n1).await;
+    let (addr, mut seen, mut refused) = server_refusing(&n1).await;
 
     // Signed by another CA, same trust domain name.
     let stranger = node(&other_root, &[&root], 2);
@@ -190,31 +208,68 @@ async fn strangers_are_refused_at_the_handshake() {
     let foreign = TlsState::new(
         TrustDomain::parse("evil.org").expect("td"),
         vec![root.der.clone()],
-        chain,
-        key,
+        chain.clone(),
+        key.clone_key(),
     )
     .expect("state");
     assert!(exchange(&addr, &foreign, Expect::AnyNode).await.is_err());
 
-    // No client certificate at all (and a client that trusts anything).
-    let mut cfg = rustls::ClientConfig::builder_with_provider(tls::provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("versions")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(TrustAnything))
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"h2".to_vec()];
-    let anonymous = async {
-        let mut io = tls::connect(&addr, Arc::new(cfg)).await?.into_inner();
-        io.write_all(b"hello").await?;
-        let mut buf = [0u8; 5];
-        io.read_exact(&mut buf).await?;
-        Ok::<_, std::io::Error>(())
+    // Clients that trust anything: one presents the foreign certificate (the client above
+    // gave up on our server before it sent it), one presents none.
+    let anything = || {
+        rustls::ClientConfig::builder_with_provider(tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("versions")
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(TrustAnything))
     };
+    let echo = |mut cfg: rustls::ClientConfig| {
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        let addr = addr.clone();
+        async move {
+            let mut io = tls::connect(&addr, Arc::new(cfg)).await?.into_inner();
+            io.write_all(b"hello").await?;
+            let mut buf = [0u8; 5];
+            io.read_exact(&mut buf).await?;
+            Ok::<_, std::io::Error>(())
+        }
+    };
+    let presenting = anything()
+        .with_client_auth_cert(chain, key)
+        .expect("client cert");
     assert!(
-        anonymous.await.is_err(),
+        echo(presenting).await.is_err(),
+        "a certificate of another trust domain is refused"
+    );
+    assert!(
+        echo(anything().with_no_client_auth()).await.is_err(),
         "a client without a certificate is refused"
     );
+
+    // Each refusal is reported (to be audited as a failed authentication) with what the
+    // certificate claimed to be and why it was refused.
+    let mut got = vec![];
+    for _ in 0..3 {
+        let r = tokio::time::timeout(Duration::from_secs(5), refused.recv())
+            .await
+            .expect("a refusal within 5 s")
+            .expect("refusals");
+        assert!(r.remote.ip().is_loopback(), "{r:?}");
+        got.push((r.claimed, r.reason));
+    }
+    assert_eq!(
+        got[0].0.as_deref(),
+        Some("spiffe://example.org/authsec/node/2"),
+        "{got:?}"
+    );
+    assert!(got[0].1.contains("UnknownIssuer"), "{got:?}");
+    assert_eq!(
+        got[1].0.as_deref(),
+        Some("spiffe://evil.org/authsec/node/2"),
+        "{got:?}"
+    );
+    assert!(got[1].1.contains("not in trust domain"), "{got:?}");
+    assert_eq!(got[2], (None, "no client certificate".to_owned()));
 
     // Nothing was accepted.
     assert!(

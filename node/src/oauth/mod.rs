@@ -286,6 +286,7 @@ pub async fn serve(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
     app: Router,
+    refusals: Arc<crate::audit::FailureLog>,
     shutdown: watch::Receiver<bool>,
 ) {
     use hyper_util::rt::TokioIo;
@@ -297,6 +298,7 @@ pub async fn serve(
         config,
         HANDSHAKE_TIMEOUT,
         CONNECTIONS_MAX,
+        Some(refusals),
         shutdown,
         move |tls, remote| {
             let (app, mut stop) = (app.clone(), stop.clone());
