@@ -41,6 +41,9 @@ use crate::writer::{Proposer, WriteMetrics, Writer};
 
 /// Largest admin API request.
 const API_MESSAGE_BYTES_MAX: usize = 1 << 20;
+/// Connections the gRPC listener holds open at once (peers, agents, admins, handshakes in
+/// progress); more wait in the listen backlog. The OAuth listener has its own cap.
+const GRPC_CONNECTIONS_MAX: usize = 4096;
 
 /// tonic refuses a message over the size bound with OUT_OF_RANGE before any handler runs; for
 /// a request that is the caller's bad input, so answer INVALID_ARGUMENT and say what to fix.
@@ -314,7 +317,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
             Some(config) => {
                 router
                     .serve_with_incoming_shutdown(
-                        authsec_raft::tls::incoming(grpc, config, move |r| {
+                        authsec_raft::tls::incoming(grpc, config, GRPC_CONNECTIONS_MAX, move |r| {
                             refusals.record_refused_tls("api", &r)
                         }),
                         grpc_stop,

@@ -752,6 +752,9 @@ pub mod signatures {
 pub struct TlsConn {
     inner: tokio_rustls::server::TlsStream<TcpStream>,
     info: PeerInfo,
+    /// This connection's place among the listener's `max_connections`, given back when the
+    /// server drops the connection.
+    _open: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl TlsConn {
@@ -896,17 +899,29 @@ where
 /// Accept TLS connections on `listener`. Handshakes run on their own tasks, bounded by
 /// [`HANDSHAKE_TIMEOUT`], so a slow or hostile client never holds up the accept loop; failed
 /// handshakes are logged and dropped, and those refused for the client's certificate are
-/// also handed to `on_refused`. The stream ends when its receiver is dropped.
+/// also handed to `on_refused`. At most `max_connections` are open at once (handshakes
+/// included); beyond that, new ones wait in the listen backlog, so a flood of connections
+/// cannot exhaust the node's file descriptors or memory. The stream ends when its receiver
+/// is dropped.
 pub fn incoming(
     listener: TcpListener,
     config: Arc<ServerConfig>,
+    max_connections: usize,
     on_refused: impl Fn(Refused) + Send + Sync + 'static,
 ) -> impl futures::Stream<Item = Result<TlsConn, std::io::Error>> {
     let on_refused = Arc::new(on_refused);
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<TlsConn, std::io::Error>>(64);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let open = Arc::new(tokio::sync::Semaphore::new(max_connections));
     tokio::spawn(async move {
         loop {
+            let permit = tokio::select! {
+                p = open.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+                _ = tx.closed() => return,
+            };
             let (tcp, remote) = tokio::select! {
                 r = listener.accept() => match r {
                     Ok(c) => c,
@@ -927,6 +942,7 @@ pub fn incoming(
                         let spiffe_id = leaf.and_then(|c| svid_id(c).ok());
                         let cert_fingerprint = leaf.map(|c| sha256_pin(c.as_ref()));
                         let conn = TlsConn {
+                            _open: permit,
                             inner: tls,
                             info: PeerInfo {
                                 remote: Some(remote),

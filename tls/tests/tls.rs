@@ -103,6 +103,18 @@ async fn server_refusing(
     tokio::sync::mpsc::UnboundedReceiver<PeerInfo>,
     Refusals,
 ) {
+    server_capped(state, 64).await
+}
+
+/// The same, holding at most `max_connections` open.
+async fn server_capped(
+    state: &Arc<TlsState>,
+    max_connections: usize,
+) -> (
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<PeerInfo>,
+    Refusals,
+) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -113,6 +125,7 @@ async fn server_refusing(
         state
             .server_config(tls::ClientAuth::Required)
             .expect("server config"),
+        max_connections,
         move |r| {
             let _ = refused_tx.send(r);
         },
@@ -122,9 +135,12 @@ async fn server_refusing(
         while let Some(Ok(mut c)) = conns.next().await {
             let _ = tx.send(c.peer().clone());
             tokio::spawn(async move {
+                // Echo five bytes at a time until the client closes.
                 let mut buf = [0u8; 5];
-                if c.read_exact(&mut buf).await.is_ok() {
-                    let _ = c.write_all(&buf).await;
+                while c.read_exact(&mut buf).await.is_ok() {
+                    if c.write_all(&buf).await.is_err() {
+                        break;
+                    }
                 }
             });
         }
@@ -172,6 +188,42 @@ async fn nodes_of_the_trust_domain_get_in_with_their_spiffe_id() {
         n1.own_id().expect("own id").to_string(),
         "spiffe://example.org/authsec/node/1"
     );
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_wait_until_one_closes() {
+    let root = ca("root");
+    let n1 = node(&root, &[&root], 1);
+    let n2 = node(&root, &[&root], 2);
+    let (addr, mut seen, _) = server_capped(&n1, 1).await;
+    let cfg = n2.client_config(Expect::Node(1)).expect("client config");
+    let mut first = tls::connect(&addr, cfg.clone())
+        .await
+        .expect("the first connection")
+        .into_inner();
+    first.write_all(b"hello").await.expect("write");
+    let mut buf = [0u8; 5];
+    first.read_exact(&mut buf).await.expect("echo");
+    seen.recv().await.expect("the first is accepted");
+
+    // The second waits in the backlog: its handshake gets no answer while the first is open.
+    let second =
+        tokio::spawn(async move { tls::connect(&addr, cfg).await.map(|c| c.into_inner()) });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), seen.recv())
+            .await
+            .is_err(),
+        "a second connection was served beside the first"
+    );
+    drop(first);
+    let mut second = tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .expect("the second is served once the first closed")
+        .expect("task")
+        .expect("the second connection");
+    second.write_all(b"again").await.expect("write");
+    second.read_exact(&mut buf).await.expect("echo");
+    assert_eq!(&buf, b"again");
 }
 
 #[tokio::test]
