@@ -139,8 +139,9 @@ pub fn svid_id(cert: &CertificateDer<'_>) -> Result<SpiffeId, TlsError> {
 }
 
 /// What a certificate claims to be, without judging it: its first URI SAN, if it parses
-/// and has one (at most 256 bytes of it). For the audit of a refused certificate, which need
-/// not be a valid SVID.
+/// and has one, at most 256 characters of it with control characters replaced by `?` (it
+/// comes from a stranger and goes into logs and the audit log). For the audit of a refused
+/// certificate, which need not be a valid SVID.
 pub fn claimed_uri(cert: &CertificateDer<'_>) -> Option<String> {
     use x509_parser::extensions::GeneralName;
     let (_, x) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
@@ -149,11 +150,12 @@ pub fn claimed_uri(cert: &CertificateDer<'_>) -> Option<String> {
         GeneralName::URI(u) => Some(*u),
         _ => None,
     })?;
-    let mut end = uri.len().min(256);
-    while !uri.is_char_boundary(end) {
-        end -= 1;
-    }
-    Some(uri[..end].to_owned())
+    Some(
+        uri.chars()
+            .take(256)
+            .map(|c| if c.is_control() { '?' } else { c })
+            .collect(),
+    )
 }
 
 /// `a` then whatever of `b` it lacks.
@@ -557,7 +559,7 @@ impl ClientCertVerifier for ClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        let checked = (|| -> Result<ClientCertVerified, rustls::Error> {
+        let checked = (|| -> Result<ClientCertVerified, TlsError> {
             let m = self.state.current();
             m.client_verifier
                 .verify_client_cert(end_entity, intermediates, now)?;
@@ -565,17 +567,26 @@ impl ClientCertVerifier for ClientVerifier {
                 .state
                 .check_revoked(self.state.check_domain(svid_id(end_entity)?)?)?;
             if self.state.is_cert_revoked(&sha256_pin(end_entity.as_ref())) {
-                return Err(TlsError::Revoked(id).into());
+                return Err(TlsError::Revoked(id));
             }
             Ok(ClientCertVerified::assertion())
         })();
-        if let Err(e) = &checked {
+        checked.map_err(|e| {
             // For `accept`, which reports the refusal as a failed authentication: what the
             // certificate claimed to be (unverified) and why it was refused.
             let claimed = claimed_uri(end_entity);
             let _ = REFUSED.try_with(|r| *r.borrow_mut() = Some((claimed, e.to_string())));
-        }
-        checked
+            match e {
+                TlsError::Rustls(e) => e,
+                // An invalid certificate to rustls, so the client gets a
+                // `certificate_unknown` alert, not `internal_error` (which has its operator
+                // look for a fault in the server); the reason is in our log and the audit
+                // record.
+                other => rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
+                    rustls::OtherError(Arc::new(other)),
+                )),
+            }
+        })
     }
 
     fn verify_tls12_signature(
