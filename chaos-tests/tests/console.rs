@@ -32,10 +32,16 @@ fn session_cookie(r: &Resp) -> anyhow::Result<String> {
 
 /// The CSRF token a page's forms carry.
 fn csrf_of(page: &str) -> anyhow::Result<String> {
+    hidden(page, "_csrf")
+}
+
+/// The value of the first form field `name` on a page.
+fn hidden(page: &str, name: &str) -> anyhow::Result<String> {
+    let field = format!("name=\"{name}\" value=\"");
     let at = page
-        .find("name=\"_csrf\" value=\"")
-        .context("no CSRF field on the page")?;
-    let rest = &page[at + "name=\"_csrf\" value=\"".len()..];
+        .find(&field)
+        .with_context(|| format!("no {name} field on the page"))?;
+    let rest = &page[at + field.len()..];
     Ok(rest[..rest.find('"').context("unterminated")?].to_owned())
 }
 
@@ -825,6 +831,143 @@ async fn the_console_signs_in_with_a_one_time_link_and_guards_every_action() -> 
         )
         .await?;
     assert_eq!(r.status, 201, "{r:?}");
+
+    // Deleting a workload entry: a page says what it means first, then the delete is made
+    // at the revision that page showed.
+    let r = b
+        .post(
+            "/ui/clients",
+            &[
+                ("_csrf", &csrf),
+                ("kind", "ai_agent"),
+                ("client_id", "scratch-agent"),
+            ],
+        )
+        .await?;
+    assert_eq!(r.status, 201, "{r:?}");
+    let w = b.get("/ui/workloads").await?;
+    let scratch_entry = {
+        let row = w
+            .body
+            .split("<tr data-entry=\"")
+            .find(|r| r.contains("/scratch-agent"))
+            .context("the scratch agent's entry")?;
+        row[..row.find('"').context("end")?].to_owned()
+    };
+    let page = b
+        .get(&format!("/ui/workloads/delete?id={scratch_entry}"))
+        .await?;
+    assert_eq!(page.status, 200, "{page:?}");
+    assert!(
+        page.body.contains("/scratch-agent") && page.body.contains("not revoked"),
+        "{}",
+        page.body
+    );
+    let revision = hidden(&page.body, "revision")?;
+    let r = b
+        .post(
+            "/ui/workloads/delete",
+            &[
+                ("_csrf", &csrf),
+                ("entry_id", &scratch_entry),
+                ("revision", &revision),
+            ],
+        )
+        .await?;
+    assert_eq!(r.status, 303, "{r:?}");
+    assert!(
+        !b.get("/ui/workloads")
+            .await?
+            .body
+            .contains(&format!("data-entry=\"{scratch_entry}\"")),
+        "the entry is gone"
+    );
+
+    // Deleting a client: its page lists the entry and the role that go with it and says how
+    // to stop the tokens it holds. An admin without clients.write is refused, a revision
+    // other than the one shown gets 409, and nothing goes until the delete itself.
+    let page = b.get("/ui/clients/delete?client_id=research-agent").await?;
+    assert_eq!(page.status, 200, "{page:?}");
+    for want in [
+        "/research-agent",
+        "authsec revoke client research-agent",
+        "name=\"revision\"",
+    ] {
+        assert!(
+            page.body.contains(want),
+            "the delete page lacks {want}: {}",
+            page.body
+        );
+    }
+    let revision = hidden(&page.body, "revision")?;
+    let other = (revision.parse::<u64>()? + 1).to_string();
+    let r = o
+        .post(
+            "/ui/clients/delete",
+            &[
+                ("_csrf", &ops_csrf),
+                ("client_id", "research-agent"),
+                ("revision", &revision),
+            ],
+        )
+        .await?;
+    assert_eq!(r.status, 403, "{r:?}");
+    let r = b
+        .post(
+            "/ui/clients/delete",
+            &[
+                ("_csrf", &csrf),
+                ("client_id", "research-agent"),
+                ("revision", &other),
+            ],
+        )
+        .await?;
+    assert_eq!(r.status, 409, "another revision: {r:?}");
+    assert!(
+        b.get("/ui/clients")
+            .await?
+            .body
+            .contains("data-client=\"research-agent\""),
+        "refused deletes removed nothing"
+    );
+    let r = b
+        .post(
+            "/ui/clients/delete",
+            &[
+                ("_csrf", &csrf),
+                ("client_id", "research-agent"),
+                ("revision", &revision),
+            ],
+        )
+        .await?;
+    assert_eq!(r.status, 303, "{r:?}");
+    assert!(!b
+        .get("/ui/clients")
+        .await?
+        .body
+        .contains("data-client=\"research-agent\""));
+    assert!(!b
+        .get("/ui/workloads")
+        .await?
+        .body
+        .contains("/research-agent"));
+    let r = b.get("/ui/clients/delete?client_id=research-agent").await?;
+    assert_eq!(r.status, 404, "{r:?}");
+
+    // Banning an agent that never attested: 404 with the reason, nothing written.
+    let r = b
+        .post(
+            "/ui/agents/ban",
+            &[
+                ("_csrf", &csrf),
+                (
+                    "spiffe_id",
+                    &format!("spiffe://{TRUST_DOMAIN}/authsec/agent/ghost"),
+                ),
+            ],
+        )
+        .await?;
+    assert_eq!(r.status, 404, "{r:?}");
 
     // Signing out clears the cookie.
     let r = b.post("/ui/logout", &[("_csrf", &csrf)]).await?;

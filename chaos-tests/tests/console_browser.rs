@@ -235,6 +235,14 @@ async fn an_operator_onboards_an_agent_and_delegates_in_the_browser() -> anyhow:
     b.goto(&format!("{base}/ui/cluster")).await?;
     b.wait_text("#members", "leader", T).await?;
     shoot(&b, "cluster").await?;
+
+    // Ban the agent from its page: it shows banned, and the agent, refused at its next
+    // call, withdraws its SVIDs and exits.
+    b.goto(&format!("{base}/ui/agents")).await?;
+    b.click("#agents button").await?;
+    b.wait_text("#agents", "banned", T).await?;
+    let exit = agent.wait_exit(T)?;
+    eprintln!("the banned agent exited: {exit}");
     eprintln!("screenshots in {}", shots_dir().display());
     drop(agent);
     Ok(())

@@ -169,6 +169,15 @@ impl Console {
             .route("/ui/agents", get(agents_page))
             .route("/ui/agents/tokens", post(create_join_token))
             .route("/ui/clients/disable", post(disable_client))
+            .route(
+                "/ui/clients/delete",
+                get(client_delete_page).post(delete_client),
+            )
+            .route(
+                "/ui/workloads/delete",
+                get(entry_delete_page).post(delete_entry),
+            )
+            .route("/ui/agents/ban", post(ban_agent))
             .route("/ui/clients/rotate", post(rotate_secret))
             .route("/ui/cluster", get(cluster_page))
             .route("/ui/audit", get(audit_page))
@@ -875,6 +884,20 @@ struct AccessPage {
     chrome: Chrome,
     roles: Vec<RoleRow>,
     delegations: Vec<DelegationRow>,
+}
+
+/// "Delete X?": what goes with it, and a form that does it at the revision shown.
+#[derive(Template)]
+#[template(path = "console/confirm.html")]
+struct ConfirmPage {
+    chrome: Chrome,
+    title: String,
+    lines: Vec<String>,
+    items: Vec<String>,
+    action: &'static str,
+    fields: Vec<(&'static str, String)>,
+    button: String,
+    cancel: &'static str,
 }
 
 #[derive(Template)]
@@ -1689,6 +1712,196 @@ async fn disable_client(
         ))
         .await;
     written(r, "/ui/clients")
+}
+
+/// What deleting a client takes with it, before it is done.
+async fn client_delete_page(
+    AxState(c): AxState<Arc<Console>>,
+    Extension(conn): Extension<Conn>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let q = query(&uri);
+    let who = match c.signed_in(&conn, &headers, "/authsec.v1.ClientService/DescribeClient") {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let id = q.get("client_id").cloned().unwrap_or_default();
+    let svc = crate::services::Clients(c.oauth.ctx.clone());
+    let d = match svc
+        .describe_client(as_admin(
+            &who,
+            v1::GetClientRequest {
+                client_id: id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(s) => return status_error(&s),
+    };
+    let revision = d.client.as_ref().map_or(0, |c| c.revision);
+    let mut items: Vec<String> = d
+        .entries
+        .iter()
+        .map(|e| format!("workload entry {}", e.spiffe_id))
+        .collect();
+    items.extend(d.roles.iter().map(|r| format!("its binding to role {r}")));
+    html(
+        StatusCode::OK,
+        &ConfirmPage {
+            chrome: c.chrome(Some(&who), "Clients"),
+            title: format!("Delete client {id}?"),
+            lines: vec![
+                "The client goes with its credentials, its workload entries and role bindings (listed below, if any), in one write. Every delegation it made or holds is revoked, with everything derived from it.".into(),
+                format!("Tokens and SVIDs already issued to it are not revoked by deleting it: to stop them before they expire, revoke the client first (`authsec revoke client {id}`)."),
+            ],
+            items,
+            action: "/ui/clients/delete",
+            fields: vec![("client_id", id.clone()), ("revision", revision.to_string())],
+            button: format!("Delete {id}"),
+            cancel: "/ui/clients",
+        },
+    )
+}
+
+async fn delete_client(
+    AxState(c): AxState<Arc<Console>>,
+    Extension(conn): Extension<Conn>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (who, form) = match c.posted(
+        &conn,
+        &headers,
+        &body,
+        "/authsec.v1.ClientService/DeleteClient",
+    ) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let svc = crate::services::Clients(c.oauth.ctx.clone());
+    let r = svc
+        .delete_client(as_admin(
+            &who,
+            v1::DeleteClientRequest {
+                client_id: form.text("client_id"),
+                // Deleted as the page showed it: a client changed since gets 409.
+                expected_revision: form.text("revision").parse().ok(),
+            },
+        ))
+        .await;
+    written(r, "/ui/clients")
+}
+
+/// What deleting a workload entry means, before it is done.
+async fn entry_delete_page(
+    AxState(c): AxState<Arc<Console>>,
+    Extension(conn): Extension<Conn>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let q = query(&uri);
+    let who = match c.signed_in(&conn, &headers, "/authsec.v1.EntryService/GetEntry") {
+        Ok(w) => w,
+        Err(r) => return r,
+    };
+    let id = q.get("id").cloned().unwrap_or_default();
+    let svc = crate::identity_api::Entries(c.oauth.ctx.clone());
+    let e = match svc
+        .get_entry(as_admin(
+            &who,
+            v1::GetEntryRequest {
+                entry_id: id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(s) => return status_error(&s),
+    };
+    let mut lines = vec![format!(
+        "Its agent stops serving SVIDs for {} to the workload; role bindings of the entry go with it.",
+        e.spiffe_id
+    )];
+    if !e.client_id.is_empty() {
+        lines.push(format!(
+            "The client {} stays; it can no longer authenticate with this identity.",
+            e.client_id
+        ));
+    }
+    lines.push("SVIDs already issued for it are not revoked by deleting it: they last until they expire (a few hours at most).".into());
+    html(
+        StatusCode::OK,
+        &ConfirmPage {
+            chrome: c.chrome(Some(&who), "Autonomous Workloads"),
+            title: format!("Delete workload {}?", e.spiffe_id),
+            lines,
+            items: Vec::new(),
+            action: "/ui/workloads/delete",
+            fields: vec![
+                ("entry_id", e.entry_id),
+                ("revision", e.revision.to_string()),
+            ],
+            button: "Delete the workload entry".into(),
+            cancel: "/ui/workloads",
+        },
+    )
+}
+
+async fn delete_entry(
+    AxState(c): AxState<Arc<Console>>,
+    Extension(conn): Extension<Conn>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (who, form) = match c.posted(
+        &conn,
+        &headers,
+        &body,
+        "/authsec.v1.EntryService/DeleteEntry",
+    ) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let svc = crate::identity_api::Entries(c.oauth.ctx.clone());
+    let r = svc
+        .delete_entry(as_admin(
+            &who,
+            v1::DeleteEntryRequest {
+                entry_id: form.text("entry_id"),
+                expected_revision: form.text("revision").parse().ok(),
+            },
+        ))
+        .await;
+    written(r, "/ui/workloads")
+}
+
+/// Ban an agent (refused at its next call, it withdraws every SVID it serves and exits), or
+/// allow it again.
+async fn ban_agent(
+    AxState(c): AxState<Arc<Console>>,
+    Extension(conn): Extension<Conn>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (who, form) = match c.posted(&conn, &headers, &body, "/authsec.v1.AgentService/SetBanned") {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let svc = crate::identity_api::Agents(c.oauth.ctx.clone());
+    let r = svc
+        .set_banned(as_admin(
+            &who,
+            v1::SetAgentBannedRequest {
+                spiffe_id: form.text("spiffe_id"),
+                banned: form.get("allow").is_none(),
+            },
+        ))
+        .await;
+    written(r, "/ui/agents")
 }
 
 async fn rotate_secret(
