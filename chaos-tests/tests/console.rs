@@ -954,6 +954,45 @@ async fn the_console_signs_in_with_a_one_time_link_and_guards_every_action() -> 
     let r = b.get("/ui/clients/delete?client_id=research-agent").await?;
     assert_eq!(r.status, 404, "{r:?}");
 
+    // A role still bound is not deleted (409, with how to go on); unbound, it is.
+    for (path, form) in [
+        (
+            "/ui/access/roles",
+            vec![("name", "scratch-role"), ("permissions", "orders:read")],
+        ),
+        (
+            "/ui/access/bindings",
+            vec![("role", "scratch-role"), ("subject", "client:orders-svc")],
+        ),
+    ] {
+        let mut f = vec![("_csrf", csrf.as_str())];
+        f.extend(form);
+        let r = b.post(path, &f).await?;
+        assert_eq!(r.status, 303, "{path}: {r:?}");
+    }
+    let delete_role = [("_csrf", csrf.as_str()), ("name", "scratch-role")];
+    let r = b.post("/ui/access/roles/delete", &delete_role).await?;
+    assert_eq!(r.status, 409, "{r:?}");
+    assert!(r.body.contains("unbind it first"), "{}", r.body);
+    let r = b
+        .post(
+            "/ui/access/unbind",
+            &[
+                ("_csrf", &csrf),
+                ("role", "scratch-role"),
+                ("subject", "client:orders-svc"),
+            ],
+        )
+        .await?;
+    assert_eq!(r.status, 303, "{r:?}");
+    let r = b.post("/ui/access/roles/delete", &delete_role).await?;
+    assert_eq!(r.status, 303, "{r:?}");
+    assert!(!b
+        .get("/ui/access")
+        .await?
+        .body
+        .contains("data-role=\"scratch-role\""));
+
     // Banning an agent that never attested: 404 with the reason, nothing written.
     let r = b
         .post(

@@ -186,6 +186,8 @@ impl Console {
             .route("/ui/access", get(access_page))
             .route("/ui/access/roles", post(create_role))
             .route("/ui/access/bindings", post(bind_role))
+            .route("/ui/access/unbind", post(unbind_role))
+            .route("/ui/access/roles/delete", post(delete_role))
             .route("/ui/access/delegations", post(create_delegation))
             .route(
                 "/ui/access/revoke",
@@ -1454,6 +1456,53 @@ async fn bind_role(
     written(r, "/ui/access")
 }
 
+async fn unbind_role(
+    AxState(c): AxState<Arc<Console>>,
+    Extension(conn): Extension<Conn>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (who, form) = match c.posted(&conn, &headers, &body, "/authsec.v1.RoleService/Unbind") {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let svc = crate::identity_api::Roles(c.oauth.ctx.clone());
+    let r = svc
+        .unbind(as_admin(
+            &who,
+            v1::Binding {
+                role: form.text("role"),
+                subject: form.text("subject"),
+            },
+        ))
+        .await;
+    written(r, "/ui/access")
+}
+
+/// Delete a role nobody holds (one still bound is refused with 409 and how many hold it).
+async fn delete_role(
+    AxState(c): AxState<Arc<Console>>,
+    Extension(conn): Extension<Conn>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (who, form) = match c.posted(&conn, &headers, &body, "/authsec.v1.RoleService/DeleteRole") {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let svc = crate::identity_api::Roles(c.oauth.ctx.clone());
+    let r = svc
+        .delete_role(as_admin(
+            &who,
+            v1::DeleteRoleRequest {
+                name: form.text("name"),
+                expected_revision: None,
+            },
+        ))
+        .await;
+    written(r, "/ui/access")
+}
+
 async fn create_delegation(
     AxState(c): AxState<Arc<Console>>,
     Extension(conn): Extension<Conn>,
@@ -1755,7 +1804,7 @@ async fn client_delete_page(
             title: format!("Delete client {id}?"),
             lines: vec![
                 "The client goes with its credentials, its workload entries and role bindings (listed below, if any), in one write. Every delegation it made or holds is revoked, with everything derived from it.".into(),
-                format!("Tokens and SVIDs already issued to it are not revoked by deleting it: to stop them before they expire, revoke the client first (`authsec revoke client {id}`)."),
+                format!("Introspection reports its tokens inactive at once, but tokens and SVIDs already issued to it are not revoked: verifiers that check them offline accept them until they expire. To stop them everywhere, revoke the client first (`authsec revoke client {id}`)."),
             ],
             items,
             action: "/ui/clients/delete",
