@@ -41,9 +41,14 @@ use crate::writer::{Proposer, WriteMetrics, Writer};
 
 /// Largest admin API request.
 const API_MESSAGE_BYTES_MAX: usize = 1 << 20;
-/// Connections the gRPC listener holds open at once (peers, agents, admins, handshakes in
-/// progress); more wait in the listen backlog. The OAuth listener has its own cap.
-const GRPC_CONNECTIONS_MAX: usize = 4096;
+/// The connections the gRPC listener holds: 4,096 at once (peers, agents, admins, handshakes
+/// in progress; more wait in the listen backlog), of which at most 256 without a client
+/// certificate, each closed 5 minutes after its handshake. The OAuth listener has its own.
+const GRPC_LIMITS: authsec_raft::tls::Limits = authsec_raft::tls::Limits {
+    connections: 4096,
+    anonymous: 256,
+    anonymous_lifetime: Duration::from_secs(300),
+};
 
 /// tonic refuses a message over the size bound with OUT_OF_RANGE before any handler runs; for
 /// a request that is the caller's bad input, so answer INVALID_ARGUMENT and say what to fix.
@@ -317,7 +322,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
             Some(config) => {
                 router
                     .serve_with_incoming_shutdown(
-                        authsec_raft::tls::incoming(grpc, config, GRPC_CONNECTIONS_MAX, move |r| {
+                        authsec_raft::tls::incoming(grpc, config, GRPC_LIMITS, move |r| {
                             refusals.record_refused_tls("api", &r)
                         }),
                         grpc_stop,

@@ -12,6 +12,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
@@ -763,9 +764,12 @@ pub mod signatures {
 pub struct TlsConn {
     inner: tokio_rustls::server::TlsStream<TcpStream>,
     info: PeerInfo,
-    /// This connection's place among the listener's `max_connections`, given back when the
-    /// server drops the connection.
+    /// This connection's place among the listener's connections, given back when the
+    /// server drops the connection (and, without a client certificate, among the anonymous).
     _open: tokio::sync::OwnedSemaphorePermit,
+    _anonymous: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// When a connection without a client certificate ends: reads give end-of-stream then.
+    closes: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl TlsConn {
@@ -788,7 +792,14 @@ impl AsyncRead for TlsConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+        let this = self.get_mut();
+        if let Some(closes) = &mut this.closes {
+            if closes.as_mut().poll(cx).is_ready() {
+                // End of stream: the server closes the connection.
+                return Poll::Ready(Ok(()));
+            }
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
     }
 }
 
@@ -907,23 +918,37 @@ where
         .await
 }
 
+/// How many connections a listener holds, and for how long those without a certificate.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Open at once, handshakes in progress included; more wait in the listen backlog, so a
+    /// flood of connections cannot exhaust the node's file descriptors or memory.
+    pub connections: usize,
+    /// Of those, without a client certificate (a joining node, an agent attesting, anyone
+    /// reading the bundle): beyond this, such a connection is closed after its handshake, so
+    /// strangers cannot take the places of the cluster's own peers and agents.
+    pub anonymous: usize,
+    /// A connection without a client certificate is closed this long after its handshake
+    /// (what it may call are short unary calls).
+    pub anonymous_lifetime: Duration,
+}
+
 /// Accept TLS connections on `listener`. Handshakes run on their own tasks, bounded by
 /// [`HANDSHAKE_TIMEOUT`], so a slow or hostile client never holds up the accept loop; failed
 /// handshakes are logged and dropped, and those refused for the client's certificate are
-/// also handed to `on_refused`. At most `max_connections` are open at once (handshakes
-/// included); beyond that, new ones wait in the listen backlog, so a flood of connections
-/// cannot exhaust the node's file descriptors or memory. The stream ends when its receiver
-/// is dropped.
+/// also handed to `on_refused`. The connections are bounded by `limits`. The stream ends
+/// when its receiver is dropped.
 pub fn incoming(
     listener: TcpListener,
     config: Arc<ServerConfig>,
-    max_connections: usize,
+    limits: Limits,
     on_refused: impl Fn(Refused) + Send + Sync + 'static,
 ) -> impl futures::Stream<Item = Result<TlsConn, std::io::Error>> {
     let on_refused = Arc::new(on_refused);
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<TlsConn, std::io::Error>>(64);
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let open = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let open = Arc::new(tokio::sync::Semaphore::new(limits.connections));
+    let anonymous = Arc::new(tokio::sync::Semaphore::new(limits.anonymous));
     tokio::spawn(async move {
         loop {
             let permit = tokio::select! {
@@ -945,15 +970,40 @@ pub fn incoming(
                 _ = tx.closed() => return,
             };
             let _ = tcp.set_nodelay(true);
-            let (acceptor, tx, on_refused) = (acceptor.clone(), tx.clone(), on_refused.clone());
+            let (acceptor, tx, on_refused, anonymous) = (
+                acceptor.clone(),
+                tx.clone(),
+                on_refused.clone(),
+                anonymous.clone(),
+            );
             tokio::spawn(async move {
                 match accept(&acceptor, tcp, remote, HANDSHAKE_TIMEOUT).await {
                     Accepted::Ok(tls) => {
                         let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
                         let spiffe_id = leaf.and_then(|c| svid_id(c).ok());
                         let cert_fingerprint = leaf.map(|c| sha256_pin(c.as_ref()));
+                        let (anonymous, closes) = if leaf.is_some() {
+                            (None, None)
+                        } else {
+                            match anonymous.try_acquire_owned() {
+                                Ok(p) => (
+                                    Some(p),
+                                    Some(Box::pin(tokio::time::sleep(limits.anonymous_lifetime))),
+                                ),
+                                Err(_) => {
+                                    tracing::info!(
+                                        %remote,
+                                        max = limits.anonymous,
+                                        "connection without a client certificate closed: the listener holds as many as it takes"
+                                    );
+                                    return;
+                                }
+                            }
+                        };
                         let conn = TlsConn {
                             _open: permit,
+                            _anonymous: anonymous,
+                            closes,
                             inner: tls,
                             info: PeerInfo {
                                 remote: Some(remote),

@@ -103,13 +103,23 @@ async fn server_refusing(
     tokio::sync::mpsc::UnboundedReceiver<PeerInfo>,
     Refusals,
 ) {
-    server_capped(state, 64).await
+    server_capped(
+        state,
+        tls::ClientAuth::Required,
+        tls::Limits {
+            connections: 64,
+            anonymous: 64,
+            anonymous_lifetime: Duration::from_secs(300),
+        },
+    )
+    .await
 }
 
-/// The same, holding at most `max_connections` open.
+/// The same, with `auth` and `limits`.
 async fn server_capped(
     state: &Arc<TlsState>,
-    max_connections: usize,
+    auth: tls::ClientAuth,
+    limits: tls::Limits,
 ) -> (
     String,
     tokio::sync::mpsc::UnboundedReceiver<PeerInfo>,
@@ -122,10 +132,8 @@ async fn server_capped(
     let (refused_tx, refused) = tokio::sync::mpsc::unbounded_channel();
     let mut conns = Box::pin(tls::incoming(
         listener,
-        state
-            .server_config(tls::ClientAuth::Required)
-            .expect("server config"),
-        max_connections,
+        state.server_config(auth).expect("server config"),
+        limits,
         move |r| {
             let _ = refused_tx.send(r);
         },
@@ -195,7 +203,16 @@ async fn connections_beyond_the_cap_wait_until_one_closes() {
     let root = ca("root");
     let n1 = node(&root, &[&root], 1);
     let n2 = node(&root, &[&root], 2);
-    let (addr, mut seen, _) = server_capped(&n1, 1).await;
+    let (addr, mut seen, _) = server_capped(
+        &n1,
+        tls::ClientAuth::Required,
+        tls::Limits {
+            connections: 1,
+            anonymous: 1,
+            anonymous_lifetime: Duration::from_secs(300),
+        },
+    )
+    .await;
     let cfg = n2.client_config(Expect::Node(1)).expect("client config");
     let mut first = tls::connect(&addr, cfg.clone())
         .await
@@ -224,6 +241,67 @@ async fn connections_beyond_the_cap_wait_until_one_closes() {
     second.write_all(b"again").await.expect("write");
     second.read_exact(&mut buf).await.expect("echo");
     assert_eq!(&buf, b"again");
+}
+
+/// A client that trusts any server and presents no certificate: echo five bytes.
+async fn anonymous_echo(
+    addr: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let mut cfg = rustls::ClientConfig::builder_with_provider(tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(TrustAnything))
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let mut io = tls::connect(addr, Arc::new(cfg)).await?.into_inner();
+    io.write_all(b"hello").await?;
+    let mut buf = [0u8; 5];
+    tokio::time::timeout(Duration::from_secs(5), io.read_exact(&mut buf))
+        .await
+        .map_err(|_| std::io::Error::other("no echo within 5 s"))??;
+    Ok(io)
+}
+
+#[tokio::test]
+async fn connections_without_a_certificate_are_bounded_and_closed_in_time() {
+    let root = ca("root");
+    let n1 = node(&root, &[&root], 1);
+    let n2 = node(&root, &[&root], 2);
+    let (addr, _seen, _) = server_capped(
+        &n1,
+        tls::ClientAuth::Optional,
+        tls::Limits {
+            connections: 8,
+            anonymous: 1,
+            anonymous_lifetime: Duration::from_secs(1),
+        },
+    )
+    .await;
+    let mut first = anonymous_echo(&addr)
+        .await
+        .expect("the first stranger is served");
+    assert!(
+        anonymous_echo(&addr).await.is_err(),
+        "a second stranger is closed while the first holds the one place"
+    );
+    exchange(&addr, &n2, Expect::Node(1))
+        .await
+        .expect("a node still gets in");
+    // The first is closed once its lifetime is over, and its place is free again.
+    let mut buf = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(5), first.read(&mut buf))
+        .await
+        .expect("closed within 5 s");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while anonymous_echo(&addr).await.is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the place was not freed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
