@@ -233,6 +233,25 @@ async fn the_console_signs_in_with_a_one_time_link_and_guards_every_action() -> 
         );
     }
 
+    // Every node's page compares what each member holds: all three answer, with the same
+    // digest and archive head at the same applied index (writes in flight may put them at
+    // different indexes for a moment, so ask again until they settle).
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let page = on3.get("/ui/cluster").await?;
+        if page.body.contains("3 of 3 members agree") {
+            // One row per member, each with its archive head.
+            assert_eq!(page.body.matches("<code>#").count(), 3, "{}", page.body);
+            break;
+        }
+        anyhow::ensure!(
+            !page.body.contains("DIVERGED") && std::time::Instant::now() < deadline,
+            "the members do not agree: {}",
+            page.body
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     // The clients page, empty state first.
     let r = b.get("/ui/clients").await?;
     assert_eq!(r.status, 200, "{r:?}");

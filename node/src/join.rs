@@ -214,6 +214,14 @@ impl NodeService for Nodes {
         Ok(Response::new(v1::SignNodeCaResponse { cert_der, root_der }))
     }
 
+    async fn peer_status(
+        &self,
+        req: Request<v1::StatusRequest>,
+    ) -> Result<Response<v1::StatusResponse>, Status> {
+        self.caller_node(&req)?;
+        Ok(Response::new(self.0.status().await?))
+    }
+
     async fn renew(
         &self,
         req: Request<v1::RenewRequest>,

@@ -452,6 +452,11 @@ impl Writer {
         &self.raft
     }
 
+    /// How this node dials its peers.
+    pub fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
     fn peer(&self, id: u64, addr: &str) -> PeerClient {
         let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
         peers

@@ -787,10 +787,122 @@ fn chart(title: &'static str, values: &[f64]) -> Chart {
     }
 }
 
+/// One member's replicated state as it reported it, for the agreement table.
+#[derive(Debug)]
+pub struct AgreementRow {
+    pub id: u64,
+    pub applied: String,
+    pub digest: String,
+    pub head: String,
+    /// Why the row is empty, or "" when the node answered.
+    pub note: String,
+}
+
+/// Longest the Cluster page waits for another node's status.
+const PEER_STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Every member's applied index, projection digest and archive head, asked of each node as
+/// this node (`NodeService/PeerStatus`, mutual TLS), and what they say together: nodes at
+/// the same applied index must hold the same digest and head.
+async fn agreement(c: &Console, own: &v1::StatusResponse) -> (Vec<AgreementRow>, String) {
+    use authsec_api::v1::node_service_client::NodeServiceClient;
+    let transport = c.oauth.ctx.writer.transport().clone();
+    let asks = own.members.iter().map(|m| {
+        let (transport, id, addr) = (transport.clone(), m.node_id, m.addr.clone());
+        let own = (id == own.node_id).then(|| own.clone());
+        async move {
+            if let Some(s) = own {
+                return (id, Ok(s));
+            }
+            let ask = async {
+                let ch = transport
+                    .channel_to(&addr, authsec_raft::tls::Expect::Node(id))
+                    .map_err(|e| e.to_string())?;
+                NodeServiceClient::new(ch)
+                    .peer_status(v1::StatusRequest {})
+                    .await
+                    .map(|r| r.into_inner())
+                    .map_err(|s| s.message().to_owned())
+            };
+            let got = match tokio::time::timeout(PEER_STATUS_TIMEOUT, ask).await {
+                Ok(r) => r,
+                Err(_) => Err(format!("no answer within {PEER_STATUS_TIMEOUT:?}")),
+            };
+            (id, got)
+        }
+    });
+    let answers = futures::future::join_all(asks).await;
+    let mut rows = Vec::with_capacity(answers.len());
+    let mut by_index: std::collections::BTreeMap<u64, Vec<(u64, String, String)>> =
+        Default::default();
+    for (id, got) in answers {
+        match got {
+            Ok(s) => {
+                let head = s
+                    .archive_head
+                    .as_ref()
+                    .map(|h| {
+                        format!(
+                            "#{} {}",
+                            h.sequence,
+                            h.hash.chars().take(16).collect::<String>()
+                        )
+                    })
+                    .unwrap_or_default();
+                by_index.entry(s.applied_index).or_default().push((
+                    id,
+                    s.projection_digest.clone(),
+                    head.clone(),
+                ));
+                rows.push(AgreementRow {
+                    id,
+                    applied: s.applied_index.to_string(),
+                    digest: s.projection_digest.chars().take(16).collect(),
+                    head,
+                    note: String::new(),
+                });
+            }
+            Err(why) => rows.push(AgreementRow {
+                id,
+                applied: String::new(),
+                digest: String::new(),
+                head: String::new(),
+                note: why,
+            }),
+        }
+    }
+    let answered: usize = by_index.values().map(Vec::len).sum();
+    let split = by_index.iter().find_map(|(index, at)| {
+        let (first, rest) = at.split_first()?;
+        rest.iter()
+            .find(|o| (&o.1, &o.2) != (&first.1, &first.2))
+            .map(|o| (*index, first.0, o.0))
+    });
+    let verdict = match (split, by_index.len()) {
+        (Some((index, a, b)), _) => format!(
+            "DIVERGED: nodes {a} and {b} have both applied index {index} but hold different state; stop writes and compare their exports (authsec audit export, authsec cluster status)"
+        ),
+        (None, 1) => format!(
+            "{answered} of {} members agree: the same digest and archive head at applied index {}",
+            rows.len(),
+            by_index.keys().next().copied().unwrap_or(0)
+        ),
+        (None, 0) => "no member answered".into(),
+        (None, _) => format!(
+            "{answered} of {} members answered at {} different applied indexes (writes in flight); those at the same index agree. Reload to compare when the cluster is quiet",
+            rows.len(),
+            by_index.len()
+        ),
+    };
+    (rows, verdict)
+}
+
 #[derive(Template)]
 #[template(path = "console/cluster.html")]
 struct ClusterPage {
     chrome: Chrome,
+    agreement: Vec<AgreementRow>,
+    verdict: String,
     s: v1::StatusResponse,
     members: Vec<MemberRow>,
     freshness: String,
@@ -2564,11 +2676,14 @@ async fn cluster_page(
         keys.sort_by(|a, b| (a.node, a.kind, a.state).cmp(&(b.node, b.kind, b.state)));
         keys
     };
+    let (agreement, verdict) = agreement(&c, &s).await;
     let (commits, issued) = c.rates();
     html(
         StatusCode::OK,
         &ClusterPage {
             chrome: c.chrome(Some(&who), "Cluster"),
+            agreement,
+            verdict,
             s,
             members,
             freshness,
