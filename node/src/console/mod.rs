@@ -831,7 +831,13 @@ async fn agreement(c: &Console, own: &v1::StatusResponse) -> (Vec<AgreementRow>,
             (id, got)
         }
     });
-    let answers = futures::future::join_all(asks).await;
+    judge_agreement(futures::future::join_all(asks).await)
+}
+
+/// The agreement table and its verdict from each member's status (or why it gave none).
+fn judge_agreement(
+    answers: Vec<(u64, Result<v1::StatusResponse, String>)>,
+) -> (Vec<AgreementRow>, String) {
     let mut rows = Vec::with_capacity(answers.len());
     let mut by_index: std::collections::BTreeMap<u64, Vec<(u64, String, String)>> =
         Default::default();
@@ -2756,6 +2762,45 @@ pub async fn run(cmd: ConsoleCmd) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn status(applied: u64, digest: &str, head: u64) -> Result<v1::StatusResponse, String> {
+        Ok(v1::StatusResponse {
+            applied_index: applied,
+            projection_digest: digest.into(),
+            archive_head: Some(v1::ArchiveHead {
+                sequence: head,
+                hash: format!("{head:064x}"),
+            }),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn members_at_the_same_index_must_hold_the_same_state() {
+        let (rows, v) = judge_agreement(vec![
+            (1, status(9, "aa", 7)),
+            (2, status(9, "aa", 7)),
+            (3, Err("no answer within 1s".into())),
+        ]);
+        assert_eq!(
+            v,
+            "2 of 3 members agree: the same digest and archive head at applied index 9"
+        );
+        assert_eq!(rows[2].note, "no answer within 1s");
+        let (_, v) = judge_agreement(vec![(1, status(9, "aa", 7)), (2, status(10, "bb", 8))]);
+        assert!(v.contains("2 different applied indexes"), "{v}");
+        // Same index, different digest or head: divergence, named.
+        let (_, v) = judge_agreement(vec![
+            (1, status(9, "aa", 7)),
+            (2, status(10, "bb", 8)),
+            (3, status(9, "ab", 7)),
+        ]);
+        assert!(v.starts_with("DIVERGED: nodes 1 and 3"), "{v}");
+        let (_, v) = judge_agreement(vec![(1, status(9, "aa", 7)), (2, status(9, "aa", 6))]);
+        assert!(v.starts_with("DIVERGED: nodes 1 and 2"), "{v}");
+        let (_, v) = judge_agreement(vec![(1, Err("refused".into()))]);
+        assert_eq!(v, "no member answered");
+    }
 
     #[test]
     fn a_chart_scales_its_rates_to_the_box() {
