@@ -82,6 +82,19 @@ impl Https {
         })
     }
 
+    /// TCP and TLS to `addr` (`host:port`), the host checked against the server's certificate.
+    async fn connect(
+        &self,
+        addr: &str,
+    ) -> anyhow::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+        let name = ServerName::try_from(host.to_owned())?;
+        Ok(tokio_rustls::TlsConnector::from(self.config.clone())
+            .connect(name, tcp)
+            .await?)
+    }
+
     pub async fn request(
         &self,
         addr: &str,
@@ -91,12 +104,7 @@ impl Https {
         body: &[u8],
     ) -> anyhow::Result<Resp> {
         let work = async {
-            let tcp = tokio::net::TcpStream::connect(addr).await?;
-            let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
-            let name = ServerName::try_from(host.to_owned())?;
-            let mut tls = tokio_rustls::TlsConnector::from(self.config.clone())
-                .connect(name, tcp)
-                .await?;
+            let mut tls = self.connect(addr).await?;
             let mut req = format!(
                 "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
                 body.len()
@@ -149,12 +157,7 @@ impl Https {
         done: impl Fn(&str) -> bool,
     ) -> anyhow::Result<String> {
         let work = async {
-            let tcp = tokio::net::TcpStream::connect(addr).await?;
-            let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
-            let name = ServerName::try_from(host.to_owned())?;
-            let mut tls = tokio_rustls::TlsConnector::from(self.config.clone())
-                .connect(name, tcp)
-                .await?;
+            let mut tls = self.connect(addr).await?;
             let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n");
             for (k, v) in headers {
                 req += &format!("{k}: {v}\r\n");
