@@ -243,16 +243,28 @@ async fn connections_beyond_the_cap_wait_until_one_closes() {
     assert_eq!(&buf, b"again");
 }
 
-/// A client that trusts any server and presents no certificate: echo five bytes.
-async fn anonymous_echo(
-    addr: &str,
-) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-    let mut cfg = rustls::ClientConfig::builder_with_provider(tls::provider())
+/// A client config that trusts any server (these tests judge the server's side).
+fn trusting_anything(
+) -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert> {
+    rustls::ClientConfig::builder_with_provider(tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("versions")
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(TrustAnything))
-        .with_no_client_auth();
+}
+
+/// A client that trusts any server and presents no certificate: echo five bytes.
+async fn anonymous_echo(
+    addr: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    echo_with(addr, trusting_anything().with_no_client_auth()).await
+}
+
+/// Connect with `cfg` (ALPN h2) and echo five bytes.
+async fn echo_with(
+    addr: &str,
+    mut cfg: rustls::ClientConfig,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     cfg.alpn_protocols = vec![b"h2".to_vec()];
     let mut io = tls::connect(addr, Arc::new(cfg)).await?.into_inner();
     io.write_all(b"hello").await?;
@@ -346,34 +358,16 @@ async fn strangers_are_refused_at_the_handshake() {
 
     // Clients that trust anything: one presents the foreign certificate (the client above
     // gave up on our server before it sent it), one presents none.
-    let anything = || {
-        rustls::ClientConfig::builder_with_provider(tls::provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .expect("versions")
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(TrustAnything))
-    };
-    let echo = |mut cfg: rustls::ClientConfig| {
-        cfg.alpn_protocols = vec![b"h2".to_vec()];
-        let addr = addr.clone();
-        async move {
-            let mut io = tls::connect(&addr, Arc::new(cfg)).await?.into_inner();
-            io.write_all(b"hello").await?;
-            let mut buf = [0u8; 5];
-            io.read_exact(&mut buf).await?;
-            Ok::<_, std::io::Error>(())
-        }
-    };
-    let presenting = anything()
+    let presenting = trusting_anything()
         .with_client_auth_cert(chain, key)
         .expect("client cert");
-    let err = echo(presenting)
+    let err = echo_with(&addr, presenting)
         .await
         .expect_err("a certificate of another trust domain is refused");
     // The client is told its certificate is bad, not that the server failed.
     assert!(err.to_string().contains("CertificateUnknown"), "{err}");
     assert!(
-        echo(anything().with_no_client_auth()).await.is_err(),
+        anonymous_echo(&addr).await.is_err(),
         "a client without a certificate is refused"
     );
 
