@@ -243,6 +243,9 @@ async fn an_operator_onboards_an_agent_and_delegates_in_the_browser() -> anyhow:
     b.wait_text("#agents", "banned", T).await?;
     let exit = agent.wait_exit(T)?;
     eprintln!("the banned agent exited: {exit}");
+    // Once banned, its record may go.
+    b.click("#agents .delete-agent").await?;
+    b.wait_text("main", "No agent has attested yet", T).await?;
     eprintln!("screenshots in {}", shots_dir().display());
     drop(agent);
     Ok(())

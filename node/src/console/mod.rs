@@ -178,6 +178,7 @@ impl Console {
                 get(entry_delete_page).post(delete_entry),
             )
             .route("/ui/agents/ban", post(ban_agent))
+            .route("/ui/agents/delete", post(delete_agent))
             .route("/ui/clients/rotate", post(rotate_secret))
             .route("/ui/cluster", get(cluster_page))
             .route("/ui/audit", get(audit_page))
@@ -2065,6 +2066,36 @@ async fn ban_agent(
             v1::SetAgentBannedRequest {
                 spiffe_id: form.text("spiffe_id"),
                 banned: form.get("allow").is_none(),
+            },
+        ))
+        .await;
+    written(r, "/ui/agents")
+}
+
+/// Delete a banned agent's record (the page offers it only once the agent is banned, so a
+/// running agent is refused before its record goes; a deleted agent attests again only with a
+/// new join token).
+async fn delete_agent(
+    AxState(c): AxState<Arc<Console>>,
+    Extension(conn): Extension<Conn>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let (who, form) = match c.posted(
+        &conn,
+        &headers,
+        &body,
+        "/authsec.v1.AgentService/DeleteAgent",
+    ) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let svc = crate::identity_api::Agents(c.oauth.ctx.clone());
+    let r = svc
+        .delete_agent(as_admin(
+            &who,
+            v1::DeleteAgentRequest {
+                spiffe_id: form.text("spiffe_id"),
             },
         ))
         .await;
