@@ -89,6 +89,16 @@ fn node(ca: &Ca, bundle: &[&Ca], id: u64) -> Arc<TlsState> {
 
 type Refusals = tokio::sync::mpsc::UnboundedReceiver<tls::Refused>;
 
+/// A listener's limits: connections, of which anonymous, each anonymous one closed after
+/// `lifetime_s`.
+fn limits(connections: usize, anonymous: usize, lifetime_s: u64) -> tls::Limits {
+    tls::Limits {
+        connections,
+        anonymous,
+        anonymous_lifetime: Duration::from_secs(lifetime_s),
+    }
+}
+
 /// A TLS echo server on loopback; returns its address and the identities it accepted.
 async fn server(state: &Arc<TlsState>) -> (String, tokio::sync::mpsc::UnboundedReceiver<PeerInfo>) {
     let (addr, seen, _) = server_refusing(state).await;
@@ -103,16 +113,7 @@ async fn server_refusing(
     tokio::sync::mpsc::UnboundedReceiver<PeerInfo>,
     Refusals,
 ) {
-    server_capped(
-        state,
-        tls::ClientAuth::Required,
-        tls::Limits {
-            connections: 64,
-            anonymous: 64,
-            anonymous_lifetime: Duration::from_secs(300),
-        },
-    )
-    .await
+    server_capped(state, tls::ClientAuth::Required, limits(64, 64, 300)).await
 }
 
 /// The same, with `auth` and `limits`.
@@ -203,16 +204,8 @@ async fn connections_beyond_the_cap_wait_until_one_closes() {
     let root = ca("root");
     let n1 = node(&root, &[&root], 1);
     let n2 = node(&root, &[&root], 2);
-    let (addr, mut seen, _) = server_capped(
-        &n1,
-        tls::ClientAuth::Required,
-        tls::Limits {
-            connections: 1,
-            anonymous: 1,
-            anonymous_lifetime: Duration::from_secs(300),
-        },
-    )
-    .await;
+    let (addr, mut seen, _) =
+        server_capped(&n1, tls::ClientAuth::Required, limits(1, 1, 300)).await;
     let cfg = n2.client_config(Expect::Node(1)).expect("client config");
     let mut first = tls::connect(&addr, cfg.clone())
         .await
@@ -280,16 +273,7 @@ async fn connections_without_a_certificate_are_bounded_and_closed_in_time() {
     let root = ca("root");
     let n1 = node(&root, &[&root], 1);
     let n2 = node(&root, &[&root], 2);
-    let (addr, _seen, _) = server_capped(
-        &n1,
-        tls::ClientAuth::Optional,
-        tls::Limits {
-            connections: 8,
-            anonymous: 1,
-            anonymous_lifetime: Duration::from_secs(1),
-        },
-    )
-    .await;
+    let (addr, _seen, _) = server_capped(&n1, tls::ClientAuth::Optional, limits(8, 1, 1)).await;
     let mut first = anonymous_echo(&addr)
         .await
         .expect("the first stranger is served");

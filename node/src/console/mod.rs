@@ -1558,21 +1558,7 @@ async fn bind_role(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (who, form) = match c.posted(&conn, &headers, &body, "/authsec.v1.RoleService/Bind") {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    let svc = crate::identity_api::Roles(c.oauth.ctx.clone());
-    let r = svc
-        .bind(as_admin(
-            &who,
-            v1::Binding {
-                role: form.text("role"),
-                subject: form.text("subject"),
-            },
-        ))
-        .await;
-    written(r, "/ui/access")
+    change_binding(&c, &conn, &headers, &body, true).await
 }
 
 async fn unbind_role(
@@ -1581,20 +1567,39 @@ async fn unbind_role(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let (who, form) = match c.posted(&conn, &headers, &body, "/authsec.v1.RoleService/Unbind") {
+    change_binding(&c, &conn, &headers, &body, false).await
+}
+
+/// The bind and unbind forms: the same fields (`role`, `subject`), one call or the other.
+async fn change_binding(
+    c: &Console,
+    conn: &Conn,
+    headers: &HeaderMap,
+    body: &[u8],
+    bind: bool,
+) -> Response {
+    let path = if bind {
+        "/authsec.v1.RoleService/Bind"
+    } else {
+        "/authsec.v1.RoleService/Unbind"
+    };
+    let (who, form) = match c.posted(conn, headers, body, path) {
         Ok(x) => x,
         Err(r) => return r,
     };
     let svc = crate::identity_api::Roles(c.oauth.ctx.clone());
-    let r = svc
-        .unbind(as_admin(
-            &who,
-            v1::Binding {
-                role: form.text("role"),
-                subject: form.text("subject"),
-            },
-        ))
-        .await;
+    let req = as_admin(
+        &who,
+        v1::Binding {
+            role: form.text("role"),
+            subject: form.text("subject"),
+        },
+    );
+    let r = if bind {
+        svc.bind(req).await
+    } else {
+        svc.unbind(req).await
+    };
     written(r, "/ui/access")
 }
 
