@@ -737,6 +737,18 @@ impl Cluster {
         learner: bool,
     ) -> anyhow::Result<()> {
         let fingerprint = self.ca_fingerprint()?;
+        self.spawn_join_pinned(id, token, peers, learner, &fingerprint)
+    }
+
+    /// [`Cluster::spawn_join_as`], pinning the root `fingerprint` (`sha256:<hex>`).
+    pub fn spawn_join_pinned(
+        &mut self,
+        id: u64,
+        token: &str,
+        peers: &[String],
+        learner: bool,
+        fingerprint: &str,
+    ) -> anyhow::Result<()> {
         let kek_line = format!("kek_file = {:?}\n", self.kek_file().display().to_string());
         let path = self
             .nodes
@@ -755,7 +767,7 @@ impl Cluster {
                     "--token",
                     token,
                     "--ca-fingerprint",
-                    &fingerprint,
+                    fingerprint,
                     "--peer",
                     &peers.join(","),
                 ]
@@ -1066,17 +1078,58 @@ impl Cluster {
 
     /// A single-use join token from node `via`, checked to name this cluster's root.
     pub async fn create_join_token(&self, via: u64, ttl_seconds: u64) -> anyhow::Result<String> {
+        let (token, pin) = self.create_pinned_join_token(via, ttl_seconds).await?;
+        anyhow::ensure!(
+            pin == self.ca_fingerprint()?,
+            "the token names root {pin}, not this cluster's"
+        );
+        Ok(token)
+    }
+
+    /// A join token and the root it tells the joiner to pin (the signing root, which after a
+    /// root rotation is not the bootstrap root).
+    pub async fn create_pinned_join_token(
+        &self,
+        via: u64,
+        ttl_seconds: u64,
+    ) -> anyhow::Result<(String, String)> {
         let mut cl = ClusterServiceClient::new(self.channel(via).await?);
         let r = cl
             .create_join_token(v1::CreateJoinTokenRequest { ttl_seconds })
             .await?
             .into_inner();
-        anyhow::ensure!(
-            r.ca_fingerprint == self.ca_fingerprint()?,
-            "the token names root {}, not this cluster's",
-            r.ca_fingerprint
-        );
-        Ok(r.token)
+        Ok((r.token, r.ca_fingerprint))
+    }
+
+    /// Rotate the harness' admin credential in place with the real CLI (`authsec admin
+    /// rotate` against node `via`): a new key and a certificate under the cluster's signing
+    /// root, the old certificate refused from that commit on. Later calls use the new one.
+    pub fn rotate_admin(&mut self, via: u64) -> anyhow::Result<()> {
+        cli_ok(&run_cli(
+            &self.addr(via)?,
+            &self.admin_dir(),
+            &["admin", "rotate"],
+        )?)?;
+        self.transport = None;
+        self.transport()?;
+        Ok(())
+    }
+
+    /// The certificate chain node `id` serves (leaf first), as a handshake shows it to the
+    /// harness' admin.
+    pub async fn served_chain(
+        &self,
+        id: u64,
+    ) -> anyhow::Result<Vec<rustls::pki_types::CertificateDer<'static>>> {
+        let t = self.client_transport()?;
+        let state = t.tls().ok_or_else(|| anyhow!("an --insecure cluster"))?;
+        Ok(authsec_tls::tls::served_chain(
+            state,
+            &self.addr(id)?,
+            authsec_tls::tls::Expect::Node(id),
+            Duration::from_secs(3),
+        )
+        .await?)
     }
 
     /// Wait until `id` is a voter in `via`'s view.

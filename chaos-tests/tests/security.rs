@@ -639,3 +639,254 @@ async fn offline_root_mode_signs_nodes_from_csrs_and_keeps_the_root_out() -> any
     );
     Ok(())
 }
+
+/// Whether `chain`'s leaf verifies up to `anchor` (DER), with the rest of `chain` as the
+/// intermediates a server sends.
+fn chains_to(chain: &[CertificateDer<'static>], anchor: &[u8]) -> bool {
+    let Some(leaf) = chain.first() else {
+        return false;
+    };
+    let mut store = rustls::RootCertStore::empty();
+    if store.add(CertificateDer::from(anchor.to_vec())).is_err() {
+        return false;
+    }
+    let Ok(leaf) = rustls::server::ParsedCertificate::try_from(leaf) else {
+        return false;
+    };
+    rustls::client::verify_server_cert_signed_by_trust_anchor(
+        &leaf,
+        &store,
+        &chain[1..],
+        rustls::pki_types::UnixTime::now(),
+        rustls::crypto::aws_lc_rs::default_provider()
+            .signature_verification_algorithms
+            .all,
+    )
+    .is_ok()
+}
+
+/// `ClusterService/Status` as the holder of `t`: the code the call ends with. A server that
+/// answers at all (even "permission denied") accepted the caller's certificate.
+async fn status_code(t: &Transport, addr: &str) -> tonic::Code {
+    let Ok(ch) = t.channel(addr) else {
+        return tonic::Code::Unavailable;
+    };
+    let mut req = tonic::Request::new(v1::StatusRequest {});
+    req.set_timeout(Duration::from_secs(5));
+    match v1::cluster_service_client::ClusterServiceClient::new(ch)
+        .status(req)
+        .await
+    {
+        Ok(_) => tonic::Code::Ok,
+        Err(s) => s.code(),
+    }
+}
+
+async fn roots_api(
+    c: &Cluster,
+) -> anyhow::Result<v1::root_service_client::RootServiceClient<tonic::transport::Channel>> {
+    Ok(v1::root_service_client::RootServiceClient::new(
+        c.channel(1).await?,
+    ))
+}
+
+/// Rotating the root of the cluster's own transport. A prepared root is trusted at once;
+/// once it is activated every member re-issues its certificate under it (node 2, which holds
+/// no KEK, through node 1), served with the old root's cross-certificate, so an admin holding
+/// only the old root keeps calling; a node joins with a token pinned to the new root.
+/// Retiring the old root is refused while the caller's own credential depends on it; once it
+/// is retired, a credential under it is refused at the handshake and the cluster goes on, a
+/// restarted member too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_transport_root_rotates_with_no_member_or_admin_cut_off() -> anyhow::Result<()> {
+    authsec_chaos_tests::init_test_tracing();
+    let mut c = Cluster::start(
+        1,
+        Options {
+            spare: 2,
+            ..Options::default()
+        },
+    )?;
+    c.wait_leader(&[1], T).await?;
+    let first = c.addr(1)?;
+    let token = c.create_join_token(1, 600).await?;
+    c.prepare(2, None)?;
+    c.spawn_join(2, &token, std::slice::from_ref(&first))?;
+    c.wait_voter(1, 2, T).await?;
+    c.wait_converged(&[1, 2], 0, T).await?;
+
+    // A second admin, issued before the rotation: it trusts the old root only.
+    let tmp = tempfile::tempdir()?;
+    let ops_dir = tmp.path().join("ops");
+    authsec_chaos_tests::cli_ok(&authsec_chaos_tests::run_cli(
+        &first,
+        &c.admin_dir(),
+        &[
+            "admin",
+            "issue",
+            "--name",
+            "ops",
+            "--out",
+            &ops_dir.display().to_string(),
+        ],
+    )?)?;
+    let old_root = certs(&ops_dir.join("ca.crt"))?;
+    assert_eq!(old_root.len(), 1);
+    let old_root = old_root[0].to_vec();
+    let ops = authsec_chaos_tests::admin_transport(&ops_dir)?;
+    // It has no role: the node answers "permission denied", past the handshake.
+    assert_eq!(
+        status_code(&ops, &c.addr(2)?).await,
+        tonic::Code::PermissionDenied
+    );
+
+    let prepared = roots_api(&c)
+        .await?
+        .prepare_root(v1::PrepareRootRequest {})
+        .await?
+        .into_inner()
+        .root
+        .context("the prepared root")?;
+    let new_root = prepared.cert_der.clone();
+    roots_api(&c)
+        .await?
+        .activate_root(v1::ActivateRootRequest {
+            fingerprint: prepared.fingerprint.clone(),
+            force: true,
+        })
+        .await?;
+    // Every member re-issues its certificate under the new root within seconds.
+    let deadline = Instant::now() + T;
+    for id in [1, 2] {
+        loop {
+            let chain = c.served_chain(id).await?;
+            if chains_to(&chain[..1], &new_root) {
+                // The old root vouches for it through the cross-certificate in the chain.
+                assert!(
+                    chains_to(&chain, &old_root),
+                    "node {id}: no path to the old root"
+                );
+                assert!(!chains_to(&chain[..1], &old_root));
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "node {id} still serves a certificate of the old root"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // The admin holding only the old root still gets through to both.
+    for id in [1, 2] {
+        assert_eq!(
+            status_code(&ops, &c.addr(id)?).await,
+            tonic::Code::PermissionDenied,
+            "node {id}"
+        );
+    }
+    // A node joins with a token pinned to the new root, and gets a certificate under it.
+    let (token, pin) = c.create_pinned_join_token(1, 600).await?;
+    assert_eq!(pin, prepared.fingerprint, "tokens pin the signing root");
+    c.prepare(3, None)?;
+    c.spawn_join_pinned(3, &token, std::slice::from_ref(&first), false, &pin)?;
+    c.wait_voter(1, 3, T).await?;
+    c.wait_converged(&[1, 2, 3], 0, T).await?;
+    assert!(chains_to(&c.served_chain(3).await?[..1], &new_root));
+
+    // Retiring the old root as an admin whose own certificate it signed: refused.
+    let fp_old = authsec_domain::fingerprint(&old_root);
+    let refused = roots_api(&c)
+        .await?
+        .retire_root(v1::RetireRootRequest {
+            fingerprint: fp_old.clone(),
+            force: false,
+        })
+        .await
+        .expect_err("the caller's own credential is under the old root");
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert!(
+        refused.message().contains("your own admin certificate"),
+        "{}",
+        refused.message()
+    );
+    // Re-issued under the new root (the real CLI), the admin trusts both roots.
+    c.rotate_admin(1)?;
+    assert_eq!(certs(&c.admin_dir().join("ca.crt"))?.len(), 2);
+    assert!(chains_to(
+        &certs(&c.admin_dir().join("admin.crt"))?,
+        &new_root
+    ));
+    // A member that cannot be asked which certificate it serves holds the retirement back.
+    c.stop(3)?;
+    let refused = roots_api(&c)
+        .await?
+        .retire_root(v1::RetireRootRequest {
+            fingerprint: fp_old.clone(),
+            force: false,
+        })
+        .await
+        .expect_err("node 3 is down");
+    assert!(
+        refused.message().contains("node 3 could not be checked"),
+        "{}",
+        refused.message()
+    );
+    c.spawn(3)?;
+    c.wait_converged(&[1, 2, 3], 0, T).await?;
+    // Now no member and not the caller hangs on the old root; what is left are the SVID
+    // intermediates it signed, which the SVID rotation's own check guards.
+    let refused = roots_api(&c)
+        .await?
+        .retire_root(v1::RetireRootRequest {
+            fingerprint: fp_old.clone(),
+            force: false,
+        })
+        .await
+        .expect_err("intermediates under the old root are unexpired");
+    assert!(
+        refused.message().contains("intermediates in use"),
+        "{}",
+        refused.message()
+    );
+    roots_api(&c)
+        .await?
+        .retire_root(v1::RetireRootRequest {
+            fingerprint: fp_old,
+            force: true,
+        })
+        .await?;
+    // Every node refuses a credential under the retired root from the commit on.
+    c.wait_converged(&[1, 2, 3], 0, T).await?;
+    for id in [1, 2, 3] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            // Refused at the handshake (the client reads the alert as a transport error),
+            // not answered.
+            let code = status_code(&ops, &c.addr(id)?).await;
+            if code != tonic::Code::PermissionDenied {
+                assert_ne!(code, tonic::Code::Ok, "node {id}");
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "node {id} still accepts a certificate of the retired root"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // Node 2 holds no KEK, node 3 joined under the new root; a restart of node 2 comes back
+    // on the trust it kept on disk, and the cluster writes.
+    c.stop(2)?;
+    c.spawn(2)?;
+    c.wait_converged(&[1, 2, 3], 0, T).await?;
+    assert_eq!(
+        certs(&c.data_dir(2)?.join("tls").join("ca.crt"))?,
+        vec![CertificateDer::from(new_root.clone())],
+        "node 2 trusts the new root only"
+    );
+    c.clients(2)
+        .await?
+        .register_client(register_req("after-rotation"))
+        .await?;
+    Ok(())
+}

@@ -978,22 +978,25 @@ async fn node_keys_rotate_under_renewals_with_no_verification_failure() -> anyho
 /// Root rotation under renewals: workloads keep fetching the bundle, minting on every node and
 /// verifying what they got with the bundle they hold, while an admin prepares a new root (it
 /// joins every bundle), activates it (every node re-issues its intermediate from it) and
-/// retires the bootstrap root from the bundle. No verification fails, and at the end every
-/// node's SVIDs chain to the new root, which alone is in the bundle.
+/// retires the bootstrap root from the bundle (and from the cluster's transport, once the
+/// admin re-issued its credential). No verification fails, and at the end every node's SVIDs
+/// chain to the new root, which alone is in the bundle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn root_rotation_under_renewals_with_no_verification_failure() -> anyhow::Result<()> {
     authsec_chaos_tests::init_test_tracing();
     let ids = [1, 2, 3];
-    let c = Cluster::start(3, Options::default())?;
+    let mut c = Cluster::start(3, Options::default())?;
     let leader = c.wait_leader(&ids, T).await?;
     c.wait_issuing(&ids, T).await?;
     let web = create_entry(&c, leader, "web", None).await?;
     c.wait_converged(&ids, 0, T).await?;
-    let roots_api = || async {
-        Ok::<_, anyhow::Error>(v1::root_service_client::RootServiceClient::new(
+    async fn roots_api(
+        c: &Cluster,
+    ) -> anyhow::Result<v1::root_service_client::RootServiceClient<tonic::transport::Channel>> {
+        Ok(v1::root_service_client::RootServiceClient::new(
             c.channel(1).await?,
         ))
-    };
+    }
     let old_root = bundle(&c, 1).await?.x509_authorities_der;
     assert_eq!(old_root.len(), 1);
 
@@ -1038,7 +1041,7 @@ async fn root_rotation_under_renewals_with_no_verification_failure() -> anyhow::
         let settled = phase_at.elapsed() > Duration::from_secs(2);
         match phase {
             Phase::Before if settled => {
-                let r = roots_api()
+                let r = roots_api(&c)
                     .await?
                     .prepare_root(v1::PrepareRootRequest {})
                     .await?
@@ -1058,7 +1061,7 @@ async fn root_rotation_under_renewals_with_no_verification_failure() -> anyhow::
                     );
                 }
                 // Too early for holders that refresh at the hint: refused unless forced.
-                let early = roots_api()
+                let early = roots_api(&c)
                     .await?
                     .activate_root(v1::ActivateRootRequest {
                         fingerprint: authsec_domain::fingerprint(&new_root),
@@ -1068,7 +1071,7 @@ async fn root_rotation_under_renewals_with_no_verification_failure() -> anyhow::
                     .expect_err("activation before a refresh hint");
                 assert_eq!(early.code(), tonic::Code::FailedPrecondition, "{early:?}");
                 assert!(early.message().contains("Wait"), "{}", early.message());
-                roots_api()
+                roots_api(&c)
                     .await?
                     .activate_root(v1::ActivateRootRequest {
                         fingerprint: authsec_domain::fingerprint(&new_root),
@@ -1087,8 +1090,12 @@ async fn root_rotation_under_renewals_with_no_verification_failure() -> anyhow::
                     all &= verify_chain(&x.cert_chain_der, &[new_root.clone()]).is_ok();
                 }
                 if all {
+                    // The old root anchors the cluster's transport too: the nodes re-issue
+                    // their certificates on their own, the admin's is re-issued here (else
+                    // the retirement is refused: it would lock the admin out).
+                    c.rotate_admin(1)?;
                     // The old intermediates (superseded, not expired) still anchor SVIDs.
-                    let early = roots_api()
+                    let early = roots_api(&c)
                         .await?
                         .retire_root(v1::RetireRootRequest {
                             fingerprint: authsec_domain::fingerprint(&old_root[0]),
@@ -1102,7 +1109,7 @@ async fn root_rotation_under_renewals_with_no_verification_failure() -> anyhow::
                         "{}",
                         early.message()
                     );
-                    roots_api()
+                    roots_api(&c)
                         .await?
                         .retire_root(v1::RetireRootRequest {
                             fingerprint: authsec_domain::fingerprint(&old_root[0]),
@@ -1130,7 +1137,7 @@ async fn root_rotation_under_renewals_with_no_verification_failure() -> anyhow::
         let x = mint(&mut svids(&c, id).await?, &web, &der).await?;
         verify_chain(&x.cert_chain_der, &b)?;
     }
-    // The cluster's own TLS still runs on the bootstrap root: the admin (and the nodes) go on.
+    // The cluster's own TLS runs on the new root: the re-issued admin and the nodes go on.
     c.wait_converged(&ids, 0, T).await?;
     Ok(())
 }

@@ -234,6 +234,10 @@ impl v1::root_service_server::RootService for Roots {
         req: Request<v1::RetireRootRequest>,
     ) -> Result<Response<v1::RootWriteResponse>, Status> {
         let actor = self.0.actor(&req);
+        let peer = req
+            .extensions()
+            .get::<authsec_raft::tls::PeerInfo>()
+            .and_then(|p| p.leaf.clone());
         let r = req.into_inner();
         if !r.force {
             // Refuse while an intermediate it signed is still in use (not retired, not
@@ -243,6 +247,7 @@ impl v1::root_service_server::RootService for Roots {
                 .into_iter()
                 .find(|x| x.fingerprint == r.fingerprint);
             if let Some(root) = root {
+                self.still_in_transport(&peer, &root.cert_der).await?;
                 let now = crate::issuer::now_ms();
                 let live = crate::keymgr::load_keys(&self.0.reader)
                     .map_err(store_err)?
@@ -276,6 +281,57 @@ impl v1::root_service_server::RootService for Roots {
         Ok(Response::new(v1::RootWriteResponse {
             receipt: Some(receipt),
         }))
+    }
+}
+
+impl Roots {
+    /// Retiring a root takes it out of the cluster's transport trust too: refuse while the
+    /// caller's own certificate or a member's served one is signed by it (the caller would
+    /// lock itself out; the member would be cut off from its peers and its clients). Members
+    /// re-issue their certificates within seconds of an activation; admins with
+    /// `authsec admin rotate`.
+    async fn still_in_transport(
+        &self,
+        caller: &Option<rustls::pki_types::CertificateDer<'static>>,
+        root: &[u8],
+    ) -> Result<(), Status> {
+        let fingerprint = authsec_domain::fingerprint(root);
+        if let Some(leaf) = caller {
+            if crate::keymgr::signed_by(leaf, root) {
+                return Err(Status::failed_precondition(format!(
+                    "your own admin certificate is signed by {fingerprint}: retiring it would lock you out. Re-issue your credential under the signing root first (`authsec admin rotate`), or pass force"
+                )));
+            }
+        }
+        let members: Vec<(u64, String)> = {
+            let m = self.0.writer.raft().metrics().borrow().clone();
+            m.membership_config
+                .membership()
+                .nodes()
+                .map(|(id, n)| (*id, n.addr.clone()))
+                .collect()
+        };
+        let mut behind = Vec::new();
+        for (id, addr) in members {
+            match self.0.sec.served_chain(&addr, id).await {
+                Ok(chain)
+                    if chain
+                        .first()
+                        .is_some_and(|l| crate::keymgr::signed_by(l, root)) =>
+                {
+                    behind.push(format!("node {id} serves a certificate it signed"))
+                }
+                Ok(_) => {}
+                Err(e) => behind.push(format!("node {id} could not be checked ({e:#})")),
+            }
+        }
+        if !behind.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "{fingerprint} still anchors the cluster's transport: {}. Members re-issue their certificates within seconds of an activation; wait, or pass force",
+                behind.join("; ")
+            )));
+        }
+        Ok(())
     }
 }
 

@@ -186,12 +186,14 @@ pub async fn issue_admin(
             .next()
             .ok_or_else(|| anyhow!("the node sent no certificate"))?,
     );
-    let root = rustls::pki_types::CertificateDer::from(
-        r.bundle_der
-            .into_iter()
-            .next()
-            .ok_or_else(|| anyhow!("the node sent no bundle"))?,
-    );
+    let roots: Vec<rustls::pki_types::CertificateDer<'static>> = r
+        .bundle_der
+        .into_iter()
+        .map(rustls::pki_types::CertificateDer::from)
+        .collect();
+    if roots.is_empty() {
+        bail!("the node sent no bundle");
+    }
     if authsec_raft::tls::svid_id(&cert)? != id {
         bail!("the node issued a certificate that is not for {id}");
     }
@@ -201,7 +203,7 @@ pub async fn issue_admin(
     crate::pki::AdminFiles {
         dir: staging.clone(),
     }
-    .write(&cert, &key, &root)?;
+    .write(&cert, &key, &roots)?;
     let old = out.with_extension("old");
     if out.exists() {
         let _ = std::fs::remove_dir_all(&old);

@@ -84,7 +84,7 @@ pub fn init_pki(
         let admin = AdminFiles { dir: d.clone() };
         if !admin.cert().exists() {
             let (cert, key) = root.issue_admin(&td, BOOTSTRAP_ADMIN)?;
-            admin.write(&cert, &key, &root.cert_der)?;
+            admin.write(&cert, &key, std::slice::from_ref(&root.cert_der))?;
         }
     }
     Ok(Initialized {
@@ -154,7 +154,14 @@ pub async fn join_pki(
                     bail!("{peer} issued a certificate that is not for {id}");
                 }
                 files.write_bundle(&bundle)?;
-                files.write_identity(&chain[..1], &key)?;
+                // The leaf and any cross-certificates (a root rotation under way), not the
+                // roots: those are the bundle.
+                let own: Vec<_> = chain
+                    .iter()
+                    .filter(|c| !bundle.contains(c))
+                    .cloned()
+                    .collect();
+                files.write_identity(&own, &key)?;
                 crate::secrets::store_local_key(&files.dir, &r.client_secret_key)?;
                 return Ok(r.members);
             }
@@ -243,7 +250,7 @@ pub fn ca_issue_admin(ca_dir: &Path, name: &str, out: &Path) -> anyhow::Result<(
         bail!("{} already holds an admin credential", out.display());
     }
     let (cert, key) = root.issue_admin(&td, name)?;
-    admin.write(&cert, &key, &root.cert_der)?;
+    admin.write(&cert, &key, std::slice::from_ref(&root.cert_der))?;
     Ok(())
 }
 

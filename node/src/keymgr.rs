@@ -116,18 +116,17 @@ async fn reconcile(ctx: &Ctx, issuer: &SvidIssuer, raft: &Raft) -> anyhow::Resul
     if security.root_cert.is_none() || !ctx.reader.nodes()?.iter().any(|n| n.node_id == me) {
         return Ok(Pass::Waiting);
     }
-    // Trust every root of the SPIFFE bundle at the handshake too (agents holding SVIDs under
-    // a rotated root call this node), and know which root signs intermediates now.
+    // The cluster's transport trusts exactly the roots of the SPIFFE bundle: a prepared root
+    // at once (agents holding SVIDs under it call this node, and nodes re-issue their own
+    // certificates under it once it is activated), a retired one no longer.
     let roots = ctx.reader.load_roots()?;
     let bootstrap = security.root_cert.clone();
-    if let Some(tls) = &ctx.sec.tls {
-        let extra = roots
-            .roots
-            .iter()
-            .map(|r| rustls::pki_types::CertificateDer::from(r.cert_der.clone()))
-            .collect();
-        tls.set_extra_roots(extra)?;
-    }
+    let bundle = roots
+        .bundle_with(bootstrap.as_deref())
+        .into_iter()
+        .map(|c| rustls::pki_types::CertificateDer::from(c.to_vec()))
+        .collect();
+    ctx.sec.set_trust(bundle)?;
     let signing_root = roots
         .signing_with(bootstrap.as_deref())
         .map(<[u8]>::to_vec)

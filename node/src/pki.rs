@@ -425,6 +425,49 @@ impl Root {
         sign_node_leaf(&self.issuer()?, td, node_id, subject, sans, ttl, None)
     }
 
+    /// Certify `other`'s key under `other`'s own name and extensions, signed by this root: a
+    /// cross-certificate. Served after a leaf of `other`, it lets a peer that trusts only this
+    /// root verify that leaf (leaf, cross-certificate, this root), while a peer that trusts
+    /// `other` verifies the leaf directly. This is how a new root takes over the cluster's
+    /// transport without every holder of the old one updating first.
+    pub fn cross_certify(&self, other: &Root) -> Result<CertificateDer<'static>, PkiError> {
+        let parse = |der: &CertificateDer<'_>| -> Result<_, PkiError> {
+            let (_, c) = x509_parser::parse_x509_certificate(der)
+                .map_err(|e| PkiError::Invalid(format!("root certificate: {e}")))?;
+            let cn = c
+                .subject()
+                .iter_common_name()
+                .next()
+                .and_then(|a| a.as_str().ok())
+                .map(str::to_owned)
+                .ok_or_else(|| PkiError::Invalid("the root has no common name".into()))?;
+            let uri = c.subject_alternative_name().ok().flatten().and_then(|san| {
+                san.value.general_names.iter().find_map(|n| match n {
+                    x509_parser::extensions::GeneralName::URI(u) => Some((*u).to_owned()),
+                    _ => None,
+                })
+            });
+            Ok((cn, uri, c.validity().not_after.to_datetime()))
+        };
+        let (cn, uri, not_after) = parse(&other.cert_der)?;
+        let (_, _, own_end) = parse(&self.cert_der)?;
+        // The subject exactly as `other` names itself (the same attributes, encoded the same
+        // way), so its leaves' issuer names match this certificate too.
+        let mut p = CertificateParams::default();
+        p.distinguished_name = dn(&cn);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        if let Some(u) = uri {
+            p.subject_alt_names = vec![SanType::URI(u.as_str().try_into()?)];
+        }
+        p.not_before = at(now().saturating_sub(CLOCK_SKEW));
+        // Never beyond either root's own life.
+        p.not_after = not_after.min(own_end);
+        p.serial_number = Some(serial());
+        p.use_authority_key_identifier_extension = true;
+        Ok(p.signed_by(&other.key, &self.issuer()?)?.der().clone())
+    }
+
     /// An admin certificate for the public key `subject` (the admin made the key).
     pub fn sign_admin(
         &self,
@@ -829,7 +872,7 @@ impl AdminFiles {
         &self,
         cert: &CertificateDer<'_>,
         key: &KeyPair,
-        root: &CertificateDer<'_>,
+        roots: &[CertificateDer<'_>],
     ) -> Result<(), PkiError> {
         write_file(&self.key(), key.serialize_pem().as_bytes(), 0o600)?;
         write_file(
@@ -837,11 +880,7 @@ impl AdminFiles {
             pem_certs(std::slice::from_ref(cert)).as_bytes(),
             0o644,
         )?;
-        write_file(
-            &self.bundle(),
-            pem_certs(std::slice::from_ref(root)).as_bytes(),
-            0o644,
-        )
+        write_file(&self.bundle(), pem_certs(roots).as_bytes(), 0o644)
     }
 
     pub fn load(
@@ -915,6 +954,57 @@ mod tests {
         let (admin, _) = root.issue_admin(&td(), "ops").expect("admin");
         let aid = authsec_raft::tls::svid_id(&admin).expect("svid");
         assert_eq!(admin_name_of(&td(), &aid), Some("ops"));
+    }
+
+    /// A root rotation of the transport: a leaf under the new root verifies for a peer
+    /// that trusts only the old root once the old root's cross-certificate of the new one is
+    /// served beside it, for a peer that trusts only the new root directly, and for one that
+    /// trusts only the old root not at all without it.
+    #[test]
+    fn a_cross_certificate_chains_a_new_roots_leaves_to_the_old_root() {
+        use rustls::client::verify_server_cert_signed_by_trust_anchor;
+        use rustls::server::ParsedCertificate;
+        let old = Root::generate(&td()).expect("root");
+        let new = Root::generate_labelled(&td(), "2").expect("root");
+        let cross = old.cross_certify(&new).expect("cross-certify");
+        let (_, parsed) = x509_parser::parse_x509_certificate(&cross).expect("parses");
+        let (_, new_parsed) = x509_parser::parse_x509_certificate(&new.cert_der).expect("parses");
+        assert_eq!(
+            parsed.subject(),
+            new_parsed.subject(),
+            "the new root's own name"
+        );
+        assert_eq!(parsed.public_key().raw, new_parsed.public_key().raw);
+        assert!(parsed.validity().not_after <= new_parsed.validity().not_after);
+        let id = authsec_raft::tls::node_spiffe_id(&td(), 2);
+        let (_, csr) = new_key_and_csr(&id).expect("csr");
+        let pk = csr_public_key(&csr).expect("csr verifies");
+        let sans = Sans::parse(&[], &["127.0.0.1".into()]).expect("sans");
+        let leaf = new
+            .sign_node(&td(), 2, &pk, &sans, NODE_TTL_DEFAULT)
+            .expect("sign");
+        let algs = rustls::crypto::aws_lc_rs::default_provider()
+            .signature_verification_algorithms
+            .all;
+        let now = rustls::pki_types::UnixTime::now();
+        let verify = |anchor: &Root, intermediates: &[CertificateDer<'static>]| {
+            let mut store = rustls::RootCertStore::empty();
+            store.add(anchor.cert_der.clone()).expect("anchor");
+            let leaf = ParsedCertificate::try_from(&leaf).expect("leaf");
+            verify_server_cert_signed_by_trust_anchor(&leaf, &store, intermediates, now, algs)
+        };
+        // What a node serves during the rotation: leaf, cross-certificate, then both roots.
+        let served = [cross.clone(), new.cert_der.clone(), old.cert_der.clone()];
+        verify(&old, &served).expect("a holder of the old root only");
+        verify(&new, &served).expect("a holder of the new root only");
+        assert!(
+            verify(&old, &[new.cert_der.clone(), old.cert_der.clone()]).is_err(),
+            "without the cross-certificate the old root does not vouch for the new one"
+        );
+        // Cross-certified by a stranger, the chain is still nobody's.
+        let stranger = Root::generate(&td()).expect("root");
+        let forged = stranger.cross_certify(&new).expect("cross-certify");
+        assert!(verify(&old, &[forged]).is_err());
     }
 
     #[test]

@@ -36,6 +36,15 @@ pub enum SignerError {
 /// A signed chain (leaf first) and the trust bundle, DER.
 pub type Signed = (Vec<Vec<u8>>, Vec<Vec<u8>>);
 
+/// The signing root with its key, the cross-certificates that chain it to the other roots
+/// still trusted, and the trust bundle (see [`Security::transport_signer`]).
+#[derive(Debug)]
+pub struct TransportSigner {
+    pub root: Root,
+    pub cross: Vec<CertificateDer<'static>>,
+    pub bundle: Vec<CertificateDer<'static>>,
+}
+
 #[derive(Debug)]
 pub struct Security {
     pub td: TrustDomain,
@@ -152,9 +161,14 @@ impl Security {
     /// `sealed_secrets` under `svid_root:<fingerprint>`), else the bootstrap root.
     pub fn svid_signer(&self, reader: &Reader) -> Result<Root, SignerError> {
         let roots = reader.load_roots()?;
-        let Some(active) = roots.active() else {
-            return self.signer(reader);
-        };
+        match roots.active() {
+            Some(active) => self.rotated_root(reader, &active.cert_der),
+            None => self.signer(reader),
+        }
+    }
+
+    /// A rotated root with its key, unsealed from `sealed_secrets`.
+    fn rotated_root(&self, reader: &Reader, cert_der: &[u8]) -> Result<Root, SignerError> {
         let kek = match Kek::load(&self.kek_path) {
             Ok(k) => k,
             Err(PkiError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
@@ -162,10 +176,103 @@ impl Security {
             }
             Err(e) => return Err(e.into()),
         };
+        let fingerprint = authsec_domain::fingerprint(cert_der);
         let sealed = reader
-            .sealed(&authsec_domain::command::svid_root_key(&active.fingerprint))?
+            .sealed(&authsec_domain::command::svid_root_key(&fingerprint))?
             .ok_or(SignerError::NoRoot)?;
-        Ok(Root::unseal(&kek, &self.td, &active.cert_der, &sealed)?)
+        Ok(Root::unseal(&kek, &self.td, cert_der, &sealed)?)
+    }
+
+    /// What signs the cluster's transport (node and admin certificates) now: the trust
+    /// domain's signing root, the one that signs node intermediates too (the active rotated
+    /// root, else the bootstrap root). While other roots are still trusted, each certifies
+    /// the signing root (a cross-certificate served in the chain), so a peer or admin that
+    /// holds only an older root keeps verifying the new certificates through the rotation.
+    pub fn transport_signer(&self, reader: &Reader) -> Result<TransportSigner, SignerError> {
+        let roots = reader.load_roots()?;
+        let bootstrap = reader.security()?.root_cert;
+        let mut bundle: Vec<CertificateDer<'static>> = roots
+            .bundle_with(bootstrap.as_deref())
+            .into_iter()
+            .map(|c| CertificateDer::from(c.to_vec()))
+            .collect();
+        let Some(active) = roots.active() else {
+            let root = self.signer(reader)?;
+            if bundle.is_empty() {
+                // Bootstrapping: the root is not in the log yet.
+                bundle.push(root.cert_der.clone());
+            }
+            return Ok(TransportSigner {
+                root,
+                cross: Vec::new(),
+                bundle,
+            });
+        };
+        let root = self.rotated_root(reader, &active.cert_der)?;
+        let mut cross = Vec::new();
+        for other in bundle.iter().filter(|c| **c != root.cert_der) {
+            let older = if bootstrap.as_deref() == Some(other.as_ref()) {
+                self.signer(reader)
+            } else {
+                self.rotated_root(reader, other)
+            };
+            match older.and_then(|o| Ok(o.cross_certify(&root)?)) {
+                Ok(c) => cross.push(c),
+                // Without it, holders of only that root cannot verify the new certificate;
+                // the rotation goes on for everyone else.
+                Err(e) => tracing::warn!(
+                    root = %authsec_domain::fingerprint(other),
+                    error = %e,
+                    "no cross-certificate from a trusted root"
+                ),
+            }
+        }
+        Ok(TransportSigner {
+            root,
+            cross,
+            bundle,
+        })
+    }
+
+    /// Trust exactly `bundle` at every handshake from now on, and keep it on disk for the
+    /// next start: a prepared root is trusted at once, a retired one no longer.
+    pub fn set_trust(&self, bundle: Vec<CertificateDer<'static>>) -> anyhow::Result<()> {
+        let Some(tls) = &self.tls else {
+            return Ok(());
+        };
+        if self.files.node_ca()?.is_some() {
+            // Offline-root mode: the operator's root is the bundle; nothing rotates here.
+            return Ok(());
+        }
+        if tls.set_bundle(bundle.clone())? {
+            self.files.write_bundle(&bundle)?;
+            tracing::info!(
+                node_id = self.node_id,
+                roots = ?bundle.iter().map(|c| pki::fingerprint(c)).collect::<Vec<_>>(),
+                "transport trust bundle changed"
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether this node's transport certificate must be re-issued now: the signing root
+    /// changed (a root rotation was activated), so the current leaf is not signed by it.
+    pub fn needs_reissue(&self, reader: &Reader) -> bool {
+        let Some(tls) = &self.tls else {
+            return false;
+        };
+        if !matches!(self.files.node_ca(), Ok(None)) {
+            return false;
+        }
+        let Ok(roots) = reader.load_roots() else {
+            return false;
+        };
+        let Some(active) = roots.active() else {
+            return false;
+        };
+        tls.chain()
+            .first()
+            .is_some_and(|leaf| !crate::keymgr::signed_by(leaf, &active.cert_der))
     }
 
     /// A new root for rotation, made here (this node must hold the KEK): the certificate and
@@ -195,10 +302,11 @@ impl Security {
         sans: &Sans,
     ) -> Result<Signed, SignerError> {
         let pk = pki::csr_public_key(csr_der)?;
-        let root = self.signer(reader)?;
-        let leaf = root.sign_node(&self.td, node_id, &pk, sans, self.ttl)?;
-        let root_der = root.cert_der.to_vec();
-        Ok((vec![leaf.to_vec(), root_der.clone()], vec![root_der]))
+        let s = self.transport_signer(reader)?;
+        let leaf = s.root.sign_node(&self.td, node_id, &pk, sans, self.ttl)?;
+        let mut chain = vec![leaf.to_vec()];
+        chain.extend(s.cross.iter().map(|c| c.to_vec()));
+        Ok((chain, s.bundle.iter().map(|c| c.to_vec()).collect()))
     }
 
     /// Sign an intermediate CA (pathLen 0) for `node_id`'s SVID signing key: `(certificate,
@@ -262,22 +370,42 @@ impl Security {
         Err(last)
     }
 
+    /// The certificate chain member `node_id` serves at `addr` now (leaf first).
+    pub async fn served_chain(
+        &self,
+        addr: &str,
+        node_id: u64,
+    ) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+        let Some(state) = &self.tls else {
+            bail!("an --insecure cluster serves no certificates");
+        };
+        tls::served_chain(
+            state,
+            addr,
+            tls::Expect::Node(node_id),
+            Duration::from_secs(3),
+        )
+        .await
+        .with_context(|| format!("node {node_id} at {addr}"))
+    }
+
     /// Offline-root mode: this node's operator-signed intermediate, if any.
     pub fn offline_node_ca(&self) -> Result<Option<pki::NodeCa>, PkiError> {
         self.files.node_ca()
     }
 
-    /// Sign an admin certificate for a CSR's key: `(certificate, root)`, DER.
+    /// Sign an admin certificate for a CSR's key under the signing root: the certificate and
+    /// the transport bundle (what the admin trusts), DER.
     pub fn sign_admin(
         &self,
         reader: &Reader,
         name: &str,
         csr_der: &[u8],
-    ) -> Result<(Vec<u8>, Vec<u8>), SignerError> {
+    ) -> Result<(Vec<u8>, Vec<Vec<u8>>), SignerError> {
         let pk = pki::csr_public_key(csr_der)?;
-        let root = self.signer(reader)?;
-        let cert = root.sign_admin(&self.td, name, &pk)?;
-        Ok((cert.to_vec(), root.cert_der.to_vec()))
+        let s = self.transport_signer(reader)?;
+        let cert = s.root.sign_admin(&self.td, name, &pk)?;
+        Ok((cert.to_vec(), s.bundle.iter().map(|c| c.to_vec()).collect()))
     }
 
     /// Renew this node's certificate: a fresh key, signed here if this node holds the KEK,
@@ -378,11 +506,31 @@ pub fn with_roots(
     chain
 }
 
-/// Renew the certificate at half-life, forever; retries failures every few seconds.
+/// Renew the certificate at half-life, and at once when the signing root changes (a root
+/// rotation was activated), forever; retries failures every few seconds.
 pub async fn renew_loop(sec: Arc<Security>, reader: Reader, raft: Raft) {
+    /// How often the signing root is looked at (one projection read).
+    const ROOT_CHECK: Duration = Duration::from_secs(1);
     loop {
-        let wait = sec.renew_in().unwrap_or(Duration::from_secs(60));
-        tokio::time::sleep(wait.max(Duration::from_millis(200))).await;
+        let due = tokio::time::Instant::now()
+            + sec
+                .renew_in()
+                .unwrap_or(Duration::from_secs(60))
+                .max(Duration::from_millis(200));
+        loop {
+            let now = tokio::time::Instant::now();
+            if now >= due {
+                break;
+            }
+            tokio::time::sleep((due - now).min(ROOT_CHECK)).await;
+            if sec.needs_reissue(&reader) {
+                tracing::info!(
+                    node_id = sec.node_id,
+                    "the signing root changed: re-issuing this node's certificate under it"
+                );
+                break;
+            }
+        }
         if let Err(e) = sec.renew(&reader, &raft).await {
             tracing::warn!(
                 node_id = sec.node_id,

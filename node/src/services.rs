@@ -466,7 +466,7 @@ impl ClusterService for Cluster {
         } else {
             None
         };
-        let (cert, root) = sec
+        let (cert, bundle) = sec
             .sign_admin(&self.0.reader, &r.name, &r.csr_der)
             .map_err(crate::join::signer_status)?;
         let (receipt, _) = self
@@ -486,7 +486,7 @@ impl ClusterService for Cluster {
         tracing::info!(name = %r.name, rotate = r.rotate, "admin certificate issued");
         Ok(Response::new(v1::IssueAdminResponse {
             cert_chain_der: vec![cert],
-            bundle_der: vec![root],
+            bundle_der: bundle,
             receipt: Some(receipt),
         }))
     }
@@ -526,9 +526,14 @@ impl ClusterService for Cluster {
         Ok(Response::new(v1::CreateJoinTokenResponse {
             token: token.reveal(),
             expires_at_ms,
-            ca_fingerprint: meta
-                .root_cert
-                .as_deref()
+            // The root that signs node certificates now (after a root rotation, not the
+            // bootstrap root): every node serves it in its chain for the joiner to pin.
+            ca_fingerprint: self
+                .0
+                .reader
+                .load_roots()
+                .map_err(internal)?
+                .signing_with(meta.root_cert.as_deref())
                 .map(crate::pki::fingerprint)
                 .unwrap_or_default(),
             receipt: Some(receipt),

@@ -199,6 +199,9 @@ pub struct PeerInfo {
     pub spiffe_id: Option<SpiffeId>,
     /// `sha256:<hex>` of the presented leaf certificate.
     pub cert_fingerprint: Option<String>,
+    /// The presented leaf certificate itself (which root it chains to matters when a root
+    /// is retired: an admin must not retire the root of its own credential).
+    pub leaf: Option<CertificateDer<'static>>,
 }
 
 struct Material {
@@ -310,6 +313,30 @@ impl TlsState {
         g.0 = roots;
         self.set_material(m);
         Ok(())
+    }
+
+    /// Trust exactly `roots` from the next handshake on (the replicated trust bundle, after a
+    /// root was prepared or retired); `false` when they are what is trusted already.
+    pub fn set_bundle(&self, roots: Vec<CertificateDer<'static>>) -> Result<bool, TlsError> {
+        let mut g = self.bundle.write().unwrap_or_else(|p| p.into_inner());
+        if g.0 == roots && g.1.is_empty() {
+            return Ok(false);
+        }
+        let m = Arc::new(Self::material_for(
+            &self.provider,
+            roots.clone(),
+            self.current().identity.clone(),
+        )?);
+        g.0 = roots;
+        g.1.clear();
+        self.set_material(m);
+        Ok(true)
+    }
+
+    /// The roots trusted now: the bundle and the extra ones.
+    pub fn trusted(&self) -> Vec<CertificateDer<'static>> {
+        let g = self.bundle.read().unwrap_or_else(|p| p.into_inner());
+        union(&g.0, &g.1)
     }
 
     /// Trust `extra` besides the bundle (rotated SVID roots), from the next handshake on.
@@ -979,9 +1006,14 @@ pub fn incoming(
             tokio::spawn(async move {
                 match accept(&acceptor, tcp, remote, HANDSHAKE_TIMEOUT).await {
                     Accepted::Ok(tls) => {
-                        let leaf = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
-                        let spiffe_id = leaf.and_then(|c| svid_id(c).ok());
-                        let cert_fingerprint = leaf.map(|c| sha256_pin(c.as_ref()));
+                        let leaf = tls
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .map(|c| c.clone().into_owned());
+                        let spiffe_id = leaf.as_ref().and_then(|c| svid_id(c).ok());
+                        let cert_fingerprint = leaf.as_ref().map(|c| sha256_pin(c.as_ref()));
                         let (anonymous, closes) = if leaf.is_some() {
                             (None, None)
                         } else {
@@ -1009,6 +1041,7 @@ pub fn incoming(
                                 remote: Some(remote),
                                 spiffe_id,
                                 cert_fingerprint,
+                                leaf,
                             },
                         };
                         let _ = tx.send(Ok(conn)).await;
@@ -1051,4 +1084,30 @@ pub async fn connect(
         return Err(std::io::Error::other("the peer did not negotiate HTTP/2"));
     }
     Ok(hyper_util::rt::TokioIo::new(tls))
+}
+
+/// The certificate chain the server at `addr` serves (leaf first), as a handshake shows it to
+/// `state` expecting `expect`: what its peers and clients verify, not what it says of itself.
+pub async fn served_chain(
+    state: &Arc<TlsState>,
+    addr: &str,
+    expect: Expect,
+    timeout: Duration,
+) -> Result<Vec<CertificateDer<'static>>, std::io::Error> {
+    let config = state.client_config(expect).map_err(std::io::Error::other)?;
+    let conn = tokio::time::timeout(timeout, connect(addr, config))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no handshake within {timeout:?}"),
+            )
+        })??;
+    Ok(conn
+        .inner()
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+        .unwrap_or_default())
 }

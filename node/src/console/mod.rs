@@ -405,6 +405,7 @@ fn peer(id: &SpiffeId) -> PeerInfo {
         remote: None,
         spiffe_id: Some(id.clone()),
         cert_fingerprint: None,
+        leaf: None,
     }
 }
 
