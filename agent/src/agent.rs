@@ -310,11 +310,9 @@ impl Agent {
                     jwks: jwt_only(&b.spiffe_bundle_json),
                 },
             );
-            // Trust rotated roots for our own connections from the next handshake on.
-            if let Err(e) = self
-                .tls
-                .set_extra_roots(Identity::ders(&b.x509_authorities_der))
-            {
+            // Our own connections trust exactly the synced bundle from the next handshake
+            // on: a prepared root at once, a retired one no longer.
+            if let Err(e) = self.tls.set_bundle(Identity::ders(&b.x509_authorities_der)) {
                 tracing::warn!(error = %e, "the synced bundle could not be trusted");
             }
         }

@@ -159,20 +159,6 @@ pub fn claimed_uri(cert: &CertificateDer<'_>) -> Option<String> {
     )
 }
 
-/// `a` then whatever of `b` it lacks.
-fn union(
-    a: &[CertificateDer<'static>],
-    b: &[CertificateDer<'static>],
-) -> Vec<CertificateDer<'static>> {
-    let mut out = a.to_vec();
-    for c in b {
-        if !out.contains(c) {
-            out.push(c.clone());
-        }
-    }
-    out
-}
-
 /// Which server a client accepts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Expect {
@@ -216,9 +202,8 @@ pub struct TlsState {
     trust_domain: TrustDomain,
     provider: Arc<CryptoProvider>,
     material: RwLock<Arc<Material>>,
-    /// The bundle as given by `new`/`replace`, and roots trusted besides it (rotated SVID
-    /// roots, so agents holding SVIDs under them can call); the material trusts both.
-    bundle: RwLock<(Vec<CertificateDer<'static>>, Vec<CertificateDer<'static>>)>,
+    /// The bundle the material trusts, as given by `new`, `replace` or `set_bundle`.
+    bundle: RwLock<Vec<CertificateDer<'static>>>,
     revoked: RwLock<Arc<BTreeSet<u64>>>,
     /// Fingerprints (`sha256:<hex>`) of single certificates refused (rotated admins).
     revoked_certs: RwLock<Arc<BTreeSet<String>>>,
@@ -247,7 +232,7 @@ impl TlsState {
             trust_domain,
             provider,
             material: RwLock::new(Arc::new(material)),
-            bundle: RwLock::new((roots, Vec::new())),
+            bundle: RwLock::new(roots),
             revoked: RwLock::new(Arc::new(BTreeSet::new())),
             revoked_certs: RwLock::new(Arc::new(BTreeSet::new())),
         }))
@@ -308,9 +293,8 @@ impl TlsState {
         key: PrivateKeyDer<'static>,
     ) -> Result<(), TlsError> {
         let mut g = self.bundle.write().unwrap_or_else(|p| p.into_inner());
-        let all = union(&roots, &g.1);
-        let m = Arc::new(Self::material(&self.provider, all, chain, key)?);
-        g.0 = roots;
+        let m = Arc::new(Self::material(&self.provider, roots.clone(), chain, key)?);
+        *g = roots;
         self.set_material(m);
         Ok(())
     }
@@ -319,7 +303,7 @@ impl TlsState {
     /// root was prepared or retired); `false` when they are what is trusted already.
     pub fn set_bundle(&self, roots: Vec<CertificateDer<'static>>) -> Result<bool, TlsError> {
         let mut g = self.bundle.write().unwrap_or_else(|p| p.into_inner());
-        if g.0 == roots && g.1.is_empty() {
+        if *g == roots {
             return Ok(false);
         }
         let m = Arc::new(Self::material_for(
@@ -327,33 +311,9 @@ impl TlsState {
             roots.clone(),
             self.current().identity.clone(),
         )?);
-        g.0 = roots;
-        g.1.clear();
+        *g = roots;
         self.set_material(m);
         Ok(true)
-    }
-
-    /// The roots trusted now: the bundle and the extra ones.
-    pub fn trusted(&self) -> Vec<CertificateDer<'static>> {
-        let g = self.bundle.read().unwrap_or_else(|p| p.into_inner());
-        union(&g.0, &g.1)
-    }
-
-    /// Trust `extra` besides the bundle (rotated SVID roots), from the next handshake on.
-    pub fn set_extra_roots(&self, extra: Vec<CertificateDer<'static>>) -> Result<(), TlsError> {
-        let mut g = self.bundle.write().unwrap_or_else(|p| p.into_inner());
-        if g.1 == extra {
-            return Ok(());
-        }
-        let all = union(&g.0, &extra);
-        let m = Arc::new(Self::material_for(
-            &self.provider,
-            all,
-            self.current().identity.clone(),
-        )?);
-        g.1 = extra;
-        self.set_material(m);
-        Ok(())
     }
 
     fn set_material(&self, m: Arc<Material>) {
