@@ -12,4 +12,4 @@ export AUTHSEC_ROTATION_TTL_S="${AUTHSEC_ROTATION_TTL_S:-60}"
 export AUTHSEC_ROTATION_SECS="${AUTHSEC_ROTATION_SECS:-300}"
 cargo build --locked --workspace --all-targets
 exec cargo test --locked --workspace -- --exact --nocapture \
-    node_certificates_rotate_under_load_without_a_failed_request
+    node_certificates_and_their_root_rotate_under_load_without_a_failed_request

@@ -4,7 +4,9 @@
 //! not, so they renew through it) runs with a short certificate lifetime while writers hammer
 //! it, half of them opening a new TLS connection for every request (so every handshake meets
 //! whatever certificate the node serves at that moment). Every request must succeed, and
-//! every node must have renewed.
+//! every node must have renewed. Half way, the trust domain's root is rotated under them
+//! (prepared, then activated): each node re-issues its certificate under the new root while
+//! the writers, holding only the old root, go on.
 //!
 //! The default run is short (30 s certificates, 65 s of load: two renewals per node). The
 //! issue's acceptance run is `scripts/rotation.sh` (60 s certificates, 5 minutes):
@@ -15,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use authsec_api::v1;
 use authsec_chaos_tests::{register_req, Cluster, Options};
 use rustls::pki_types::pem::PemObject;
@@ -28,7 +31,8 @@ fn env_u64(name: &str, default: u64) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn node_certificates_rotate_under_load_without_a_failed_request() -> anyhow::Result<()> {
+async fn node_certificates_and_their_root_rotate_under_load_without_a_failed_request(
+) -> anyhow::Result<()> {
     authsec_chaos_tests::init_test_tracing();
     let ttl = env_u64("AUTHSEC_ROTATION_TTL_S", 30);
     let secs = env_u64("AUTHSEC_ROTATION_SECS", 65);
@@ -107,7 +111,25 @@ async fn node_certificates_rotate_under_load_without_a_failed_request() -> anyho
             }
         }));
     }
-    tokio::time::sleep(Duration::from_secs(secs)).await; // the load runs for `secs`
+    // The load runs for `secs`. A third of the way in, a new root is prepared; half way, it
+    // is activated: every node re-issues its certificate under it while the writers, which
+    // hold only the old root, go on (the nodes serve the old root's cross-certificate).
+    tokio::time::sleep(Duration::from_secs(secs / 3)).await;
+    let mut roots = v1::root_service_client::RootServiceClient::new(c.channel(1).await?);
+    let prepared = roots
+        .prepare_root(v1::PrepareRootRequest {})
+        .await?
+        .into_inner()
+        .root
+        .context("the prepared root")?;
+    tokio::time::sleep(Duration::from_secs(secs / 2 - secs / 3)).await;
+    roots
+        .activate_root(v1::ActivateRootRequest {
+            fingerprint: prepared.fingerprint.clone(),
+            force: true,
+        })
+        .await?;
+    tokio::time::sleep(Duration::from_secs(secs - secs / 2)).await;
     stop.store(true, Ordering::Relaxed);
     for w in writers {
         w.await?;
@@ -136,6 +158,16 @@ async fn node_certificates_rotate_under_load_without_a_failed_request() -> anyho
             initial[i],
             "node {}'s certificate on disk is the renewed one",
             i + 1
+        );
+    }
+    for id in 1..=3u64 {
+        let chain = c.served_chain(id).await?;
+        let leaf = chain.first().context("no certificate served")?;
+        let (_, leaf) = x509_parser::parse_x509_certificate(leaf)?;
+        let (_, root) = x509_parser::parse_x509_certificate(&prepared.cert_der)?;
+        assert!(
+            leaf.verify_signature(Some(root.public_key())).is_ok(),
+            "node {id} serves a certificate of the new root"
         );
     }
     c.wait_converged(&[1, 2, 3], ok, t).await?;

@@ -8,9 +8,9 @@
 //! is still in use. Holders of the bundle see both roots through the overlap, so no SVID fails
 //! verification with the bundle its workload holds.
 //!
-//! The bootstrap root keeps signing the cluster's own transport and admin certificates (it
-//! stays in the nodes' TLS trust even when retired from the SPIFFE bundle): rotating that one
-//! is separate work.
+//! The same roots anchor the cluster's own transport: the signing root signs node and admin
+//! certificates too, and the nodes trust exactly the bundle's roots, so retiring a root takes
+//! it out of their TLS trust as well (the node enforces the waits; see `node/src/bundle.rs`).
 
 use serde::{Deserialize, Serialize};
 
@@ -55,7 +55,7 @@ pub struct SvidRoot {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RootsMeta {
     pub roots: Vec<SvidRoot>,
-    /// The bootstrap root left the SPIFFE bundle (it still anchors the cluster's own TLS).
+    /// The bootstrap root left the SPIFFE bundle (and so the cluster's TLS trust).
     pub bootstrap_retired: bool,
 }
 

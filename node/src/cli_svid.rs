@@ -441,8 +441,10 @@ pub enum RootsCmd {
         #[command(flatten)]
         common: Common,
     },
-    /// Sign node intermediates with the prepared root from now on. Refused until the root has
-    /// been in the bundle for a refresh hint (300 s), unless --force.
+    /// Sign node intermediates, node certificates and admin certificates with the prepared
+    /// root from now on (nodes re-issue theirs at once; admins run `authsec admin rotate`).
+    /// Refused until the root has been in the bundle for a refresh hint (300 s), unless
+    /// --force.
     Activate {
         #[command(flatten)]
         common: Common,
@@ -450,7 +452,8 @@ pub enum RootsCmd {
         #[arg(long)]
         force: bool,
     },
-    /// Take a root out of the bundle. Refused while intermediates it signed are in use, unless
+    /// Take a root out of the bundle and out of every node's TLS trust. Refused while your own
+    /// certificate, a member's certificate or an intermediate in use depends on it, unless
     /// --force.
     Retire {
         #[command(flatten)]
