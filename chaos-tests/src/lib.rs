@@ -1101,6 +1101,20 @@ impl Cluster {
         Ok((r.token, r.ca_fingerprint))
     }
 
+    /// Issue another admin credential to `out` with the real CLI (`authsec admin issue`
+    /// against node `via`, as the harness' admin). It holds no permission until bound a role.
+    pub fn issue_admin(&self, via: u64, name: &str, out: &Path) -> anyhow::Result<()> {
+        let out = out
+            .to_str()
+            .ok_or_else(|| anyhow!("{} is not UTF-8", out.display()))?;
+        cli_ok(&run_cli(
+            &self.addr(via)?,
+            &self.admin_dir(),
+            &["admin", "issue", "--name", name, "--out", out],
+        )?)?;
+        Ok(())
+    }
+
     /// Rotate the harness' admin credential in place with the real CLI (`authsec admin
     /// rotate` against node `via`): a new key and a certificate under the cluster's signing
     /// root, the old certificate refused from that commit on. Later calls use the new one.

@@ -742,18 +742,7 @@ async fn the_console_signs_in_with_a_one_time_link_and_guards_every_action() -> 
     // An admin whose roles grant the console and reading clients, but not writing them: it
     // sees the page, and its create is refused with nothing written.
     let ops_dir = c.admin_dir().parent().context("dir")?.join("ops-admin");
-    cli_ok(&run_cli(
-        &c.addr(1)?,
-        &c.admin_dir(),
-        &[
-            "admin",
-            "issue",
-            "--name",
-            "ops",
-            "--out",
-            ops_dir.to_str().context("path")?,
-        ],
-    )?)?;
+    c.issue_admin(1, "ops", &ops_dir)?;
     let ops = format!("spiffe://{TRUST_DOMAIN}/authsec/admin/ops");
     Admin(&c)
         .role(

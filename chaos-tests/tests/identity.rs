@@ -359,12 +359,7 @@ async fn admin_permissions_and_bad_input_are_refused_and_write_nothing() -> anyh
 
     // A reader: an admin whose role grants only clients.read.
     let reader_dir = tmp.path().join("reader");
-    let reader_path = reader_dir.display().to_string();
-    ok(&run(
-        &a1,
-        &admin,
-        &["admin", "issue", "--name", "reader", "--out", &reader_path],
-    )?)?;
+    c.issue_admin(1, "reader", &reader_dir)?;
     ok(&run(
         &a1,
         &admin,
