@@ -261,9 +261,8 @@ impl Security {
         let Some(tls) = &self.tls else {
             return false;
         };
-        if !matches!(self.files.node_ca(), Ok(None)) {
-            return false;
-        }
+        // No rotated root is active in offline-root mode (no node can make one), so the
+        // common case ends here without touching the node's files.
         let Ok(roots) = reader.load_roots() else {
             return false;
         };
@@ -273,6 +272,7 @@ impl Security {
         tls.chain()
             .first()
             .is_some_and(|leaf| !crate::keymgr::signed_by(leaf, &active.cert_der))
+            && matches!(self.files.node_ca(), Ok(None))
     }
 
     /// A new root for rotation, made here (this node must hold the KEK): the certificate and
