@@ -21,8 +21,11 @@ const GROUP_MAX: usize = 4096;
 /// How long a sync waits for company when the previous one was shared. Measured with the
 /// outbox in its own files (64 connections, tokens/s): no wait 13.6k-15.8k (a sync per
 /// handful of tokens costs more CPU than it saves in latency), 100 µs 17.1k-17.4k, 200 µs
-/// 17.0k-17.9k, 400 µs 18.1k-19.8k, 800 µs 18.2k-21.0k, 1.6 ms 17.2k-17.8k.
-const LINGER: Duration = Duration::from_micros(400);
+/// 17.0k-17.9k, 400 µs 18.1k-19.8k, 800 µs 18.2k-21.0k, 1.6 ms 17.2k-17.8k. Spread over three
+/// nodes a node sees a third of the load: at 400 µs it synced 6.5 tokens at a time and a
+/// token cost 88-95 µs of CPU; at 1 ms, 12.6 and 79 µs, with more throughput on one node and
+/// on three; at 2 ms one node lost a third of its throughput (docs/benchmarks.md).
+const LINGER: Duration = Duration::from_millis(1);
 /// Encoded bytes per proposal (the log's batches hold 1 MiB).
 const PROPOSAL_BYTES_MAX: usize = 512 * 1024;
 /// How often the outbox is proposed when nothing wakes the flusher sooner.
