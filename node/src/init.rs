@@ -153,15 +153,7 @@ pub async fn join_pki(
                 if tls::svid_id(leaf)? != id {
                     bail!("{peer} issued a certificate that is not for {id}");
                 }
-                files.write_bundle(&bundle)?;
-                // The leaf and any cross-certificates (a root rotation under way), not the
-                // roots: those are the bundle.
-                let own: Vec<_> = chain
-                    .iter()
-                    .filter(|c| !bundle.contains(c))
-                    .cloned()
-                    .collect();
-                files.write_identity(&own, &key)?;
+                files.write_signed(&chain, &bundle, &key)?;
                 crate::secrets::store_local_key(&files.dir, &r.client_secret_key)?;
                 return Ok(r.members);
             }

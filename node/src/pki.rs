@@ -779,6 +779,24 @@ impl NodeFiles {
         write_file(&self.cert(), pem_certs(chain).as_bytes(), 0o644)
     }
 
+    /// Keep a signed chain with its key and its trust bundle: the bundle's roots in the
+    /// bundle file, the rest of the chain (the leaf, any cross-certificates of a root
+    /// rotation) with the key.
+    pub fn write_signed<'a>(
+        &self,
+        chain: &[CertificateDer<'a>],
+        bundle: &[CertificateDer<'a>],
+        key: &KeyPair,
+    ) -> Result<(), PkiError> {
+        let own: Vec<_> = chain
+            .iter()
+            .filter(|c| !bundle.contains(c))
+            .cloned()
+            .collect();
+        self.write_identity(&own, key)?;
+        self.write_bundle(bundle)
+    }
+
     pub fn load_bundle(&self) -> Result<Vec<CertificateDer<'static>>, PkiError> {
         read_certs(&self.bundle())
     }

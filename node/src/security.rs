@@ -443,13 +443,7 @@ impl Security {
         let key_der = PrivateKeyDer::try_from(key.serialize_der())
             .map_err(|e| anyhow::anyhow!("new key: {e}"))?;
         state.replace(bundle.clone(), with_roots(chain.clone(), &bundle), key_der)?;
-        let own: Vec<_> = chain
-            .iter()
-            .filter(|c| !bundle.contains(c))
-            .cloned()
-            .collect();
-        self.files.write_identity(&own, &key)?;
-        self.files.write_bundle(&bundle)?;
+        self.files.write_signed(&chain, &bundle, &key)?;
         tracing::info!(
             node_id = self.node_id,
             not_after_s = pki::not_after(&chain[0])?.as_secs(),
