@@ -48,6 +48,8 @@ impl Tag {
     pub const AUDIT_PRUNED: Tag = Tag(0x1a);
     /// What each node last reported of its audit sinks (`proj_meta/sink_acks`).
     pub const SINK_ACKS: Tag = Tag(0x1b);
+    /// Live admin certificates (`proj_meta/admins`).
+    pub const ADMINS: Tag = Tag(0x1c);
     // 0x40.. are the storage crate's own (raft log entries, votes, membership, ...).
 }
 

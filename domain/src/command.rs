@@ -386,6 +386,17 @@ pub enum Command {
     /// Retention's shorter bound, committed part by part (what nodes propose since
     /// `ElideIssuances`' single digest could be cut by a prune).
     ElideIssuanceParts(crate::audit::SplitElision),
+    // Admin credentials, tracked (see [`crate::admins`]). New variants go last.
+    /// An admin certificate the serving node signed: its fingerprint, the root that signed it
+    /// and its expiry; with `revokes`, the certificate it replaces (a rotation), refused from
+    /// now on. Replaces `RecordAdminIssued`, which stays for the log's older entries.
+    RecordAdminCertificate {
+        name: String,
+        fingerprint: String,
+        root: String,
+        not_after_ms: u64,
+        revokes: Option<String>,
+    },
 }
 
 /// Where a rotated root's sealed key is kept in `sealed_secrets`.
@@ -445,6 +456,7 @@ impl Command {
             Command::ElideIssuances(_) => "elide_issuances",
             Command::RecordSinkProgress { .. } => "record_sink_progress",
             Command::ElideIssuanceParts(_) => "elide_issuance_parts",
+            Command::RecordAdminCertificate { .. } => "record_admin_certificate",
         }
     }
 

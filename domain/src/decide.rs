@@ -335,47 +335,16 @@ fn cluster_rules(state: &State, c: &Command, time_ms: u64) -> Result<Vec<Event>,
             fingerprint,
             revokes,
         } => {
-            if name.is_empty()
-                || name.len() > limits::ADMIN_NAME_BYTES_MAX
-                || !name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-            {
-                return Err(Rejection::InvalidField {
-                    field: "name".into(),
-                    reason: format!(
-                        "1 to {} ASCII letters, digits, '-', '_' or '.'",
-                        limits::ADMIN_NAME_BYTES_MAX
-                    ),
-                });
-            }
-            let pin_ok = |f: &str| {
-                f.strip_prefix("sha256:")
-                    .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-            };
-            if !pin_ok(fingerprint) || revokes.as_deref().is_some_and(|r| !pin_ok(r)) {
-                return Err(Rejection::InvalidField {
-                    field: "fingerprint".into(),
-                    reason: "must be sha256:<64 hex digits>".into(),
-                });
+            crate::admins::check_name(name)?;
+            crate::admins::check_pin("fingerprint", fingerprint)?;
+            if let Some(r) = revokes {
+                crate::admins::check_pin("fingerprint", r)?;
             }
             let mut events = vec![Event::AdminIssued {
                 name: name.clone(),
                 fingerprint: fingerprint.clone(),
             }];
-            if let Some(r) = revokes {
-                if !state.security.revoked_certs.contains(r) {
-                    if state.security.revoked_certs.len() >= limits::REVOKED_CERTS_MAX {
-                        return Err(Rejection::LimitReached {
-                            what: "revoked certificates".into(),
-                            limit: limits::REVOKED_CERTS_MAX as u64,
-                        });
-                    }
-                    events.push(Event::CertificateRevoked {
-                        fingerprint: r.clone(),
-                    });
-                }
-            }
+            events.extend(crate::admins::revoke(state, revokes.as_deref())?);
             Ok(events)
         }
         _ => unreachable!("cluster_rules is called for cluster commands only"),

@@ -208,6 +208,12 @@ pub enum Event {
     IssuancePartsElided {
         elision: crate::audit::SplitElision,
     },
+    /// An admin certificate, with the root that signed it and its expiry (what `AdminIssued`
+    /// recorded before, by fingerprint only).
+    AdminCertificateIssued {
+        name: String,
+        cert: crate::admins::AdminCert,
+    },
 }
 
 /// Every record type ([`Event::kind`]), for validating export filters.
@@ -318,6 +324,7 @@ impl Event {
             Event::IssuancesElided { .. } => "audit.issuances_elided",
             Event::SinksAcknowledged { .. } => "audit.sinks_acknowledged",
             Event::IssuancePartsElided { .. } => "audit.issuances_elided",
+            Event::AdminCertificateIssued { .. } => "admin.issued",
         }
     }
 
@@ -389,6 +396,7 @@ impl Event {
             Event::IssuancesElided { elision } => format!("node:{}", elision.node_id),
             Event::SinksAcknowledged { node_id, .. } => format!("node:{node_id}"),
             Event::IssuancePartsElided { elision } => format!("node:{}", elision.node_id),
+            Event::AdminCertificateIssued { name, .. } => format!("admin:{name}"),
         }
     }
 }

@@ -333,6 +333,9 @@ pub fn evolve(state: &mut State, event: &Event, time_ms: u64) {
         Event::IssuancePartsElided { elision } => {
             state.audit_pruned.issuance_elided_through = elision.through_sequence;
         }
+        Event::AdminCertificateIssued { name, cert } => {
+            crate::admins::evolve(state, name, cert, time_ms)
+        }
         Event::IssuanceBatchRecorded { node_id, batch } => {
             crate::issuance::evolve_batch(state, *node_id, batch)
         }
@@ -448,6 +451,7 @@ impl Event {
             | Event::IssuancesElided { .. }
             | Event::IssuancePartsElided { .. } => ProjectionKey::AuditPruned,
             Event::SinksAcknowledged { .. } => ProjectionKey::SinkAcks,
+            Event::AdminCertificateIssued { .. } => ProjectionKey::Admins,
         }
     }
 

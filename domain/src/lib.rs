@@ -9,6 +9,7 @@
 //! every node that applies the same log reaches the same state, byte for byte.
 #![forbid(unsafe_code)]
 
+pub mod admins;
 pub mod audit;
 pub mod codec;
 pub mod command;

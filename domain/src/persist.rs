@@ -29,6 +29,7 @@ pub const KEY_ISSUANCE_META: &[u8] = b"issuance";
 pub const KEY_AUDIT_META: &[u8] = b"audit";
 pub const KEY_AUDIT_PRUNED: &[u8] = b"audit_pruned";
 pub const KEY_SINK_ACKS: &[u8] = b"sink_acks";
+pub const KEY_ADMINS: &[u8] = b"admins";
 /// The `proj_meta` keys this module owns.
 pub const META_KEYS: &[&[u8]] = &[
     KEY_IDENTITY,
@@ -38,6 +39,7 @@ pub const META_KEYS: &[&[u8]] = &[
     KEY_AUDIT_META,
     KEY_AUDIT_PRUNED,
     KEY_SINK_ACKS,
+    KEY_ADMINS,
 ];
 
 /// The row families this module owns, in a fixed order (snapshots and digests follow it).
@@ -201,6 +203,13 @@ impl State {
                 Tag::SINK_ACKS,
                 (!self.sink_acks.by_node.is_empty()).then_some(&self.sink_acks),
             ),
+            // No row until an admin certificate is recorded, and none once none is live.
+            ProjectionKey::Admins => put(
+                FAMILY_META,
+                KEY_ADMINS.to_vec(),
+                Tag::ADMINS,
+                (!self.admins.by_name.is_empty()).then_some(&self.admins),
+            ),
             ProjectionKey::KeysMeta => put(
                 FAMILY_META,
                 KEY_KEYS_META.to_vec(),
@@ -237,6 +246,9 @@ impl State {
             }
             FAMILY_META if key == KEY_SINK_ACKS => {
                 self.sink_acks = codec::decode(Tag::SINK_ACKS, value)?;
+            }
+            FAMILY_META if key == KEY_ADMINS => {
+                self.admins = codec::decode(Tag::ADMINS, value)?;
             }
             FAMILY_META if key == KEY_KEYS_META => {
                 self.keys_meta = codec::decode(Tag::KEYS_META, value)?;

@@ -1156,6 +1156,21 @@ pub(crate) fn decide_identity(
         Command::RecordIssuanceBatch { node_id, batch } => {
             crate::issuance::record_batch(state, *node_id, batch)
         }
+        Command::RecordAdminCertificate {
+            name,
+            fingerprint,
+            root,
+            not_after_ms,
+            revokes,
+        } => crate::admins::record(
+            state,
+            name,
+            fingerprint,
+            root,
+            *not_after_ms,
+            revokes.as_deref(),
+            time_ms,
+        ),
         Command::PruneAudit(p) => crate::audit::prune(state, p, time_ms),
         Command::ElideIssuances(e) => crate::audit::elide(state, e, time_ms),
         Command::RecordSinkProgress { node_id, sinks } => {

@@ -124,6 +124,7 @@ pub enum ProjectionKey {
     AuditMeta,
     AuditPruned,
     SinkAcks,
+    Admins,
 }
 
 /// All projections. Ordered maps only, so iteration (and so the digest) is deterministic.
@@ -164,6 +165,8 @@ pub struct State {
     pub audit_pruned: crate::audit::PruneMeta,
     /// What each node last reported of its audit sinks (retention's cluster-wide bound).
     pub sink_acks: crate::audit::SinkAcks,
+    /// Live admin certificates, with the root that signed each.
+    pub admins: crate::admins::Admins,
     /// Derived lookups, rebuilt from the rows above on load; never stored.
     pub idx: Indexes,
 }

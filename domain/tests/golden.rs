@@ -775,3 +775,57 @@ fn split_elision_is_pinned() {
     };
     check("split_elision_record_v1", &rec.to_bytes());
 }
+
+#[test]
+fn admin_certificates_are_pinned() {
+    use authsec_domain::admins::{AdminCert, Admins};
+    let cert = AdminCert {
+        fingerprint: format!("sha256:{}", "ab".repeat(32)),
+        root: format!("sha256:{}", "cd".repeat(32)),
+        not_after_ms: 1_731_536_000_000,
+        issued_at_ms: 1_700_000_000_000,
+    };
+    let batch = Batch {
+        proposals: vec![Proposal {
+            stamp: Stamp {
+                time_ms: 1_700_000_000_000,
+                seed: [8; 16],
+            },
+            actor: Actor {
+                principal: Principal::System,
+                via_node: 1,
+            },
+            command: Command::RecordAdminCertificate {
+                name: "ops".into(),
+                fingerprint: cert.fingerprint.clone(),
+                root: cert.root.clone(),
+                not_after_ms: cert.not_after_ms,
+                revokes: Some(format!("sha256:{}", "ef".repeat(32))),
+            },
+        }],
+    };
+    check(
+        "admin_certificate_batch_v1",
+        &codec::encode(Tag::BATCH, &batch),
+    );
+    let rec = AuditRecord {
+        sequence: 12,
+        log_index: 16,
+        time_ms: 1_700_000_000_000,
+        actor: Actor {
+            principal: Principal::System,
+            via_node: 1,
+        },
+        kind: "admin.issued".into(),
+        subject: "admin:ops".into(),
+        event: authsec_domain::Event::AdminCertificateIssued {
+            name: "ops".into(),
+            cert: cert.clone(),
+        },
+    };
+    check("admin_certificate_record_v1", &rec.to_bytes());
+    let row = Admins {
+        by_name: [("ops".to_owned(), vec![cert])].into_iter().collect(),
+    };
+    check("admins_v1", &codec::encode(Tag::ADMINS, &row));
+}

@@ -337,6 +337,18 @@ impl Reader {
         Ok(decode_at(cf::PROJ_META, key, Tag::ROOTS_META, v)?.unwrap_or_default())
     }
 
+    /// Live admin certificates (as of their last record: filter with [`Reader::security`]'s
+    /// revoked certificates and the clock).
+    pub fn load_admins(&self) -> Result<authsec_domain::admins::Admins, StoreError> {
+        let key = authsec_domain::persist::KEY_ADMINS;
+        let v = self
+            .store
+            .db
+            .get_cf(self.store.cf(cf::PROJ_META), key)
+            .map_err(StoreError::rocks("read admins"))?;
+        Ok(decode_at(cf::PROJ_META, key, Tag::ADMINS, v)?.unwrap_or_default())
+    }
+
     /// The SPIFFE bundle's X.509 authorities (DER), the root that signs intermediates first.
     pub fn bundle_roots(&self) -> Result<Vec<Vec<u8>>, StoreError> {
         let bootstrap = self.security()?.root_cert;
