@@ -667,6 +667,42 @@ fn chains_to(chain: &[CertificateDer<'static>], anchor: &[u8]) -> bool {
 
 /// `ClusterService/Status` as the holder of `t`: the code the call ends with. A server that
 /// answers at all (even "permission denied") accepted the caller's certificate.
+/// `authsec admin list -o json` through `admin`: (name, root, whether it is `admin`'s own),
+/// sorted.
+fn admins_under(c: &Cluster, admin: &Path) -> anyhow::Result<Vec<(String, String, bool)>> {
+    let out = authsec_chaos_tests::cli_ok(&authsec_chaos_tests::run_cli(
+        &c.addr(1)?,
+        admin,
+        &["admin", "list", "-o", "json"],
+    )?)?;
+    let mut rows = Vec::new();
+    for line in out.lines() {
+        let v: serde_json::Value = serde_json::from_str(line)?;
+        rows.push((
+            v["name"].as_str().context("name")?.to_owned(),
+            v["root"].as_str().context("root")?.to_owned(),
+            v["yours"].as_bool().context("yours")?,
+        ));
+    }
+    rows.sort();
+    Ok(rows)
+}
+
+/// Wait (10 s at most) until `t`'s credential is refused at the handshake by `addr` (the
+/// client reads the alert as a transport error), not answered.
+async fn refused_at_handshake(t: &Transport, addr: &str, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let code = status_code(t, addr).await;
+        if code != tonic::Code::PermissionDenied {
+            anyhow::ensure!(code != tonic::Code::Ok, "{what}: answered");
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{what}: still accepted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn status_code(t: &Transport, addr: &str) -> tonic::Code {
     let Ok(ch) = t.channel(addr) else {
         return tonic::Code::Unavailable;
@@ -710,9 +746,11 @@ async fn retire(c: &Cluster, fingerprint: &str, force: bool) -> anyhow::Result<O
 /// once it is activated every member re-issues its certificate under it (node 2, which holds
 /// no KEK, through node 1), served with the old root's cross-certificate, so an admin holding
 /// only the old root keeps calling; a node joins with a token pinned to the new root.
-/// Retiring the old root is refused while the caller's own credential depends on it; once it
-/// is retired, a credential under it is refused at the handshake and the cluster goes on, a
-/// restarted member too.
+/// Retiring the old root is refused while the caller's own credential depends on it, and
+/// while other admins' (tracked by the log: `authsec admin list`), a member's or an
+/// intermediate's do, all named in one answer; once it is retired (by force, past an admin who
+/// did not rotate), a credential under it is refused at the handshake and the cluster goes
+/// on, a restarted member too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_transport_root_rotates_with_no_member_or_admin_cut_off() -> anyhow::Result<()> {
     authsec_chaos_tests::init_test_tracing();
@@ -736,6 +774,10 @@ async fn the_transport_root_rotates_with_no_member_or_admin_cut_off() -> anyhow:
     assert_eq!(old_root.len(), 1);
     let old_root = old_root[0].to_vec();
     let ops = authsec_chaos_tests::admin_transport(&ops_dir)?;
+    // A third, who will not rotate: it is cut off once the old root is retired (by force).
+    let legacy_dir = tmp.path().join("legacy");
+    c.issue_admin(1, "legacy", &legacy_dir)?;
+    let legacy = authsec_chaos_tests::admin_transport(&legacy_dir)?;
     // It has no role: the node answers "permission denied", past the handshake.
     assert_eq!(
         status_code(&ops, &c.addr(2)?).await,
@@ -799,6 +841,17 @@ async fn the_transport_root_rotates_with_no_member_or_admin_cut_off() -> anyhow:
     let fp_old = authsec_domain::fingerprint(&old_root);
     let refused = retire(&c, &fp_old, false).await?.unwrap_or_default();
     assert!(refused.contains("your own admin certificate"), "{refused}");
+    // `authsec admin list` (the real CLI) shows both admins under the old root: the
+    // bootstrap admin, recorded at the bootstrap, and ops.
+    assert_eq!(
+        admins_under(&c, &c.admin_dir())?,
+        vec![
+            ("legacy".to_owned(), fp_old.clone(), false),
+            ("ops".to_owned(), fp_old.clone(), false),
+            ("root".to_owned(), fp_old.clone(), true),
+        ],
+        "name, root, yours"
+    );
     // Re-issued under the new root (the real CLI), the admin trusts both roots.
     c.rotate_admin(1)?;
     assert_eq!(certs(&c.admin_dir().join("ca.crt"))?.len(), 2);
@@ -806,35 +859,61 @@ async fn the_transport_root_rotates_with_no_member_or_admin_cut_off() -> anyhow:
         &certs(&c.admin_dir().join("admin.crt"))?,
         &new_root
     ));
-    // A member that cannot be asked which certificate it serves holds the retirement back.
+    // The other admin, who did not rotate, holds the retirement back, by name; so does a
+    // member that cannot be asked which certificate it serves.
     c.stop(3)?;
     let refused = retire(&c, &fp_old, false).await?.unwrap_or_default();
     assert!(refused.contains("node 3 could not be checked"), "{refused}");
+    assert!(refused.contains(r#"admin "ops""#), "{refused}");
+    assert!(!refused.contains(r#"admin "root""#), "rotated: {refused}");
     c.spawn(3)?;
     c.wait_converged(&[1, 2, 3], 0, T).await?;
-    // Now no member and not the caller hangs on the old root; what is left are the SVID
-    // intermediates it signed, which the SVID rotation's own check guards.
     let refused = retire(&c, &fp_old, false).await?.unwrap_or_default();
+    assert!(refused.contains(r#"admin "ops""#), "{refused}");
+    assert!(!refused.contains("node 3"), "{refused}");
+    // ops rotates too (the real CLI, with its own credential and no role at all).
+    authsec_chaos_tests::cli_ok(&authsec_chaos_tests::run_cli(
+        &c.addr(1)?,
+        &ops_dir,
+        &["admin", "rotate"],
+    )?)?;
+    let new_fp = authsec_domain::fingerprint(&new_root);
+    assert_eq!(
+        admins_under(&c, &c.admin_dir())?,
+        vec![
+            ("legacy".to_owned(), fp_old.clone(), false),
+            ("ops".to_owned(), new_fp.clone(), false),
+            ("root".to_owned(), new_fp.clone(), true),
+        ]
+    );
+    // Its new credential gets through to every node; its old one is refused.
+    let ops_old = ops;
+    let ops = authsec_chaos_tests::admin_transport(&ops_dir)?;
+    for id in [1, 2, 3] {
+        assert_eq!(
+            status_code(&ops, &c.addr(id)?).await,
+            tonic::Code::PermissionDenied,
+            "node {id}"
+        );
+    }
+    refused_at_handshake(&ops_old, &c.addr(1)?, "the replaced certificate").await?;
+    // What is left: the admin who did not rotate, and the SVID intermediates the old root
+    // signed, named together.
+    let refused = retire(&c, &fp_old, false).await?.unwrap_or_default();
+    assert!(refused.contains(r#"admin "legacy""#), "{refused}");
     assert!(refused.contains("intermediates in use"), "{refused}");
+    assert!(!refused.contains(r#"admin "ops""#), "rotated: {refused}");
+    assert!(!refused.contains("node "), "{refused}");
     assert_eq!(retire(&c, &fp_old, true).await?, None);
     // Every node refuses a credential under the retired root from the commit on.
     c.wait_converged(&[1, 2, 3], 0, T).await?;
     for id in [1, 2, 3] {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            // Refused at the handshake (the client reads the alert as a transport error),
-            // not answered.
-            let code = status_code(&ops, &c.addr(id)?).await;
-            if code != tonic::Code::PermissionDenied {
-                assert_ne!(code, tonic::Code::Ok, "node {id}");
-                break;
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "node {id} still accepts a certificate of the retired root"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        refused_at_handshake(
+            &legacy,
+            &c.addr(id)?,
+            &format!("node {id}: a certificate of the retired root"),
+        )
+        .await?;
     }
     // Node 2 holds no KEK, node 3 joined under the new root; a restart of node 2 comes back
     // on the trust it kept on disk, and the cluster writes.

@@ -1105,7 +1105,7 @@ async fn root_rotation_under_renewals_with_no_verification_failure() -> anyhow::
                         .expect_err("retiring a root that anchors live intermediates");
                     assert_eq!(early.code(), tonic::Code::FailedPrecondition, "{early:?}");
                     assert!(
-                        early.message().contains("still anchors"),
+                        early.message().contains("intermediates in use"),
                         "{}",
                         early.message()
                     );

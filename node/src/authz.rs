@@ -39,7 +39,7 @@ pub fn admin_permission(path: &str) -> String {
         "FederationService" => "federation",
         "ConsoleService" => "console",
         "RootService" => "ca",
-        "ClusterService" if method == "IssueAdmin" => "admins",
+        "ClusterService" if matches!(method, "IssueAdmin" | "ListAdmins") => "admins",
         "ClusterService" if method == "SaveSnapshot" => "backup",
         "ClusterService" => "cluster",
         _ => "other",
@@ -134,6 +134,9 @@ pub enum Need {
     /// Any identity of the trust domain (an agent, a workload, a node, an admin); the service
     /// decides what it may do.
     Identity,
+    /// Any admin identity, whatever its roles: the call acts on the caller's own credential
+    /// only (rotating it).
+    AnyAdmin,
 }
 
 pub fn need(path: &str) -> Need {
@@ -148,6 +151,8 @@ pub fn need(path: &str) -> Need {
         || path.starts_with("/authsec.v1.AgentApiService/")
     {
         Need::Identity
+    } else if path == "/authsec.v1.ClusterService/RotateAdmin" {
+        Need::AnyAdmin
     } else if path.starts_with("/authsec.internal.v1.PeerService/")
         || path.starts_with("/authsec.v1.NodeService/")
     {
@@ -186,7 +191,7 @@ pub fn check(
     }
     let ok = match need {
         Need::Node => node_id_of(td, id).is_some(),
-        Need::Admin => crate::pki::admin_name_of(td, id).is_some(),
+        Need::Admin | Need::AnyAdmin => crate::pki::admin_name_of(td, id).is_some(),
         Need::Anyone | Need::Identity => true,
     };
     if ok && need == Need::Admin {
@@ -262,7 +267,7 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::admin_permission;
+    use super::{admin_permission, need, Need};
 
     #[test]
     fn every_admin_call_maps_to_one_permission() {
@@ -289,11 +294,22 @@ mod tests {
             ("/authsec.v1.ClusterService/Status", "cluster.read"),
             ("/authsec.v1.ClusterService/RemoveNode", "cluster.write"),
             ("/authsec.v1.ClusterService/IssueAdmin", "admins.write"),
+            ("/authsec.v1.ClusterService/ListAdmins", "admins.read"),
             ("/authsec.v1.ClusterService/SaveSnapshot", "backup.read"),
             ("/authsec.v1.ConsoleService/CreateLogin", "console.write"),
             ("/authsec.v1.Unknown/Thing", "other.write"),
         ] {
             assert_eq!(admin_permission(path), want, "{path}");
         }
+    }
+
+    #[test]
+    fn rotating_ones_own_credential_needs_an_admin_identity_and_no_role() {
+        assert_eq!(
+            need("/authsec.v1.ClusterService/RotateAdmin"),
+            Need::AnyAdmin
+        );
+        assert_eq!(need("/authsec.v1.ClusterService/IssueAdmin"), Need::Admin);
+        assert_eq!(need("/authsec.v1.ClusterService/ListAdmins"), Need::Admin);
     }
 }

@@ -240,33 +240,12 @@ impl v1::root_service_server::RootService for Roots {
             .and_then(|p| p.leaf.clone());
         let r = req.into_inner();
         if !r.force {
-            // Refuse while an intermediate it signed is still in use (not retired, not
-            // expired): the SVIDs under it would fail for holders that refetch the bundle.
             let root = self
                 .list()?
                 .into_iter()
                 .find(|x| x.fingerprint == r.fingerprint);
             if let Some(root) = root {
-                self.still_in_transport(&peer, &root.cert_der).await?;
-                let now = crate::issuer::now_ms();
-                let live = crate::keymgr::load_keys(&self.0.reader)
-                    .map_err(store_err)?
-                    .into_iter()
-                    .filter(|k| {
-                        k.kind == authsec_domain::keys::KeyKind::X509Ca
-                            && k.state.in_bundle()
-                            && k.not_after_ms > now
-                            && crate::keymgr::signed_by(&k.public, &root.cert_der)
-                    })
-                    .map(|k| k.kid)
-                    .collect::<Vec<_>>();
-                if !live.is_empty() {
-                    return Err(Status::failed_precondition(format!(
-                        "{} still anchors intermediates in use ({}); their SVIDs would stop verifying. Wait until they expire, or pass force",
-                        r.fingerprint,
-                        live.join(", ")
-                    )));
-                }
+                self.may_retire(&peer, &root.cert_der).await?;
             }
         }
         let (receipt, _) = self
@@ -285,12 +264,15 @@ impl v1::root_service_server::RootService for Roots {
 }
 
 impl Roots {
-    /// Retiring a root takes it out of the cluster's transport trust too: refuse while the
-    /// caller's own certificate or a member's served one is signed by it (the caller would
-    /// lock itself out; the member would be cut off from its peers and its clients). Members
-    /// re-issue their certificates within seconds of an activation; admins with
-    /// `authsec admin rotate`.
-    async fn still_in_transport(
+    /// Retiring a root takes it out of the SPIFFE bundle and out of the cluster's transport
+    /// trust, so refuse (without `force`) while anything still depends on it, and name all of
+    /// it at once: the caller's own certificate (it would lock itself out: refused alone, as
+    /// only the caller can mend it), other admins' live certificates, a member serving a
+    /// certificate under it (or one that cannot be asked), and intermediates it signed that
+    /// are still in use (their SVIDs would stop verifying for holders that refetch the
+    /// bundle). Members re-issue within seconds of an activation; admins with `authsec admin
+    /// rotate`; intermediates expire within `[issuer] ca_ttl_s`.
+    async fn may_retire(
         &self,
         caller: &Option<rustls::pki_types::CertificateDer<'static>>,
         root: &[u8],
@@ -303,6 +285,18 @@ impl Roots {
                 )));
             }
         }
+        let mut behind = Vec::new();
+        let security = self.0.reader.security().map_err(store_err)?;
+        let admins = self.0.reader.load_admins().map_err(store_err)?;
+        let now = crate::issuer::now_ms();
+        for (name, cert) in admins.live(&security.revoked_certs, now) {
+            if cert.root == fingerprint {
+                behind.push(format!(
+                    "admin {name:?} holds a certificate it signed ({}; `authsec admin rotate` as {name} replaces it)",
+                    cert.fingerprint
+                ));
+            }
+        }
         let members: Vec<(u64, String)> = {
             let m = self.0.writer.raft().metrics().borrow().clone();
             m.membership_config
@@ -311,7 +305,6 @@ impl Roots {
                 .map(|(id, n)| (*id, n.addr.clone()))
                 .collect()
         };
-        let mut behind = Vec::new();
         for (id, addr) in members {
             match self.0.sec.served_chain(&addr, id).await {
                 Ok(chain)
@@ -325,9 +318,26 @@ impl Roots {
                 Err(e) => behind.push(format!("node {id} could not be checked ({e:#})")),
             }
         }
+        let intermediates = crate::keymgr::load_keys(&self.0.reader)
+            .map_err(store_err)?
+            .into_iter()
+            .filter(|k| {
+                k.kind == authsec_domain::keys::KeyKind::X509Ca
+                    && k.state.in_bundle()
+                    && k.not_after_ms > now
+                    && crate::keymgr::signed_by(&k.public, root)
+            })
+            .map(|k| k.kid)
+            .collect::<Vec<_>>();
+        if !intermediates.is_empty() {
+            behind.push(format!(
+                "it anchors intermediates in use ({}), whose SVIDs would stop verifying until they expire",
+                intermediates.join(", ")
+            ));
+        }
         if !behind.is_empty() {
             return Err(Status::failed_precondition(format!(
-                "{fingerprint} still anchors the cluster's transport: {}. Members re-issue their certificates within seconds of an activation; wait, or pass force",
+                "{fingerprint} is still in use: {}. Members re-issue their certificates within seconds of an activation, admins with `authsec admin rotate`, and intermediates expire within `[issuer] ca_ttl_s`; wait, or pass force (a forced retirement cuts off whatever still depends on it)",
                 behind.join("; ")
             )));
         }

@@ -170,16 +170,23 @@ pub async fn issue_admin(
     };
     let id = crate::pki::admin_spiffe_id(&td, &name)?;
     let (key, csr) = crate::pki::new_key_and_csr(&id)?;
-    let r = cluster(eps)
-        .await?
-        .issue_admin(v1::IssueAdminRequest {
-            name: name.clone(),
-            csr_der: csr,
-            rotate,
-        })
-        .await
-        .map_err(status_err)?
-        .into_inner();
+    let mut client = cluster(eps).await?;
+    let r = if rotate {
+        // Any admin may rotate its own credential, whatever its roles.
+        client
+            .rotate_admin(v1::RotateAdminRequest { csr_der: csr })
+            .await
+    } else {
+        client
+            .issue_admin(v1::IssueAdminRequest {
+                name: name.clone(),
+                csr_der: csr,
+                rotate: false,
+            })
+            .await
+    }
+    .map_err(status_err)?
+    .into_inner();
     let cert = rustls::pki_types::CertificateDer::from(
         r.cert_chain_der
             .into_iter()
@@ -405,4 +412,53 @@ pub async fn events(eps: &[String]) -> anyhow::Result<EventServiceClient<Channel
 
 pub fn status_error(s: tonic::Status) -> anyhow::Error {
     status_err(s)
+}
+
+/// `authsec admin list`: every live admin certificate, the caller's own marked.
+pub async fn list_admins(common: &crate::cli_identity::Common) -> anyhow::Result<()> {
+    let eps = endpoints(&common.target)?;
+    let mine = match admin_dir(&common.target)? {
+        Some(dir) => crate::pki::AdminFiles { dir }
+            .load()
+            .ok()
+            .map(|(_, chain, _)| crate::pki::fingerprint(&chain[0])),
+        None => None,
+    };
+    let r = cluster(&eps)
+        .await?
+        .list_admins(v1::ListAdminsRequest {})
+        .await
+        .map_err(status_err)?
+        .into_inner();
+    let mut p = crate::cli_identity::Printer::new(
+        common.output,
+        &["NAME", "CERTIFICATE", "ROOT", "NOT AFTER", "ISSUED"],
+    );
+    for c in r.certificates {
+        let you = mine.as_deref() == Some(c.fingerprint.as_str());
+        p.add(
+            serde_json::json!({
+                "name": c.name, "fingerprint": c.fingerprint, "root": c.root,
+                "under_signing_root": c.under_signing_root, "not_after_ms": c.not_after_ms,
+                "issued_at_ms": c.issued_at_ms, "yours": you,
+            }),
+            vec![
+                format!("{}{}", c.name, if you { " (you)" } else { "" }),
+                c.fingerprint,
+                format!(
+                    "{}{}",
+                    c.root,
+                    if c.under_signing_root {
+                        ""
+                    } else {
+                        " (not signing)"
+                    }
+                ),
+                crate::cli_identity::ms(c.not_after_ms),
+                crate::cli_identity::ms(c.issued_at_ms),
+            ],
+        );
+    }
+    p.finish();
+    Ok(())
 }

@@ -83,14 +83,14 @@ pub struct Common {
 }
 
 /// Rows printed as an aligned table or JSON lines.
-struct Printer {
+pub(crate) struct Printer {
     output: Output,
     headers: &'static [&'static str],
     rows: Vec<Vec<String>>,
 }
 
 impl Printer {
-    fn new(output: Output, headers: &'static [&'static str]) -> Self {
+    pub(crate) fn new(output: Output, headers: &'static [&'static str]) -> Self {
         Self {
             output,
             headers,
@@ -98,14 +98,14 @@ impl Printer {
         }
     }
 
-    fn add(&mut self, json: Value, row: Vec<String>) {
+    pub(crate) fn add(&mut self, json: Value, row: Vec<String>) {
         match self.output {
             Output::Json => println!("{json}"),
             Output::Table => self.rows.push(row),
         }
     }
 
-    fn finish(self) {
+    pub(crate) fn finish(self) {
         if self.output == Output::Json {
             return;
         }
@@ -130,7 +130,7 @@ impl Printer {
     }
 }
 
-fn ms(t: u64) -> String {
+pub(crate) fn ms(t: u64) -> String {
     if t == 0 {
         return "-".into();
     }

@@ -85,6 +85,13 @@ pub fn init_pki(
         if !admin.cert().exists() {
             let (cert, key) = root.issue_admin(&td, BOOTSTRAP_ADMIN)?;
             admin.write(&cert, &key, std::slice::from_ref(&root.cert_der))?;
+            // Its certificate only: the bootstrap records it, so the cluster knows every admin
+            // certificate it signed (`authsec admin list`, the root retirement's check).
+            pki::write_file(
+                &files.bootstrap_admin(),
+                pki::pem_certs(std::slice::from_ref(&cert)).as_bytes(),
+                0o644,
+            )?;
         }
     }
     Ok(Initialized {

@@ -185,6 +185,13 @@ enum AdminCmd {
         #[command(flatten)]
         target: Target,
     },
+    /// Every live admin certificate the cluster signed (unexpired, not revoked): who holds
+    /// one, under which root, until when. Before retiring a root, every admin under it
+    /// should have rotated.
+    List {
+        #[command(flatten)]
+        common: cli_identity::Common,
+    },
 }
 
 // Parsed once per process; boxing the config overrides would only move them.
@@ -664,6 +671,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 dir.display()
             );
         }
+        Cmd::Admin(AdminCmd::List { common }) => cli::list_admins(&common).await?,
         Cmd::Snapshot(SnapshotCmd::Save { target, file }) => {
             let eps = cli::endpoints(&target)?;
             backup::save(&eps, &file).await?;

@@ -730,6 +730,10 @@ impl NodeFiles {
     pub fn sealed_root(&self) -> PathBuf {
         self.dir.join("root.sealed")
     }
+    /// The bootstrap admin's certificate (public), for the bootstrap to record in the log.
+    pub fn bootstrap_admin(&self) -> PathBuf {
+        self.dir.join("bootstrap-admin.crt")
+    }
     /// Offline-root mode: this node's intermediate CA and its key.
     pub fn node_ca_cert(&self) -> PathBuf {
         self.dir.join("node-ca.crt")

@@ -45,6 +45,16 @@ pub struct TransportSigner {
     pub bundle: Vec<CertificateDer<'static>>,
 }
 
+/// An admin certificate this node signed, and what the log records of it.
+pub struct SignedAdmin {
+    pub cert: Vec<u8>,
+    /// Every root of the trust bundle, the signing one first.
+    pub bundle: Vec<Vec<u8>>,
+    /// The fingerprint of the root that signed it.
+    pub root: String,
+    pub not_after_ms: u64,
+}
+
 #[derive(Debug)]
 pub struct Security {
     pub td: TrustDomain,
@@ -401,11 +411,17 @@ impl Security {
         reader: &Reader,
         name: &str,
         csr_der: &[u8],
-    ) -> Result<(Vec<u8>, Vec<Vec<u8>>), SignerError> {
+    ) -> Result<SignedAdmin, SignerError> {
         let pk = pki::csr_public_key(csr_der)?;
         let s = self.transport_signer(reader)?;
         let cert = s.root.sign_admin(&self.td, name, &pk)?;
-        Ok((cert.to_vec(), s.bundle.iter().map(|c| c.to_vec()).collect()))
+        let not_after_ms = u64::try_from(pki::not_after(&cert)?.as_millis()).unwrap_or(u64::MAX);
+        Ok(SignedAdmin {
+            root: pki::fingerprint(&s.root.cert_der),
+            not_after_ms,
+            cert: cert.to_vec(),
+            bundle: s.bundle.iter().map(|c| c.to_vec()).collect(),
+        })
     }
 
     /// Renew this node's certificate: a fresh key, signed here if this node holds the KEK,

@@ -565,9 +565,7 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
             }
             let td = TrustDomain::parse(&cfg.trust_domain)?;
             let initial = b.members.clone();
-            let mut root: Vec<Command> = root_to_install(&NodeFiles::new(&cfg.data_dir))?
-                .into_iter()
-                .collect();
+            let mut root = bootstrap_records(&NodeFiles::new(&cfg.data_dir))?;
             // The client-secret key, sealed under the KEK; refused (harmlessly) if the cluster
             // has one already.
             if let Ok(kek) = crate::pki::Kek::load(&cfg.kek_path()) {
@@ -595,22 +593,37 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
     })
 }
 
-/// The root certificate and sealed key `authsec node init` left for the bootstrap to commit
-/// (no key in offline-root mode).
-fn root_to_install(files: &NodeFiles) -> anyhow::Result<Option<Command>> {
+/// What `authsec node init` left for the bootstrap to commit: the root certificate and sealed
+/// key (no key in offline-root mode), and the bootstrap admin's certificate, recorded like
+/// every admin certificate the cluster signs.
+fn bootstrap_records(files: &NodeFiles) -> anyhow::Result<Vec<Command>> {
     if !files.bundle().exists() {
-        return Ok(None); // --insecure
+        return Ok(Vec::new()); // --insecure
     }
     let sealed = std::fs::read(files.sealed_root()).ok();
-    let cert = files
-        .load_bundle()?
-        .into_iter()
-        .next()
-        .context("the trust bundle is empty")?;
-    Ok(Some(Command::InstallRoot {
+    let bundle = files.load_bundle()?;
+    let cert = bundle.first().context("the trust bundle is empty")?;
+    let mut out = vec![Command::InstallRoot {
         cert_der: cert.to_vec(),
         sealed_key: sealed.map(authsec_domain::Sealed),
-    }))
+    }];
+    if let Ok(certs) = crate::pki::read_certs(&files.bootstrap_admin()) {
+        let admin = certs
+            .first()
+            .context("the bootstrap admin's file holds no certificate")?;
+        // The root that signed it, if it is still trusted (else there is nothing to record).
+        if let Some(root) = bundle.iter().find(|r| crate::keymgr::signed_by(admin, r)) {
+            out.push(Command::RecordAdminCertificate {
+                name: crate::init::BOOTSTRAP_ADMIN.to_owned(),
+                fingerprint: crate::pki::fingerprint(admin),
+                root: crate::pki::fingerprint(root),
+                not_after_ms: u64::try_from(crate::pki::not_after(admin)?.as_millis())
+                    .unwrap_or(u64::MAX),
+                revokes: None,
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// Commit the trust domain, the root CA and the initial members as events, once, through the

@@ -275,6 +275,74 @@ fn membership_answer(raft: &authsec_raft::Raft, log_index: u64) -> v1::Membershi
     }
 }
 
+impl Cluster {
+    /// The calling admin's name and its certificate's fingerprint.
+    fn admin_caller(
+        &self,
+        peer: Option<&authsec_raft::tls::PeerInfo>,
+    ) -> Result<(String, String), Status> {
+        let Some(tls) = &self.0.sec.tls else {
+            return Err(Status::failed_precondition(
+                "an --insecure cluster has no admin certificates",
+            ));
+        };
+        let name = peer
+            .and_then(|p| p.spiffe_id.as_ref())
+            .and_then(|id| crate::pki::admin_name_of(tls.trust_domain(), id));
+        match (name, peer.and_then(|p| p.cert_fingerprint.clone())) {
+            (Some(name), Some(fingerprint)) => Ok((name.to_owned(), fingerprint)),
+            _ => Err(Status::permission_denied(
+                "only an admin can rotate its credential, with its own certificate",
+            )),
+        }
+    }
+
+    /// Sign an admin certificate for the CSR's key under the signing root, and record it
+    /// (with `revokes`, the caller's certificate it replaces) before it is returned.
+    async fn sign_and_record_admin(
+        &self,
+        actor: authsec_domain::Actor,
+        name: String,
+        csr_der: &[u8],
+        revokes: Option<String>,
+    ) -> Result<v1::IssueAdminResponse, Status> {
+        let sec = &self.0.sec;
+        if sec.tls.is_none() {
+            return Err(Status::failed_precondition(
+                "an --insecure cluster has no admin certificates",
+            ));
+        }
+        crate::pki::admin_spiffe_id(&sec.td, &name)
+            .map_err(|e| Status::invalid_argument(format!("invalid request: {e}")))?;
+        let signed = sec
+            .sign_admin(&self.0.reader, &name, csr_der)
+            .map_err(crate::join::signer_status)?;
+        let rotate = revokes.is_some();
+        let (receipt, _) = self
+            .0
+            .write(
+                actor,
+                Command::RecordAdminCertificate {
+                    name: name.clone(),
+                    fingerprint: crate::pki::fingerprint(&signed.cert),
+                    root: signed.root,
+                    not_after_ms: signed.not_after_ms,
+                    revokes,
+                },
+            )
+            .await?;
+        if let Ok(s) = self.0.reader.security() {
+            sec.enforce(&s);
+        }
+        tracing::info!(%name, rotate, "admin certificate issued");
+        Ok(v1::IssueAdminResponse {
+            cert_chain_der: vec![signed.cert],
+            bundle_der: signed.bundle,
+            receipt: Some(receipt),
+        })
+    }
+}
+
 #[tonic::async_trait]
 impl ClusterService for Cluster {
     async fn status(
@@ -440,55 +508,64 @@ impl ClusterService for Cluster {
             .get::<authsec_raft::tls::PeerInfo>()
             .cloned();
         let r = req.into_inner();
-        let sec = &self.0.sec;
-        let Some(tls) = &sec.tls else {
-            return Err(Status::failed_precondition(
-                "an --insecure cluster has no admin certificates",
-            ));
-        };
-        crate::pki::admin_spiffe_id(&sec.td, &r.name)
-            .map_err(|e| Status::invalid_argument(format!("invalid request: {e}")))?;
-        let revokes = if r.rotate {
+        let rotate = if r.rotate {
             // Rotation replaces the caller's own certificate: it must be this admin's.
-            let caller = peer
-                .as_ref()
-                .and_then(|p| p.spiffe_id.as_ref())
-                .and_then(|id| {
-                    crate::pki::admin_name_of(tls.trust_domain(), id).map(str::to_owned)
-                });
-            if caller.as_deref() != Some(r.name.as_str()) {
+            let (caller, fingerprint) = self.admin_caller(peer.as_ref())?;
+            if caller != r.name {
                 return Err(Status::permission_denied(format!(
                     "rotate replaces the caller's own certificate: call it as admin {:?}",
                     r.name
                 )));
             }
-            peer.and_then(|p| p.cert_fingerprint)
+            Some(fingerprint)
         } else {
             None
         };
-        let (cert, bundle) = sec
-            .sign_admin(&self.0.reader, &r.name, &r.csr_der)
-            .map_err(crate::join::signer_status)?;
-        let (receipt, _) = self
-            .0
-            .write(
-                actor,
-                Command::RecordAdminIssued {
-                    name: r.name.clone(),
-                    fingerprint: crate::pki::fingerprint(&cert),
-                    revokes,
-                },
-            )
-            .await?;
-        if let Ok(s) = self.0.reader.security() {
-            sec.enforce(&s);
-        }
-        tracing::info!(name = %r.name, rotate = r.rotate, "admin certificate issued");
-        Ok(Response::new(v1::IssueAdminResponse {
-            cert_chain_der: vec![cert],
-            bundle_der: bundle,
-            receipt: Some(receipt),
-        }))
+        self.sign_and_record_admin(actor, r.name, &r.csr_der, rotate)
+            .await
+            .map(Response::new)
+    }
+
+    async fn rotate_admin(
+        &self,
+        req: Request<v1::RotateAdminRequest>,
+    ) -> Result<Response<v1::IssueAdminResponse>, Status> {
+        let actor = self.0.actor(&req);
+        let peer = req
+            .extensions()
+            .get::<authsec_raft::tls::PeerInfo>()
+            .cloned();
+        let (name, fingerprint) = self.admin_caller(peer.as_ref())?;
+        let r = req.into_inner();
+        self.sign_and_record_admin(actor, name, &r.csr_der, Some(fingerprint))
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_admins(
+        &self,
+        _req: Request<v1::ListAdminsRequest>,
+    ) -> Result<Response<v1::ListAdminsResponse>, Status> {
+        let reader = &self.0.reader;
+        let security = reader.security().map_err(internal)?;
+        let signing = reader
+            .load_roots()
+            .map_err(internal)?
+            .signing_with(security.root_cert.as_deref())
+            .map(authsec_domain::fingerprint);
+        let admins = reader.load_admins().map_err(internal)?;
+        let certificates = admins
+            .live(&security.revoked_certs, crate::issuer::now_ms())
+            .map(|(name, c)| v1::AdminCertificate {
+                name: name.to_owned(),
+                fingerprint: c.fingerprint.clone(),
+                root: c.root.clone(),
+                not_after_ms: c.not_after_ms,
+                issued_at_ms: c.issued_at_ms,
+                under_signing_root: signing.as_deref() == Some(c.root.as_str()),
+            })
+            .collect();
+        Ok(Response::new(v1::ListAdminsResponse { certificates }))
     }
 
     async fn create_join_token(
