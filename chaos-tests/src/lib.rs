@@ -704,7 +704,7 @@ impl Cluster {
         );
         if first {
             std::fs::create_dir_all(&pki)?;
-            for f in ["ca.crt", "root.sealed"] {
+            for f in ["ca.crt", "root.sealed", "bootstrap-admin.crt"] {
                 std::fs::copy(n.data_dir.join("tls").join(f), pki.join(f))?;
             }
         }

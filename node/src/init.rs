@@ -71,6 +71,13 @@ pub fn init_pki(
         }
     };
     pki::write_file(&files.sealed_root(), &sealed, 0o600)?;
+    if let Some(dir) = pki_from {
+        // The bootstrap admin's certificate travels with the root, so that whichever member
+        // bootstraps the cluster records it.
+        if let Ok(pem) = std::fs::read(dir.join("bootstrap-admin.crt")) {
+            pki::write_file(&files.bootstrap_admin(), &pem, 0o644)?;
+        }
+    }
     files.write_bundle(std::slice::from_ref(&root.cert_der))?;
     let key = KeyPair::generate()?;
     let cert = root.sign_node(&td, cfg.node_id, &key, &cfg.sans()?, cfg.cert_ttl())?;

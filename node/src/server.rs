@@ -594,8 +594,9 @@ pub async fn start(cfg: NodeConfig) -> anyhow::Result<RunningNode> {
 }
 
 /// What `authsec node init` left for the bootstrap to commit: the root certificate and sealed
-/// key (no key in offline-root mode), and the bootstrap admin's certificate, recorded like
-/// every admin certificate the cluster signs.
+/// key (no key in offline-root mode), and the bootstrap admin's certificate (`init` writes it
+/// on the host that makes the root, and `init --pki-from` copies it), recorded like every
+/// admin certificate the cluster signs.
 fn bootstrap_records(files: &NodeFiles) -> anyhow::Result<Vec<Command>> {
     if !files.bundle().exists() {
         return Ok(Vec::new()); // --insecure
@@ -612,6 +613,7 @@ fn bootstrap_records(files: &NodeFiles) -> anyhow::Result<Vec<Command>> {
             .first()
             .context("the bootstrap admin's file holds no certificate")?;
         // The root that signed it, if it is still trusted (else there is nothing to record).
+        // Recorded again at a later start, it is refused harmlessly once revoked or expired.
         if let Some(root) = bundle.iter().find(|r| crate::keymgr::signed_by(admin, r)) {
             out.push(Command::RecordAdminCertificate {
                 name: crate::init::BOOTSTRAP_ADMIN.to_owned(),
