@@ -196,17 +196,34 @@ async fn the_console_signs_in_with_a_one_time_link_and_guards_every_action() -> 
         addr: c.oauth_addr(3)?,
         cookie: b.cookie.clone(),
     };
-    let r = on3.get("/ui/cluster").await?;
+    // (The bootstrap admin's certificate is recorded once the root is in the log, right
+    // after the start: wait for it.)
+    let deadline = std::time::Instant::now() + T;
+    let r = loop {
+        let r = on3.get("/ui/cluster").await?;
+        if r.body.contains("<td data-label=\"Admin\">root</td>")
+            || std::time::Instant::now() > deadline
+        {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(r.status, 200, "{r:?}");
     assert!(r.body.contains("Members"), "{}", r.body);
     // The Cluster page: keys and CAs with their state, rates, and on the leader each member's
     // replication lag.
+    // The trust roots, and the live admin credentials with their root (the bootstrap admin's,
+    // recorded at the bootstrap).
     for want in [
         "Signing keys and CAs",
         "x509-ca",
         "token",
         "active",
         "Rates",
+        "Trust roots",
+        "bootstrap, signing",
+        "Admin credentials",
+        "<td data-label=\"Admin\">root</td>",
     ] {
         assert!(
             r.body.contains(want),
@@ -747,7 +764,11 @@ async fn the_console_signs_in_with_a_one_time_link_and_guards_every_action() -> 
     Admin(&c)
         .role(
             "console-reader",
-            &["authsec.admin:console.write", "authsec.admin:clients.read"],
+            &[
+                "authsec.admin:console.write",
+                "authsec.admin:clients.read",
+                "authsec.admin:cluster.read",
+            ],
         )
         .await?;
     Admin(&c).bind("console-reader", &ops).await?;
@@ -777,6 +798,18 @@ async fn the_console_signs_in_with_a_one_time_link_and_guards_every_action() -> 
     assert!(r.body.contains("clients.write"), "{}", r.body);
     let r = o.get("/ui/workloads").await?;
     assert_eq!(r.status, 403, "no entries.read: {r:?}");
+    // The cluster page without admins.read shows the roots, not who holds admin credentials;
+    // with it, ops is listed beside root.
+    let r = o.get("/ui/cluster").await?;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains("Trust roots"), "{}", r.body);
+    assert!(!r.body.contains("Admin credentials"), "{}", r.body);
+    let r = b.get("/ui/cluster").await?;
+    assert!(
+        r.body.contains("<td data-label=\"Admin\">ops</td>"),
+        "{}",
+        r.body
+    );
     assert_eq!(
         c.client_ids(1).await?,
         ids,

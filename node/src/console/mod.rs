@@ -746,6 +746,25 @@ pub struct MemberRow {
     pub lag: String,
 }
 
+/// A root of the trust bundle, as the cluster page shows it.
+#[derive(Debug)]
+pub struct RootRow {
+    pub fingerprint: String,
+    pub state: &'static str,
+    pub signing: bool,
+}
+
+/// A live admin certificate, as the cluster page shows it.
+#[derive(Debug)]
+pub struct AdminRow {
+    pub name: String,
+    pub fingerprint: String,
+    pub root: String,
+    /// Signed by the root that signs now (else it must rotate before its root retires).
+    pub current: bool,
+    pub not_after: String,
+}
+
 #[derive(Debug)]
 pub struct KeyRow {
     pub kind: &'static str,
@@ -915,6 +934,9 @@ struct ClusterPage {
     members: Vec<MemberRow>,
     freshness: String,
     keys: Vec<KeyRow>,
+    roots: Vec<RootRow>,
+    /// `None`: the admin lacks `admins.read`.
+    admins: Option<Vec<AdminRow>>,
     charts: Vec<Chart>,
     /// Whether this node leads (then the members show their replication lag).
     leads: bool,
@@ -2719,6 +2741,52 @@ async fn cluster_page(
         keys.sort_by(|a, b| (a.node, a.kind, a.state).cmp(&(b.node, b.kind, b.state)));
         keys
     };
+    let may_list_admins = c
+        .allow(&who, "/authsec.v1.ClusterService/ListAdmins")
+        .is_ok();
+    let (roots, admins) = {
+        let state = c.oauth.view.read();
+        let signing = state
+            .roots_meta
+            .signing(&state)
+            .map(authsec_domain::fingerprint);
+        let mut roots: Vec<RootRow> = state
+            .roots_meta
+            .bundle(&state)
+            .into_iter()
+            .map(|der| {
+                let fingerprint = authsec_domain::fingerprint(der);
+                let rotated = state
+                    .roots_meta
+                    .roots
+                    .iter()
+                    .find(|r| r.fingerprint == fingerprint);
+                RootRow {
+                    signing: signing.as_deref() == Some(fingerprint.as_str()),
+                    state: match rotated {
+                        Some(r) => r.state.as_str(),
+                        None => "bootstrap",
+                    },
+                    fingerprint,
+                }
+            })
+            .collect();
+        roots.sort_by_key(|r| !r.signing);
+        let admins = may_list_admins.then(|| {
+            state
+                .admins
+                .live(&state.security.revoked_certs, crate::issuer::now_ms())
+                .map(|(name, cert)| AdminRow {
+                    name: name.to_owned(),
+                    fingerprint: cert.fingerprint.chars().take(23).collect(),
+                    root: cert.root.chars().take(23).collect(),
+                    current: signing.as_deref() == Some(cert.root.as_str()),
+                    not_after: crate::audit::rfc3339_ms(cert.not_after_ms),
+                })
+                .collect()
+        });
+        (roots, admins)
+    };
     let (agreement, verdict) = agreement(&c, &s).await;
     let (commits, issued) = c.rates();
     html(
@@ -2731,6 +2799,8 @@ async fn cluster_page(
             members,
             freshness,
             keys,
+            roots,
+            admins,
             charts: vec![
                 chart("Log entries applied per second (this node)", &commits),
                 chart("Credentials issued per second (this node)", &issued),
