@@ -224,30 +224,12 @@ mod tests {
     use super::*;
     use crate::command::Command;
     use crate::test_support::propose;
-    use crate::{Sealed, TrustDomain};
+    use crate::Sealed;
 
     const ROOT: [u8; 3] = [1, 1, 1];
 
     fn cluster() -> State {
-        let mut s = State::default();
-        propose(
-            &mut s,
-            1,
-            Command::ConfigureTrustDomain {
-                trust_domain: TrustDomain::parse("example.org").expect("td"),
-            },
-        )
-        .expect("td");
-        propose(
-            &mut s,
-            2,
-            Command::InstallRoot {
-                cert_der: ROOT.to_vec(),
-                sealed_key: None,
-            },
-        )
-        .expect("root");
-        s
+        crate::test_support::cluster_with_root(&ROOT)
     }
 
     fn pin(b: u8) -> String {

@@ -64,4 +64,27 @@ pub(crate) mod test_support {
         };
         apply_proposal(s, &p, index).map(|(e, _)| e)
     }
+
+    /// A cluster of trust domain `example.org` whose bootstrap root is `root` (index 1, 2).
+    pub fn cluster_with_root(root: &[u8]) -> State {
+        let mut s = State::default();
+        propose(
+            &mut s,
+            1,
+            Command::ConfigureTrustDomain {
+                trust_domain: crate::TrustDomain::parse("example.org").expect("td"),
+            },
+        )
+        .expect("td");
+        propose(
+            &mut s,
+            2,
+            Command::InstallRoot {
+                cert_der: root.to_vec(),
+                sealed_key: None,
+            },
+        )
+        .expect("root");
+        s
+    }
 }

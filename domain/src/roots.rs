@@ -252,28 +252,9 @@ mod tests {
     use crate::command::Command;
     use crate::test_support::propose;
     use crate::Sealed;
-    use crate::TrustDomain;
 
     fn cluster() -> State {
-        let mut s = State::default();
-        propose(
-            &mut s,
-            1,
-            Command::ConfigureTrustDomain {
-                trust_domain: TrustDomain::parse("example.org").expect("td"),
-            },
-        )
-        .expect("td");
-        propose(
-            &mut s,
-            2,
-            Command::InstallRoot {
-                cert_der: vec![1, 1, 1],
-                sealed_key: None,
-            },
-        )
-        .expect("root");
-        s
+        crate::test_support::cluster_with_root(&[1, 1, 1])
     }
 
     fn prepare_cmd(cert: &[u8]) -> Command {

@@ -277,10 +277,8 @@ fn membership_answer(raft: &authsec_raft::Raft, log_index: u64) -> v1::Membershi
 
 impl Cluster {
     /// The calling admin's name and its certificate's fingerprint.
-    fn admin_caller(
-        &self,
-        peer: Option<&authsec_raft::tls::PeerInfo>,
-    ) -> Result<(String, String), Status> {
+    fn admin_caller<T>(&self, req: &Request<T>) -> Result<(String, String), Status> {
+        let peer = req.extensions().get::<authsec_raft::tls::PeerInfo>();
         let Some(tls) = &self.0.sec.tls else {
             return Err(Status::failed_precondition(
                 "an --insecure cluster has no admin certificates",
@@ -503,14 +501,11 @@ impl ClusterService for Cluster {
         req: Request<v1::IssueAdminRequest>,
     ) -> Result<Response<v1::IssueAdminResponse>, Status> {
         let actor = self.0.actor(&req);
-        let peer = req
-            .extensions()
-            .get::<authsec_raft::tls::PeerInfo>()
-            .cloned();
+        let caller = self.admin_caller(&req);
         let r = req.into_inner();
         let rotate = if r.rotate {
             // Rotation replaces the caller's own certificate: it must be this admin's.
-            let (caller, fingerprint) = self.admin_caller(peer.as_ref())?;
+            let (caller, fingerprint) = caller?;
             if caller != r.name {
                 return Err(Status::permission_denied(format!(
                     "rotate replaces the caller's own certificate: call it as admin {:?}",
@@ -531,11 +526,7 @@ impl ClusterService for Cluster {
         req: Request<v1::RotateAdminRequest>,
     ) -> Result<Response<v1::IssueAdminResponse>, Status> {
         let actor = self.0.actor(&req);
-        let peer = req
-            .extensions()
-            .get::<authsec_raft::tls::PeerInfo>()
-            .cloned();
-        let (name, fingerprint) = self.admin_caller(peer.as_ref())?;
+        let (name, fingerprint) = self.admin_caller(&req)?;
         let r = req.into_inner();
         self.sign_and_record_admin(actor, name, &r.csr_der, Some(fingerprint))
             .await
