@@ -861,6 +861,11 @@ pub fn not_after(cert: &CertificateDer<'_>) -> Result<Duration, PkiError> {
     ))
 }
 
+/// [`not_after`] in milliseconds since the epoch, as the log records expiries.
+pub fn not_after_ms(cert: &CertificateDer<'_>) -> Result<u64, PkiError> {
+    Ok(u64::try_from(not_after(cert)?.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// How long until `cert` should be renewed: at half its lifetime.
 pub fn renew_in(cert: &CertificateDer<'_>) -> Result<Duration, PkiError> {
     let (_, x) = x509_parser::parse_x509_certificate(cert.as_ref())

@@ -415,7 +415,7 @@ impl Security {
         let pk = pki::csr_public_key(csr_der)?;
         let s = self.transport_signer(reader)?;
         let cert = s.root.sign_admin(&self.td, name, &pk)?;
-        let not_after_ms = u64::try_from(pki::not_after(&cert)?.as_millis()).unwrap_or(u64::MAX);
+        let not_after_ms = pki::not_after_ms(&cert)?;
         Ok(SignedAdmin {
             root: pki::fingerprint(&s.root.cert_der),
             not_after_ms,

@@ -619,8 +619,7 @@ fn bootstrap_records(files: &NodeFiles) -> anyhow::Result<Vec<Command>> {
                 name: crate::init::BOOTSTRAP_ADMIN.to_owned(),
                 fingerprint: crate::pki::fingerprint(admin),
                 root: crate::pki::fingerprint(root),
-                not_after_ms: u64::try_from(crate::pki::not_after(admin)?.as_millis())
-                    .unwrap_or(u64::MAX),
+                not_after_ms: crate::pki::not_after_ms(admin)?,
                 revokes: None,
             });
         }

@@ -315,38 +315,47 @@ impl Reader {
         Ok(out)
     }
 
-    /// The identity settings (client-secret key presence, unspent agent join tokens).
-    pub fn load_identity(&self) -> Result<authsec_domain::identity::IdentityMeta, StoreError> {
-        let key = authsec_domain::persist::KEY_IDENTITY;
+    /// One `proj_meta` row of this crate's projections (its default when absent).
+    fn meta_row<T: serde::de::DeserializeOwned + Default>(
+        &self,
+        key: &'static [u8],
+        tag: Tag,
+        what: &'static str,
+    ) -> Result<T, StoreError> {
         let v = self
             .store
             .db
             .get_cf(self.store.cf(cf::PROJ_META), key)
-            .map_err(StoreError::rocks("read identity"))?;
-        Ok(decode_at(cf::PROJ_META, key, Tag::IDENTITY_META, v)?.unwrap_or_default())
+            .map_err(StoreError::rocks(what))?;
+        Ok(decode_at(cf::PROJ_META, key, tag, v)?.unwrap_or_default())
+    }
+
+    /// The identity settings (client-secret key presence, unspent agent join tokens).
+    pub fn load_identity(&self) -> Result<authsec_domain::identity::IdentityMeta, StoreError> {
+        self.meta_row(
+            authsec_domain::persist::KEY_IDENTITY,
+            Tag::IDENTITY_META,
+            "read identity",
+        )
     }
 
     /// The rotated SVID roots (empty before any rotation).
     pub fn load_roots(&self) -> Result<authsec_domain::roots::RootsMeta, StoreError> {
-        let key = authsec_domain::persist::KEY_ROOTS_META;
-        let v = self
-            .store
-            .db
-            .get_cf(self.store.cf(cf::PROJ_META), key)
-            .map_err(StoreError::rocks("read roots"))?;
-        Ok(decode_at(cf::PROJ_META, key, Tag::ROOTS_META, v)?.unwrap_or_default())
+        self.meta_row(
+            authsec_domain::persist::KEY_ROOTS_META,
+            Tag::ROOTS_META,
+            "read roots",
+        )
     }
 
     /// Live admin certificates (as of their last record: filter with [`Reader::security`]'s
     /// revoked certificates and the clock).
     pub fn load_admins(&self) -> Result<authsec_domain::admins::Admins, StoreError> {
-        let key = authsec_domain::persist::KEY_ADMINS;
-        let v = self
-            .store
-            .db
-            .get_cf(self.store.cf(cf::PROJ_META), key)
-            .map_err(StoreError::rocks("read admins"))?;
-        Ok(decode_at(cf::PROJ_META, key, Tag::ADMINS, v)?.unwrap_or_default())
+        self.meta_row(
+            authsec_domain::persist::KEY_ADMINS,
+            Tag::ADMINS,
+            "read admins",
+        )
     }
 
     /// The SPIFFE bundle's X.509 authorities (DER), the root that signs intermediates first.
